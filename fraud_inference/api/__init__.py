@@ -1,0 +1,1 @@
+"""HTTP only: routes, msgspec bodies, error mapping, middleware and the app factory."""

@@ -1,0 +1,50 @@
+"""The Litestar app factory: routes, docs, CORS, request ids, and the service's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+
+from fraud_inference import __version__
+from fraud_inference.api.docs import docs_static_router, openapi_config
+from fraud_inference.api.request_id import RequestIdMiddleware, add_request_id_header
+from fraud_inference.api.routes import livez, predict, readyz, version
+from fraud_inference.observability.logging import configure_logging, get_logger
+from fraud_inference.service import FraudService
+from fraud_inference.settings import Settings
+
+__all__ = ["create_app"]
+
+log = get_logger("fraud_inference.server")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the app; the inference pool starts in its lifespan, before the server accepts traffic."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format, role="server")
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        service = FraudService(settings)
+        app.state.service = service
+        log.info("server.starting", settings=settings.redacted())
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+            log.info("server.stopped")
+
+    return Litestar(
+        route_handlers=[predict, version, livez, readyz, docs_static_router()],
+        lifespan=[lifespan],
+        middleware=[RequestIdMiddleware()],
+        before_send=[add_request_id_header],
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
+        openapi_config=openapi_config(__version__),
+        request_max_body_size=settings.max_body_bytes,
+        logging_config=None,
+    )

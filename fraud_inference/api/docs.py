@@ -1,0 +1,53 @@
+"""OpenAPI docs at /docs (Swagger UI) and /redoc, served from vendored assets so they work offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import (
+    JsonRenderPlugin,
+    RedocRenderPlugin,
+    SwaggerRenderPlugin,
+    YamlRenderPlugin,
+)
+from litestar.router import Router
+from litestar.static_files import create_static_files_router
+
+__all__ = ["STATIC_PREFIX", "docs_static_router", "openapi_config"]
+
+STATIC_PREFIX = "/docs-static"
+_STATIC_DIR = Path(__file__).parent / "static"
+_FAVICON = f"<link rel='icon' type='image/png' href='{STATIC_PREFIX}/favicon-32x32.png'>"
+
+
+def openapi_config(version: str) -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="fraud-inference",
+        version=version,
+        description="Fraud-detection scores from models served straight out of an MLflow Model Registry.",
+        path="/",
+        render_plugins=[
+            SwaggerRenderPlugin(
+                path="/docs",
+                js_url=f"{STATIC_PREFIX}/swagger-ui-bundle.js",
+                css_url=f"{STATIC_PREFIX}/swagger-ui.css",
+                standalone_preset_js_url=f"{STATIC_PREFIX}/swagger-ui-standalone-preset.js",
+                favicon=_FAVICON,
+            ),
+            RedocRenderPlugin(
+                path="/redoc",
+                js_url=f"{STATIC_PREFIX}/redoc.standalone.js",
+                google_fonts=False,
+                favicon=_FAVICON,
+            ),
+            JsonRenderPlugin(path="/openapi.json"),
+            YamlRenderPlugin(path="/openapi.yaml"),
+        ],
+    )
+
+
+def docs_static_router() -> Router:
+    return create_static_files_router(
+        path=STATIC_PREFIX, directories=[_STATIC_DIR], include_in_schema=False, opt={"skip_access_log": True}
+    )

@@ -1,0 +1,167 @@
+"""The HTTP routes: prediction, version, probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.response import Response
+
+from fraud_inference import __version__
+from fraud_inference.api.request_id import request_id_of
+from fraud_inference.api.schemas import (
+    FeatureInfo,
+    ModelInfo,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    Probe,
+    VersionResponse,
+)
+from fraud_inference.models.signature import InstancesError
+from fraud_inference.pool import InferenceTimeoutError, PoolError
+from fraud_inference.service import FraudService, Generation
+
+__all__ = ["livez", "predict", "readyz", "version"]
+
+_decode_request = msgspec.json.Decoder(PredictRequest).decode
+_RETRY_AFTER = {"Retry-After": "1"}
+
+
+class _PredictOperation(Operation):
+    """Document the body that `predict` decodes itself (per model signature, for precise 422s)."""
+
+    def __post_init__(self) -> None:
+        row = Schema(
+            type=OpenAPIType.OBJECT,
+            description="One transaction: every feature of the model's signature (see GET /v1/version).",
+            additional_properties=Schema(one_of=[Schema(type=OpenAPIType.NUMBER), Schema(type=OpenAPIType.BOOLEAN)]),
+            examples=[{"amount": 120.5, "hour_of_day": 3}],
+        )
+        body = Schema(
+            type=OpenAPIType.OBJECT,
+            required=["instances"],
+            properties={
+                "model": Schema(type=OpenAPIType.STRING, description="Served model key; default DEFAULT_MODEL."),
+                "instances": Schema(type=OpenAPIType.ARRAY, items=row, min_items=1),
+            },
+        )
+        self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=body)}, required=True)
+
+
+def _service(request: Request[Any, Any, Any]) -> FraudService:
+    service: FraudService = request.app.state.service
+    return service
+
+
+def _active(service: FraudService) -> Generation:
+    generation = service.active
+    if generation is None:
+        raise ServiceUnavailableException(detail=f"not ready: {service.not_ready_reason}", headers=_RETRY_AFTER)
+    return generation
+
+
+@post(
+    "/v1/predict",
+    status_code=200,
+    operation_class=_PredictOperation,
+    summary="Score transactions",
+    raises=[],
+    tags=["prediction"],
+)
+async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
+    """Score each instance with the served model; predictions come back in request order."""
+    service = _service(request)
+    body = await request.body()
+    try:
+        parsed = _decode_request(body)
+    except msgspec.ValidationError as error:
+        raise HTTPException(status_code=422, detail=f"request body: {error}") from None
+    except msgspec.DecodeError as error:
+        raise HTTPException(status_code=400, detail=f"malformed JSON: {error}") from None
+    generation = _active(service)
+    key = parsed.model or service.settings.default_model
+    served = generation.models.get(key)
+    if served is None:
+        raise NotFoundException(detail=f"unknown model {key!r}; served models: {', '.join(generation.models)}")
+    try:
+        features = served.decoder.matrix(parsed.instances)
+    except InstancesError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+    if features.shape[0] > service.settings.max_batch_rows:
+        raise HTTPException(
+            status_code=413,
+            detail=f"{features.shape[0]} instances exceed MAX_BATCH_ROWS={service.settings.max_batch_rows}",
+        )
+    request_id = request_id_of(request.scope)
+    try:
+        probabilities = await service.score(generation, key, features, request_id)
+    except InferenceTimeoutError as error:
+        raise HTTPException(status_code=504, detail=str(error)) from None
+    except PoolError as error:
+        raise ServiceUnavailableException(detail=f"inference failed: {error}", headers=_RETRY_AFTER) from None
+    ref = served.ref
+    flagged = probabilities >= ref.threshold
+    return PredictResponse(
+        model=key,
+        model_name=ref.name,
+        model_version=ref.version,
+        selected_by=ref.selected_by,
+        generation=generation.number,
+        threshold=ref.threshold,
+        request_id=request_id,
+        predictions=[
+            Prediction(fraud_probability=p, is_fraud=f)
+            for p, f in zip(probabilities.tolist(), flagged.tolist(), strict=True)
+        ],
+    )
+
+
+@get("/v1/version", tags=["service"], summary="Served model versions")
+async def version(request: Request[Any, Any, Any]) -> VersionResponse:
+    """Which registry version each served model is, why it was chosen, and its features in training order."""
+    generation = _service(request).active
+    models = (
+        {}
+        if generation is None
+        else {
+            key: ModelInfo(
+                name=served.ref.name,
+                version=served.ref.version,
+                selected_by=served.ref.selected_by,
+                flavor=served.artifact.flavor,
+                run_id=served.ref.run_id,
+                threshold=served.ref.threshold,
+                features=[FeatureInfo(name=f.name, type=f.type) for f in served.artifact.features],
+            )
+            for key, served in generation.models.items()
+        }
+    )
+    return VersionResponse(
+        service="fraud-inference",
+        version=__version__,
+        generation=None if generation is None else generation.number,
+        models=models,
+    )
+
+
+@get("/livez", tags=["probes"], summary="Liveness", opt={"skip_access_log": True})
+async def livez() -> Probe:
+    """200 while the process serves."""
+    return Probe(status="alive")
+
+
+@get("/readyz", tags=["probes"], summary="Readiness", opt={"skip_access_log": True})
+async def readyz(request: Request[Any, Any, Any]) -> Response[Probe]:
+    """200 when a generation is active and a worker holds it; 503 with the reason otherwise."""
+    service = _service(request)
+    pool = service.pool.status()
+    if service.active is None or pool.ready_workers == 0:
+        reason = service.not_ready_reason if service.active is None else "no live worker holds the active models"
+        probe = Probe(status="not ready", reason=reason, workers=pool.size, live_workers=pool.live_workers)
+        return Response(probe, status_code=503, headers=_RETRY_AFTER)
+    probe = Probe(status="ready", generation=service.active.number, workers=pool.size, live_workers=pool.ready_workers)
+    return Response(probe, status_code=200)

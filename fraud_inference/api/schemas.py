@@ -1,0 +1,68 @@
+"""Every HTTP body, as msgspec Structs."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "FeatureInfo",
+    "ModelInfo",
+    "PredictRequest",
+    "PredictResponse",
+    "Prediction",
+    "Probe",
+    "VersionResponse",
+]
+
+
+class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Rows to score. `instances` stays raw JSON here: it is decoded against the chosen model's signature."""
+
+    instances: msgspec.Raw
+    model: str | None = None
+
+
+class Prediction(msgspec.Struct, array_like=False):
+    fraud_probability: float
+    is_fraud: bool
+
+
+class PredictResponse(msgspec.Struct, kw_only=True):
+    model: str
+    model_name: str
+    model_version: str
+    selected_by: str
+    generation: int
+    threshold: float
+    request_id: str
+    predictions: list[Prediction]
+
+
+class FeatureInfo(msgspec.Struct):
+    name: str
+    type: str
+
+
+class ModelInfo(msgspec.Struct, kw_only=True):
+    name: str
+    version: str
+    selected_by: str
+    flavor: str
+    run_id: str | None
+    threshold: float
+    features: list[FeatureInfo]
+
+
+class VersionResponse(msgspec.Struct, kw_only=True):
+    service: str
+    version: str
+    generation: int | None
+    models: dict[str, ModelInfo]
+
+
+class Probe(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: str
+    reason: str | None = None
+    generation: int | None = None
+    workers: int | None = None
+    live_workers: int | None = None

@@ -1,0 +1,140 @@
+"""The `fraud-inference` command: serve, demo, seed-demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from fraud_inference.settings import Settings, SettingsError, redact_uri
+
+__all__ = ["main"]
+
+_APP_FACTORY = "fraud_inference.api.app:create_app"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.command(args)
+    except SettingsError as error:
+        print(f"fraud-inference: configuration error: {error}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fraud-inference", description="Serve fraud-detection models from an MLflow Model Registry."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    for name, handler, text in (
+        ("serve", _serve, "serve the models of MLFLOW_TRACKING_URI"),
+        ("demo", _demo, "seed a local demo registry when it is missing, then serve it"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--host", help="address to bind (HOST)")
+        command.add_argument("--port", type=int, help="port to bind (PORT)")
+        command.add_argument("--workers", type=int, help="inference worker processes (WORKERS)")
+        command.set_defaults(command=handler)
+    seed = commands.add_parser(
+        "seed-demo",
+        help="train the demo fraud models and register them",
+        description="Train the demo models and register them in MLFLOW_TRACKING_URI, else the embedded registry.",
+    )
+    seed.set_defaults(command=_seed_demo)
+    return parser
+
+
+def _apply_overrides(args: argparse.Namespace) -> None:
+    """CLI options override the environment; the server process reads its settings from it."""
+    for option, variable in (("host", "HOST"), ("port", "PORT"), ("workers", "WORKERS")):
+        value = getattr(args, option)
+        if value is not None:
+            os.environ[variable] = str(value)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _apply_overrides(args)
+    settings = Settings.from_env()
+    if settings.mlflow_tracking_uri is None:
+        print(
+            "fraud-inference: MLFLOW_TRACKING_URI is not set. Point it at your MLflow registry, "
+            "or run `fraud-inference demo` to serve demo models from a local registry.",
+            file=sys.stderr,
+        )
+        return 1
+    return _run_server(settings)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _apply_overrides(args)
+    settings = Settings.from_env()
+    tracking_uri = _seed(settings)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    return _run_server(Settings.from_env())
+
+
+def _seed_demo(_args: argparse.Namespace) -> int:
+    _seed(Settings.from_env())
+    return 0
+
+
+def _seed(settings: Settings) -> str:
+    """Seed the demo models into MLFLOW_TRACKING_URI, else the embedded registry; return the URI."""
+    from fraud_inference.demo.seeding import embedded_registry, seed_demo
+
+    if settings.mlflow_tracking_uri:
+        tracking_uri, artifact_location = settings.mlflow_tracking_uri, None
+        if tracking_uri.startswith("sqlite:"):
+            artifact_location = (settings.home / "artifacts").as_uri()
+    else:
+        tracking_uri, artifact_location = embedded_registry(settings.home)
+    seed_demo(tracking_uri, artifact_location=artifact_location, progress=_progress)
+    print(f"MLFLOW_TRACKING_URI={redact_uri(tracking_uri)}", flush=True)
+    return tracking_uri
+
+
+def _progress(line: str) -> None:
+    print(f"seed-demo: {line}", flush=True)
+
+
+def _run_server(settings: Settings) -> int:
+    """Check the registry resolves, then run the app under granian (one HTTP process, WORKERS in its pool)."""
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    from fraud_inference.observability.logging import configure_logging, get_logger
+    from fraud_inference.registry import Registry, RegistryUnavailableError, ResolutionError
+
+    configure_logging(settings.log_level, settings.log_format, role="supervisor")
+    log = get_logger("fraud_inference.cli")
+    assert settings.mlflow_tracking_uri is not None
+    try:
+        registry = Registry(settings.mlflow_tracking_uri, alias=settings.model_alias, stages=settings.model_stages)
+        refs = registry.resolve_all(settings.models)
+    except ResolutionError as error:
+        print(f"fraud-inference: cannot serve: {error}", file=sys.stderr)
+        return 1
+    except RegistryUnavailableError as error:
+        # Not fatal: the server starts unready and retries with backoff until the registry answers.
+        log.warning("registry.unavailable_at_startup", error=str(error))
+    else:
+        log.info(
+            "models.resolved",
+            models={key: f"{r.name}/{r.version} ({r.selected_by})" for key, r in refs.items()},
+        )
+    server = Server(
+        _APP_FACTORY,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=1,
+        factory=True,
+        log_access=False,
+        process_name="fraud-inference server",
+    )
+    server.serve()
+    return 0

@@ -1,0 +1,99 @@
+"""Load a model version's native flavour and score the fraud-class probability (runs in workers)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fraud_inference.models.artifact import ModelArtifact
+
+__all__ = ["Scorer", "load_scorer"]
+
+Matrix = npt.NDArray[np.float64]
+
+
+class Scorer(Protocol):
+    """Scores a row-major float64 matrix in training column order."""
+
+    def fraud_probability(self, features: Matrix) -> Matrix: ...
+
+
+class XGBoostScorer:
+    """`Booster.inplace_predict`: no DMatrix, no DataFrame, one thread."""
+
+    def __init__(self, model: Any) -> None:
+        booster = model.get_booster() if hasattr(model, "get_booster") else model
+        booster.set_param({"nthread": 1})
+        objective = _xgboost_objective(booster)
+        if objective not in {"binary:logistic", "multi:softprob"}:
+            raise ValueError(f"XGBoost objective {objective!r} does not give probabilities")
+        self._booster = booster
+        # NOTE: predict_proba stops at best_iteration when the model was early-stopped; so must we.
+        best = getattr(model, "best_iteration", None)
+        self._iteration_range = (0, int(best) + 1) if best is not None else (0, 0)
+
+    def fraud_probability(self, features: Matrix) -> Matrix:
+        margin = self._booster.inplace_predict(features, iteration_range=self._iteration_range)
+        return _positive_column(np.asarray(margin, dtype=np.float64))
+
+
+class LightGBMScorer:
+    """`Booster.predict` on the raw booster, one thread."""
+
+    def __init__(self, model: Any) -> None:
+        self._booster = model.booster_ if hasattr(model, "booster_") else model
+        objective = str(self._booster.params.get("objective", "binary"))
+        if objective not in {"binary", "multiclass", "softmax", "cross_entropy", "xentropy"}:
+            raise ValueError(f"LightGBM objective {objective!r} does not give probabilities")
+
+    def fraud_probability(self, features: Matrix) -> Matrix:
+        scores = self._booster.predict(features, num_threads=1)
+        return _positive_column(np.asarray(scores, dtype=np.float64))
+
+
+class SklearnScorer:
+    """`predict_proba`, taking the column of the fraud class (the last of `classes_`, i.e. 1 for 0/1 labels)."""
+
+    def __init__(self, model: Any) -> None:
+        if not hasattr(model, "predict_proba"):
+            raise ValueError(f"{type(model).__name__} has no predict_proba")
+        classes = list(getattr(model, "classes_", []))
+        if len(classes) != 2:
+            raise ValueError(f"expected a binary classifier, got classes {classes}")
+        self._model = model
+        self._column = 1
+
+    def fraud_probability(self, features: Matrix) -> Matrix:
+        return np.asarray(self._model.predict_proba(features)[:, self._column], dtype=np.float64)
+
+
+def load_scorer(artifact: ModelArtifact) -> Scorer:
+    """Load the version with MLflow's own flavour loader and wrap its native fast path."""
+    if artifact.flavor == "xgboost":
+        import mlflow.xgboost
+
+        return XGBoostScorer(mlflow.xgboost.load_model(artifact.path))
+    if artifact.flavor == "lightgbm":
+        import mlflow.lightgbm
+
+        return LightGBMScorer(mlflow.lightgbm.load_model(artifact.path))
+    import mlflow.sklearn
+
+    return SklearnScorer(mlflow.sklearn.load_model(artifact.path))
+
+
+def _xgboost_objective(booster: Any) -> str:
+    import json
+
+    config = json.loads(booster.save_config())
+    return str(config["learner"]["objective"]["name"])
+
+
+def _positive_column(scores: Matrix) -> Matrix:
+    if scores.ndim == 2:
+        if scores.shape[1] != 2:
+            raise ValueError(f"expected two classes, the model gives {scores.shape[1]} scores per row")
+        return np.ascontiguousarray(scores[:, 1])
+    return scores

@@ -1,0 +1,85 @@
+"""Check request rows against a model's signature and build the feature matrix in training order."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from fraud_inference.models.artifact import FeatureSpec
+
+__all__ = ["InstancesError", "SignatureDecoder"]
+
+# Integers beyond 2**53 cannot reach the model exactly as float64; refuse them rather than round silently.
+_SafeInt = Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
+_PYTHON_TYPES: dict[str, Any] = {
+    "double": float,
+    "float": float,
+    "long": _SafeInt,
+    "integer": _SafeInt,
+    "boolean": bool,
+}
+_PATH = re.compile(r"`\$\[(\d+)\](?:\.([^`]*))?`")
+
+
+class InstancesError(ValueError):
+    """The rows do not match the model's signature; the message names the row and the feature."""
+
+
+class SignatureDecoder:
+    """Decode a JSON array of row objects straight into a float64 matrix in the signature's column order.
+
+    Each model gets its own msgspec row type, so names and types are checked in C while decoding and an
+    error names exactly the row index and the feature.
+    """
+
+    def __init__(self, model: str, features: Sequence[FeatureSpec]) -> None:
+        self.features = tuple(features)
+        fields = [(f"f{i}", _PYTHON_TYPES[spec.type]) for i, spec in enumerate(self.features)]
+        row_type = msgspec.defstruct(
+            f"Row_{model}",
+            fields,
+            rename={f"f{i}": spec.name for i, spec in enumerate(self.features)},
+            forbid_unknown_fields=True,
+            array_like=False,
+            gc=False,
+        )
+        self._decode = msgspec.json.Decoder(list[row_type]).decode  # type: ignore[valid-type]
+        self._astuple = msgspec.structs.astuple
+
+    def matrix(self, instances: bytes) -> npt.NDArray[np.float64]:
+        """Decode `instances` (the raw JSON array) into a C-contiguous (rows, features) float64 matrix."""
+        try:
+            rows = self._decode(instances)
+        except msgspec.ValidationError as error:
+            raise InstancesError(_describe(str(error), self.features)) from None
+        if not rows:
+            raise InstancesError("instances is empty: send at least one row")
+        astuple = self._astuple
+        matrix = np.array([astuple(row) for row in rows], dtype=np.float64)
+        if not np.isfinite(matrix).all():
+            row, column = np.argwhere(~np.isfinite(matrix))[0]
+            raise InstancesError(f"instances[{row}].{self.features[column].name}: value is not a finite number")
+        return matrix
+
+
+def _describe(message: str, features: Sequence[FeatureSpec]) -> str:
+    """Rewrite msgspec's `... - at `$[3].amount`` into `instances[3].amount: ...` with a hint."""
+    text, _, _where = message.partition(" - at ")
+    if text == "Number out of range":
+        text = "value is not a finite number (out of float64 range)"
+    match = _PATH.search(message)
+    if match is None:
+        return f"instances: {text}"
+    row, feature = match.group(1), match.group(2)
+    if feature:
+        expected = next((spec.type for spec in features if spec.name == feature), "number")
+        return f"instances[{row}].{feature}: {text} (the model expects type {expected})"
+    if "missing required field" in text or "unknown field" in text:
+        names = ", ".join(spec.name for spec in features)
+        return f"instances[{row}]: {text}; the model's features are: {names}"
+    return f"instances[{row}]: {text}"

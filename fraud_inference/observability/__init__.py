@@ -1,0 +1,1 @@
+"""Logging and metrics setup shared by the server and the workers."""

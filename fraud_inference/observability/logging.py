@@ -1,0 +1,62 @@
+"""structlog setup: one JSON object per line (or a console renderer), with the process role on every line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
+
+__all__ = ["configure_logging", "get_logger"]
+
+
+def configure_logging(level: str, log_format: str, *, role: str) -> None:
+    """Route structlog and the standard library (granian, mlflow, ...) through one renderer on stdout."""
+
+    def add_role(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+        event.setdefault("role", role)
+        return event
+
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_role,
+    ]
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer() if log_format == "console" else structlog.processors.JSONRenderer()
+    )
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    # MLflow and alembic are chatty at INFO about things an operator need not see on every start.
+    for noisy in ("alembic", "mlflow", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(numeric_level, logging.WARNING))
+    for name in ("granian", "granian.access", "_granian"):
+        granian_logger = logging.getLogger(name)
+        granian_logger.handlers[:] = []
+        granian_logger.propagate = True
+
+
+def get_logger(name: str) -> FilteringBoundLogger:
+    """A structured logger; call `log.info("event.name", field=value)`, never with f-strings."""
+    return structlog.get_logger(name)  # type: ignore[no-any-return]

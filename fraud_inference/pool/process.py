@@ -1,0 +1,93 @@
+"""The server-side handle of one worker process: its pipe, readiness callbacks and in-flight requests."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from fraud_inference.pool.messages import Score, ToServer, ToWorker, decode_to_server, encode
+from fraud_inference.pool.worker import WorkerOptions, run_worker
+
+__all__ = ["PendingScore", "WorkerProcess"]
+
+
+class PendingScore:
+    """A `Score` sent to a worker and the future its answer resolves."""
+
+    __slots__ = ("attempts", "future", "request")
+
+    def __init__(self, request: Score, future: asyncio.Future[bytes]) -> None:
+        self.request = request
+        self.future = future
+        self.attempts = 1
+
+
+class WorkerProcess:
+    """Start a worker with `spawn`, read its answers with a readiness callback on the event loop."""
+
+    def __init__(
+        self,
+        options: WorkerOptions,
+        *,
+        on_message: Callable[[WorkerProcess, ToServer], None],
+        on_exit: Callable[[WorkerProcess], None],
+    ) -> None:
+        # NOTE: spawn, not fork: fork after xgboost / lightgbm ran multi-threaded hangs the child's
+        # OpenMP, and a forked child would inherit the server's sockets.
+        context = multiprocessing.get_context("spawn")
+        self.index = options.index
+        self.conn: Connection
+        self.conn, child_end = context.Pipe(duplex=True)
+        self.process: BaseProcess = context.Process(
+            target=run_worker, args=(child_end, options), name=f"fraud-inference-worker-{options.index}"
+        )
+        self.process.start()
+        child_end.close()  # only the worker holds its end: it sees EOF the moment the server dies
+        self.inflight: dict[int, PendingScore] = {}
+        self.generations: set[int] = set()
+        self.started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.alive = True
+        self._on_message = on_message
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.conn.fileno(), self._readable)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def send(self, message: ToWorker) -> None:
+        self.conn.send_bytes(encode(message))
+
+    def _readable(self) -> None:
+        try:
+            while self.alive and self.conn.poll():
+                self._on_message(self, decode_to_server(self.conn.recv_bytes()))
+        except (EOFError, OSError):
+            self._lost()
+
+    def _lost(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        self._loop.remove_reader(self.conn.fileno())
+        self.conn.close()
+        self.process.join(timeout=1.0)
+        self._on_exit(self)
+
+    def close(self) -> None:
+        """Close the pipe: the worker exits on EOF. Call on the event loop."""
+        if self.alive:
+            self.alive = False
+            self._loop.remove_reader(self.conn.fileno())
+            self.conn.close()
+
+    def join_or_kill(self, timeout_s: float = 5.0) -> None:
+        """Wait for the process to exit, SIGKILL it if it does not. Blocks: run it off the event loop."""
+        self.process.join(timeout=timeout_s)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=timeout_s)

@@ -1,0 +1,156 @@
+"""Which model version to serve (alias first, then stages), and where its files live."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from fraud_inference.settings import redact_uri
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+__all__ = ["ModelRef", "Registry", "RegistryUnavailableError", "ResolutionError"]
+
+DEFAULT_THRESHOLD = 0.5
+
+
+class ResolutionError(Exception):
+    """A served model resolves to no usable version; the message says what was tried."""
+
+
+class RegistryUnavailableError(Exception):
+    """The registry could not be asked (unreachable, timed out, or answered with a server error)."""
+
+
+class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
+    """One registry version chosen to serve under a model key, and why it was chosen."""
+
+    key: str
+    name: str
+    version: str
+    selected_by: str
+    run_id: str | None
+    threshold: float
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+class Registry:
+    """Resolve served models against an MLflow Model Registry and download their artifacts."""
+
+    def __init__(self, tracking_uri: str, *, alias: str, stages: Sequence[str]) -> None:
+        from mlflow import MlflowClient  # NOTE: import mlflow (~2.5 s) only where a registry is used.
+
+        self.tracking_uri = tracking_uri
+        self._alias = alias
+        self._stages = tuple(stages)
+        self._client: MlflowClient = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def resolve_all(self, models: Mapping[str, str]) -> dict[str, ModelRef]:
+        """Resolve every served model; raise for the first that cannot be resolved."""
+        return {key: self.resolve(key, name) for key, name in models.items()}
+
+    def resolve(self, key: str, name: str) -> ModelRef:
+        """Pick the version for `name`: alias first, else the newest version of the first stage that has one."""
+        tried: list[str] = []
+        version = self._by_alias(name)
+        selected_by = f"alias:{self._alias}"
+        tried.append(f"alias {self._alias!r}")
+        if version is None:
+            for stage in self._stages:
+                tried.append(f"stage {stage!r}")
+                version = self._newest_in_stage(name, stage)
+                if version is not None:
+                    selected_by = f"stage:{stage}"
+                    break
+        if version is None:
+            raise ResolutionError(
+                f"model {key!r} (registered name {name!r}) resolves to no version: tried {', '.join(tried)} "
+                f"in the registry at {redact_uri(self.tracking_uri)}. Set the alias with "
+                f"MlflowClient().set_registered_model_alias({name!r}, {self._alias!r}, <version>), "
+                "or run `fraud-inference seed-demo` for the demo models."
+            )
+        return ModelRef(
+            key=key,
+            name=name,
+            version=str(version.version),
+            selected_by=selected_by,
+            run_id=version.run_id or None,
+            threshold=_threshold(key, version),
+        )
+
+    def download(self, ref: ModelRef, destination: Path) -> Path:
+        """Copy the version's model directory to `destination` and return its local path."""
+        from mlflow.artifacts import download_artifacts
+
+        destination.mkdir(parents=True, exist_ok=True)
+        try:
+            local = download_artifacts(
+                artifact_uri=ref.uri,
+                dst_path=str(destination),
+                tracking_uri=self.tracking_uri,
+                registry_uri=self.tracking_uri,
+            )
+        except Exception as error:
+            raise RegistryUnavailableError(f"cannot download {ref.uri} for model {ref.key!r}: {error}") from error
+        return Path(local)
+
+    def _by_alias(self, name: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._client.get_model_version_by_alias(name, self._alias)
+        except MlflowException as error:
+            if _is_not_found(error):
+                return None
+            raise RegistryUnavailableError(f"registry error looking up {name}@{self._alias}: {error}") from error
+        except Exception as error:
+            raise RegistryUnavailableError(f"registry unreachable looking up {name}@{self._alias}: {error}") from error
+
+    def _newest_in_stage(self, name: str, stage: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        get_latest_versions = getattr(self._client, "get_latest_versions", None)
+        if get_latest_versions is None:
+            raise ResolutionError(
+                f"this MLflow has no model stages (MlflowClient.get_latest_versions is gone), so stage "
+                f"{stage!r} cannot be looked up for {name!r}: point alias {self._alias!r} at a version "
+                "or set MODEL_STAGES to stages this MLflow still supports."
+            )
+        try:
+            versions: list[ModelVersion] = get_latest_versions(name, stages=[stage])
+        except MlflowException as error:
+            if _is_not_found(error):
+                return None
+            raise RegistryUnavailableError(f"registry error listing {name} in stage {stage}: {error}") from error
+        except Exception as error:
+            raise RegistryUnavailableError(f"registry unreachable listing {name} in {stage}: {error}") from error
+        return max(versions, key=lambda version: int(version.version), default=None)
+
+
+def _is_not_found(error: Exception) -> bool:
+    return getattr(error, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+
+
+def _threshold(key: str, version: ModelVersion) -> float:
+    raw = (version.tags or {}).get("threshold")
+    if raw is None:
+        return DEFAULT_THRESHOLD
+    try:
+        threshold = float(raw)
+    except ValueError:
+        threshold = math.nan
+    if not 0.0 <= threshold <= 1.0:
+        raise ResolutionError(
+            f"model {key!r} ({version.name} v{version.version}) has tag threshold={raw!r}: "
+            "it must be a number between 0 and 1"
+        )
+    return threshold

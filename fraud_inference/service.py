@@ -1,0 +1,157 @@
+"""The fraud-scoring service: resolves models, loads generations into the pool, and scores requests."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, read_artifact
+from fraud_inference.models.signature import SignatureDecoder
+from fraud_inference.observability.logging import get_logger
+from fraud_inference.pool import InferencePool, WorkerOptions
+from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
+from fraud_inference.settings import Settings
+
+__all__ = ["FraudService", "Generation", "GenerationLoadError", "ServedModel"]
+
+log = get_logger("fraud_inference.service")
+
+
+class GenerationLoadError(Exception):
+    """A generation could not be loaded; `errors` says why, per model key."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        super().__init__("; ".join(f"{key}: {error}" for key, error in errors.items()))
+        self.errors = dict(errors)
+
+
+class ServedModel:
+    """One model of a generation: its registry reference, artifact and request decoder."""
+
+    __slots__ = ("artifact", "decoder")
+
+    def __init__(self, artifact: ModelArtifact) -> None:
+        self.artifact = artifact
+        self.decoder = SignatureDecoder(artifact.ref.key, artifact.features)
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.artifact.ref
+
+
+class Generation(msgspec.Struct, frozen=True):
+    """A numbered set of served models that every worker holds; requests are scored by exactly one."""
+
+    number: int
+    models: dict[str, ServedModel]
+
+
+class FraudService:
+    """Own the registry, the pool and the active generation."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.mlflow_tracking_uri is None:
+            raise ValueError("MLFLOW_TRACKING_URI is required")
+        self.settings = settings
+        self.pool = InferencePool(
+            settings.workers,
+            lambda index: WorkerOptions(index=index, log_level=settings.log_level, log_format=settings.log_format),
+            timeout_s=settings.inference_timeout_s,
+        )
+        self.active: Generation | None = None
+        self.not_ready_reason = "starting: the inference workers are loading"
+        self._tracking_uri = settings.mlflow_tracking_uri
+        self._registry: Registry | None = None
+        self._generations = itertools.count(1)
+        self._downloads = Path(tempfile.mkdtemp(prefix="fraud-inference-models-"))
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Start the workers now; load the first generation in the background, retrying the registry."""
+        await self.pool.start()
+        task = asyncio.get_running_loop().create_task(self._load_first_generation())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await self.pool.stop()
+        shutil.rmtree(self._downloads, ignore_errors=True)
+
+    async def score(
+        self, generation: Generation, model: str, features: npt.NDArray[np.float64], request_id: str
+    ) -> npt.NDArray[np.float64]:
+        return await self.pool.score(generation.number, model, features, request_id)
+
+    async def _load_first_generation(self) -> None:
+        delay = 0.5
+        while self.active is None:
+            try:
+                await self.load_generation(await self.resolve())
+            except (
+                RegistryUnavailableError,
+                GenerationLoadError,
+                ResolutionError,
+                UnservableModelError,
+            ) as error:
+                self.not_ready_reason = f"cannot load the served models: {error}"
+                log.error("startup.load_failed", error=str(error), retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 30.0)
+
+    async def resolve(self) -> dict[str, ModelRef]:
+        """Ask the registry which version each served model should be, now."""
+        registry = await self._get_registry()
+        return await asyncio.to_thread(registry.resolve_all, self.settings.models)
+
+    async def load_generation(self, refs: Mapping[str, ModelRef]) -> Generation:
+        """Download, load in every worker, and (only if all loaded) activate a new generation."""
+        registry = await self._get_registry()
+        artifacts = await asyncio.gather(*(asyncio.to_thread(self._fetch, registry, ref) for ref in refs.values()))
+        number = next(self._generations)
+        errors = await self.pool.load(number, artifacts)
+        if errors:
+            raise GenerationLoadError(errors)
+        generation = Generation(number=number, models={a.ref.key: ServedModel(a) for a in artifacts})
+        self.pool.activate(number)
+        self.active = generation
+        log.info(
+            "generation.active",
+            generation=number,
+            models={key: f"{m.ref.name}/{m.ref.version} ({m.ref.selected_by})" for key, m in generation.models.items()},
+        )
+        return generation
+
+    def _fetch(self, registry: Registry, ref: ModelRef) -> ModelArtifact:
+        destination = self._downloads / ref.name / ref.version
+        if not destination.exists():
+            partial = destination.with_name(f"{ref.version}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            registry.download(ref, partial)
+            partial.rename(destination)  # only a complete download is ever reused
+        return read_artifact(ref, _model_dir(destination))
+
+    async def _get_registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = await asyncio.to_thread(
+                Registry,
+                self._tracking_uri,
+                alias=self.settings.model_alias,
+                stages=self.settings.model_stages,
+            )
+        return self._registry
+
+
+def _model_dir(destination: Path) -> Path:
+    """The directory holding MLmodel under a download destination."""
+    return next((path.parent for path in destination.rglob("MLmodel")), destination)

@@ -1,0 +1,125 @@
+"""Shared fixtures: a real MLflow registry with real demo models, and helpers to run the real service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from fraud_inference.demo.dataset import make_transactions
+from fraud_inference.demo.seeding import embedded_registry, seed_demo
+
+REPO = Path(__file__).resolve().parents[1]
+FRAUD_INFERENCE = str(Path(sys.executable).parent / "fraud-inference")
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FRAUD_INFERENCE_HOME whose embedded SQLite registry holds the three demo models (small data)."""
+    home = tmp_path_factory.mktemp("fraud-inference-home")
+    tracking_uri, artifact_location = embedded_registry(home)
+    seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None, n_rows=6_000)
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_registry(demo_home: Path) -> str:
+    """The tracking URI of the seeded demo registry."""
+    return embedded_registry(demo_home)[0]
+
+
+@pytest.fixture(scope="session")
+def transactions() -> pd.DataFrame:
+    """Rows of the demo data set that the models never trained on (another seed)."""
+    features, _labels = make_transactions(500, seed=99)
+    return features
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RunningService:
+    """A `fraud-inference` process started by a test, stopped by PID when the test ends."""
+
+    def __init__(self, process: subprocess.Popen[str], base_url: str, log_path: Path) -> None:
+        self.process = process
+        self.base_url = base_url
+        self.log_path = log_path
+
+    def client(self, **options: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30.0, **options)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise AssertionError(f"the service exited with {self.process.returncode}:\n{self.log()}")
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        raise AssertionError(f"the service was not ready within {timeout_s} s:\n{self.log()}")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+
+def start_service(
+    command: list[str], env: Mapping[str, str], log_dir: Path, *, port: int | None = None
+) -> RunningService:
+    """Start `fraud-inference <command>` on a free loopback port, logging to a file in `log_dir`."""
+    port = port or free_port()
+    log_path = log_dir / f"service-{port}.log"
+    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "INFO", **env}
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [FRAUD_INFERENCE, *command],
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=log_dir,
+        )
+    return RunningService(process, f"http://127.0.0.1:{port}", log_path)
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator[object]:
+    """Start services for one test; whatever is still running at the end is stopped, then killed."""
+    started: list[RunningService] = []
+
+    def start(command: list[str], env: Mapping[str, str], *, port: int | None = None) -> RunningService:
+        service = start_service(command, env, tmp_path, port=port)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGTERM)
+            try:
+                service.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
