@@ -15,6 +15,8 @@ _APP_FACTORY = "fraud_inference.api.app:create_app"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A fraud scorer runs in closed networks: MLflow's telemetry would only try, and fail, to phone home.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     parser = _parser()
     args = parser.parse_args(argv)
     try:

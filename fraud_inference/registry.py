@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 __all__ = ["ModelRef", "Registry", "RegistryUnavailableError", "ResolutionError"]
 
 DEFAULT_THRESHOLD = 0.5
+# MODEL_STAGES is a supported setting: MLflow's deprecation warning on every lookup would only be noise.
+warnings.filterwarnings("ignore", message=r".*get_latest_versions.*", category=FutureWarning)
 
 
 class ResolutionError(Exception):

@@ -27,7 +27,11 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A FRAUD_INFERENCE_HOME whose embedded SQLite registry holds the three demo models (small data)."""
     home = tmp_path_factory.mktemp("fraud-inference-home")
     tracking_uri, artifact_location = embedded_registry(home)
-    seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None, n_rows=6_000)
+    with pytest.MonkeyPatch.context() as patch:
+        # seed_demo sets MLflow's process-wide URIs (and their variables): keep them out of other tests.
+        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            patch.delenv(variable, raising=False)
+        seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None, n_rows=6_000)
     return home
 
 
@@ -123,3 +127,37 @@ def service_factory(tmp_path: Path) -> Iterator[object]:
             except subprocess.TimeoutExpired:
                 service.process.kill()
                 service.process.wait()
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process below `pid`, with its command line (as `ps` shows process titles)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: dict[int, str] = {}
+    stack = list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        try:
+            found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        stack.extend(children.get(child, []))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

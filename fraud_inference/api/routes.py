@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -31,6 +32,7 @@ _decode_request = msgspec.json.Decoder(PredictRequest).decode
 _RETRY_AFTER = {"Retry-After": "1"}
 
 
+@dataclass
 class _PredictOperation(Operation):
     """Document the body that `predict` decodes itself (per model signature, for precise 422s)."""
 

@@ -211,7 +211,7 @@ def _fraud_probability(frame: pd.DataFrame) -> Float64Array:
 def _calibrate(score: Float64Array, rate: float) -> Float64Array:
     """Return sigmoid(score + b) with the intercept b chosen so that the mean is `rate`."""
     low, high = -30.0, 10.0
-    # NOTE: bisection, not a closed form: the mean of a sigmoid is monotonic in b but not invertible.
+    # NOTE: bisection: the mean of sigmoids is monotonic in b but has no closed-form inverse.
     for _ in range(60):
         intercept = (low + high) / 2.0
         if float(np.mean(_sigmoid(score + intercept))) > rate:

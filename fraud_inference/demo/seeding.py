@@ -5,6 +5,10 @@ URI. So `log_fraud_model` and `seed_demo` point both MLflow's tracking and regis
 `tracking_uri` they are given (`mlflow.set_tracking_uri` / `mlflow.set_registry_uri`, which also
 export `MLFLOW_TRACKING_URI` / `MLFLOW_REGISTRY_URI` to subprocesses) and leave them there, so
 `mlflow.<flavor>.load_model("models:/...")` afterwards reads the same registry.
+
+A `sqlite:///` registry can only read artifacts it can reach itself, such as `file://` URIs; a
+registry behind `mlflow server --serve-artifacts` (an http(s) tracking URI) stores them under
+`mlflow-artifacts:` URIs, which only the server can read.
 """
 
 from __future__ import annotations
@@ -155,18 +159,15 @@ def log_fraud_model(
     Returns:
         The registered model version, with its tags.
     """
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = _use_registry(tracking_uri)
     experiment_id = _experiment_id(client, tracking_uri, experiment_name, artifact_location)
     if pip_requirements is None:
         pip_requirements = default_pip_requirements(flavor)
-    signature = _input_signature(X_example) if with_signature else None
-    # NOTE: signature=False, not None: with None MLflow would infer one from the input example.
     options: dict[str, Any] = {
         "name": _MODEL_ARTIFACT_NAME,
         "registered_model_name": registered_name,
-        "signature": signature if signature is not None else False,
+        # NOTE: False, not None: with None MLflow would infer a signature from the input example.
+        "signature": _input_signature(X_example) if with_signature else False,
         "input_example": X_example.head(_EXAMPLE_ROWS),
         "pip_requirements": list(pip_requirements),
     }
@@ -223,7 +224,7 @@ def seed_demo(
     Returns:
         The champion of each demo model, keyed by flavour, in `DEMO_MODELS` order.
     """
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = _use_registry(tracking_uri)
     seeded: dict[ModelFlavor, SeededModel] = {}
     for flavor, name in DEMO_MODELS.items():
         champion = _champion(client, name)
@@ -262,11 +263,20 @@ def seed_demo(
     return {flavor: seeded[flavor] for flavor in DEMO_MODELS}
 
 
+def _use_registry(tracking_uri: str) -> MlflowClient:
+    """Make `tracking_uri` MLflow's process-wide tracking and registry URI; return its client."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 def _champion(client: MlflowClient, name: str) -> int | None:
     """Return the version the champion alias of `name` points at, None if no such alias."""
     try:
         version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     except MlflowException as error:
+        # A missing registered model is RESOURCE_DOES_NOT_EXIST; a missing alias on an existing
+        # one is INVALID_PARAMETER_VALUE (measured with MLflow 3.17's SQLite store).
         if error.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
             return None
         raise
@@ -280,10 +290,10 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_
         artifact_location = _artifact_location_next_to(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        if sqlite and artifact_location is not None and not artifact_location.startswith("file:"):
+        if sqlite and artifact_location is not None and artifact_location.startswith("mlflow-artifacts:"):
             raise ValueError(
                 f"artifact_location {artifact_location!r} cannot serve the SQLite registry {tracking_uri}:"
-                " pass a file:// URI (a sqlite registry cannot read mlflow-artifacts: URIs)"
+                " pass a file:// URI (only an mlflow server can read mlflow-artifacts: URIs)"
             )
         experiment_id: str = client.create_experiment(name, artifact_location=artifact_location)
         return experiment_id
@@ -308,7 +318,7 @@ def _input_signature(example: pd.DataFrame) -> mlflow.models.ModelSignature:
     """Infer an input-only signature: int64 columns become `long`, float64 `double`."""
     with warnings.catch_warnings():
         # The features are never missing, so MLflow's hint about integer columns is noise here.
-        warnings.filterwarnings("ignore", message=".*[Ii]nteger column", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
         return infer_signature(example)
 
 

@@ -28,7 +28,7 @@ Labels = npt.NDArray[np.integer[Any]]
 """Fraud labels, one per row: 1 for fraud, 0 for a legitimate transaction."""
 
 # Shallow, few-tree ensembles: enough for the demo data's interactions, and all three train on
-# 37,500 rows in about 2.5 s on 2 cores, even with one thread each.
+# 37,500 rows in about 3.5 s on 2 cores with one thread each.
 _N_TREES = 200
 _MAX_DEPTH = 6
 _LEARNING_RATE = 0.1

@@ -74,14 +74,39 @@ def load_scorer(artifact: ModelArtifact) -> Scorer:
     if artifact.flavor == "xgboost":
         import mlflow.xgboost
 
-        return XGBoostScorer(mlflow.xgboost.load_model(artifact.path))
+        model = mlflow.xgboost.load_model(artifact.path)
+        booster = model.get_booster() if hasattr(model, "get_booster") else model
+        _check_feature_order(artifact, booster.feature_names)
+        return XGBoostScorer(model)
     if artifact.flavor == "lightgbm":
         import mlflow.lightgbm
 
-        return LightGBMScorer(mlflow.lightgbm.load_model(artifact.path))
+        model = mlflow.lightgbm.load_model(artifact.path)
+        booster = model.booster_ if hasattr(model, "booster_") else model
+        _check_feature_order(artifact, booster.feature_name())
+        return LightGBMScorer(model)
     import mlflow.sklearn
 
-    return SklearnScorer(mlflow.sklearn.load_model(artifact.path))
+    model = mlflow.sklearn.load_model(artifact.path)
+    _check_feature_order(artifact, getattr(model, "feature_names_in_", None))
+    return SklearnScorer(model)
+
+
+def _check_feature_order(artifact: ModelArtifact, trained: Any) -> None:
+    """Refuse a model whose own feature names disagree with its signature: rows go in signature order.
+
+    A model trained without names (on a bare array) records none; then the signature is the only order.
+    """
+    if trained is None:
+        return
+    trained_names = [str(name) for name in trained]
+    signature_names = [feature.name for feature in artifact.features]
+    if trained_names != signature_names:
+        raise ValueError(
+            f"{artifact.ref.name} v{artifact.ref.version}: the model was trained on features {trained_names} "
+            f"but its MLflow signature lists {signature_names}; log it again with "
+            "signature=infer_signature(X_train) so rows can be put in training order"
+        )
 
 
 def _xgboost_objective(booster: Any) -> str:

@@ -89,6 +89,10 @@ class InferencePool:
                     pending.future.set_exception(WorkerLostError("the pool is shutting down"))
         self._workers.clear()
 
+    def worker_pids(self) -> dict[int, int | None]:
+        """The PID of each live worker, by worker index."""
+        return {index: worker.pid for index, worker in self._workers.items() if worker.alive}
+
     def status(self) -> PoolStatus:
         live = [worker for worker in self._workers.values() if worker.alive]
         active = self.active_generation

@@ -15,6 +15,7 @@ from fraud_inference.demo import (
     DEMO_MODELS,
     FEATURES,
     SKOPS_TRUSTED_TYPES,
+    ModelFlavor,
     SeededModel,
     embedded_registry,
     log_fraud_model,
@@ -34,8 +35,9 @@ def _restore_mlflow_uris() -> Iterator[None]:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         yield
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+        # None resets MLflow to its defaults; the type hints say str but the code handles None.
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+        mlflow.set_registry_uri(None)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +47,16 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def seeded(registry: tuple[str, str]) -> dict[str, SeededModel]:
+def seed_progress() -> list[str]:
+    """The progress lines of the first `seed_demo` into `registry`."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def seeded(registry: tuple[str, str], seed_progress: list[str]) -> dict[ModelFlavor, SeededModel]:
     """The demo models, seeded once into `registry`."""
     tracking_uri, artifact_location = registry
-    lines: list[str] = []
-    result = seed_demo(tracking_uri, artifact_location=artifact_location, progress=lines.append, n_rows=N_ROWS)
-    assert any("champion" in line for line in lines)
-    return dict(result)
+    return seed_demo(tracking_uri, artifact_location=artifact_location, progress=seed_progress.append, n_rows=N_ROWS)
 
 
 def test_make_transactions_is_deterministic_with_about_one_percent_fraud() -> None:
@@ -77,9 +82,13 @@ def test_make_transactions_types_columns_as_the_features_say() -> None:
 
 
 def test_seed_demo_registers_each_model_as_champion_with_a_threshold(
-    registry: tuple[str, str], seeded: dict[str, SeededModel]
+    registry: tuple[str, str], seeded: dict[ModelFlavor, SeededModel], seed_progress: list[str]
 ) -> None:
     client = MlflowClient(tracking_uri=registry[0], registry_uri=registry[0])
+
+    for key, name in DEMO_MODELS.items():
+        assert f"training {key}..." in seed_progress
+        assert f"{name} v1 -> alias champion (ROC AUC {seeded[key].roc_auc:.3f})" in seed_progress
 
     assert list(seeded) == list(DEMO_MODELS)
     for key, name in DEMO_MODELS.items():
@@ -94,7 +103,7 @@ def test_seed_demo_registers_each_model_as_champion_with_a_threshold(
 
 @pytest.mark.parametrize("key", list(DEMO_MODELS))
 def test_champion_loads_back_with_its_flavor_and_scores_fraud(
-    registry: tuple[str, str], seeded: dict[str, SeededModel], key: str
+    registry: tuple[str, str], seeded: dict[ModelFlavor, SeededModel], key: ModelFlavor
 ) -> None:
     features, labels = make_transactions(2_000, seed=11)
     uri = f"models:/{seeded[key].name}@champion"
@@ -109,7 +118,7 @@ def test_champion_loads_back_with_its_flavor_and_scores_fraud(
 
 
 def test_champion_records_signature_and_trusted_types(
-    registry: tuple[str, str], seeded: dict[str, SeededModel]
+    registry: tuple[str, str], seeded: dict[ModelFlavor, SeededModel]
 ) -> None:
     for key, model in seeded.items():
         info = mlflow.models.get_model_info(f"models:/{model.name}@champion")
@@ -127,7 +136,9 @@ def test_champion_records_signature_and_trusted_types(
         assert f"{FLAVOR_DISTRIBUTION[key]}==" in requirements
 
 
-def test_seed_demo_again_creates_no_new_version(registry: tuple[str, str], seeded: dict[str, SeededModel]) -> None:
+def test_seed_demo_again_creates_no_new_version(
+    registry: tuple[str, str], seeded: dict[ModelFlavor, SeededModel]
+) -> None:
     tracking_uri, artifact_location = registry
     lines: list[str] = []
 

@@ -1,0 +1,79 @@
+"""Version, probes, docs and CORS, through the real app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from litestar.testing import TestClient
+
+from fraud_inference.api.app import create_app
+from fraud_inference.demo.dataset import FEATURES
+from fraud_inference.settings import Settings
+
+
+def test_version_lists_models_with_features_in_training_order(client: TestClient) -> None:  # type: ignore[type-arg]
+    body = client.get("/v1/version").json()
+    assert body["service"] == "fraud-inference"
+    assert body["generation"] == 1
+    assert set(body["models"]) == {"xgboost", "lightgbm", "sklearn"}
+    for key, model in body["models"].items():
+        assert model["name"] == f"fraud-{key}"
+        assert model["version"] == "1"
+        assert model["selected_by"] == "alias:champion"
+        assert model["flavor"] == key
+        assert model["run_id"]
+        assert model["features"] == [{"name": f.name, "type": f.kind} for f in FEATURES]
+
+
+def test_probes_when_ready(client: TestClient) -> None:  # type: ignore[type-arg]
+    assert client.get("/livez").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "generation": 1, "workers": 2, "live_workers": 2}
+
+
+@pytest.mark.parametrize(("page", "asset"), [("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")])
+def test_docs_pages_load_their_assets_from_the_service(client: TestClient, page: str, asset: str) -> None:  # type: ignore[type-arg]
+    html = client.get(page)
+    assert html.status_code == 200
+    assert f"/docs-static/{asset}" in html.text
+    assert "https://" not in html.text  # no CDN: the docs must render on a host without internet
+    assert client.get(f"/docs-static/{asset}").status_code == 200
+
+
+def test_openapi_schema_documents_the_surface(client: TestClient) -> None:  # type: ignore[type-arg]
+    schema = client.get("/openapi.json").json()
+    for path in ("/v1/predict", "/v1/version", "/livez", "/readyz"):
+        assert path in schema["paths"]
+    body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["instances"]
+
+
+def test_cors_only_for_configured_origins(client: TestClient) -> None:  # type: ignore[type-arg]
+    preflight = {"Access-Control-Request-Method": "POST"}
+    allowed = client.options("/v1/predict", headers={"Origin": "https://fraud-console.example", **preflight})
+    denied = client.options("/v1/predict", headers={"Origin": "https://evil.example", **preflight})
+    assert allowed.headers.get("access-control-allow-origin") == "https://fraud-console.example"
+    assert "access-control-allow-origin" not in denied.headers
+
+
+@pytest.fixture
+def unready_client(demo_registry: str) -> Iterator[TestClient]:  # type: ignore[type-arg]
+    """An app whose served model exists nowhere: it keeps retrying the registry and never becomes ready."""
+    settings = Settings.from_env(
+        {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "MODELS": "fraud=fraud-not-registered"}
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_not_ready_answers_503_with_reason_and_retry_after(unready_client: TestClient) -> None:  # type: ignore[type-arg]
+    assert unready_client.get("/livez").status_code == 200
+    ready = unready_client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.headers["retry-after"]
+    predict = unready_client.post("/v1/predict", json={"instances": [{"amount": 1.0}]})
+    assert predict.status_code == 503
+    assert predict.headers["retry-after"]
+    assert "not ready" in predict.json()["detail"]

@@ -1,0 +1,166 @@
+"""The pool's public API with real worker processes: exact generations, all-or-nothing loads, kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fraud_inference.models.artifact import ModelArtifact, read_artifact
+from fraud_inference.models.scoring import load_scorer
+from fraud_inference.pool import InferencePool, NoWorkerError, WorkerOptions
+from fraud_inference.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def artifacts(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelArtifact]:
+    registry = Registry(demo_registry, alias="champion", stages=("Production",))
+    destination = tmp_path_factory.mktemp("downloads")
+    found = {}
+    for key, name in {"xgboost": "fraud-xgboost", "lightgbm": "fraud-lightgbm", "sklearn": "fraud-sklearn"}.items():
+        ref = registry.resolve(key, name)
+        found[key] = read_artifact(ref, registry.download(ref, destination / key))
+    return found
+
+
+def under_key(artifact: ModelArtifact, key: str) -> ModelArtifact:
+    """The same artifact served under another model key."""
+    import msgspec
+
+    return msgspec.structs.replace(artifact, ref=msgspec.structs.replace(artifact.ref, key=key))
+
+
+def run_with_pool(size: int, scenario: Callable[[InferencePool], Awaitable[None]]) -> None:
+    async def main() -> None:
+        pool = InferencePool(size, lambda index: WorkerOptions(index, "WARNING", "json"), timeout_s=30.0)
+        await pool.start()
+        try:
+            await scenario(pool)
+        finally:
+            await pool.stop()
+
+    asyncio.run(main())
+
+
+def matrix(frame: pd.DataFrame, rows: slice) -> np.ndarray:
+    return np.ascontiguousarray(frame.iloc[rows].to_numpy(dtype=np.float64))
+
+
+def test_each_request_is_scored_by_exactly_the_generation_it_names(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
+) -> None:
+    features = matrix(transactions, slice(0, 64))
+    by_xgboost = load_scorer(artifacts["xgboost"]).fraud_probability(features)
+    by_lightgbm = load_scorer(artifacts["lightgbm"]).fraud_probability(features)
+    assert not np.allclose(by_xgboost, by_lightgbm)
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [under_key(artifacts["xgboost"], "fraud")]) == {}
+        pool.activate(1)
+        assert await pool.load(2, [under_key(artifacts["lightgbm"], "fraud")]) == {}
+        # Both generations are held until 2 is activated: interleave requests for each.
+        results = await asyncio.gather(*(pool.score(1 + i % 2, "fraud", features, f"req-{i}") for i in range(40)))
+        for i, probabilities in enumerate(results):
+            expected = by_xgboost if i % 2 == 0 else by_lightgbm
+            np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-12)
+
+    run_with_pool(2, scenario)
+
+
+def test_concurrent_batches_get_exactly_their_own_rows_back(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
+) -> None:
+    scorer = load_scorer(artifacts["sklearn"])
+    slices = [slice(start, start + size) for start, size in zip(range(0, 400, 7), [1, 5, 13, 2, 40] * 20, strict=False)]
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [artifacts["sklearn"]]) == {}
+        pool.activate(1)
+        results = await asyncio.gather(
+            *(pool.score(1, "sklearn", matrix(transactions, rows), f"r{i}") for i, rows in enumerate(slices))
+        )
+        for rows, probabilities in zip(slices, results, strict=True):
+            np.testing.assert_allclose(probabilities, scorer.fraud_probability(matrix(transactions, rows)), atol=1e-12)
+
+    run_with_pool(2, scenario)
+
+
+def test_a_generation_that_fails_to_load_anywhere_is_dropped_everywhere(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame, tmp_path: Path
+) -> None:
+    # A fault we cannot get from a healthy registry: a model file corrupted on disk.
+    broken_dir = tmp_path / "broken"
+    shutil.copytree(artifacts["lightgbm"].path, broken_dir)
+    for model_file in broken_dir.glob("model.*"):
+        model_file.write_bytes(b"not a model")
+    import msgspec
+
+    broken = msgspec.structs.replace(artifacts["lightgbm"], path=str(broken_dir))
+    features = matrix(transactions, slice(0, 3))
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [artifacts["xgboost"], artifacts["lightgbm"]]) == {}
+        pool.activate(1)
+        errors = await pool.load(2, [artifacts["xgboost"], broken])
+        assert set(errors) == {"lightgbm"}
+        assert pool.status().active_generation == 1
+        assert len(await pool.score(1, "lightgbm", features, "still-served")) == 3
+        with pytest.raises(NoWorkerError):
+            await pool.score(2, "xgboost", features, "never-activated")
+
+    run_with_pool(2, scenario)
+
+
+def test_kill_9_of_a_worker_loses_no_request_and_the_pool_heals(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
+) -> None:
+    features = matrix(transactions, slice(0, 20))
+    expected = load_scorer(artifacts["xgboost"]).fraud_probability(features)
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [artifacts["xgboost"]]) == {}
+        pool.activate(1)
+        victim = pool.worker_pids()[1]
+        assert victim is not None
+
+        answered = 0
+        warmed_up, killed = asyncio.Event(), asyncio.Event()
+
+        async def client(n: int) -> list[np.ndarray]:
+            nonlocal answered
+            results = []
+            # Keep going until well after the kill, so requests are in flight when the worker dies.
+            while not killed.is_set() or len(results) < 100:
+                results.append(await pool.score(1, "xgboost", features, f"c{n}-{len(results)}"))
+                answered += 1
+                if answered >= 200:
+                    warmed_up.set()
+            return results
+
+        async def killer() -> None:
+            await warmed_up.wait()
+            os.kill(victim, signal.SIGKILL)
+            killed.set()
+
+        *answers, _ = await asyncio.gather(*(client(n) for n in range(4)), killer())
+        for probabilities in (p for batch in answers for p in batch):
+            np.testing.assert_allclose(probabilities, expected, atol=1e-12)
+        deadline = time.monotonic() + 60
+        while pool.status().ready_workers < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        status = pool.status()
+        assert (status.live_workers, status.ready_workers) == (2, 2)
+        assert pool.restarts == 1
+        assert victim not in pool.worker_pids().values()
+
+    run_with_pool(2, scenario)
