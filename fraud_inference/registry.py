@@ -50,8 +50,13 @@ class Registry:
     """Resolve served models against an MLflow Model Registry and download their artifacts."""
 
     def __init__(self, tracking_uri: str, *, alias: str, stages: Sequence[str]) -> None:
+        import mlflow
         from mlflow import MlflowClient  # NOTE: import mlflow (~2.5 s) only where a registry is used.
 
+        # NOTE: some of MLflow's artifact paths (models:/ downloads) read the process-wide registry URI,
+        # not the one passed in: make it ours, whatever MLFLOW_REGISTRY_URI the environment holds.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
         self.tracking_uri = tracking_uri
         self._alias = alias
         self._stages = tuple(stages)

@@ -7,8 +7,9 @@ import itertools
 import random
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -21,7 +22,15 @@ from fraud_inference.pool import InferencePool, WorkerOptions
 from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings
 
-__all__ = ["FraudService", "Generation", "GenerationLoadError", "ServedModel"]
+__all__ = [
+    "FraudService",
+    "Generation",
+    "GenerationLoadError",
+    "RefreshInProgressError",
+    "RefreshOutcome",
+    "ServedModel",
+    "VersionChange",
+]
 
 log = get_logger("fraud_inference.service")
 
@@ -32,6 +41,24 @@ class GenerationLoadError(Exception):
     def __init__(self, errors: Mapping[str, str]) -> None:
         super().__init__("; ".join(f"{key}: {error}" for key, error in errors.items()))
         self.errors = dict(errors)
+
+
+class RefreshInProgressError(Exception):
+    """Another refresh is running; refreshes never interleave."""
+
+
+class VersionChange(msgspec.Struct, frozen=True, rename={"previous": "from", "current": "to"}):
+    """A served model whose selected version moved, e.g. `{"from": "3", "to": "4"}`."""
+
+    previous: str | None
+    current: str
+
+
+class RefreshOutcome(msgspec.Struct, frozen=True):
+    """What a refresh did: the generation now active and which models changed version."""
+
+    generation: Generation
+    changed: dict[str, VersionChange]
 
 
 class ServedModel:
@@ -74,13 +101,65 @@ class FraudService:
         self._generations = itertools.count(1)
         self._downloads = Path(tempfile.mkdtemp(prefix="fraud-inference-models-"))
         self._background: set[asyncio.Task[None]] = set()
+        self._refresh_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Start the workers now; load the first generation in the background, retrying the registry."""
         await self.pool.start()
-        task = asyncio.get_running_loop().create_task(self._load_first_generation())
+        self._run_in_background(self._load_first_generation())
+        if self.settings.refresh_interval_s > 0:
+            self._run_in_background(self._refresh_periodically(self.settings.refresh_interval_s))
+
+    def _run_in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def refresh(self) -> RefreshOutcome:
+        """Resolve every served model again; swap every worker to a new generation if any version moved.
+
+        Raises `RefreshInProgressError` when another refresh runs, `RegistryUnavailableError` when the
+        registry cannot be asked, and `GenerationLoadError` (per model) when the new versions cannot be
+        resolved, loaded or validated. On any failure the active generation keeps serving, untouched.
+        """
+        if self._refresh_lock.locked():
+            raise RefreshInProgressError("a refresh is already running; try again when it has finished")
+        async with self._refresh_lock:
+            active = self.active
+            if active is None:
+                raise GenerationLoadError({"*": f"not ready yet: {self.not_ready_reason}"})
+            try:
+                refs = await self.resolve()
+            except (ResolutionError, UnservableModelError) as error:
+                raise GenerationLoadError({"*": str(error)}) from error
+            current = {key: served.ref for key, served in active.models.items()}
+            changed = {
+                key: VersionChange(previous=current[key].version if key in current else None, current=ref.version)
+                for key, ref in refs.items()
+                if current.get(key) != ref
+            }
+            if not changed:
+                log.info("refresh.unchanged", generation=active.number)
+                return RefreshOutcome(generation=active, changed={})
+            generation = await self.load_generation(refs)
+            log.info(
+                "refresh.swapped",
+                generation=generation.number,
+                previous=active.number,
+                changed={key: msgspec.to_builtins(change) for key, change in changed.items()},
+            )
+            return RefreshOutcome(generation=generation, changed=changed)
+
+    async def _refresh_periodically(self, interval_s: float) -> None:
+        """Poll the registry so every replica converges on a promotion, wherever the admin's POST landed."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.active is None or self._refresh_lock.locked():
+                continue
+            try:
+                await self.refresh()
+            except (RefreshInProgressError, RegistryUnavailableError, GenerationLoadError) as error:
+                log.warning("refresh.periodic_failed", error=str(error))
 
     async def stop(self) -> None:
         for task in list(self._background):
@@ -117,7 +196,10 @@ class FraudService:
     async def load_generation(self, refs: Mapping[str, ModelRef]) -> Generation:
         """Download, load in every worker, and (only if all loaded) activate a new generation."""
         registry = await self._get_registry()
-        artifacts = await asyncio.gather(*(asyncio.to_thread(self._fetch, registry, ref) for ref in refs.values()))
+        try:
+            artifacts = await asyncio.gather(*(asyncio.to_thread(self._fetch, registry, ref) for ref in refs.values()))
+        except UnservableModelError as error:
+            raise GenerationLoadError({"*": str(error)}) from error
         number = next(self._generations)
         errors = await self.pool.load(number, artifacts)
         if errors:
@@ -139,7 +221,12 @@ class FraudService:
             shutil.rmtree(partial, ignore_errors=True)
             registry.download(ref, partial)
             partial.rename(destination)  # only a complete download is ever reused
-        return read_artifact(ref, _model_dir(destination))
+        try:
+            return read_artifact(ref, _model_dir(destination))
+        except UnservableModelError:
+            raise
+        except Exception as error:  # a malformed MLmodel: the version is unservable, not the registry down
+            raise UnservableModelError(f"{ref.name} v{ref.version} (model {ref.key!r}): {error}") from error
 
     async def _get_registry(self) -> Registry:
         if self._registry is None:

@@ -44,6 +44,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch_rows: int = 10_000
     max_body_bytes: int = 16 * 1024 * 1024
     inference_timeout_s: float = 10.0
+    refresh_interval_s: float = 0.0
     home: Path = Path(".fraud-inference")
 
     @classmethod
@@ -73,6 +74,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_batch_rows=_number(env, "MAX_BATCH_ROWS", int, 10_000, minimum=1, maximum=1_000_000),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", int, 16 * 1024 * 1024, minimum=1024, maximum=1024**3),
             inference_timeout_s=_number(env, "INFERENCE_TIMEOUT_S", float, 10.0, minimum=0.01, maximum=3600.0),
+            refresh_interval_s=_number(env, "REFRESH_INTERVAL_S", float, 0.0, minimum=0.0, maximum=86400.0),
             home=Path(_get(env, "FRAUD_INFERENCE_HOME") or ".fraud-inference").absolute(),
         )
 

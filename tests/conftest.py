@@ -95,7 +95,8 @@ def start_service(
     """Start `fraud-inference <command>` on a free loopback port, logging to a file in `log_dir`."""
     port = port or free_port()
     log_path = log_dir / f"service-{port}.log"
-    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "INFO", **env}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # tests set MLflow globals
+    full_env = {**inherited, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "INFO", **env}
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
             [FRAUD_INFERENCE, *command],
@@ -161,3 +162,15 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.fixture
+def private_registry(demo_home: Path, tmp_path: Path) -> str:
+    """A copy of the demo registry that a test may change (new versions, moved aliases) alone."""
+    import shutil
+
+    home = tmp_path / "private-home"
+    home.mkdir()
+    shutil.copy2(demo_home / "mlflow.db", home / "mlflow.db")
+    # Artifact URIs in the copy still point at the demo artifacts: read-only use, and new runs get new folders.
+    return f"sqlite:///{home / 'mlflow.db'}"

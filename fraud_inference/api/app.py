@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
@@ -9,9 +11,11 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 
 from fraud_inference import __version__
+from fraud_inference.api.admin import admin_routers
 from fraud_inference.api.docs import docs_static_router, openapi_config
 from fraud_inference.api.request_id import RequestIdMiddleware, add_request_id_header
 from fraud_inference.api.routes import livez, predict, readyz, version
+from fraud_inference.lifetime import die_with_parent
 from fraud_inference.observability.logging import configure_logging, get_logger
 from fraud_inference.service import FraudService
 from fraud_inference.settings import Settings
@@ -28,6 +32,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        if multiprocessing.parent_process() is not None:
+            # Under granian this is a worker process: if its supervisor is SIGKILLed, stop gracefully
+            # (SIGTERM) instead of serving on as an orphan that holds the port and the pool.
+            die_with_parent(signal.SIGTERM)
         service = FraudService(settings)
         app.state.service = service
         log.info("server.starting", settings=settings.redacted())
@@ -39,7 +47,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             log.info("server.stopped")
 
     return Litestar(
-        route_handlers=[predict, version, livez, readyz, docs_static_router()],
+        route_handlers=[predict, version, livez, readyz, *admin_routers(), docs_static_router()],
         lifespan=[lifespan],
         middleware=[RequestIdMiddleware()],
         before_send=[add_request_id_header],

@@ -26,7 +26,7 @@ from fraud_inference.models.signature import InstancesError
 from fraud_inference.pool import InferenceTimeoutError, PoolError
 from fraud_inference.service import FraudService, Generation
 
-__all__ = ["livez", "predict", "readyz", "version"]
+__all__ = ["livez", "model_infos", "predict", "readyz", "service_of", "version"]
 
 _decode_request = msgspec.json.Decoder(PredictRequest).decode
 _RETRY_AFTER = {"Retry-After": "1"}
@@ -54,7 +54,7 @@ class _PredictOperation(Operation):
         self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=body)}, required=True)
 
 
-def _service(request: Request[Any, Any, Any]) -> FraudService:
+def service_of(request: Request[Any, Any, Any]) -> FraudService:
     service: FraudService = request.app.state.service
     return service
 
@@ -76,7 +76,7 @@ def _active(service: FraudService) -> Generation:
 )
 async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
     """Score each instance with the served model; predictions come back in request order."""
-    service = _service(request)
+    service = service_of(request)
     body = await request.body()
     try:
         parsed = _decode_request(body)
@@ -125,29 +125,29 @@ async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
 @get("/v1/version", tags=["service"], summary="Served model versions")
 async def version(request: Request[Any, Any, Any]) -> VersionResponse:
     """Which registry version each served model is, why it was chosen, and its features in training order."""
-    generation = _service(request).active
-    models = (
-        {}
-        if generation is None
-        else {
-            key: ModelInfo(
-                name=served.ref.name,
-                version=served.ref.version,
-                selected_by=served.ref.selected_by,
-                flavor=served.artifact.flavor,
-                run_id=served.ref.run_id,
-                threshold=served.ref.threshold,
-                features=[FeatureInfo(name=f.name, type=f.type) for f in served.artifact.features],
-            )
-            for key, served in generation.models.items()
-        }
-    )
+    generation = service_of(request).active
     return VersionResponse(
         service="fraud-inference",
         version=__version__,
         generation=None if generation is None else generation.number,
-        models=models,
+        models={} if generation is None else model_infos(generation),
     )
+
+
+def model_infos(generation: Generation) -> dict[str, ModelInfo]:
+    """What `/v1/version` (and a refresh) says about each model of a generation."""
+    return {
+        key: ModelInfo(
+            name=served.ref.name,
+            version=served.ref.version,
+            selected_by=served.ref.selected_by,
+            flavor=served.artifact.flavor,
+            run_id=served.ref.run_id,
+            threshold=served.ref.threshold,
+            features=[FeatureInfo(name=f.name, type=f.type) for f in served.artifact.features],
+        )
+        for key, served in generation.models.items()
+    }
 
 
 @get("/livez", tags=["probes"], summary="Liveness", opt={"skip_access_log": True})
@@ -159,7 +159,7 @@ async def livez() -> Probe:
 @get("/readyz", tags=["probes"], summary="Readiness", opt={"skip_access_log": True})
 async def readyz(request: Request[Any, Any, Any]) -> Response[Probe]:
     """200 when a generation is active and a worker holds it; 503 with the reason otherwise."""
-    service = _service(request)
+    service = service_of(request)
     pool = service.pool.status()
     if service.active is None or pool.ready_workers == 0:
         reason = service.not_ready_reason if service.active is None else "no live worker holds the active models"

@@ -11,6 +11,8 @@ __all__ = [
     "PredictResponse",
     "Prediction",
     "Probe",
+    "RefreshResponse",
+    "VersionChangeInfo",
     "VersionResponse",
 ]
 
@@ -66,3 +68,14 @@ class Probe(msgspec.Struct, kw_only=True, omit_defaults=True):
     generation: int | None = None
     workers: int | None = None
     live_workers: int | None = None
+
+
+class VersionChangeInfo(msgspec.Struct, rename={"previous": "from", "current": "to"}):
+    previous: str | None
+    current: str
+
+
+class RefreshResponse(msgspec.Struct, kw_only=True):
+    generation: int
+    changed: dict[str, VersionChangeInfo]
+    models: dict[str, ModelInfo]

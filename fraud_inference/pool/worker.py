@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -12,6 +11,7 @@ from multiprocessing.connection import Connection
 import msgspec
 from structlog.typing import FilteringBoundLogger
 
+from fraud_inference.lifetime import die_with_parent
 from fraud_inference.pool.messages import (
     DropGeneration,
     GenerationLoaded,
@@ -25,8 +25,6 @@ from fraud_inference.pool.messages import (
 )
 
 __all__ = ["WorkerOptions", "run_worker"]
-
-_PR_SET_PDEATHSIG = 1
 
 
 class WorkerOptions(msgspec.Struct, frozen=True):
@@ -43,7 +41,7 @@ def run_worker(conn: Connection, options: WorkerOptions) -> None:
     # two workers with two OpenMP threads each on two cores run ~9x slower than one thread each.
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = "1"
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)
     # Ctrl-C reaches the whole process group; the server stops its workers in order instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -60,16 +58,6 @@ def run_worker(conn: Connection, options: WorkerOptions) -> None:
     _Worker(conn, options.index, get_logger("fraud_inference.worker")).serve()
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when the server that started it dies, however it dies."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class _Worker:
     def __init__(self, conn: Connection, index: int, log: FilteringBoundLogger) -> None:
         from fraud_inference.models.scoring import Scorer
@@ -79,6 +67,8 @@ class _Worker:
         self._log = log
         self._send_lock = threading.Lock()
         self._generations: dict[int, dict[str, Scorer]] = {}
+        # The same files (same version, same download) load once and are shared between generations.
+        self._scorers_by_path: dict[int, dict[str, Scorer]] = {}
 
     def serve(self) -> None:
         self._preload()
@@ -96,6 +86,7 @@ class _Worker:
                 threading.Thread(target=self._load, args=(message,), daemon=True).start()
             elif isinstance(message, DropGeneration):
                 self._generations.pop(message.generation, None)
+                self._scorers_by_path.pop(message.generation, None)
 
     def _preload(self) -> None:
         """Import the model libraries and pin their thread pools before the first load."""
@@ -144,11 +135,14 @@ class _Worker:
         loaded: dict[str, Scorer] = {}
         errors: dict[str, str] = {}
         seconds: dict[str, float] = {}
+        held = {path: scorer for by_path in list(self._scorers_by_path.values()) for path, scorer in by_path.items()}
+        by_path: dict[str, Scorer] = {}
         for artifact in request.models:
             started = time.perf_counter()
             key = artifact.ref.key
             try:
-                scorer = load_scorer(artifact)
+                scorer = held.get(artifact.path) or load_scorer(artifact)
+                by_path[artifact.path] = scorer
                 # Warm up and prove it scores before the generation can become active.
                 warm = scorer.fraud_probability(np.zeros((1, len(artifact.features)), dtype=np.float64))
                 if warm.shape != (1,) or not np.isfinite(warm).all():
@@ -167,6 +161,7 @@ class _Worker:
                 error=errors.get(key),
             )
         if not errors:
+            self._scorers_by_path[request.generation] = by_path
             self._generations[request.generation] = loaded
         self._send(GenerationLoaded(generation=request.generation, errors=errors, load_seconds=seconds))
 

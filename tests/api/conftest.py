@@ -13,6 +13,7 @@ from fraud_inference.settings import Settings
 
 MAX_BATCH_ROWS = 50
 MAX_BODY_BYTES = 64 * 1024
+ADMIN_KEYS = ("first-admin-key", "second-admin-key")
 
 
 def wait_ready(client: TestClient, timeout_s: float = 90.0) -> None:  # type: ignore[type-arg]
@@ -33,8 +34,19 @@ def client(demo_registry: str) -> Iterator[TestClient]:  # type: ignore[type-arg
             "MAX_BATCH_ROWS": str(MAX_BATCH_ROWS),
             "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
             "CORS_ORIGINS": "https://fraud-console.example",
+            "API_KEYS": ",".join(ADMIN_KEYS),
         }
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         wait_ready(test_client)
+        yield test_client
+
+
+@pytest.fixture
+def unready_client(demo_registry: str) -> Iterator[TestClient]:  # type: ignore[type-arg]
+    """An app whose served model exists nowhere: it keeps retrying the registry and never becomes ready."""
+    settings = Settings.from_env(
+        {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "MODELS": "fraud=fraud-not-registered"}
+    )
+    with TestClient(create_app(settings)) as test_client:
         yield test_client

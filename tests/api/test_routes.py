@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from litestar.testing import TestClient
 
-from fraud_inference.api.app import create_app
 from fraud_inference.demo.dataset import FEATURES
-from fraud_inference.settings import Settings
 
 
 def test_version_lists_models_with_features_in_training_order(client: TestClient) -> None:  # type: ignore[type-arg]
@@ -56,16 +52,6 @@ def test_cors_only_for_configured_origins(client: TestClient) -> None:  # type: 
     denied = client.options("/v1/predict", headers={"Origin": "https://evil.example", **preflight})
     assert allowed.headers.get("access-control-allow-origin") == "https://fraud-console.example"
     assert "access-control-allow-origin" not in denied.headers
-
-
-@pytest.fixture
-def unready_client(demo_registry: str) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    """An app whose served model exists nowhere: it keeps retrying the registry and never becomes ready."""
-    settings = Settings.from_env(
-        {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "MODELS": "fraud=fraud-not-registered"}
-    )
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 def test_not_ready_answers_503_with_reason_and_retry_after(unready_client: TestClient) -> None:  # type: ignore[type-arg]
