@@ -115,7 +115,12 @@ def _run_server(settings: Settings) -> int:
     log = get_logger("fraud_inference.cli")
     assert settings.mlflow_tracking_uri is not None
     try:
-        registry = Registry(settings.mlflow_tracking_uri, alias=settings.model_alias, stages=settings.model_stages)
+        registry = Registry(
+            settings.mlflow_tracking_uri,
+            alias=settings.model_alias,
+            stages=settings.model_stages,
+            timeout_s=settings.registry_timeout_s,
+        )
         refs = registry.resolve_all(settings.models)
     except ResolutionError as error:
         print(f"fraud-inference: cannot serve: {error}", file=sys.stderr)

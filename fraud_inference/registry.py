@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,7 +50,8 @@ class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
 class Registry:
     """Resolve served models against an MLflow Model Registry and download their artifacts."""
 
-    def __init__(self, tracking_uri: str, *, alias: str, stages: Sequence[str]) -> None:
+    def __init__(self, tracking_uri: str, *, alias: str, stages: Sequence[str], timeout_s: int = 10) -> None:
+        _bound_http_calls(timeout_s)
         import mlflow
         from mlflow import MlflowClient  # NOTE: import mlflow (~2.5 s) only where a registry is used.
 
@@ -142,6 +144,16 @@ class Registry:
         except Exception as error:
             raise RegistryUnavailableError(f"registry unreachable listing {name} in {stage}: {error}") from error
         return max(versions, key=lambda version: int(version.version), default=None)
+
+
+def _bound_http_calls(timeout_s: int) -> None:
+    """Bound every call to an http(s) registry: MLflow's defaults (120 s, 7 retries) hang a refresh for minutes.
+
+    MLflow reads these settings only from its environment variables, at each request.
+    """
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
 
 
 def _is_not_found(error: Exception) -> bool:

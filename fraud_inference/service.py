@@ -191,7 +191,12 @@ class FraudService:
     async def resolve(self) -> dict[str, ModelRef]:
         """Ask the registry which version each served model should be, now."""
         registry = await self._get_registry()
-        return await asyncio.to_thread(registry.resolve_all, self.settings.models)
+        # Each HTTP call is bounded by REGISTRY_TIMEOUT_S; so is the whole resolution, however many calls it takes.
+        bound = self.settings.registry_timeout_s * (2 + len(self.settings.models))
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(registry.resolve_all, self.settings.models), bound)
+        except TimeoutError:
+            raise RegistryUnavailableError(f"the registry did not answer within {bound} s") from None
 
     async def load_generation(self, refs: Mapping[str, ModelRef]) -> Generation:
         """Download, load in every worker, and (only if all loaded) activate a new generation."""

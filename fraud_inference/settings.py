@@ -45,6 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 16 * 1024 * 1024
     inference_timeout_s: float = 10.0
     refresh_interval_s: float = 0.0
+    registry_timeout_s: int = 10
     home: Path = Path(".fraud-inference")
 
     @classmethod
@@ -75,6 +76,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_body_bytes=_number(env, "MAX_BODY_BYTES", int, 16 * 1024 * 1024, minimum=1024, maximum=1024**3),
             inference_timeout_s=_number(env, "INFERENCE_TIMEOUT_S", float, 10.0, minimum=0.01, maximum=3600.0),
             refresh_interval_s=_number(env, "REFRESH_INTERVAL_S", float, 0.0, minimum=0.0, maximum=86400.0),
+            registry_timeout_s=_number(env, "REGISTRY_TIMEOUT_S", int, 10, minimum=1, maximum=600),
             home=Path(_get(env, "FRAUD_INFERENCE_HOME") or ".fraud-inference").absolute(),
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -174,3 +175,61 @@ def private_registry(demo_home: Path, tmp_path: Path) -> str:
     shutil.copy2(demo_home / "mlflow.db", home / "mlflow.db")
     # Artifact URIs in the copy still point at the demo artifacts: read-only use, and new runs get new folders.
     return f"sqlite:///{home / 'mlflow.db'}"
+
+
+class MlflowServer:
+    """A real `mlflow server --serve-artifacts` on a loopback port, in its own process group."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.tracking_uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        command = [
+            str(Path(sys.executable).parent / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--serve-artifacts", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        with (self.root / "server.log").open("ab") as log:
+            # NOTE: its own session: mlflow server starts helper processes; stop() ends the whole group.
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.tracking_uri}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.5)
+        raise AssertionError(f"mlflow server did not start:\n{(self.root / 'server.log').read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server on loopback holding the demo models (artifacts served over HTTP)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+                patch.delenv(variable, raising=False)
+            seed_demo(server.tracking_uri, artifact_location=None, progress=lambda _line: None, n_rows=4_000)
+        yield server
+    finally:
+        server.stop()

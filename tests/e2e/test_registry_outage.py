@@ -1,0 +1,47 @@
+"""A real MLflow tracking server going away and coming back while the service keeps scoring."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tests.conftest import MlflowServer
+from tests.load import Load
+
+pytestmark = pytest.mark.slow
+
+ADMIN_KEY = "outage-admin-key"
+
+
+def test_refresh_while_the_registry_is_down_keeps_serving_and_recovers(
+    service_factory, mlflow_server: MlflowServer, transactions: pd.DataFrame
+) -> None:
+    service = service_factory(
+        ["serve"], {"MLFLOW_TRACKING_URI": mlflow_server.tracking_uri, "WORKERS": "2", "API_KEYS": ADMIN_KEY}
+    )
+    service.wait_ready()
+    instances: list[dict[str, Any]] = json.loads(transactions.head(3).to_json(orient="records"))
+    payload = {"model": "xgboost", "instances": instances}
+    headers = {"X-API-Key": ADMIN_KEY}
+    with Load(service.base_url, lambda: payload, clients=3, max_seconds=120) as load, service.client() as admin:
+        time.sleep(1.0)
+        mlflow_server.stop()
+        refused = admin.post("/admin/refresh-models", headers=headers)
+        ready_during_outage = admin.get("/readyz")
+        mlflow_server.start()
+        recovered = admin.post("/admin/refresh-models", headers=headers)
+        time.sleep(0.5)
+    answers = load.stop()
+
+    assert refused.status_code == 502, refused.text
+    assert "still serving" in refused.json()["detail"]
+    assert ready_during_outage.status_code == 200
+    assert recovered.status_code == 200, recovered.text
+    assert (recovered.json()["generation"], recovered.json()["changed"]) == (1, {})
+    assert len(answers) > 50
+    assert [a.error or a.status for a in answers if a.status != 200] == []
+    assert {a.body["model_version"] for a in answers if a.body} == {"1"}
