@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -176,7 +177,12 @@ class InferencePool:
             try:
                 payload = await asyncio.wait_for(future, self._timeout_s)
             except TimeoutError:
-                self._forget(pending)
+                holder = self._forget(pending)
+                if holder is not None and holder.alive and holder.last_heard < pending.sent_at:
+                    # Silent for the whole timeout with work queued: hung (e.g. SIGSTOP). Kill it: its other
+                    # requests are retried elsewhere and a replacement starts, as for any dead worker.
+                    log.error("worker.hung", worker=holder.index, pid=holder.pid, silent_s=self._timeout_s)
+                    holder.process.kill()
                 raise InferenceTimeoutError(
                     f"no answer from the inference workers within {self._timeout_s:g} s"
                 ) from None
@@ -193,11 +199,15 @@ class InferencePool:
             raise NoWorkerError(f"no live worker holds generation {generation}")
         worker = min(candidates, key=lambda candidate: len(candidate.inflight))
         worker.inflight[pending.request.seq] = pending
+        pending.sent_at = time.monotonic()
         worker.send(pending.request)
 
-    def _forget(self, pending: PendingScore) -> None:
+    def _forget(self, pending: PendingScore) -> WorkerProcess | None:
+        """Stop waiting for `pending`; return the worker that held it."""
         for worker in self._workers.values():
-            worker.inflight.pop(pending.request.seq, None)
+            if worker.inflight.pop(pending.request.seq, None) is not None:
+                return worker
+        return None
 
     # -- worker events ---------------------------------------------------------------------------
 

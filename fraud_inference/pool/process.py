@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -17,12 +18,13 @@ __all__ = ["PendingScore", "WorkerProcess"]
 class PendingScore:
     """A `Score` sent to a worker and the future its answer resolves."""
 
-    __slots__ = ("attempts", "future", "request")
+    __slots__ = ("attempts", "future", "request", "sent_at")
 
     def __init__(self, request: Score, future: asyncio.Future[bytes]) -> None:
         self.request = request
         self.future = future
         self.attempts = 1
+        self.sent_at = 0.0
 
 
 class WorkerProcess:
@@ -50,6 +52,7 @@ class WorkerProcess:
         self.generations: set[int] = set()
         self.started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.alive = True
+        self.last_heard = time.monotonic()
         self._on_message = on_message
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
@@ -65,7 +68,9 @@ class WorkerProcess:
     def _readable(self) -> None:
         try:
             while self.alive and self.conn.poll():
-                self._on_message(self, decode_to_server(self.conn.recv_bytes()))
+                message = decode_to_server(self.conn.recv_bytes())
+                self.last_heard = time.monotonic()
+                self._on_message(self, message)
         except (EOFError, OSError):
             self._lost()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from fraud_inference.models.artifact import ModelArtifact, read_artifact
 from fraud_inference.models.scoring import load_scorer
-from fraud_inference.pool import InferencePool, NoWorkerError, WorkerOptions
+from fraud_inference.pool import InferencePool, InferenceTimeoutError, NoWorkerError, WorkerOptions
 from fraud_inference.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -164,3 +165,46 @@ def test_kill_9_of_a_worker_loses_no_request_and_the_pool_heals(
         assert victim not in pool.worker_pids().values()
 
     run_with_pool(2, scenario)
+
+
+def test_a_hung_worker_times_out_its_request_and_is_replaced(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
+) -> None:
+    features = matrix(transactions, slice(0, 5))
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [artifacts["xgboost"]]) == {}
+        pool.activate(1)
+        hung = pool.worker_pids()[1]
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)  # a worker stuck in a call: alive, silent
+        try:
+            outcomes = await asyncio.gather(
+                *(pool.score(1, "xgboost", features, f"r{i}") for i in range(8)), return_exceptions=True
+            )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hung, signal.SIGCONT)
+        timed_out = [o for o in outcomes if isinstance(o, InferenceTimeoutError)]
+        answered = [o for o in outcomes if isinstance(o, np.ndarray)]
+        assert len(timed_out) + len(answered) == 8
+        assert timed_out, "the requests queued on the stopped worker should have timed out"
+        deadline = time.monotonic() + 60
+
+        def healed() -> bool:
+            return hung not in pool.worker_pids().values() and pool.status().ready_workers == 2
+
+        while not healed() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        assert healed()
+        assert len(await pool.score(1, "xgboost", features, "after")) == 5
+
+    async def main() -> None:
+        pool = InferencePool(2, lambda index: WorkerOptions(index, "WARNING", "json"), timeout_s=1.0)
+        await pool.start()
+        try:
+            await scenario(pool)
+        finally:
+            await pool.stop()
+
+    asyncio.run(main())
