@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Train the demo models and register them in MLFLOW_TRACKING_URI, else the embedded registry.",
     )
     seed.set_defaults(command=_seed_demo)
+    check = commands.add_parser(
+        "check",
+        help="run every check on the served models without serving (a CI/CD gate)",
+        description="Resolve the served models of MLFLOW_TRACKING_URI and check resolution, dependencies, "
+        "signature, and that each loads and scores its input example. Exit 0 when all pass, else 1.",
+    )
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(command=_check)
     return parser
 
 
@@ -79,6 +87,20 @@ def _demo(args: argparse.Namespace) -> int:
     return _run_server(Settings.from_env())
 
 
+def _check(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from fraud_inference.checks import render, run_checks
+
+    settings = Settings.from_env()
+    if settings.mlflow_tracking_uri is None:
+        print("fraud-inference: MLFLOW_TRACKING_URI is not set: name the registry to check.", file=sys.stderr)
+        return 1
+    report = run_checks(settings, load=True)
+    print(msgspec.json.encode(report).decode() if args.json else render(report), flush=True)
+    return 0 if report.ok else 1
+
+
 def _seed_demo(_args: argparse.Namespace) -> int:
     _seed(Settings.from_env())
     return 0
@@ -108,30 +130,23 @@ def _run_server(settings: Settings) -> int:
     from granian.constants import Interfaces
     from granian.server import Server
 
+    from fraud_inference.checks import render, run_checks
     from fraud_inference.observability.logging import configure_logging, get_logger
-    from fraud_inference.registry import Registry, RegistryUnavailableError, ResolutionError
 
     configure_logging(settings.log_level, settings.log_format, role="supervisor")
     log = get_logger("fraud_inference.cli")
-    assert settings.mlflow_tracking_uri is not None
-    try:
-        registry = Registry(
-            settings.mlflow_tracking_uri,
-            alias=settings.model_alias,
-            stages=settings.model_stages,
-            timeout_s=settings.registry_timeout_s,
-        )
-        refs = registry.resolve_all(settings.models)
-    except ResolutionError as error:
-        print(f"fraud-inference: cannot serve: {error}", file=sys.stderr)
-        return 1
-    except RegistryUnavailableError as error:
+    # Fail before accepting traffic when a model cannot be served here (resolution, signature, dependencies).
+    report = run_checks(settings, load=False)
+    if report.registry_unavailable:
         # Not fatal: the server starts unready and retries with backoff until the registry answers.
-        log.warning("registry.unavailable_at_startup", error=str(error))
+        log.warning("registry.unavailable_at_startup", error=report.registry_unavailable)
+    elif not report.ok:
+        print(f"fraud-inference: cannot serve:\n{render(report)}", file=sys.stderr)
+        return 1
     else:
         log.info(
-            "models.resolved",
-            models={key: f"{r.name}/{r.version} ({r.selected_by})" for key, r in refs.items()},
+            "models.checked",
+            models={key: f"{c.name}/{c.version} ({c.selected_by})" for key, c in report.models.items()},
         )
     server = Server(
         _APP_FACTORY,

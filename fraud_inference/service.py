@@ -15,7 +15,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, read_artifact
+from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, fetch_artifact
 from fraud_inference.models.signature import SignatureDecoder
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.pool import InferencePool, WorkerOptions
@@ -201,10 +201,17 @@ class FraudService:
     async def load_generation(self, refs: Mapping[str, ModelRef]) -> Generation:
         """Download, load in every worker, and (only if all loaded) activate a new generation."""
         registry = await self._get_registry()
-        try:
-            artifacts = await asyncio.gather(*(asyncio.to_thread(self._fetch, registry, ref) for ref in refs.values()))
-        except UnservableModelError as error:
-            raise GenerationLoadError({"*": str(error)}) from error
+        fetched = await asyncio.gather(
+            *(asyncio.to_thread(self._fetch, registry, ref) for ref in refs.values()), return_exceptions=True
+        )
+        for outcome in fetched:
+            # Registry down, or a bug: neither is a property of the model version, so not a per-model 422.
+            if isinstance(outcome, BaseException) and not isinstance(outcome, UnservableModelError | ResolutionError):
+                raise outcome
+        errors = {key: str(o) for key, o in zip(refs, fetched, strict=True) if isinstance(o, BaseException)}
+        if errors:
+            raise GenerationLoadError(errors)
+        artifacts = [outcome for outcome in fetched if isinstance(outcome, ModelArtifact)]
         number = next(self._generations)
         errors = await self.pool.load(number, artifacts)
         if errors:
@@ -220,18 +227,10 @@ class FraudService:
         return generation
 
     def _fetch(self, registry: Registry, ref: ModelRef) -> ModelArtifact:
-        destination = self._downloads / ref.name / ref.version
-        if not destination.exists():
-            partial = destination.with_name(f"{ref.version}.partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            registry.download(ref, partial)
-            partial.rename(destination)  # only a complete download is ever reused
-        try:
-            return read_artifact(ref, _model_dir(destination))
-        except UnservableModelError:
-            raise
-        except Exception as error:  # a malformed MLmodel: the version is unservable, not the registry down
-            raise UnservableModelError(f"{ref.name} v{ref.version} (model {ref.key!r}): {error}") from error
+        artifact = fetch_artifact(registry, ref, self._downloads, dependency_policy=self.settings.dependency_check)
+        for violation in artifact.dependency_violations():  # only under DEPENDENCY_CHECK=warn
+            log.warning("model.dependency_mismatch", model=ref.key, version=ref.version, detail=violation)
+        return artifact
 
     async def _get_registry(self) -> Registry:
         if self._registry is None:
@@ -242,8 +241,3 @@ class FraudService:
                 stages=self.settings.model_stages,
             )
         return self._registry
-
-
-def _model_dir(destination: Path) -> Path:
-    """The directory holding MLmodel under a download destination."""
-    return next((path.parent for path in destination.rglob("MLmodel")), destination)

@@ -46,6 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     inference_timeout_s: float = 10.0
     refresh_interval_s: float = 0.0
     registry_timeout_s: int = 10
+    dependency_check: Literal["strict", "compatible", "warn", "off"] = "compatible"
     home: Path = Path(".fraud-inference")
 
     @classmethod
@@ -77,6 +78,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             inference_timeout_s=_number(env, "INFERENCE_TIMEOUT_S", float, 10.0, minimum=0.01, maximum=3600.0),
             refresh_interval_s=_number(env, "REFRESH_INTERVAL_S", float, 0.0, minimum=0.0, maximum=86400.0),
             registry_timeout_s=_number(env, "REGISTRY_TIMEOUT_S", int, 10, minimum=1, maximum=600),
+            dependency_check=_choice(env, "DEPENDENCY_CHECK", ("strict", "compatible", "warn", "off"), "compatible"),
             home=Path(_get(env, "FRAUD_INFERENCE_HOME") or ".fraud-inference").absolute(),
         )
 

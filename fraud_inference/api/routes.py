@@ -14,6 +14,7 @@ from litestar.response import Response
 from fraud_inference import __version__
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.api.schemas import (
+    DependencyInfo,
     FeatureInfo,
     ModelInfo,
     Prediction,
@@ -145,6 +146,10 @@ def model_infos(generation: Generation) -> dict[str, ModelInfo]:
             run_id=served.ref.run_id,
             threshold=served.ref.threshold,
             features=[FeatureInfo(name=f.name, type=f.type) for f in served.artifact.features],
+            dependencies=[
+                DependencyInfo(package=d.package, recorded=d.recorded, installed=d.installed, rule=d.rule, ok=d.ok)
+                for d in served.artifact.dependencies
+            ],
         )
         for key, served in generation.models.items()
     }

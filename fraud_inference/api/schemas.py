@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 __all__ = [
+    "DependencyInfo",
     "FeatureInfo",
     "ModelInfo",
     "PredictRequest",
@@ -45,6 +46,16 @@ class FeatureInfo(msgspec.Struct):
     type: str
 
 
+class DependencyInfo(msgspec.Struct, kw_only=True):
+    """A package that decides the model's numbers: the version it trained with, the one installed."""
+
+    package: str
+    recorded: str | None
+    installed: str | None
+    rule: str
+    ok: bool
+
+
 class ModelInfo(msgspec.Struct, kw_only=True):
     name: str
     version: str
@@ -53,6 +64,7 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     run_id: str | None
     threshold: float
     features: list[FeatureInfo]
+    dependencies: list[DependencyInfo]
 
 
 class VersionResponse(msgspec.Struct, kw_only=True):

@@ -7,9 +7,18 @@ from typing import Literal
 
 import msgspec
 
-from fraud_inference.registry import ModelRef
+from fraud_inference.consistency import DependencyCheck, DependencyPolicy, check_dependencies, describe_violations
+from fraud_inference.registry import ModelRef, Registry
 
-__all__ = ["FLAVORS", "FeatureSpec", "ModelArtifact", "UnservableModelError", "read_artifact"]
+__all__ = [
+    "FLAVORS",
+    "DependencyMismatchError",
+    "FeatureSpec",
+    "ModelArtifact",
+    "UnservableModelError",
+    "fetch_artifact",
+    "read_artifact",
+]
 
 Flavor = Literal["xgboost", "lightgbm", "sklearn"]
 FLAVORS: tuple[Flavor, ...] = ("xgboost", "lightgbm", "sklearn")
@@ -35,10 +44,27 @@ class ModelArtifact(msgspec.Struct, frozen=True, kw_only=True):
     path: str
     flavor: Flavor
     features: tuple[FeatureSpec, ...]
+    dependencies: tuple[DependencyCheck, ...] = ()
+
+    def dependency_violations(self) -> list[str]:
+        """One message per package whose installed version breaks the rule for this model."""
+        return describe_violations(self.ref.key, self.ref.name, self.ref.version, self.dependencies)
 
 
-def read_artifact(ref: ModelRef, path: Path) -> ModelArtifact:
-    """Read the MLmodel file in `path`: pick the native flavour and the signature's features."""
+class DependencyMismatchError(UnservableModelError):
+    """Installed packages would score the model differently from training; the message lists each one."""
+
+    def __init__(self, artifact: ModelArtifact) -> None:
+        super().__init__("\n".join(artifact.dependency_violations()))
+        self.artifact = artifact
+
+
+def read_artifact(ref: ModelRef, path: Path, *, dependency_policy: DependencyPolicy = "compatible") -> ModelArtifact:
+    """Read the MLmodel file in `path`: the native flavour, the signature's features, the dependency checks.
+
+    Raises `UnservableModelError` (or its `DependencyMismatchError`) when the version must not be served.
+    Under `DEPENDENCY_CHECK=warn` mismatches are only recorded in `dependencies`.
+    """
     from mlflow.models import Model
 
     mlmodel = Model.load(str(path))
@@ -64,4 +90,32 @@ def read_artifact(ref: ModelRef, path: Path) -> ModelArtifact:
                 f"{type_name!r}; only numeric features ({', '.join(sorted(_NUMERIC_TYPES))}) are served"
             )
         features.append(FeatureSpec(name=column.name, type=_NUMERIC_TYPES[type_name]))
-    return ModelArtifact(ref=ref, path=str(path), flavor=flavor, features=tuple(features))
+    dependencies = check_dependencies(path, flavor, mlmodel.flavors[flavor], dependency_policy)
+    artifact = ModelArtifact(
+        ref=ref, path=str(path), flavor=flavor, features=tuple(features), dependencies=dependencies
+    )
+    violations = artifact.dependency_violations()
+    if violations and dependency_policy in {"strict", "compatible"}:
+        raise DependencyMismatchError(artifact)
+    return artifact
+
+
+def fetch_artifact(
+    registry: Registry, ref: ModelRef, downloads: Path, *, dependency_policy: DependencyPolicy
+) -> ModelArtifact:
+    """Download the version under `downloads` (once: a complete download is reused) and read it."""
+    import shutil
+
+    destination = downloads / ref.name / ref.version
+    if not destination.exists():
+        partial = destination.with_name(f"{ref.version}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        registry.download(ref, partial)
+        partial.rename(destination)
+    model_dir = next((path.parent for path in destination.rglob("MLmodel")), destination)
+    try:
+        return read_artifact(ref, model_dir, dependency_policy=dependency_policy)
+    except UnservableModelError:
+        raise
+    except Exception as error:  # a malformed MLmodel: the version is unservable, not the registry down
+        raise UnservableModelError(f"{ref.name} v{ref.version} (model {ref.key!r}): {error}") from error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Protocol
 
 import numpy as np
@@ -12,6 +13,10 @@ from fraud_inference.models.artifact import ModelArtifact
 __all__ = ["Scorer", "load_scorer"]
 
 Matrix = npt.NDArray[np.float64]
+
+# Rows reach the models as arrays in signature order, checked against the model's own feature names at
+# load time (`_check_feature_order`); the per-call warning about missing names would only be noise.
+warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 
 class Scorer(Protocol):

@@ -45,15 +45,11 @@ def run_worker(conn: Connection, options: WorkerOptions) -> None:
     # Ctrl-C reaches the whole process group; the server stops its workers in order instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    import warnings
-
     from setproctitle import setproctitle
 
     from fraud_inference.observability.logging import configure_logging, get_logger
 
     setproctitle(f"fraud-inference worker {options.index}")
-    # Workers pass arrays already in the signature's column order, by design; names would only cost time.
-    warnings.filterwarnings("ignore", message="X does not have valid feature names")
     configure_logging(options.log_level, options.log_format, role=f"worker {options.index}")
     _Worker(conn, options.index, get_logger("fraud_inference.worker")).serve()
 
