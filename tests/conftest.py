@@ -49,6 +49,16 @@ def transactions() -> pd.DataFrame:
     return features
 
 
+def run_cli(
+    command: list[str], env: Mapping[str, str], cwd: Path, timeout_s: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run `fraud-inference <command>` to completion with only `env` (and a PATH) in its environment."""
+    return subprocess.run(
+        [FRAUD_INFERENCE, *command], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
+        timeout=timeout_s, cwd=cwd,
+    )  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ from fraud_inference.models.artifact import DependencyMismatchError, UnservableM
 from fraud_inference.registry import Registry
 from fraud_inference.settings import Settings
 from tests.api.conftest import wait_ready
-from tests.conftest import FRAUD_INFERENCE
+from tests.conftest import run_cli
 
 SKLEARN = Version(importlib.metadata.version("scikit-learn"))
 XGBOOST = Version(importlib.metadata.version("xgboost-cpu"))
@@ -100,12 +100,8 @@ def test_version_without_signature_is_refused(private_registry: str, tmp_path: P
         read_artifact(ref, path)
 
 
-def run(command: list[str], registry: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [FRAUD_INFERENCE, *command],
-        env={"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": registry, **env},
-        capture_output=True, text=True, timeout=180, cwd=tmp_path,
-    )  # fmt: skip
+def run(command: list[str], registry: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli(command, {"MLFLOW_TRACKING_URI": registry}, tmp_path)
 
 
 @pytest.mark.slow

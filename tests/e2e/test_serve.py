@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import FRAUD_INFERENCE, alive, descendants
+from tests.conftest import alive, descendants, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -59,28 +58,14 @@ def test_demo_serves_the_embedded_registry_and_prints_its_uri(
 
 
 def test_serve_without_tracking_uri_points_to_demo(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [FRAUD_INFERENCE, "serve"],
-        env={"PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    result = run_cli(["serve"], {}, tmp_path)
     assert result.returncode == 1
     assert "MLFLOW_TRACKING_URI" in result.stderr
     assert "fraud-inference demo" in result.stderr
 
 
 def test_serve_fails_fast_naming_a_model_that_resolves_to_nothing(demo_registry: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [FRAUD_INFERENCE, "serve"],
-        env={"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": demo_registry, "MODELS": "fraud=fraud-catboost"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    result = run_cli(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "MODELS": "fraud=fraud-catboost"}, tmp_path)
     assert result.returncode == 1
     assert "'fraud'" in result.stderr
     assert "fraud-catboost" in result.stderr
@@ -88,13 +73,6 @@ def test_serve_fails_fast_naming_a_model_that_resolves_to_nothing(demo_registry:
 
 
 def test_bad_setting_stops_startup_naming_the_variable(demo_registry: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [FRAUD_INFERENCE, "serve"],
-        env={"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": demo_registry, "MAX_BATCH_ROWS": "many"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    result = run_cli(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "MAX_BATCH_ROWS": "many"}, tmp_path)
     assert result.returncode == 1
     assert "MAX_BATCH_ROWS" in result.stderr

@@ -41,9 +41,9 @@ def under_key(artifact: ModelArtifact, key: str) -> ModelArtifact:
     return msgspec.structs.replace(artifact, ref=msgspec.structs.replace(artifact.ref, key=key))
 
 
-def run_with_pool(size: int, scenario: Callable[[InferencePool], Awaitable[None]]) -> None:
+def run_with_pool(size: int, scenario: Callable[[InferencePool], Awaitable[None]], *, timeout_s: float = 30.0) -> None:
     async def main() -> None:
-        pool = InferencePool(size, lambda index: WorkerOptions(index, "WARNING", "json"), timeout_s=30.0)
+        pool = InferencePool(size, lambda index: WorkerOptions(index, "WARNING", "json"), timeout_s=timeout_s)
         await pool.start()
         try:
             await scenario(pool)
@@ -199,12 +199,4 @@ def test_a_hung_worker_times_out_its_request_and_is_replaced(
         assert healed()
         assert len(await pool.score(1, "xgboost", features, "after")) == 5
 
-    async def main() -> None:
-        pool = InferencePool(2, lambda index: WorkerOptions(index, "WARNING", "json"), timeout_s=1.0)
-        await pool.start()
-        try:
-            await scenario(pool)
-        finally:
-            await pool.stop()
-
-    asyncio.run(main())
+    run_with_pool(2, scenario, timeout_s=1.0)
