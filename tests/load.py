@@ -12,6 +12,7 @@ import msgspec
 
 
 class Answer(msgspec.Struct):
+    request_id: str
     sent_at: float
     received_at: float
     status: int | None
@@ -47,7 +48,7 @@ class Load:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.answers: list[Answer] = []
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)]
 
     def __enter__(self) -> Load:
         for thread in self._threads:
@@ -67,15 +68,20 @@ class Load:
         with self._lock:
             return len(self.answers)
 
-    def _run(self) -> None:
+    def _run(self, client_number: int) -> None:
         with httpx.Client(base_url=self._base_url, timeout=30.0) as client:
+            sequence = 0
             while not self._stop.is_set() and time.monotonic() < self._deadline:
+                sequence += 1
+                request_id = f"load-{client_number}-{sequence}"
+                headers = {**self._headers, "X-Request-ID": request_id}
                 sent_at = time.monotonic()
                 try:
-                    response = client.post(self._path, json=self._payload(), headers=self._headers)
-                    answer = Answer(sent_at, time.monotonic(), response.status_code, response.json(), None)
+                    response = client.post(self._path, json=self._payload(), headers=headers)
+                    answer = Answer(request_id, sent_at, time.monotonic(), response.status_code, response.json(), None)
                 except (httpx.HTTPError, ValueError) as error:
-                    answer = Answer(sent_at, time.monotonic(), None, None, f"{type(error).__name__}: {error}")
+                    failure = f"{type(error).__name__}: {error}"
+                    answer = Answer(request_id, sent_at, time.monotonic(), None, None, failure)
                 with self._lock:
                     self.answers.append(answer)
                     if len(self.answers) >= self._max_requests:

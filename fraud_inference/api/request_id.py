@@ -1,21 +1,27 @@
-"""X-Request-ID: echo a sane one from the client, else make one; on every response; bound into logs."""
+"""X-Request-ID on every response and in every log line a request causes, and one access-log line per request."""
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from typing import cast
 
 import structlog
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
-__all__ = ["RequestIdMiddleware", "add_request_id_header", "request_id_of"]
+from fraud_inference.observability.logging import get_logger
+
+__all__ = ["RequestIdMiddleware", "add_request_id_header", "note_for_access_log", "request_id_of"]
 
 HEADER = "x-request-id"
 _SANE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 _STATE_KEY = "request_id"
+_ACCESS_KEY = "access_log"
+log = get_logger("fraud_inference.access")
 
 
 def request_id_of(scope: Scope) -> str:
@@ -29,14 +35,39 @@ def request_id_of(scope: Scope) -> str:
     return request_id
 
 
+def note_for_access_log(scope: Scope, **fields: object) -> None:
+    """Add fields (model, version, generation, rows) to this request's access-log line."""
+    scope.setdefault("state", {}).setdefault(_ACCESS_KEY, {}).update(fields)
+
+
 class RequestIdMiddleware(ASGIMiddleware):
-    """Bind the request id into structlog's context for everything the request causes."""
+    """Bind the request id into structlog's context for everything the request causes; log one line per request."""
 
     scopes = (ScopeType.HTTP,)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         with structlog.contextvars.bound_contextvars(request_id=request_id_of(scope)):
-            await next_app(scope, receive, send)
+            try:
+                await next_app(scope, receive, send_and_watch)
+            finally:
+                if not scope["route_handler"].opt.get("skip_access_log"):
+                    log.info(
+                        "http.request",
+                        method=cast("HTTPScope", scope)["method"],
+                        route=scope.get("path_template", scope["path"]),
+                        status=status,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                        **scope.get("state", {}).get(_ACCESS_KEY, {}),
+                    )
 
 
 async def add_request_id_header(message: Message, scope: Scope) -> None:

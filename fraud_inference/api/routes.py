@@ -12,7 +12,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.response import Response
 
 from fraud_inference import __version__
-from fraud_inference.api.request_id import request_id_of
+from fraud_inference.api.request_id import note_for_access_log, request_id_of
 from fraud_inference.api.schemas import (
     DependencyInfo,
     FeatureInfo,
@@ -100,6 +100,9 @@ async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
             detail=f"{features.shape[0]} instances exceed MAX_BATCH_ROWS={service.settings.max_batch_rows}",
         )
     request_id = request_id_of(request.scope)
+    note_for_access_log(
+        request.scope, model=key, version=served.ref.version, generation=generation.number, rows=features.shape[0]
+    )
     try:
         probabilities = await service.score(generation, key, features, request_id)
     except InferenceTimeoutError as error:

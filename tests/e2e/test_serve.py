@@ -35,6 +35,12 @@ def test_serve_scores_all_three_models_through_granian_and_exits_cleanly(
             assert all(0.0 <= p["fraud_probability"] <= 1.0 for p in body["predictions"])
         ready = client.get("/readyz").json()
         assert ready == {"status": "ready", "generation": 1, "workers": 2, "live_workers": 2}
+        traced = client.post(
+            "/v1/predict", json={"model": "lightgbm", "instances": instances(transactions, 3)},
+            headers={"X-Request-ID": "trace-me-42"},
+        )  # fmt: skip
+        assert traced.status_code == 200
+        client.get("/no/such/route", headers={"X-Request-ID": "trace-me-404"})
     processes = descendants(service.process.pid)
     titles = sorted(title for title in processes.values() if title.startswith("fraud-inference worker"))
     assert titles == ["fraud-inference worker 1", "fraud-inference worker 2"]
@@ -42,6 +48,16 @@ def test_serve_scores_all_three_models_through_granian_and_exits_cleanly(
     assert service.stop() == 0
     time.sleep(0.5)
     assert [pid for pid in processes if alive(pid)] == []
+    lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("event") == "http.request"]
+    (traced_line,) = [line for line in access if line.get("request_id") == "trace-me-42"]
+    assert traced_line["role"] == "server"
+    assert (traced_line["method"], traced_line["route"], traced_line["status"]) == ("POST", "/v1/predict", 200)
+    assert (traced_line["model"], traced_line["version"], traced_line["generation"], traced_line["rows"]) == (
+        "lightgbm", "1", 1, 3,
+    )  # fmt: skip
+    assert traced_line["duration_ms"] > 0
+    assert not [line for line in access if line["route"] in {"/livez", "/readyz"}]
 
 
 def test_demo_serves_the_embedded_registry_and_prints_its_uri(
