@@ -33,9 +33,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
         if multiprocessing.parent_process() is not None:
-            # Under granian this is a worker process: if its supervisor is SIGKILLed, stop gracefully
-            # (SIGTERM) instead of serving on as an orphan that holds the port and the pool.
-            die_with_parent(signal.SIGTERM)
+            # Under granian this is a worker process: if its supervisor is SIGKILLed, die too instead of serving
+            # on as an orphan that holds the port and the pool. NOTE: SIGKILL, not SIGTERM: with the supervisor
+            # gone, granian's SIGTERM handler can block forever (seen 1 run in 4), so no drain is possible anyway.
+            # The inference workers follow through their own PR_SET_PDEATHSIG.
+            die_with_parent(signal.SIGKILL)
         service = FraudService(settings)
         app.state.service = service
         log.info("server.starting", settings=settings.redacted())

@@ -213,11 +213,6 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_leaves_no_process(
     assert [pid for pid in processes if alive(pid)] == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="in CI's clean-clone run the HTTP process outlived a SIGKILLed supervisor (its PR_SET_PDEATHSIG did "
-    "not fire); passes in the developer session; under investigation",
-)
 def test_sigkill_of_the_serve_process_leaves_no_process_behind(service_factory, demo_registry: str) -> None:
     service = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"})
     service.wait_ready()
