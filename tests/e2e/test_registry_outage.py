@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -45,3 +48,35 @@ def test_refresh_while_the_registry_is_down_keeps_serving_and_recovers(
     assert len(answers) > 50
     assert [a.error or a.status for a in answers if a.status != 200] == []
     assert {a.body["model_version"] for a in answers if a.body} == {"1"}
+
+
+def test_a_hung_registry_is_bounded_and_a_second_refresh_meanwhile_is_409(
+    service_factory, mlflow_server: MlflowServer
+) -> None:
+    service = service_factory(
+        ["serve"],
+        {"MLFLOW_TRACKING_URI": mlflow_server.tracking_uri, "WORKERS": "1", "API_KEYS": ADMIN_KEY,
+         "REGISTRY_TIMEOUT_S": "2"},
+    )  # fmt: skip
+    service.wait_ready()
+    headers = {"X-API-Key": ADMIN_KEY}
+    assert mlflow_server.process is not None
+    # A registry that accepts connections but never answers: its processes stopped, not killed.
+    os.killpg(mlflow_server.process.pid, signal.SIGSTOP)
+    try:
+        with service.client() as first, service.client() as second:
+            with ThreadPoolExecutor(1) as pool:
+                hung = pool.submit(first.post, "/admin/refresh-models", headers=headers)
+                time.sleep(0.5)
+                overlapping = second.post("/admin/refresh-models", headers=headers)
+                # Without REGISTRY_TIMEOUT_S this would wait on the stopped registry forever.
+                refused = hung.result(timeout=60)
+            version = second.get("/v1/version").json()
+    finally:
+        os.killpg(mlflow_server.process.pid, signal.SIGCONT)
+
+    assert overlapping.status_code == 409, overlapping.text
+    assert refused.status_code == 502, refused.text
+    assert version["generation"] == 1
+    with service.client() as client:
+        assert client.post("/admin/refresh-models", headers=headers).status_code == 200
