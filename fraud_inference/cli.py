@@ -131,7 +131,7 @@ def _run_server(settings: Settings) -> int:
     from granian.server import Server
 
     from fraud_inference.checks import render, run_checks
-    from fraud_inference.observability.logging import configure_logging, get_logger
+    from fraud_inference.observability.logging import configure_logging, get_logger, granian_log_config
 
     configure_logging(settings.log_level, settings.log_format, role="supervisor")
     log = get_logger("fraud_inference.cli")
@@ -156,6 +156,7 @@ def _run_server(settings: Settings) -> int:
         workers=1,
         factory=True,
         log_access=False,
+        log_dictconfig=granian_log_config(settings.log_format, role="supervisor"),
         process_name="fraud-inference server",
     )
     server.serve()

@@ -18,7 +18,8 @@ import numpy.typing as npt
 from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, fetch_artifact
 from fraud_inference.models.signature import SignatureDecoder
 from fraud_inference.observability.logging import get_logger
-from fraud_inference.pool import InferencePool, WorkerOptions
+from fraud_inference.observability.metrics import Metrics
+from fraud_inference.pool import InferencePool, Scores, WorkerOptions
 from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings
 
@@ -85,14 +86,16 @@ class Generation(msgspec.Struct, frozen=True):
 class FraudService:
     """Own the registry, the pool and the active generation."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         if settings.mlflow_tracking_uri is None:
             raise ValueError("MLFLOW_TRACKING_URI is required")
         self.settings = settings
+        self.metrics = metrics
         self.pool = InferencePool(
             settings.workers,
             lambda index: WorkerOptions(index=index, log_level=settings.log_level, log_format=settings.log_format),
             timeout_s=settings.inference_timeout_s,
+            on_generation_loaded=lambda loaded: metrics.record_loads(loaded.errors, loaded.load_seconds),
         )
         self.active: Generation | None = None
         self.not_ready_reason = "starting: the inference workers are loading"
@@ -116,6 +119,22 @@ class FraudService:
         task.add_done_callback(self._background.discard)
 
     async def refresh(self) -> RefreshOutcome:
+        """Refresh (see `_refresh`), counting the outcome: swapped, unchanged, busy, registry_unavailable, refused."""
+        try:
+            outcome = await self._refresh()
+        except RefreshInProgressError:
+            self.metrics.refreshes.labels("busy").inc()
+            raise
+        except RegistryUnavailableError:
+            self.metrics.refreshes.labels("registry_unavailable").inc()
+            raise
+        except GenerationLoadError:
+            self.metrics.refreshes.labels("refused").inc()
+            raise
+        self.metrics.refreshes.labels("swapped" if outcome.changed else "unchanged").inc()
+        return outcome
+
+    async def _refresh(self) -> RefreshOutcome:
         """Resolve every served model again; swap every worker to a new generation if any version moved.
 
         Raises `RefreshInProgressError` when another refresh runs, `RegistryUnavailableError` when the
@@ -170,7 +189,11 @@ class FraudService:
     async def score(
         self, generation: Generation, model: str, features: npt.NDArray[np.float64], request_id: str
     ) -> npt.NDArray[np.float64]:
-        return await self.pool.score(generation.number, model, features, request_id)
+        """Fraud probabilities of `generation`'s `model` for each row, counted in the metrics."""
+        scores: Scores = await self.pool.score(generation.number, model, features, request_id)
+        ref = generation.models[model].ref
+        self.metrics.record_scores(model, ref.version, scores.probabilities, ref.threshold, scores.seconds)
+        return scores.probabilities
 
     async def _load_first_generation(self) -> None:
         delay = 0.5
@@ -219,12 +242,21 @@ class FraudService:
         generation = Generation(number=number, models={a.ref.key: ServedModel(a) for a in artifacts})
         self.pool.activate(number)
         self.active = generation
+        self._publish(generation)
         log.info(
             "generation.active",
             generation=number,
             models={key: f"{m.ref.name}/{m.ref.version} ({m.ref.selected_by})" for key, m in generation.models.items()},
         )
         return generation
+
+    def _publish(self, generation: Generation) -> None:
+        """What is served now, for dashboards: the generation and one `model_info` series per model."""
+        self.metrics.generation.set(generation.number)
+        self.metrics.model_info.clear()
+        for key, served in generation.models.items():
+            ref = served.ref
+            self.metrics.model_info.labels(key, ref.name, ref.version, ref.selected_by, served.artifact.flavor).set(1)
 
     def _fetch(self, registry: Registry, ref: ModelRef) -> ModelArtifact:
         artifact = fetch_artifact(registry, ref, self._downloads, dependency_policy=self.settings.dependency_check)

@@ -14,9 +14,10 @@ from fraud_inference import __version__
 from fraud_inference.api.admin import admin_routers
 from fraud_inference.api.docs import docs_static_router, openapi_config
 from fraud_inference.api.request_id import RequestIdMiddleware, add_request_id_header
-from fraud_inference.api.routes import livez, predict, readyz, version
+from fraud_inference.api.routes import livez, metrics, predict, readyz, version
 from fraud_inference.lifetime import die_with_parent
 from fraud_inference.observability.logging import configure_logging, get_logger
+from fraud_inference.observability.metrics import Metrics
 from fraud_inference.service import FraudService
 from fraud_inference.settings import Settings
 
@@ -38,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # gone, granian's SIGTERM handler can block forever (seen 1 run in 4), so no drain is possible anyway.
             # The inference workers follow through their own PR_SET_PDEATHSIG.
             die_with_parent(signal.SIGKILL)
-        service = FraudService(settings)
+        service = FraudService(settings, app.state.metrics)
         app.state.service = service
         log.info("server.starting", settings=settings.redacted())
         await service.start()
@@ -48,8 +49,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await service.stop()
             log.info("server.stopped")
 
-    return Litestar(
-        route_handlers=[predict, version, livez, readyz, *admin_routers(), docs_static_router()],
+    app = Litestar(
+        route_handlers=[predict, version, livez, readyz, metrics, *admin_routers(), docs_static_router()],
         lifespan=[lifespan],
         middleware=[RequestIdMiddleware()],
         before_send=[add_request_id_header],
@@ -58,3 +59,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
     )
+    app.state.metrics = Metrics()
+    return app

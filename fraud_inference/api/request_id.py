@@ -14,6 +14,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from fraud_inference.observability.logging import get_logger
+from fraud_inference.observability.metrics import Metrics
 
 __all__ = ["RequestIdMiddleware", "add_request_id_header", "note_for_access_log", "request_id_of"]
 
@@ -21,6 +22,7 @@ HEADER = "x-request-id"
 _SANE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 _STATE_KEY = "request_id"
 _ACCESS_KEY = "access_log"
+UNMATCHED_ROUTE = "<unmatched>"
 log = get_logger("fraud_inference.access")
 
 
@@ -55,22 +57,39 @@ class RequestIdMiddleware(ASGIMiddleware):
                 status = message["status"]
             await send(message)
 
+        metrics: Metrics = scope["app"].state.metrics
+        method = cast("HTTPScope", scope)["method"]
+        route = scope.get("path_template", scope["path"])
+        metrics.http_in_flight.inc()
         with structlog.contextvars.bound_contextvars(request_id=request_id_of(scope)):
             try:
                 await next_app(scope, receive, send_and_watch)
             finally:
+                seconds = time.perf_counter() - started
+                metrics.http_in_flight.dec()
+                metrics.http_requests.labels(method, route, str(status)).inc()
+                metrics.http_duration.labels(route).observe(seconds)
                 if not scope["route_handler"].opt.get("skip_access_log"):
                     log.info(
                         "http.request",
-                        method=cast("HTTPScope", scope)["method"],
-                        route=scope.get("path_template", scope["path"]),
+                        method=method,
+                        route=route,
                         status=status,
-                        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                        duration_ms=round(seconds * 1000, 3),
                         **scope.get("state", {}).get(_ACCESS_KEY, {}),
                     )
 
 
 async def add_request_id_header(message: Message, scope: Scope) -> None:
-    """A `before_send` hook: it also runs for 404s and errors raised before any route matched."""
+    """A `before_send` hook: it also runs for 404s and errors raised before any route matched.
+
+    Requests that matched no route never reach the middleware: they are counted here, under one route label,
+    so random paths cannot grow the number of series.
+    """
     if message["type"] == "http.response.start":
         MutableScopeHeaders.from_message(message)[HEADER] = request_id_of(scope)
+        if "route_handler" not in scope and scope["type"] == "http":
+            metrics: Metrics = scope["app"].state.metrics
+            metrics.http_requests.labels(
+                cast("HTTPScope", scope)["method"], UNMATCHED_ROUTE, str(message["status"])
+            ).inc()

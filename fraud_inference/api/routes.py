@@ -24,10 +24,11 @@ from fraud_inference.api.schemas import (
     VersionResponse,
 )
 from fraud_inference.models.signature import InstancesError
+from fraud_inference.observability.metrics import CONTENT_TYPE
 from fraud_inference.pool import InferenceTimeoutError, PoolError
 from fraud_inference.service import FraudService, Generation
 
-__all__ = ["livez", "model_infos", "predict", "readyz", "service_of", "version"]
+__all__ = ["livez", "metrics", "model_infos", "predict", "readyz", "service_of", "version"]
 
 _decode_request = msgspec.json.Decoder(PredictRequest).decode
 _RETRY_AFTER = {"Retry-After": "1"}
@@ -156,6 +157,13 @@ def model_infos(generation: Generation) -> dict[str, ModelInfo]:
         )
         for key, served in generation.models.items()
     }
+
+
+@get("/metrics", tags=["probes"], summary="Prometheus metrics", opt={"skip_access_log": True}, media_type=CONTENT_TYPE)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Every metric of the service in the Prometheus text format (the workers report through the server)."""
+    service = service_of(request)
+    return Response(service.metrics.render(service.pool.status()), media_type=CONTENT_TYPE)
 
 
 @get("/livez", tags=["probes"], summary="Liveness", opt={"skip_access_log": True})

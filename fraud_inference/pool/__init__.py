@@ -7,7 +7,7 @@ from fraud_inference.pool.errors import (
     ScoringError,
     WorkerLostError,
 )
-from fraud_inference.pool.pool import InferencePool, PoolStatus
+from fraud_inference.pool.pool import InferencePool, PoolStatus, Scores
 from fraud_inference.pool.worker import WorkerOptions
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "NoWorkerError",
     "PoolError",
     "PoolStatus",
+    "Scores",
     "ScoringError",
     "WorkerLostError",
     "WorkerOptions",

@@ -61,10 +61,11 @@ class GenerationLoaded(msgspec.Struct, tag="loaded", frozen=True, array_like=Tru
 
 
 class Scored(msgspec.Struct, tag="scored", frozen=True, array_like=True):
-    """Fraud-class probabilities (float64) for a `Score`, in row order."""
+    """Fraud-class probabilities (float64) for a `Score`, in row order, and the scoring time in the worker."""
 
     seq: int
     probabilities: bytes
+    seconds: float
 
 
 class ScoreFailed(msgspec.Struct, tag="failed", frozen=True, array_like=True):

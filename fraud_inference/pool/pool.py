@@ -34,12 +34,19 @@ from fraud_inference.pool.messages import (
 from fraud_inference.pool.process import PendingScore, WorkerProcess
 from fraud_inference.pool.worker import WorkerOptions
 
-__all__ = ["InferencePool", "PoolStatus"]
+__all__ = ["InferencePool", "PoolStatus", "Scores"]
 
 log = get_logger("fraud_inference.pool")
 _START_TIMEOUT_S = 120.0
 _LOAD_TIMEOUT_S = 300.0
 _MAX_ATTEMPTS = 2  # a request whose worker died is retried once: scoring is a pure function
+
+
+class Scores(msgspec.Struct, frozen=True):
+    """A request's fraud probabilities, in row order, and how long the worker took to score them."""
+
+    probabilities: npt.NDArray[np.float64]
+    seconds: float
 
 
 class PoolStatus(msgspec.Struct, frozen=True):
@@ -49,13 +56,23 @@ class PoolStatus(msgspec.Struct, frozen=True):
     live_workers: int
     ready_workers: int
     active_generation: int | None
+    queued: int
+    restarts: int
 
 
 class InferencePool:
     """`size` worker processes; every request names the generation that must score it."""
 
-    def __init__(self, size: int, worker_options: Callable[[int], WorkerOptions], *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        size: int,
+        worker_options: Callable[[int], WorkerOptions],
+        *,
+        timeout_s: float,
+        on_generation_loaded: Callable[[GenerationLoaded], None] | None = None,
+    ) -> None:
         self.size = size
+        self._on_generation_loaded = on_generation_loaded
         self._worker_options = worker_options
         self._timeout_s = timeout_s
         self._workers: dict[int, WorkerProcess] = {}
@@ -98,7 +115,14 @@ class InferencePool:
         live = [worker for worker in self._workers.values() if worker.alive]
         active = self.active_generation
         ready = [worker for worker in live if active is not None and active in worker.generations]
-        return PoolStatus(size=self.size, live_workers=len(live), ready_workers=len(ready), active_generation=active)
+        return PoolStatus(
+            size=self.size,
+            live_workers=len(live),
+            ready_workers=len(ready),
+            active_generation=active,
+            queued=sum(len(worker.inflight) for worker in live),
+            restarts=self.restarts,
+        )
 
     # -- generations -----------------------------------------------------------------------------
 
@@ -157,9 +181,7 @@ class InferencePool:
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    async def score(
-        self, generation: int, model: str, features: npt.NDArray[np.float64], request_id: str
-    ) -> npt.NDArray[np.float64]:
+    async def score(self, generation: int, model: str, features: npt.NDArray[np.float64], request_id: str) -> Scores:
         """Score a C-contiguous float64 matrix with exactly `generation`'s `model`, on the least busy worker."""
         request = Score(
             seq=next(self._sequence),
@@ -169,13 +191,13 @@ class InferencePool:
             features=features.tobytes(),
             request_id=request_id,
         )
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
         pending = PendingScore(request, future)
         self._inflight_by_generation[generation] += 1
         try:
             self._dispatch(pending)
             try:
-                payload = await asyncio.wait_for(future, self._timeout_s)
+                scored = await asyncio.wait_for(future, self._timeout_s)
             except TimeoutError:
                 holder = self._forget(pending)
                 if holder is not None and holder.alive and holder.last_heard < pending.sent_at:
@@ -190,7 +212,7 @@ class InferencePool:
             self._inflight_by_generation[generation] -= 1
             if generation in self._retired:
                 self._release_idle_generations()
-        return np.frombuffer(payload, dtype=np.float64)
+        return Scores(probabilities=np.frombuffer(scored.probabilities, dtype=np.float64), seconds=scored.seconds)
 
     def _dispatch(self, pending: PendingScore) -> None:
         generation = pending.request.generation
@@ -222,10 +244,12 @@ class InferencePool:
             if pending is None or pending.future.done():
                 return  # timed out already
             if isinstance(message, Scored):
-                pending.future.set_result(message.probabilities)
+                pending.future.set_result(message)
             else:
                 pending.future.set_exception(ScoringError(message.error))
         elif isinstance(message, GenerationLoaded):
+            if self._on_generation_loaded is not None:
+                self._on_generation_loaded(message)
             if not message.errors:
                 worker.generations.add(message.generation)
             load = self._loads.get((worker.index, message.generation))

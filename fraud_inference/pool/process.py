@@ -9,7 +9,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from fraud_inference.pool.messages import Score, ToServer, ToWorker, decode_to_server, encode
+from fraud_inference.pool.messages import Score, Scored, ToServer, ToWorker, decode_to_server, encode
 from fraud_inference.pool.worker import WorkerOptions, run_worker
 
 __all__ = ["PendingScore", "WorkerProcess"]
@@ -20,7 +20,7 @@ class PendingScore:
 
     __slots__ = ("attempts", "future", "request", "sent_at")
 
-    def __init__(self, request: Score, future: asyncio.Future[bytes]) -> None:
+    def __init__(self, request: Score, future: asyncio.Future[Scored]) -> None:
         self.request = request
         self.future = future
         self.attempts = 1

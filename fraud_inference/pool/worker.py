@@ -109,8 +109,10 @@ class _Worker:
             )
             return
         try:
+            started = time.perf_counter()
             features = np.frombuffer(request.features, dtype=np.float64).reshape(request.rows, -1)
             probabilities = scorer.fraud_probability(features)
+            seconds = time.perf_counter() - started
         except Exception as error:
             self._log.error(
                 "score.failed",
@@ -121,7 +123,15 @@ class _Worker:
             )
             self._send(ScoreFailed(seq=request.seq, error=f"scoring failed: {error}"))
             return
-        self._send(Scored(seq=request.seq, probabilities=probabilities.tobytes()))
+        self._log.debug(
+            "batch.scored",
+            request_id=request.request_id,
+            model=request.model,
+            generation=request.generation,
+            rows=request.rows,
+            ms=round(seconds * 1000, 3),
+        )
+        self._send(Scored(seq=request.seq, probabilities=probabilities.tobytes(), seconds=seconds))
 
     def _load(self, request: LoadGeneration) -> None:
         import numpy as np

@@ -17,7 +17,7 @@ import pytest
 
 from fraud_inference.models.artifact import ModelArtifact, read_artifact
 from fraud_inference.models.scoring import load_scorer
-from fraud_inference.pool import InferencePool, InferenceTimeoutError, NoWorkerError, WorkerOptions
+from fraud_inference.pool import InferencePool, InferenceTimeoutError, NoWorkerError, Scores, WorkerOptions
 from fraud_inference.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def test_each_request_is_scored_by_exactly_the_generation_it_names(
         assert await pool.load(2, [under_key(artifacts["lightgbm"], "fraud")]) == {}
         # Both generations are held until 2 is activated: interleave requests for each.
         results = await asyncio.gather(*(pool.score(1 + i % 2, "fraud", features, f"req-{i}") for i in range(40)))
-        for i, probabilities in enumerate(results):
+        for i, probabilities in enumerate(result.probabilities for result in results):
             expected = by_xgboost if i % 2 == 0 else by_lightgbm
             np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-12)
 
@@ -90,7 +90,7 @@ def test_concurrent_batches_get_exactly_their_own_rows_back(
         results = await asyncio.gather(
             *(pool.score(1, "sklearn", matrix(transactions, rows), f"r{i}") for i, rows in enumerate(slices))
         )
-        for rows, probabilities in zip(slices, results, strict=True):
+        for rows, probabilities in zip(slices, (result.probabilities for result in results), strict=True):
             np.testing.assert_allclose(probabilities, scorer.fraud_probability(matrix(transactions, rows)), atol=1e-12)
 
     run_with_pool(2, scenario)
@@ -115,7 +115,7 @@ def test_a_generation_that_fails_to_load_anywhere_is_dropped_everywhere(
         errors = await pool.load(2, [artifacts["xgboost"], broken])
         assert set(errors) == {"lightgbm"}
         assert pool.status().active_generation == 1
-        assert len(await pool.score(1, "lightgbm", features, "still-served")) == 3
+        assert len((await pool.score(1, "lightgbm", features, "still-served")).probabilities) == 3
         with pytest.raises(NoWorkerError):
             await pool.score(2, "xgboost", features, "never-activated")
 
@@ -142,7 +142,7 @@ def test_kill_9_of_a_worker_loses_no_request_and_the_pool_heals(
             results = []
             # Keep going until well after the kill, so requests are in flight when the worker dies.
             while not killed.is_set() or len(results) < 100:
-                results.append(await pool.score(1, "xgboost", features, f"c{n}-{len(results)}"))
+                results.append((await pool.score(1, "xgboost", features, f"c{n}-{len(results)}")).probabilities)
                 answered += 1
                 if answered >= 200:
                     warmed_up.set()
@@ -186,7 +186,7 @@ def test_a_hung_worker_times_out_its_request_and_is_replaced(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(hung, signal.SIGCONT)
         timed_out = [o for o in outcomes if isinstance(o, InferenceTimeoutError)]
-        answered = [o for o in outcomes if isinstance(o, np.ndarray)]
+        answered = [o for o in outcomes if isinstance(o, Scores)]
         assert len(timed_out) + len(answered) == 8
         assert timed_out, "the requests queued on the stopped worker should have timed out"
         deadline = time.monotonic() + 60
@@ -197,6 +197,6 @@ def test_a_hung_worker_times_out_its_request_and_is_replaced(
         while not healed() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         assert healed()
-        assert len(await pool.score(1, "xgboost", features, "after")) == 5
+        assert len((await pool.score(1, "xgboost", features, "after")).probabilities) == 5
 
     run_with_pool(2, scenario, timeout_s=1.0)

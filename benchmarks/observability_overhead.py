@@ -1,0 +1,122 @@
+"""What logging and metrics cost per request, measured in one run.
+
+    uv run python -m benchmarks.observability_overhead [--seconds 8] [--connections 16]
+
+1. Metrics: the per-request metric calls of a prediction (HTTP counters and histogram, model counters,
+   score histogram), timed in-process, against the whole request time measured next.
+2. Logging: the same service under wrk with the access log on (LOG_LEVEL=INFO) and off (LOG_LEVEL=WARNING),
+   one after the other in this run. Needs `wrk` (Debian package `wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+
+import numpy as np
+
+from fraud_inference.demo.dataset import make_transactions
+from fraud_inference.demo.seeding import embedded_registry, seed_demo
+from fraud_inference.observability.metrics import Metrics
+from fraud_inference.pool import PoolStatus
+
+
+def metrics_cost_us(rows: int) -> float:
+    """Microseconds of metric updates one prediction of `rows` rows makes in the HTTP process."""
+    metrics = Metrics()
+    probabilities = np.random.default_rng(1).random(rows)
+
+    def one_request() -> None:
+        metrics.http_in_flight.inc()
+        metrics.record_scores("xgboost", "1", probabilities, 0.5, 0.0002)
+        metrics.http_in_flight.dec()
+        metrics.http_requests.labels("POST", "/v1/predict", "200").inc()
+        metrics.http_duration.labels("/v1/predict").observe(0.001)
+
+    loops = 20_000
+    seconds = min(timeit.repeat(one_request, number=loops, repeat=3))
+    metrics.render(PoolStatus(size=2, live_workers=2, ready_workers=2, active_generation=1, queued=0, restarts=0))
+    return seconds / loops * 1e6
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wrk(url: str, body: str, seconds: int, connections: int) -> tuple[float, str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+        script.write(f"wrk.body = {json.dumps(body)}\n")
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    os.unlink(script.name)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+(\S+)", output).group(1)  # type: ignore[union-attr]
+    return rate, p99
+
+
+def serve_and_load(tracking_uri: str, log_level: str, body: str, seconds: int, connections: int) -> tuple[float, str]:
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PORT": str(port), "WORKERS": "2", "LOG_LEVEL": log_level}
+    cli = str(Path(sys.executable).parent / "fraud-inference")
+    with open(os.devnull, "w") as sink:
+        process = subprocess.Popen([cli, "serve"], env=env, stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/readyz"], capture_output=True)
+            if ready.returncode == 0:
+                break
+            time.sleep(0.2)
+        wrk(f"http://127.0.0.1:{port}/v1/predict", body, 2, connections)  # warm-up
+        return wrk(f"http://127.0.0.1:{port}/v1/predict", body, seconds, connections)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: apt-get install wrk")
+    home = Path(tempfile.mkdtemp(prefix="fraud-inference-bench-"))
+    tracking_uri, artifact_location = embedded_registry(home)
+    seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None, n_rows=20_000)
+    features, _ = make_transactions(1, seed=5)
+    body = json.dumps({"model": "xgboost", "instances": json.loads(features.to_json(orient="records"))})
+
+    print(
+        "metrics updates per 1-row prediction: %.1f us; per 100-row: %.1f us"
+        % (metrics_cost_us(1), metrics_cost_us(100))
+    )
+    results = {
+        level: serve_and_load(tracking_uri, level, body, args.seconds, args.connections)
+        for level in ("INFO", "WARNING")
+    }
+    (on, on_p99), (off, off_p99) = results["INFO"], results["WARNING"]
+    print(f"1-row req/s, {args.connections} connections: access log on {on:,.0f} (p99 {on_p99}), "
+          f"off {off:,.0f} (p99 {off_p99}); on/off = {on / off:.3f}")  # fmt: skip
+    print(f"request time at that rate: {1e6 / on:.0f} us of server time per request (2 cores, all processes)")
+    shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
