@@ -103,10 +103,8 @@ def main() -> None:
     features, _ = make_transactions(1, seed=5)
     body = json.dumps({"model": "xgboost", "instances": json.loads(features.to_json(orient="records"))})
 
-    print(
-        "metrics updates per 1-row prediction: %.1f us; per 100-row: %.1f us"
-        % (metrics_cost_us(1), metrics_cost_us(100))
-    )
+    one, hundred = metrics_cost_us(1), metrics_cost_us(100)
+    print(f"metrics updates per 1-row prediction: {one:.1f} us; per 100-row: {hundred:.1f} us")
     results = {
         level: serve_and_load(tracking_uri, level, body, args.seconds, args.connections)
         for level in ("INFO", "WARNING")
