@@ -61,7 +61,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if not stages:
             raise SettingsError("MODEL_STAGES", "name at least one stage, e.g. 'Production,Staging'")
         return cls(
-            mlflow_tracking_uri=_get(env, "MLFLOW_TRACKING_URI"),
+            mlflow_tracking_uri=_get(env, "MLFLOW_TRACKING_URI") or _secret_file(env, "MLFLOW_TRACKING_URI_FILE"),
             models=models,
             default_model=default_model,
             model_alias=_get(env, "MODEL_ALIAS") or "champion",
@@ -157,13 +157,19 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[_Choice, ...], def
     raise SettingsError(name, f"{raw!r} is not one of {', '.join(choices)}")
 
 
+def _secret_file(env: Mapping[str, str], name: str) -> str | None:
+    """The stripped content of the file that variable `name` points at (a container secret), if set."""
+    path = _get(env, name)
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as error:
+        raise SettingsError(name, f"cannot read {path}: {error.strerror}") from None
+
+
 def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     keys = _split(_get(env, "API_KEYS") or "")
-    key_file = _get(env, "API_KEYS_FILE")
-    if key_file:
-        try:
-            text = Path(key_file).read_text()
-        except OSError as error:
-            raise SettingsError("API_KEYS_FILE", f"cannot read {key_file}: {error.strerror}") from None
-        keys += [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
+    text = _secret_file(env, "API_KEYS_FILE") or ""
+    keys += [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
     return tuple(keys)

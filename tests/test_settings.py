@@ -80,3 +80,13 @@ def test_redacted_settings_hide_keys_and_uri_password() -> None:
 )
 def test_redact_uri(uri: str, expected: str) -> None:
     assert redact_uri(uri) == expected
+
+
+def test_tracking_uri_can_come_from_a_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "uri"
+    secret.write_text("https://svc:pw@mlflow.internal\n")
+    assert Settings.from_env({"MLFLOW_TRACKING_URI_FILE": str(secret)}).mlflow_tracking_uri == (
+        "https://svc:pw@mlflow.internal"
+    )
+    with pytest.raises(SettingsError, match="MLFLOW_TRACKING_URI_FILE"):
+        Settings.from_env({"MLFLOW_TRACKING_URI_FILE": str(tmp_path / "missing")})

@@ -29,7 +29,7 @@ class Metrics:
 
     def __init__(self) -> None:
         # `_created` series double the output and no dashboard here reads them.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = Counter(
