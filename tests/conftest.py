@@ -243,3 +243,15 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         yield server
     finally:
         server.stop()
+
+
+def use_registry(tracking_uri: str) -> None:
+    """Point MLflow's process-wide URIs at `tracking_uri` before a `models:/` load in a test.
+
+    Both, not only the registry: a version's source (`models:/m-...`) is resolved through the tracking
+    server, and another test may have left the tracking URI at a server that is gone.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)

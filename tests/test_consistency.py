@@ -22,7 +22,7 @@ from fraud_inference.models.artifact import DependencyMismatchError, UnservableM
 from fraud_inference.registry import Registry
 from fraud_inference.settings import Settings
 from tests.api.conftest import wait_ready
-from tests.conftest import run_cli
+from tests.conftest import run_cli, use_registry
 
 SKLEARN = Version(importlib.metadata.version("scikit-learn"))
 XGBOOST = Version(importlib.metadata.version("xgboost-cpu"))
@@ -36,7 +36,7 @@ def requirements_with(flavor: str, replaced: str, pin: str) -> list[str]:
 
 def relog(registry: str, flavor: str, name: str, *, champion: bool = True, **options: Any) -> str:
     """Log the demo model of `flavor` again as a new version of `name` (with other requirements or no signature)."""
-    mlflow.set_registry_uri(registry)
+    use_registry(registry)
     loader = {"xgboost": mlflow.xgboost, "lightgbm": mlflow.lightgbm, "sklearn": mlflow.sklearn}[flavor]
     model = loader.load_model(f"models:/{name}@champion")
     features, _ = make_transactions(50, seed=1)

@@ -11,6 +11,7 @@ import pytest
 from litestar.testing import TestClient
 
 from tests.api.conftest import MAX_BATCH_ROWS, MAX_BODY_BYTES
+from tests.conftest import use_registry
 
 FLAVOR_LOADERS = {"xgboost": mlflow.xgboost, "lightgbm": mlflow.lightgbm, "sklearn": mlflow.sklearn}
 
@@ -31,7 +32,7 @@ def test_scores_equal_mlflow_flavor_loader_probabilities(
     response = client.post("/v1/predict", json={"model": model, "instances": instances})
     assert response.status_code == 200, response.text
     body = response.json()
-    mlflow.set_registry_uri(demo_registry)
+    use_registry(demo_registry)
     reference = FLAVOR_LOADERS[model].load_model(f"models:/{body['model_name']}/{body['model_version']}")
     expected = reference.predict_proba(pd.DataFrame(instances)[list(transactions.columns)])[:, 1]
     served = np.array([p["fraud_probability"] for p in body["predictions"]])

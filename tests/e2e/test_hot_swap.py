@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import alive, descendants
+from tests.conftest import alive, descendants, use_registry
 from tests.load import Load
 
 pytestmark = pytest.mark.slow
@@ -30,12 +30,13 @@ def rows(frame: pd.DataFrame, count: int) -> list[dict[str, Any]]:
 
 
 def probabilities(registry: str, name: str, version: str, frame: pd.DataFrame, flavor: Any) -> np.ndarray:
-    mlflow.set_registry_uri(registry)
+    use_registry(registry)
     return flavor.load_model(f"models:/{name}/{version}").predict_proba(frame)[:, 1]  # type: ignore[no-any-return]
 
 
 def promote(registry: str, name: str, source_of: str | None = None, *, source: str | None = None) -> str:
     """Register a new version of `name` (from another model's files, or from `source`) and make it champion."""
+    use_registry(registry)  # a `models:/m-...` source is resolved through the process-wide tracking URI
     client = MlflowClient(tracking_uri=registry, registry_uri=registry)
     if source is None:
         assert source_of is not None
