@@ -12,14 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 
 from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, fetch_artifact
-from fraud_inference.models.signature import SignatureDecoder
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
-from fraud_inference.pool import InferencePool, Scores, WorkerOptions
+from fraud_inference.pool import BatchPolicy, InferencePool, Scores, WorkerOptions
 from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings
 
@@ -63,13 +60,12 @@ class RefreshOutcome(msgspec.Struct, frozen=True):
 
 
 class ServedModel:
-    """One model of a generation: its registry reference, artifact and request decoder."""
+    """One model of a generation: its registry reference and artifact."""
 
-    __slots__ = ("artifact", "decoder")
+    __slots__ = ("artifact",)
 
     def __init__(self, artifact: ModelArtifact) -> None:
         self.artifact = artifact
-        self.decoder = SignatureDecoder(artifact.ref.key, artifact.features)
 
     @property
     def ref(self) -> ModelRef:
@@ -93,8 +89,19 @@ class FraudService:
         self.metrics = metrics
         self.pool = InferencePool(
             settings.workers,
-            lambda index: WorkerOptions(index=index, log_level=settings.log_level, log_format=settings.log_format),
+            lambda index: WorkerOptions(
+                index=index,
+                log_level=settings.log_level,
+                log_format=settings.log_format,
+                max_rows=settings.max_batch_rows,
+            ),
             timeout_s=settings.inference_timeout_s,
+            batching=BatchPolicy(
+                max_requests=settings.batch_max_requests,
+                max_bytes=settings.batch_max_bytes,
+                wait_s=settings.batch_wait_ms / 1000,
+            ),
+            queue_limit=settings.queue_limit,
             on_generation_loaded=lambda loaded: metrics.record_loads(loaded.errors, loaded.load_seconds),
         )
         self.active: Generation | None = None
@@ -186,14 +193,13 @@ class FraudService:
         await self.pool.stop()
         shutil.rmtree(self._downloads, ignore_errors=True)
 
-    async def score(
-        self, generation: Generation, model: str, features: npt.NDArray[np.float64], request_id: str
-    ) -> npt.NDArray[np.float64]:
-        """Fraud probabilities of `generation`'s `model` for each row, counted in the metrics."""
-        scores: Scores = await self.pool.score(generation.number, model, features, request_id)
+    async def score(self, generation: Generation, model: str, instances: bytes, request_id: str) -> Scores:
+        """Fraud probabilities of `generation`'s `model` for each row of `instances` (raw JSON), counted in the
+        metrics. The worker checks the rows against the model's signature (`RequestRefusedError` if they fail)."""
+        scores: Scores = await self.pool.score(generation.number, model, instances, request_id)
         ref = generation.models[model].ref
         self.metrics.record_scores(model, ref.version, scores.probabilities, ref.threshold, scores.seconds)
-        return scores.probabilities
+        return scores
 
     async def _load_first_generation(self) -> None:
         delay = 0.5

@@ -23,9 +23,8 @@ from fraud_inference.api.schemas import (
     Probe,
     VersionResponse,
 )
-from fraud_inference.models.signature import InstancesError
 from fraud_inference.observability.metrics import CONTENT_TYPE
-from fraud_inference.pool import InferenceTimeoutError, PoolError
+from fraud_inference.pool import InferenceTimeoutError, PoolError, PoolOverloadedError, RequestRefusedError
 from fraud_inference.service import FraudService, Generation
 
 __all__ = ["livez", "metrics", "model_infos", "predict", "readyz", "service_of", "version"]
@@ -91,26 +90,23 @@ async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
     served = generation.models.get(key)
     if served is None:
         raise NotFoundException(detail=f"unknown model {key!r}; served models: {', '.join(generation.models)}")
-    try:
-        features = served.decoder.matrix(parsed.instances)
-    except InstancesError as error:
-        raise HTTPException(status_code=422, detail=str(error)) from None
-    if features.shape[0] > service.settings.max_batch_rows:
-        raise HTTPException(
-            status_code=413,
-            detail=f"{features.shape[0]} instances exceed MAX_BATCH_ROWS={service.settings.max_batch_rows}",
-        )
     request_id = request_id_of(request.scope)
-    note_for_access_log(
-        request.scope, model=key, version=served.ref.version, generation=generation.number, rows=features.shape[0]
-    )
     try:
-        probabilities = await service.score(generation, key, features, request_id)
+        # The worker decodes the rows against this generation's signature: the server process stays free for HTTP.
+        scores = await service.score(generation, key, bytes(parsed.instances), request_id)
+    except RequestRefusedError as error:
+        raise HTTPException(status_code=error.status, detail=error.detail) from None
+    except PoolOverloadedError as error:
+        raise ServiceUnavailableException(detail=f"overloaded: {error}", headers=_RETRY_AFTER) from None
     except InferenceTimeoutError as error:
         raise HTTPException(status_code=504, detail=str(error)) from None
     except PoolError as error:
         raise ServiceUnavailableException(detail=f"inference failed: {error}", headers=_RETRY_AFTER) from None
+    probabilities = scores.probabilities
     ref = served.ref
+    note_for_access_log(
+        request.scope, model=key, version=ref.version, generation=generation.number, rows=len(probabilities)
+    )
     flagged = probabilities >= ref.threshold
     return PredictResponse(
         model=key,

@@ -69,7 +69,15 @@ class Metrics:
         self.pool_workers = Gauge(f"{_PREFIX}_pool_workers", "Live inference workers", registry=r)
         self.worker_restarts = Counter(f"{_PREFIX}_worker_restarts", "Inference workers replaced", registry=r)
         self.queue_depth = Gauge(f"{_PREFIX}_queue_depth", "Requests sent to workers and not answered", registry=r)
+        self.pool_batches = Counter(
+            f"{_PREFIX}_pool_batches", "Batches sent to workers (one model call each)", registry=r
+        )
+        self.pool_batched_requests = Counter(
+            f"{_PREFIX}_pool_batched_requests", "Requests in those batches: over batches, the coalescing", registry=r
+        )
         self._restarts_seen = 0
+        self._batches_seen = 0
+        self._batched_requests_seen = 0
 
     def render(self, pool: PoolStatus) -> bytes:
         """The exposition text, with the pool's gauges read now."""
@@ -77,6 +85,10 @@ class Metrics:
         self.queue_depth.set(pool.queued)
         self.worker_restarts.inc(pool.restarts - self._restarts_seen)
         self._restarts_seen = pool.restarts
+        self.pool_batches.inc(pool.batches - self._batches_seen)
+        self._batches_seen = pool.batches
+        self.pool_batched_requests.inc(pool.batched_requests - self._batched_requests_seen)
+        self._batched_requests_seen = pool.batched_requests
         return generate_latest(self.registry)
 
     def record_scores(

@@ -4,18 +4,24 @@ from fraud_inference.pool.errors import (
     InferenceTimeoutError,
     NoWorkerError,
     PoolError,
+    PoolOverloadedError,
+    RequestRefusedError,
     ScoringError,
     WorkerLostError,
 )
-from fraud_inference.pool.pool import InferencePool, PoolStatus, Scores
+from fraud_inference.pool.pool import InferencePool, PoolStatus
+from fraud_inference.pool.queue import BatchPolicy, Scores
 from fraud_inference.pool.worker import WorkerOptions
 
 __all__ = [
+    "BatchPolicy",
     "InferencePool",
     "InferenceTimeoutError",
     "NoWorkerError",
     "PoolError",
+    "PoolOverloadedError",
     "PoolStatus",
+    "RequestRefusedError",
     "Scores",
     "ScoringError",
     "WorkerLostError",

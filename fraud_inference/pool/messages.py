@@ -10,6 +10,7 @@ __all__ = [
     "DropGeneration",
     "GenerationLoaded",
     "LoadGeneration",
+    "Refused",
     "Score",
     "ScoreFailed",
     "Scored",
@@ -36,14 +37,17 @@ class DropGeneration(msgspec.Struct, tag="drop", frozen=True, array_like=True):
 
 
 class Score(msgspec.Struct, tag="score", frozen=True, array_like=True):
-    """Score `rows` rows of float64 features (row-major, training column order) with one model."""
+    """Score a batch: one or more requests' `instances` (raw JSON arrays of rows) for the same model.
+
+    The worker decodes each against the model's signature, scores every valid row in one model call and
+    answers per request, so requests coalesced into one batch never see each other's rows or errors.
+    """
 
     seq: int
     generation: int
     model: str
-    rows: int
-    features: bytes
-    request_id: str
+    bodies: tuple[bytes, ...]
+    request_ids: tuple[str, ...]
 
 
 class WorkerStarted(msgspec.Struct, tag="started", frozen=True, array_like=True):
@@ -60,16 +64,28 @@ class GenerationLoaded(msgspec.Struct, tag="loaded", frozen=True, array_like=Tru
     load_seconds: dict[str, float]
 
 
+class Refused(msgspec.Struct, frozen=True, array_like=True):
+    """One request of a batch whose rows do not fit the model: the HTTP status and a message naming the field."""
+
+    status: int
+    detail: str
+
+
 class Scored(msgspec.Struct, tag="scored", frozen=True, array_like=True):
-    """Fraud-class probabilities (float64) for a `Score`, in row order, and the scoring time in the worker."""
+    """The answer to a `Score`, per request in batch order: its row count, or why it was refused.
+
+    `probabilities` (float64) holds the fraud probability of every scored row, request after request;
+    `seconds` is the time the worker spent decoding and scoring the batch.
+    """
 
     seq: int
+    outcomes: tuple[int | Refused, ...]
     probabilities: bytes
     seconds: float
 
 
 class ScoreFailed(msgspec.Struct, tag="failed", frozen=True, array_like=True):
-    """A `Score` that could not be scored, and why."""
+    """A `Score` whose batch could not be scored at all (model missing, model failure), and why."""
 
     seq: int
     error: str

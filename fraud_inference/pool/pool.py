@@ -1,4 +1,4 @@
-"""The pool of inference workers: generations, least-busy dispatch, retries and replacement of dead workers."""
+"""The pool of inference workers: generations, batched least-busy dispatch, retries, replacement of dead workers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 import numpy as np
-import numpy.typing as npt
 
 from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.observability.logging import get_logger
@@ -18,6 +17,7 @@ from fraud_inference.pool.errors import (
     InferenceTimeoutError,
     NoWorkerError,
     PoolError,
+    RequestRefusedError,
     ScoringError,
     WorkerLostError,
 )
@@ -25,13 +25,15 @@ from fraud_inference.pool.messages import (
     DropGeneration,
     GenerationLoaded,
     LoadGeneration,
+    Refused,
     Score,
     Scored,
     ScoreFailed,
     ToServer,
     WorkerStarted,
 )
-from fraud_inference.pool.process import PendingScore, WorkerProcess
+from fraud_inference.pool.process import WorkerProcess
+from fraud_inference.pool.queue import Batch, BatchPolicy, PendingRequest, RequestQueue, Scores
 from fraud_inference.pool.worker import WorkerOptions
 
 __all__ = ["InferencePool", "PoolStatus", "Scores"]
@@ -40,13 +42,9 @@ log = get_logger("fraud_inference.pool")
 _START_TIMEOUT_S = 120.0
 _LOAD_TIMEOUT_S = 300.0
 _MAX_ATTEMPTS = 2  # a request whose worker died is retried once: scoring is a pure function
-
-
-class Scores(msgspec.Struct, frozen=True):
-    """A request's fraud probabilities, in row order, and how long the worker took to score them."""
-
-    probabilities: npt.NDArray[np.float64]
-    seconds: float
+# Two batches per worker: it starts the next while the server reads the last answer, and no more, so that
+# under load requests wait in the queue, where they coalesce, rather than in a worker's pipe.
+_BATCHES_PER_WORKER = 2
 
 
 class PoolStatus(msgspec.Struct, frozen=True):
@@ -58,6 +56,8 @@ class PoolStatus(msgspec.Struct, frozen=True):
     active_generation: int | None
     queued: int
     restarts: int
+    batches: int = 0
+    batched_requests: int = 0
 
 
 class InferencePool:
@@ -69,6 +69,8 @@ class InferencePool:
         worker_options: Callable[[int], WorkerOptions],
         *,
         timeout_s: float,
+        batching: BatchPolicy | None = None,
+        queue_limit: int = 1024,
         on_generation_loaded: Callable[[GenerationLoaded], None] | None = None,
     ) -> None:
         self.size = size
@@ -81,6 +83,10 @@ class InferencePool:
         self._inflight_by_generation: Counter[int] = Counter()
         self._retired: set[int] = set()
         self._sequence = itertools.count(1)
+        self._queue = RequestQueue(batching or BatchPolicy(), queue_limit)
+        self._pump_timer: asyncio.TimerHandle | None = None
+        self._batches_sent = 0
+        self._requests_sent = 0  # over batches: how many requests each model call served on average
         self._stopping = False
         self.active_generation: int | None = None
         self.restarts = 0
@@ -101,10 +107,10 @@ class InferencePool:
         for worker in workers:
             worker.close()
         await asyncio.gather(*(asyncio.to_thread(worker.join_or_kill) for worker in workers))
-        for worker in workers:
-            for pending in worker.inflight.values():
-                if not pending.future.done():
-                    pending.future.set_exception(WorkerLostError("the pool is shutting down"))
+        waiting = [request for worker in workers for batch in worker.inflight.values() for request in batch.requests]
+        for request in [*waiting, *self._queue]:
+            if not request.future.done():
+                request.future.set_exception(WorkerLostError("the pool is shutting down"))
         self._workers.clear()
 
     def worker_pids(self) -> dict[int, int | None]:
@@ -120,8 +126,10 @@ class InferencePool:
             live_workers=len(live),
             ready_workers=len(ready),
             active_generation=active,
-            queued=sum(len(worker.inflight) for worker in live),
+            queued=len(self._queue) + sum(len(b.requests) for worker in live for b in worker.inflight.values()),
             restarts=self.restarts,
+            batches=self._batches_sent,
+            batched_requests=self._requests_sent,
         )
 
     # -- generations -----------------------------------------------------------------------------
@@ -181,55 +189,100 @@ class InferencePool:
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    async def score(self, generation: int, model: str, features: npt.NDArray[np.float64], request_id: str) -> Scores:
-        """Score a C-contiguous float64 matrix with exactly `generation`'s `model`, on the least busy worker."""
-        request = Score(
-            seq=next(self._sequence),
-            generation=generation,
-            model=model,
-            rows=features.shape[0],
-            features=features.tobytes(),
-            request_id=request_id,
-        )
-        future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
-        pending = PendingScore(request, future)
+    async def score(self, generation: int, model: str, body: bytes, request_id: str) -> Scores:
+        """Score one request's rows (its raw JSON `instances`) with exactly `generation`'s `model`.
+
+        The request waits in the queue while every worker is busy and may share a batch with other
+        requests for the same model and generation; its answer holds exactly its own rows' scores.
+        Raises `RequestRefusedError` when the worker refuses the rows (422, 413), `PoolOverloadedError`
+        when QUEUE_LIMIT requests already wait, `InferenceTimeoutError` after INFERENCE_TIMEOUT_S.
+        """
+        if not any(worker.alive and generation in worker.generations for worker in self._workers.values()):
+            raise NoWorkerError(f"no live worker holds generation {generation}")
+        future: asyncio.Future[Scores] = asyncio.get_running_loop().create_future()
+        request = PendingRequest(next(self._sequence), generation, model, body, request_id, future)
+        self._queue.put(request)
         self._inflight_by_generation[generation] += 1
         try:
-            self._dispatch(pending)
+            self._pump()
             try:
-                scored = await asyncio.wait_for(future, self._timeout_s)
+                return await asyncio.wait_for(future, self._timeout_s)
             except TimeoutError:
-                holder = self._forget(pending)
-                if holder is not None and holder.alive and holder.last_heard < pending.sent_at:
-                    # Silent for the whole timeout with work queued: hung (e.g. SIGSTOP). Kill it: its other
-                    # requests are retried elsewhere and a replacement starts, as for any dead worker.
-                    log.error("worker.hung", worker=holder.index, pid=holder.pid, silent_s=self._timeout_s)
-                    holder.process.kill()
+                self._on_timeout(request)
                 raise InferenceTimeoutError(
                     f"no answer from the inference workers within {self._timeout_s:g} s"
                 ) from None
         finally:
+            # Timed out, or cancelled because the client went away: if it still waits, nobody needs it scored.
+            self._queue.discard(request)
             self._inflight_by_generation[generation] -= 1
             if generation in self._retired:
                 self._release_idle_generations()
-        return Scores(probabilities=np.frombuffer(scored.probabilities, dtype=np.float64), seconds=scored.seconds)
 
-    def _dispatch(self, pending: PendingScore) -> None:
-        generation = pending.request.generation
-        candidates = [w for w in self._workers.values() if w.alive and generation in w.generations]
-        if not candidates:
-            raise NoWorkerError(f"no live worker holds generation {generation}")
-        worker = min(candidates, key=lambda candidate: len(candidate.inflight))
-        worker.inflight[pending.request.seq] = pending
-        pending.sent_at = time.monotonic()
-        worker.send(pending.request)
+    def _pump(self) -> None:
+        """Send queued requests, as batches, to every worker with room: least busy first."""
+        if not self._queue:
+            return
+        now = time.monotonic()
+        for worker in sorted(self._workers.values(), key=lambda candidate: len(candidate.inflight)):
+            while worker.alive and len(worker.inflight) < _BATCHES_PER_WORKER:
+                requests = self._queue.take(worker.generations, now)
+                if not requests:
+                    break
+                self._send_batch(worker, requests)
+            if not self._queue:
+                return
+        if self._queue.policy.wait_s and self._pump_timer is None:
+            due = self._queue.next_due()
+            if due is not None:
+                self._pump_timer = asyncio.get_running_loop().call_at(max(due, now), self._pump_after_wait)
 
-    def _forget(self, pending: PendingScore) -> WorkerProcess | None:
-        """Stop waiting for `pending`; return the worker that held it."""
+    def _pump_after_wait(self) -> None:
+        self._pump_timer = None
+        self._pump()
+
+    def _send_batch(self, worker: WorkerProcess, requests: list[PendingRequest]) -> None:
+        head = requests[0]
+        batch = Batch(next(self._sequence), requests)
+        worker.inflight[batch.seq] = batch
+        self._batches_sent += 1
+        self._requests_sent += len(requests)
+        worker.send(
+            Score(
+                seq=batch.seq,
+                generation=head.generation,
+                model=head.model,
+                bodies=tuple(request.body for request in requests),
+                request_ids=tuple(request.request_id for request in requests),
+            )
+        )
+
+    def _on_timeout(self, request: PendingRequest) -> None:
+        """Kill the worker holding a timed-out request if it has been silent since the batch was sent."""
+        batch = request.batch
+        if batch is None:
+            return  # it never left the queue: the workers are busy, not hung
         for worker in self._workers.values():
-            if worker.inflight.pop(pending.request.seq, None) is not None:
-                return worker
-        return None
+            if worker.inflight.get(batch.seq) is batch:
+                if worker.alive and worker.last_heard < batch.sent_at:
+                    # Silent for the whole timeout with work queued: hung (e.g. SIGSTOP). Kill it: its other
+                    # requests are retried elsewhere and a replacement starts, as for any dead worker.
+                    log.error("worker.hung", worker=worker.index, pid=worker.pid, silent_s=self._timeout_s)
+                    worker.process.kill()
+                return
+
+    def _answer(self, batch: Batch, scored: Scored) -> None:
+        """Give each request of the batch its own rows' scores, or its refusal."""
+        probabilities = np.frombuffer(scored.probabilities, dtype=np.float64)
+        offset = 0
+        for request, outcome in zip(batch.requests, scored.outcomes, strict=True):
+            if isinstance(outcome, Refused):
+                if not request.future.done():
+                    request.future.set_exception(RequestRefusedError(outcome.status, outcome.detail))
+                continue
+            if not request.future.done():
+                request.future.set_result(Scores(probabilities[offset : offset + outcome], scored.seconds))
+            offset += outcome
 
     # -- worker events ---------------------------------------------------------------------------
 
@@ -240,13 +293,15 @@ class InferencePool:
 
     def _on_message(self, worker: WorkerProcess, message: ToServer) -> None:
         if isinstance(message, Scored | ScoreFailed):
-            pending = worker.inflight.pop(message.seq, None)
-            if pending is None or pending.future.done():
-                return  # timed out already
-            if isinstance(message, Scored):
-                pending.future.set_result(message)
-            else:
-                pending.future.set_exception(ScoringError(message.error))
+            batch = worker.inflight.pop(message.seq, None)
+            if batch is not None:
+                if isinstance(message, Scored):
+                    self._answer(batch, message)
+                else:
+                    for request in batch.requests:
+                        if not request.future.done():
+                            request.future.set_exception(ScoringError(message.error))
+            self._pump()
         elif isinstance(message, GenerationLoaded):
             if self._on_generation_loaded is not None:
                 self._on_generation_loaded(message)
@@ -272,24 +327,29 @@ class InferencePool:
         for (index, generation), load in list(self._loads.items()):
             if index == worker.index and not load.done():
                 load.set_exception(PoolError(f"worker {index} died while loading generation {generation}"))
-        orphans = list(worker.inflight.values())
+        orphans = [request for batch in worker.inflight.values() for request in batch.requests]
         worker.inflight.clear()
-        for pending in orphans:
-            self._retry(pending)
+        for request in reversed(orphans):  # put back in reverse, so they leave again in their order
+            self._retry(request)
         self.restarts += 1
+        self._pump()
         asyncio.get_running_loop().create_task(self._replace(worker.index))
 
-    def _retry(self, pending: PendingScore) -> None:
-        if pending.future.done():
+    def _retry(self, request: PendingRequest) -> None:
+        if request.future.done():
             return
-        if pending.attempts >= _MAX_ATTEMPTS:
-            pending.future.set_exception(WorkerLostError("the worker scoring this request died, twice"))
+        if request.attempts >= _MAX_ATTEMPTS:
+            request.future.set_exception(WorkerLostError("the worker scoring this request died, twice"))
             return
-        pending.attempts += 1
-        try:
-            self._dispatch(pending)
-        except PoolError as error:
-            pending.future.set_exception(WorkerLostError(f"the worker scoring this request died: {error}"))
+        if not any(w.alive and request.generation in w.generations for w in self._workers.values()):
+            request.future.set_exception(
+                WorkerLostError(f"the worker scoring this request died and no live worker holds generation "
+                                f"{request.generation}")
+            )  # fmt: skip
+            return
+        request.attempts += 1
+        request.batch = None
+        self._queue.put_back(request)
 
     async def _replace(self, index: int) -> None:
         """Start a replacement and load every generation that may still be asked of it."""

@@ -1,4 +1,4 @@
-"""The server-side handle of one worker process: its pipe, readiness callbacks and in-flight requests."""
+"""The server-side handle of one worker process: its pipe, readiness callbacks and in-flight batches."""
 
 from __future__ import annotations
 
@@ -9,22 +9,11 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from fraud_inference.pool.messages import Score, Scored, ToServer, ToWorker, decode_to_server, encode
+from fraud_inference.pool.messages import ToServer, ToWorker, decode_to_server, encode
+from fraud_inference.pool.queue import Batch
 from fraud_inference.pool.worker import WorkerOptions, run_worker
 
-__all__ = ["PendingScore", "WorkerProcess"]
-
-
-class PendingScore:
-    """A `Score` sent to a worker and the future its answer resolves."""
-
-    __slots__ = ("attempts", "future", "request", "sent_at")
-
-    def __init__(self, request: Score, future: asyncio.Future[Scored]) -> None:
-        self.request = request
-        self.future = future
-        self.attempts = 1
-        self.sent_at = 0.0
+__all__ = ["WorkerProcess"]
 
 
 class WorkerProcess:
@@ -48,7 +37,7 @@ class WorkerProcess:
         )
         self.process.start()
         child_end.close()  # only the worker holds its end: it sees EOF the moment the server dies
-        self.inflight: dict[int, PendingScore] = {}
+        self.inflight: dict[int, Batch] = {}  # batches sent and not answered, by sequence number
         self.generations: set[int] = set()
         self.started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.alive = True

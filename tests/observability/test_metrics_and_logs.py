@@ -102,7 +102,12 @@ def test_the_request_id_is_in_the_server_line_and_the_worker_line(
         predict(client, "sklearn", rows(transactions, 4), request_id="trace-both-sides")
     assert service.stop() == 0
     lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
-    traced = [line for line in lines if line.get("request_id") == "trace-both-sides"]
+    # The server's lines carry the request's id; the worker's line, one per batch, the ids of every request in it.
+    traced = [
+        line
+        for line in lines
+        if line.get("request_id") == "trace-both-sides" or "trace-both-sides" in line.get("request_ids", [])
+    ]
     roles = {line["role"] for line in traced}
     assert "server" in roles
     assert any(role.startswith("worker ") for role in roles), traced

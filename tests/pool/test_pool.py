@@ -17,7 +17,14 @@ import pytest
 
 from fraud_inference.models.artifact import ModelArtifact, read_artifact
 from fraud_inference.models.scoring import load_scorer
-from fraud_inference.pool import InferencePool, InferenceTimeoutError, NoWorkerError, Scores, WorkerOptions
+from fraud_inference.pool import (
+    InferencePool,
+    InferenceTimeoutError,
+    NoWorkerError,
+    RequestRefusedError,
+    Scores,
+    WorkerOptions,
+)
 from fraud_inference.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -57,10 +64,16 @@ def matrix(frame: pd.DataFrame, rows: slice) -> np.ndarray:
     return np.ascontiguousarray(frame.iloc[rows].to_numpy(dtype=np.float64))
 
 
+def instances(frame: pd.DataFrame, rows: slice) -> bytes:
+    """The rows as a request's `instances`: a JSON array of feature objects."""
+    return frame.iloc[rows].to_json(orient="records").encode()
+
+
 def test_each_request_is_scored_by_exactly_the_generation_it_names(
     artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
 ) -> None:
     features = matrix(transactions, slice(0, 64))
+    body = instances(transactions, slice(0, 64))
     by_xgboost = load_scorer(artifacts["xgboost"]).fraud_probability(features)
     by_lightgbm = load_scorer(artifacts["lightgbm"]).fraud_probability(features)
     assert not np.allclose(by_xgboost, by_lightgbm)
@@ -70,7 +83,7 @@ def test_each_request_is_scored_by_exactly_the_generation_it_names(
         pool.activate(1)
         assert await pool.load(2, [under_key(artifacts["lightgbm"], "fraud")]) == {}
         # Both generations are held until 2 is activated: interleave requests for each.
-        results = await asyncio.gather(*(pool.score(1 + i % 2, "fraud", features, f"req-{i}") for i in range(40)))
+        results = await asyncio.gather(*(pool.score(1 + i % 2, "fraud", body, f"req-{i}") for i in range(40)))
         for i, probabilities in enumerate(result.probabilities for result in results):
             expected = by_xgboost if i % 2 == 0 else by_lightgbm
             np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-12)
@@ -88,12 +101,78 @@ def test_concurrent_batches_get_exactly_their_own_rows_back(
         assert await pool.load(1, [artifacts["sklearn"]]) == {}
         pool.activate(1)
         results = await asyncio.gather(
-            *(pool.score(1, "sklearn", matrix(transactions, rows), f"r{i}") for i, rows in enumerate(slices))
+            *(pool.score(1, "sklearn", instances(transactions, rows), f"r{i}") for i, rows in enumerate(slices))
         )
         for rows, probabilities in zip(slices, (result.probabilities for result in results), strict=True):
             np.testing.assert_allclose(probabilities, scorer.fraud_probability(matrix(transactions, rows)), atol=1e-12)
 
     run_with_pool(2, scenario)
+
+
+def test_coalesced_requests_get_exactly_their_own_rows_scores_and_errors(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
+) -> None:
+    """A burst far beyond what the workers take at once: requests are coalesced into batches, yet each
+    answer equals scoring its rows alone, with its own model and generation; a bad request fails alone."""
+    scorers = {key: load_scorer(artifacts[key]) for key in ("xgboost", "lightgbm")}
+    sizes = [1, 3, 1, 17, 1, 1, 150, 2, 1, 40]
+    plan = []  # (generation, model, rows, valid)
+    start = 0
+    for i in range(300):
+        size = sizes[i % len(sizes)]
+        plan.append((1 + (i // 7) % 2, ("xgboost", "lightgbm")[i % 2], slice(start, start + size), i % 23 != 5))
+        start = (start + size) % 300  # 500 rows: every slice stays inside
+    bad_row = b'[{"amount": 1.0}]'  # misses every other feature of the signature
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [artifacts["xgboost"], artifacts["lightgbm"]]) == {}
+        pool.activate(1)
+        swapped = [under_key(artifacts["lightgbm"], "xgboost"), under_key(artifacts["xgboost"], "lightgbm")]
+        assert await pool.load(2, swapped) == {}  # generation 2 scores each key with the other model
+        outcomes = await asyncio.gather(
+            *(
+                pool.score(generation, model, instances(transactions, rows) if valid else bad_row, f"r{i}")
+                for i, (generation, model, rows, valid) in enumerate(plan)
+            ),
+            return_exceptions=True,
+        )
+        for (generation, model, rows, valid), outcome in zip(plan, outcomes, strict=True):
+            if not valid:
+                assert isinstance(outcome, RequestRefusedError)
+                assert outcome.status == 422
+                assert outcome.detail.startswith("instances[0]: Object missing required field")
+                continue
+            assert isinstance(outcome, Scores)
+            scorer_key = model if generation == 1 else {"xgboost": "lightgbm", "lightgbm": "xgboost"}[model]
+            expected = scorers[scorer_key].fraud_probability(matrix(transactions, rows))
+            np.testing.assert_allclose(outcome.probabilities, expected, rtol=0, atol=1e-12)
+        status = pool.status()
+        assert status.batched_requests == len(plan)
+        assert status.batches < len(plan) / 2, "a burst of 300 requests on 2 workers should have been coalesced"
+
+    run_with_pool(2, scenario)
+
+
+def test_rows_past_max_batch_rows_are_refused_with_413(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
+) -> None:
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [artifacts["xgboost"]]) == {}
+        pool.activate(1)
+        with pytest.raises(RequestRefusedError) as refused:
+            await pool.score(1, "xgboost", instances(transactions, slice(0, 11)), "too-many")
+        assert (refused.value.status, refused.value.detail) == (413, "11 instances exceed MAX_BATCH_ROWS=10")
+        assert len((await pool.score(1, "xgboost", instances(transactions, slice(0, 10)), "ok")).probabilities) == 10
+
+    async def main() -> None:
+        pool = InferencePool(1, lambda index: WorkerOptions(index, "WARNING", "json", max_rows=10), timeout_s=30)
+        await pool.start()
+        try:
+            await scenario(pool)
+        finally:
+            await pool.stop()
+
+    asyncio.run(main())
 
 
 def test_a_generation_that_fails_to_load_anywhere_is_dropped_everywhere(
@@ -107,7 +186,7 @@ def test_a_generation_that_fails_to_load_anywhere_is_dropped_everywhere(
     import msgspec
 
     broken = msgspec.structs.replace(artifacts["lightgbm"], path=str(broken_dir))
-    features = matrix(transactions, slice(0, 3))
+    features = instances(transactions, slice(0, 3))
 
     async def scenario(pool: InferencePool) -> None:
         assert await pool.load(1, [artifacts["xgboost"], artifacts["lightgbm"]]) == {}
@@ -125,8 +204,8 @@ def test_a_generation_that_fails_to_load_anywhere_is_dropped_everywhere(
 def test_kill_9_of_a_worker_loses_no_request_and_the_pool_heals(
     artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
 ) -> None:
-    features = matrix(transactions, slice(0, 20))
-    expected = load_scorer(artifacts["xgboost"]).fraud_probability(features)
+    features = instances(transactions, slice(0, 20))
+    expected = load_scorer(artifacts["xgboost"]).fraud_probability(matrix(transactions, slice(0, 20)))
 
     async def scenario(pool: InferencePool) -> None:
         assert await pool.load(1, [artifacts["xgboost"]]) == {}
@@ -170,7 +249,7 @@ def test_kill_9_of_a_worker_loses_no_request_and_the_pool_heals(
 def test_a_hung_worker_times_out_its_request_and_is_replaced(
     artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
 ) -> None:
-    features = matrix(transactions, slice(0, 5))
+    features = instances(transactions, slice(0, 5))
 
     async def scenario(pool: InferencePool) -> None:
         assert await pool.load(1, [artifacts["xgboost"]]) == {}

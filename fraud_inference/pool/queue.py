@@ -1,0 +1,146 @@
+"""Requests waiting for a worker, and the batches they are coalesced into (adaptive micro-batching).
+
+A request is sent at once when a worker has room; while every worker is busy, requests for the same model
+and generation pile up here and leave together as one batch, so the batch size follows the load: one
+request when idle, dozens under a burst. Batches never mix models or generations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from fraud_inference.pool.errors import PoolOverloadedError
+
+__all__ = ["Batch", "BatchPolicy", "PendingRequest", "RequestQueue", "Scores"]
+
+
+class BatchPolicy(msgspec.Struct, frozen=True):
+    """How requests are coalesced: at most `max_requests` and `max_bytes` of request bodies per batch
+    (the first request always goes, whatever its size), and how long a request may wait for company."""
+
+    max_requests: int = 64
+    max_bytes: int = 512 * 1024
+    wait_s: float = 0.0
+
+
+class Scores(msgspec.Struct, frozen=True):
+    """A request's fraud probabilities, in row order, and how long its worker took for the batch it was in."""
+
+    probabilities: npt.NDArray[np.float64]
+    seconds: float
+
+
+class PendingRequest:
+    """One request's rows (raw JSON) on its way to a worker, and the future its scores resolve."""
+
+    __slots__ = ("attempts", "batch", "body", "future", "generation", "model", "queued_at", "request_id", "seq")
+
+    def __init__(
+        self, seq: int, generation: int, model: str, body: bytes, request_id: str, future: asyncio.Future[Scores]
+    ) -> None:
+        self.seq = seq
+        self.generation = generation
+        self.model = model
+        self.body = body
+        self.request_id = request_id
+        self.future = future
+        self.attempts = 1
+        self.queued_at = time.monotonic()
+        self.batch: Batch | None = None
+
+
+class Batch:
+    """Requests sent to one worker in one `Score` message."""
+
+    __slots__ = ("requests", "sent_at", "seq")
+
+    def __init__(self, seq: int, requests: list[PendingRequest]) -> None:
+        self.seq = seq
+        self.requests = requests
+        self.sent_at = time.monotonic()
+        for request in requests:
+            request.batch = self
+
+
+class RequestQueue:
+    """FIFO per (generation, model); `take` serves the key whose oldest request has waited longest."""
+
+    def __init__(self, policy: BatchPolicy, limit: int) -> None:
+        self.policy = policy
+        self.limit = limit
+        self._waiting: dict[tuple[int, str], deque[PendingRequest]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[PendingRequest]:
+        for requests in self._waiting.values():
+            yield from requests
+
+    def put(self, request: PendingRequest) -> None:
+        """Queue a new request; refuse it at once when `limit` requests already wait."""
+        if self._count >= self.limit:
+            raise PoolOverloadedError(f"{self._count} requests are already waiting for a worker (QUEUE_LIMIT)")
+        self._waiting.setdefault((request.generation, request.model), deque()).append(request)
+        self._count += 1
+
+    def put_back(self, request: PendingRequest) -> None:
+        """Requeue a request whose worker died, ahead of newer ones (it was accepted before them)."""
+        self._waiting.setdefault((request.generation, request.model), deque()).appendleft(request)
+        self._count += 1
+
+    def discard(self, request: PendingRequest) -> bool:
+        """Take a request out of the queue (timed out, or its client left); False when it was not waiting."""
+        requests = self._waiting.get((request.generation, request.model))
+        if requests is None:
+            return False
+        try:
+            requests.remove(request)
+        except ValueError:
+            return False
+        self._count -= 1
+        return True
+
+    def take(self, generations: set[int], now: float) -> list[PendingRequest]:
+        """The next batch a worker holding `generations` can score; empty when nothing is due for it.
+
+        With `wait_s` > 0 a key whose oldest request is younger than `wait_s` is held back unless its
+        batch is already full, so a lone request waits at most `wait_s`.
+        """
+        policy = self.policy
+        best: deque[PendingRequest] | None = None
+        best_key = (0, "")
+        for key, requests in self._waiting.items():
+            generation = key[0]
+            if not requests or generation not in generations:
+                continue
+            head = requests[0]
+            if policy.wait_s and now - head.queued_at < policy.wait_s and len(requests) < policy.max_requests:
+                continue
+            if best is None or head.seq < best[0].seq:
+                best, best_key = requests, key
+        if best is None:
+            return []
+        batch = [best.popleft()]
+        size = len(batch[0].body)
+        while best and len(batch) < policy.max_requests and size + len(best[0].body) <= policy.max_bytes:
+            request = best.popleft()
+            size += len(request.body)
+            batch.append(request)
+        self._count -= len(batch)
+        if not best:
+            del self._waiting[best_key]  # generations come and go: keep no empty queue behind
+        return batch
+
+    def next_due(self) -> float | None:
+        """When the oldest held-back request's wait ends (monotonic seconds), if any waits."""
+        heads = [requests[0].queued_at for requests in self._waiting.values() if requests]
+        return min(heads) + self.policy.wait_s if heads else None

@@ -1,0 +1,94 @@
+"""The batching queue's rules, decided without processes: what leaves together, in what order, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from fraud_inference.pool import PoolOverloadedError, Scores
+from fraud_inference.pool.queue import BatchPolicy, PendingRequest, RequestQueue
+
+_seq = itertools.count(1)
+_loop = asyncio.new_event_loop()  # futures need a loop; nothing here runs on it
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_loop() -> Iterator[None]:
+    yield
+    _loop.close()
+
+
+def request(generation: int, model: str, body: bytes = b"[{}]") -> PendingRequest:
+    future: asyncio.Future[Scores] = _loop.create_future()
+    return PendingRequest(next(_seq), generation, model, body, "id", future)
+
+
+def test_a_batch_never_mixes_models_or_generations_and_the_oldest_key_goes_first() -> None:
+    queue = RequestQueue(BatchPolicy(max_requests=10), limit=100)
+    first, other_model, other_generation, second = (
+        request(1, "xgboost"),
+        request(1, "lightgbm"),
+        request(2, "xgboost"),
+        request(1, "xgboost"),
+    )
+    for pending in (first, other_model, other_generation, second):
+        queue.put(pending)
+    now = first.queued_at
+    assert queue.take({1, 2}, now) == [first, second]
+    assert queue.take({1, 2}, now) == [other_model]
+    assert queue.take({1}, now) == []  # a worker that does not hold generation 2 gets nothing
+    assert queue.take({2}, now) == [other_generation]
+    assert len(queue) == 0
+
+
+def test_batches_are_bounded_by_request_count_and_body_bytes_but_the_first_always_goes() -> None:
+    queue = RequestQueue(BatchPolicy(max_requests=3, max_bytes=100), limit=100)
+    small = [request(1, "m", b"x" * 30) for _ in range(5)]
+    huge = request(1, "m", b"x" * 1000)
+    for pending in (*small, huge):
+        queue.put(pending)
+    now = small[0].queued_at
+    assert queue.take({1}, now) == small[:3]  # three requests
+    assert queue.take({1}, now) == small[3:5]  # 60 bytes, and the 1,000-byte body would pass 100
+    assert queue.take({1}, now) == [huge]  # alone, however large
+
+
+def test_a_lone_request_waits_at_most_the_batch_wait_and_a_full_batch_not_at_all() -> None:
+    queue = RequestQueue(BatchPolicy(max_requests=3, wait_s=0.002), limit=100)
+    lone = request(1, "m")
+    queue.put(lone)
+    assert queue.take({1}, lone.queued_at + 0.001) == []
+    assert queue.next_due() == pytest.approx(lone.queued_at + 0.002)
+    assert queue.take({1}, lone.queued_at + 0.002) == [lone]
+
+    full = [request(1, "m") for _ in range(3)]
+    for pending in full:
+        queue.put(pending)
+    assert queue.take({1}, full[0].queued_at) == full
+
+
+def test_past_the_limit_a_request_is_refused_at_once_and_a_retry_goes_first() -> None:
+    queue = RequestQueue(BatchPolicy(), limit=2)
+    waiting = [request(1, "m"), request(1, "m")]
+    for pending in waiting:
+        queue.put(pending)
+    with pytest.raises(PoolOverloadedError, match="QUEUE_LIMIT"):
+        queue.put(request(1, "m"))
+    retried = waiting[0]
+    assert queue.take({1}, 0.0) == waiting
+    queue.put_back(retried)  # its worker died: it goes again ahead of anything newer
+    queue.put(request(1, "m"))
+    assert queue.take({1}, 0.0)[0] is retried
+
+
+def test_a_request_that_gave_up_leaves_the_queue() -> None:
+    queue = RequestQueue(BatchPolicy(), limit=10)
+    stays, leaves = request(1, "m"), request(1, "m")
+    queue.put(stays)
+    queue.put(leaves)
+    assert queue.discard(leaves)
+    assert not queue.discard(leaves)
+    assert queue.take({1}, 0.0) == [stays]
