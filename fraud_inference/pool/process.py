@@ -9,6 +9,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+from fraud_inference.pool.channel import FrameChannel
 from fraud_inference.pool.messages import ToServer, ToWorker, decode_to_server, encode
 from fraud_inference.pool.queue import Batch
 from fraud_inference.pool.worker import WorkerOptions, run_worker
@@ -44,30 +45,24 @@ class WorkerProcess:
         self.last_heard = time.monotonic()
         self._on_message = on_message
         self._on_exit = on_exit
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.conn.fileno(), self._readable)
+        self._channel = FrameChannel(self.conn.fileno(), asyncio.get_running_loop(), self._received, self._lost)
 
     @property
     def pid(self) -> int | None:
         return self.process.pid
 
     def send(self, message: ToWorker) -> None:
-        self.conn.send_bytes(encode(message))
+        self._channel.send(encode(message))
 
-    def _readable(self) -> None:
-        try:
-            while self.alive and self.conn.poll():
-                message = decode_to_server(self.conn.recv_bytes())
-                self.last_heard = time.monotonic()
-                self._on_message(self, message)
-        except (EOFError, OSError):
-            self._lost()
+    def _received(self, payload: bytes) -> None:
+        self.last_heard = time.monotonic()
+        self._on_message(self, decode_to_server(payload))
 
     def _lost(self) -> None:
         if not self.alive:
             return
         self.alive = False
-        self._loop.remove_reader(self.conn.fileno())
+        self._channel.close()
         self.conn.close()
         self.process.join(timeout=1.0)
         self._on_exit(self)
@@ -76,7 +71,7 @@ class WorkerProcess:
         """Close the pipe: the worker exits on EOF. Call on the event loop."""
         if self.alive:
             self.alive = False
-            self._loop.remove_reader(self.conn.fileno())
+            self._channel.close()
             self.conn.close()
 
     def join_or_kill(self, timeout_s: float = 5.0) -> None:
