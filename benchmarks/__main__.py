@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.baselines import NativeBaseline, native_baselines
-from benchmarks.loadgen import Loadgen, find_loadgen, run_load
+from benchmarks.loadgen import Loadgen, LoadgenError, find_loadgen, run_load
 from benchmarks.report import BenchmarkRun, ScenarioResult, markdown, write_results
 from benchmarks.scenarios import Scenario, Target, mlflow_bodies, mlflow_scenarios, our_bodies, our_scenarios
 from benchmarks.service import CpuSeconds, MlflowScoringServer, OurService, ServiceStartError
@@ -56,20 +56,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.notes.append("The multi-process Python client generated the load (no wrk): it costs more CPU than wrk.")
     try:
         tracking_uri: str | None = args.tracking_uri
-        if args.url:
-            service = OurService(args.url)
-        else:
-            tracking_uri = tracking_uri or _seed(home, run, quick=args.quick)
-            try:
+        try:
+            if args.url:
+                service = OurService.attach(args.url)
+            else:
+                tracking_uri = tracking_uri or _seed(home, run, quick=args.quick)
                 service = OurService.start(tracking_uri, workers=2, log_dir=home)
-                _say(f"fraud-inference is ready at {service.base_url}")
-            except ServiceStartError as failure:
-                print(f"benchmarks: fraud-inference did not start: {failure}", file=sys.stderr)
-                return 2
+        except ServiceStartError as failure:
+            print(f"benchmarks: fraud-inference is not ready: {failure}", file=sys.stderr)
+            return 2
+        run.model_versions = service.model_versions()
+        _say(f"fraud-inference is ready at {service.base_url}, serving {run.model_versions}")
         try:
             run.ours = _run_scenarios("fraud-inference", our_scenarios(quick=args.quick), our_bodies,
                                       service.predict_url, service.cpu, loadgen, seconds)  # fmt: skip
             run.memory = service.memory()
+        except LoadgenError as failure:
+            print(f"benchmarks: {failure}", file=sys.stderr)
+            return 1
         finally:
             service.stop()
         if tracking_uri is None:
@@ -112,13 +116,12 @@ def _seed(home: Path, run: BenchmarkRun, *, quick: bool) -> str:
     from fraud_inference.demo.seeding import embedded_registry, seed_demo
 
     tracking_uri, artifact_location = embedded_registry(home)
-    seeded = seed_demo(
+    seed_demo(
         tracking_uri,
         artifact_location=artifact_location,
         progress=lambda _line: None,
         n_rows=6_000 if quick else 20_000,
     )
-    run.model_versions = {key: model.version for key, model in seeded.items()}
     _say(f"seeded the demo registry in {home}")
     return tracking_uri
 
@@ -177,6 +180,9 @@ def _mlflow(
     try:
         return _run_scenarios("mlflow", mlflow_scenarios(quick=quick), mlflow_bodies, server.invocations_url,
                               server.cpu, loadgen, seconds)  # fmt: skip
+    except LoadgenError as failure:
+        run.notes.append(f"MLflow's scoring server could not be measured: {failure}")
+        return []
     finally:
         server.stop()
 

@@ -30,6 +30,7 @@ import numpy as np
 __all__ = [
     "LoadResult",
     "Loadgen",
+    "LoadgenError",
     "find_loadgen",
     "parse_wrk_output",
     "run_load",
@@ -42,6 +43,10 @@ _JSON_PREFIX = "BENCH_JSON "
 _EXPECTED = '"predictions"'
 _TIMEOUT_S = 10
 """A request unanswered this long counts as a timeout (an error): MLflow's 1,000-row answers take ~1 s."""
+
+
+class LoadgenError(RuntimeError):
+    """The load generator could not run at all (e.g. wrk reached no server): every request failed."""
 
 
 class LoadResult(msgspec.Struct, frozen=True):
@@ -198,7 +203,7 @@ def _run_wrk(url: str, bodies: Sequence[bytes], *, connections: int, seconds: fl
         )  # fmt: skip
         cpu_s = _children_cpu_s() - before
     if completed.returncode != 0:
-        raise RuntimeError(f"wrk exited with {completed.returncode}: {completed.stderr or completed.stdout}")
+        raise LoadgenError(f"wrk exited with {completed.returncode}: {completed.stderr or completed.stdout}")
     return parse_wrk_output(completed.stdout, loadgen_cpu_s=cpu_s)
 
 

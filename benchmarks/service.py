@@ -72,6 +72,14 @@ class ProcessMemory(msgspec.Struct, frozen=True):
     rss_mib: float
 
 
+class _ServedModel(msgspec.Struct):
+    version: str
+
+
+class _ServedModels(msgspec.Struct):
+    models: dict[str, _ServedModel]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -100,7 +108,16 @@ class OurService:
         return f"{self.base_url}/v1/predict"
 
     @classmethod
-    def start(cls, tracking_uri: str, *, workers: int, log_dir: Path, timeout_s: float = 120) -> OurService:
+    def attach(cls, base_url: str, *, timeout_s: float = 30) -> OurService:
+        """A service someone else started: wait for its /readyz."""
+        service = cls(base_url)
+        _wait_until_ok(f"{service.base_url}/readyz", None, None, timeout_s)
+        return service
+
+    @classmethod
+    def start(
+        cls, tracking_uri: str, *, workers: int, log_dir: Path, log_level: str = "WARNING", timeout_s: float = 120
+    ) -> OurService:
         port = free_port()
         env = {
             **_without_mlflow(os.environ),
@@ -108,7 +125,7 @@ class OurService:
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "WORKERS": str(workers),
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": log_level,
         }
         log = log_dir / "fraud-inference.log"
         with log.open("wb") as sink:
@@ -116,6 +133,12 @@ class OurService:
         service = cls(f"http://127.0.0.1:{port}", process, log)
         _wait_until_ok(f"{service.base_url}/readyz", process, log, timeout_s)
         return service
+
+    def model_versions(self) -> dict[str, int]:
+        """The registry version of each served model, as the service's /v1/version states it."""
+        with urllib.request.urlopen(f"{self.base_url}/v1/version", timeout=10) as answer:
+            served = msgspec.json.decode(answer.read(), type=_ServedModels)
+        return {key: int(model.version) for key, model in served.models.items()}
 
     def cpu(self) -> CpuSeconds | None:
         return cpu_by_role(self.process.pid) if self.process else None
@@ -199,10 +222,10 @@ def _without_mlflow(environ: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in environ.items() if not key.startswith("MLFLOW_")}
 
 
-def _wait_until_ok(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+def _wait_until_ok(url: str, process: subprocess.Popen[bytes] | None, log: Path | None, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise ServiceStartError(f"{url}: the server exited with {process.returncode}; its log:\n{_tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as answer:
@@ -214,7 +237,9 @@ def _wait_until_ok(url: str, process: subprocess.Popen[bytes], log: Path, timeou
     raise ServiceStartError(f"{url} did not answer 200 within {timeout_s:.0f} s; its log:\n{_tail(log)}")
 
 
-def _tail(log: Path, lines: int = 30) -> str:
+def _tail(log: Path | None, lines: int = 30) -> str:
+    if log is None:
+        return "(not started by the harness)"
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
