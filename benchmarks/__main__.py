@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    seconds: float = args.seconds if args.seconds is not None else (3.0 if args.quick else 10.0)
+    seconds: float = args.seconds if args.seconds is not None else (2.0 if args.quick else 10.0)
     out: Path = args.out or Path(__file__).parent / "results" / stamp
     loadgen = find_loadgen(args.loadgen)
     home = Path(tempfile.mkdtemp(prefix="fraud-inference-bench-"))
@@ -79,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if tracking_uri is None:
             run.notes.append("No registry to load from (--url without --tracking-uri): baselines skipped.")
         else:
-            run.native = _native(tracking_uri, quick=args.quick, run=run)
+            if args.native if args.native is not None else not args.quick:
+                run.native = _native(tracking_uri, quick=args.quick, run=run)
+            else:
+                run.notes.append("In-process scoring skipped (quick mode; --native to include it).")
             if args.mlflow if args.mlflow is not None else not args.quick:
                 run.mlflow = _mlflow(tracking_uri, run, home, loadgen, seconds, quick=args.quick)
             else:
@@ -100,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="a few short scenarios, no MLflow server (CI smoke test)")
-    parser.add_argument("--seconds", type=float, help="per scenario (default 10, quick 3)")
+    parser.add_argument("--quick", action="store_true", help="three short scenarios, no baselines (CI smoke test)")
+    parser.add_argument("--seconds", type=float, help="per scenario (default 10, quick 2)")
     parser.add_argument("--url", help="benchmark this running fraud-inference (its CPU and memory are not read)")
     parser.add_argument("--tracking-uri", help="registry of the --url service, for the baselines")
     parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results/<timestamp>/)")
@@ -109,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     mlflow = parser.add_mutually_exclusive_group()
     mlflow.add_argument("--mlflow", dest="mlflow", action="store_true", default=None, help="run MLflow's server")
     mlflow.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="skip MLflow's server")
+    native = parser.add_mutually_exclusive_group()
+    native.add_argument("--native", dest="native", action="store_true", default=None, help="score in-process")
+    native.add_argument("--no-native", dest="native", action="store_false", help="skip in-process scoring")
     return parser
 
 
