@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import timeit
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.loadgen import LoadResult, run_load
+from benchmarks.service import OurService
 from fraud_inference.demo.dataset import make_transactions
 from fraud_inference.demo.seeding import embedded_registry, seed_demo
 from fraud_inference.observability.metrics import Metrics
@@ -50,44 +46,18 @@ def metrics_cost_us(rows: int) -> float:
     return seconds / loops * 1e6
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wrk(url: str, body: str, seconds: int, connections: int) -> tuple[float, str]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
-        script.write(f"wrk.body = {json.dumps(body)}\n")
-    output = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    os.unlink(script.name)
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p99 = re.search(r"99%\s+(\S+)", output).group(1)  # type: ignore[union-attr]
-    return rate, p99
-
-
-def serve_and_load(tracking_uri: str, log_level: str, body: str, seconds: int, connections: int) -> tuple[float, str]:
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PORT": str(port), "WORKERS": "2", "LOG_LEVEL": log_level}
-    cli = str(Path(sys.executable).parent / "fraud-inference")
-    with open(os.devnull, "w") as sink:
-        process = subprocess.Popen([cli, "serve"], env=env, stdout=sink, stderr=sink)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            ready = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/readyz"], capture_output=True)
-            if ready.returncode == 0:
-                break
-            time.sleep(0.2)
-        wrk(f"http://127.0.0.1:{port}/v1/predict", body, 2, connections)  # warm-up
-        return wrk(f"http://127.0.0.1:{port}/v1/predict", body, seconds, connections)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+def serve_and_load(tracking_uri: str, log_level: str, body: bytes, seconds: int, connections: int) -> LoadResult:
+    """Serve the registry at `log_level`, warm up, then load it; every answer is checked."""
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as log_dir:
+        service = OurService.start(tracking_uri, workers=2, log_dir=Path(log_dir), log_level=log_level)
+        try:
+            run_load("wrk", service.predict_url, [body], connections=connections, seconds=2)  # warm-up
+            result = run_load("wrk", service.predict_url, [body], connections=connections, seconds=seconds)
+        finally:
+            service.stop(timeout_s=60)
+    if result.errors:
+        sys.exit(f"{result.errors} request(s) failed at LOG_LEVEL={log_level}: the figures would mean nothing")
+    return result
 
 
 def main() -> None:
@@ -101,7 +71,7 @@ def main() -> None:
     tracking_uri, artifact_location = embedded_registry(home)
     seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None, n_rows=20_000)
     features, _ = make_transactions(1, seed=5)
-    body = json.dumps({"model": "xgboost", "instances": json.loads(features.to_json(orient="records"))})
+    body = json.dumps({"model": "xgboost", "instances": json.loads(features.to_json(orient="records"))}).encode()
 
     one, hundred = metrics_cost_us(1), metrics_cost_us(100)
     print(f"metrics updates per 1-row prediction: {one:.1f} us; per 100-row: {hundred:.1f} us")
@@ -109,9 +79,10 @@ def main() -> None:
         level: serve_and_load(tracking_uri, level, body, args.seconds, args.connections)
         for level in ("INFO", "WARNING")
     }
-    (on, on_p99), (off, off_p99) = results["INFO"], results["WARNING"]
-    print(f"1-row req/s, {args.connections} connections: access log on {on:,.0f} (p99 {on_p99}), "
-          f"off {off:,.0f} (p99 {off_p99}); on/off = {on / off:.3f}")  # fmt: skip
+    on, off = results["INFO"].requests_per_s, results["WARNING"].requests_per_s
+    on_p99, off_p99 = results["INFO"].p99_ms, results["WARNING"].p99_ms
+    print(f"1-row req/s, {args.connections} connections: access log on {on:,.0f} (p99 {on_p99:.1f} ms), "
+          f"off {off:,.0f} (p99 {off_p99:.1f} ms); on/off = {on / off:.3f}")  # fmt: skip
     print(f"request time at that rate: {1e6 / on:.0f} us of server time per request (2 cores, all processes)")
     shutil.rmtree(home, ignore_errors=True)
 

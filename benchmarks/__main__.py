@@ -1,0 +1,197 @@
+"""Load-test fraud-inference against MLflow's own scoring server and the in-process ceiling.
+
+    uv run python -m benchmarks                # full run, ~6 minutes on 2 cores
+    uv run python -m benchmarks --quick        # smoke test, well under a minute (CI)
+    uv run python -m benchmarks --url http://127.0.0.1:8000   # a running service (demo models)
+
+Seeds a demo registry in a temporary home, serves it with `fraud-inference serve` (WORKERS=2), and
+drives each scenario with wrk, checking every answer. Exits 1 when any request to fraud-inference
+failed (or 2 when it did not start); never because of a timing. Results go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from benchmarks.baselines import NativeBaseline, native_baselines
+from benchmarks.loadgen import Loadgen, LoadgenError, find_loadgen, run_load
+from benchmarks.report import BenchmarkRun, ScenarioResult, markdown, write_results
+from benchmarks.scenarios import Scenario, Target, mlflow_bodies, mlflow_scenarios, our_bodies, our_scenarios
+from benchmarks.service import CpuSeconds, MlflowScoringServer, OurService, ServiceStartError
+
+_WARM_UP_S = 2.0
+_STARTED = time.monotonic()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    started = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    seconds: float = args.seconds if args.seconds is not None else (2.0 if args.quick else 10.0)
+    out: Path = args.out or Path(__file__).parent / "results" / stamp
+    loadgen = find_loadgen(args.loadgen)
+    home = Path(tempfile.mkdtemp(prefix="fraud-inference-bench-"))
+    run = BenchmarkRun(
+        started_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+        command=shlex.join(["python", "-m", "benchmarks", *(argv if argv is not None else sys.argv[1:])]),
+        quick=args.quick,
+        seconds_per_scenario=seconds,
+        loadgen=loadgen,
+        cpu_count=os.cpu_count() or 1,
+        model_versions={},
+        ours=[],
+        mlflow=[],
+        native=[],
+        memory=[],
+    )
+    if loadgen == "python":
+        run.notes.append("The multi-process Python client generated the load (no wrk): it costs more CPU than wrk.")
+    try:
+        tracking_uri: str | None = args.tracking_uri
+        try:
+            if args.url:
+                service = OurService.attach(args.url)
+            else:
+                tracking_uri = tracking_uri or _seed(home, run, quick=args.quick)
+                service = OurService.start(tracking_uri, workers=2, log_dir=home)
+        except ServiceStartError as failure:
+            print(f"benchmarks: fraud-inference is not ready: {failure}", file=sys.stderr)
+            return 2
+        run.model_versions = service.model_versions()
+        _say(f"fraud-inference is ready at {service.base_url}, serving {run.model_versions}")
+        try:
+            run.ours = _run_scenarios("fraud-inference", our_scenarios(quick=args.quick), our_bodies,
+                                      service.predict_url, service.cpu, loadgen, seconds)  # fmt: skip
+            run.memory = service.memory()
+        except LoadgenError as failure:
+            print(f"benchmarks: {failure}", file=sys.stderr)
+            return 1
+        finally:
+            service.stop()
+        if tracking_uri is None:
+            run.notes.append("No registry to load from (--url without --tracking-uri): baselines skipped.")
+        else:
+            if args.native if args.native is not None else not args.quick:
+                run.native = _native(tracking_uri, quick=args.quick, run=run)
+            else:
+                run.notes.append("In-process scoring skipped (quick mode; --native to include it).")
+            if args.mlflow if args.mlflow is not None else not args.quick:
+                run.mlflow = _mlflow(tracking_uri, run, home, loadgen, seconds, quick=args.quick)
+            else:
+                run.notes.append("MLflow's scoring server skipped (quick mode; --mlflow to include it).")
+        run.wall_time_s = time.monotonic() - started
+        print(markdown(run))
+        for path in write_results(run, out):
+            print(f"wrote {path}")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if run.our_errors:
+        print(f"benchmarks: {run.our_errors} request(s) to fraud-inference failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="three short scenarios, no baselines (CI smoke test)")
+    parser.add_argument("--seconds", type=float, help="per scenario (default 10, quick 2)")
+    parser.add_argument("--url", help="benchmark this running fraud-inference (its CPU and memory are not read)")
+    parser.add_argument("--tracking-uri", help="registry of the --url service, for the baselines")
+    parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results/<timestamp>/)")
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    mlflow = parser.add_mutually_exclusive_group()
+    mlflow.add_argument("--mlflow", dest="mlflow", action="store_true", default=None, help="run MLflow's server")
+    mlflow.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="skip MLflow's server")
+    native = parser.add_mutually_exclusive_group()
+    native.add_argument("--native", dest="native", action="store_true", default=None, help="score in-process")
+    native.add_argument("--no-native", dest="native", action="store_false", help="skip in-process scoring")
+    return parser
+
+
+def _seed(home: Path, run: BenchmarkRun, *, quick: bool) -> str:
+    from fraud_inference.demo.seeding import embedded_registry, seed_demo
+
+    tracking_uri, artifact_location = embedded_registry(home)
+    seed_demo(
+        tracking_uri,
+        artifact_location=artifact_location,
+        progress=lambda _line: None,
+        n_rows=6_000 if quick else 20_000,
+    )
+    _say(f"seeded the demo registry in {home}")
+    return tracking_uri
+
+
+def _run_scenarios(
+    target: Target,
+    scenarios: Sequence[Scenario],
+    bodies_of: Callable[[Scenario], list[bytes]],
+    url: str,
+    cpu: Callable[[], CpuSeconds | None],
+    loadgen: Loadgen,
+    seconds: float,
+) -> list[ScenarioResult]:
+    """Warm the server up once, then run each scenario, reading its processes' CPU around it."""
+    run_load(loadgen, url, bodies_of(scenarios[0]), connections=scenarios[0].connections, seconds=_WARM_UP_S)
+    results = []
+    for scenario in scenarios:
+        bodies = bodies_of(scenario)
+        before = cpu()
+        load = run_load(loadgen, url, bodies, connections=scenario.connections, seconds=seconds)
+        after = cpu()
+        used = after.minus(before) if after and before else None
+        result = ScenarioResult.of(target, scenario, load, used)
+        results.append(result)
+        _say(f"{target:16} {scenario.name:24} {load.requests_per_s:8,.0f} req/s  p99 {load.p99_ms:7.1f} ms  "
+             f"errors {result.errors}")  # fmt: skip
+    return results
+
+
+def _say(line: str) -> None:
+    print(f"[{time.monotonic() - _STARTED:5.0f} s] {line}", flush=True)
+
+
+def _native(tracking_uri: str, *, quick: bool, run: BenchmarkRun) -> list[NativeBaseline]:
+    try:
+        baselines = native_baselines(tracking_uri, seconds=0.2 if quick else 1.5)
+        _say("measured in-process scoring")
+        return baselines
+    except RuntimeError as failure:
+        run.notes.append(f"In-process baseline failed: {failure}")
+        return []
+
+
+def _mlflow(
+    tracking_uri: str, run: BenchmarkRun, home: Path, loadgen: Loadgen, seconds: float, *, quick: bool
+) -> list[ScenarioResult]:
+    from fraud_inference.demo.seeding import CHAMPION_ALIAS, DEMO_MODELS
+
+    model_uri = f"models:/{DEMO_MODELS['xgboost']}@{CHAMPION_ALIAS}"
+    try:
+        server = MlflowScoringServer.start(model_uri, tracking_uri, workers=2, log_dir=home)
+        _say(f"mlflow models serve is ready at {server.base_url}")
+    except ServiceStartError as failure:
+        run.notes.append(f"MLflow's scoring server did not start: {failure}")
+        return []
+    try:
+        return _run_scenarios("mlflow", mlflow_scenarios(quick=quick), mlflow_bodies, server.invocations_url,
+                              server.cpu, loadgen, seconds)  # fmt: skip
+    except LoadgenError as failure:
+        run.notes.append(f"MLflow's scoring server could not be measured: {failure}")
+        return []
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

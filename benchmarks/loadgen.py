@@ -1,0 +1,307 @@
+"""Generate HTTP load and check every answer: wrk with a Lua script, or a multi-process Python client.
+
+wrk's Lua `response()` counts each answer that is not a 2xx or whose body lacks `"predictions"`, and
+`done()` prints the counts with wrk's socket errors and latency percentiles as one JSON line, so
+nothing is scraped from wrk's human-readable report. Without wrk, the Python client does the same
+checks with one keep-alive connection per thread.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.queues import SimpleQueue
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import msgspec
+import numpy as np
+
+__all__ = [
+    "LoadResult",
+    "Loadgen",
+    "LoadgenError",
+    "find_loadgen",
+    "parse_wrk_output",
+    "run_load",
+    "wrk_script",
+]
+
+Loadgen = Literal["wrk", "python"]
+
+_JSON_PREFIX = "BENCH_JSON "
+_EXPECTED = '"predictions"'
+_TIMEOUT_S = 10
+"""A request unanswered this long counts as a timeout (an error): MLflow's 1,000-row answers take ~1 s."""
+
+
+class LoadgenError(RuntimeError):
+    """The load generator could not run at all (e.g. wrk reached no server): every request failed."""
+
+
+class LoadResult(msgspec.Struct, frozen=True):
+    """What one bounded load run measured; latencies in milliseconds, CPU in seconds."""
+
+    tool: Loadgen
+    requests: int
+    duration_s: float
+    requests_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    non_2xx: int
+    """Answers with a status outside 200-299."""
+    bad_body: int
+    """2xx answers whose body does not contain `"predictions"`."""
+    connect_errors: int
+    read_errors: int
+    write_errors: int
+    timeouts: int
+    loadgen_cpu_s: float
+    """CPU seconds (user + system) the load generator itself used."""
+
+    @property
+    def errors(self) -> int:
+        return self.non_2xx + self.bad_body + self.connect_errors + self.read_errors + self.write_errors + self.timeouts
+
+
+def find_loadgen(preferred: Loadgen | Literal["auto"] = "auto") -> Loadgen:
+    """Return "wrk" when it is on PATH (installing it with apt as root if needed), else "python"."""
+    if preferred != "auto":
+        if preferred == "wrk" and shutil.which("wrk") is None:
+            raise SystemExit("wrk is not on PATH: install the Debian/Ubuntu package `wrk`, or use --loadgen python")
+        return preferred
+    can_install = os.geteuid() == 0 and shutil.which("apt-get") is not None
+    if shutil.which("wrk") is None and can_install and _apt_get("install", "-y", "-qq", "wrk") != 0:
+        _apt_get("update", "-qq")
+        _apt_get("install", "-y", "-qq", "wrk")
+    return "wrk" if shutil.which("wrk") is not None else "python"
+
+
+def _apt_get(*arguments: str) -> int:
+    return subprocess.run(
+        ["apt-get", *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=False
+    ).returncode
+
+
+def run_load(tool: Loadgen, url: str, bodies: Sequence[bytes], *, connections: int, seconds: float) -> LoadResult:
+    """POST `bodies` in turn to `url` over `connections` keep-alive connections for `seconds`."""
+    if tool == "wrk":
+        return _run_wrk(url, bodies, connections=connections, seconds=seconds)
+    return _run_python(url, bodies, connections=connections, seconds=seconds)
+
+
+def wrk_script(bodies: Sequence[bytes]) -> str:
+    """The Lua script: cycle through `bodies`, check each answer, report everything as one JSON line."""
+    literals = ",\n".join(f"[==[{body.decode()}]==]" for body in bodies)
+    return f"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local bodies = {{
+{literals}
+}}
+local threads = {{}}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  non_2xx = 0
+  bad_body = 0
+  position = 0
+  prepared = {{}}
+  for i, body in ipairs(bodies) do
+    prepared[i] = wrk.format(nil, nil, nil, body)
+  end
+end
+
+function request()
+  position = position % #prepared + 1
+  return prepared[position]
+end
+
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    non_2xx = non_2xx + 1
+  elseif not string.find(body, '{_EXPECTED}', 1, true) then
+    bad_body = bad_body + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local non, bad = 0, 0
+  for _, thread in ipairs(threads) do
+    non = non + thread:get("non_2xx")
+    bad = bad + thread:get("bad_body")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    '{_JSON_PREFIX}{{"requests":%d,"duration_us":%.0f,"non_2xx":%d,"bad_body":%d,"connect":%d,"read":%d,' ..
+    '"write":%d,"timeout":%d,"p50_us":%.1f,"p90_us":%.1f,"p99_us":%.1f,"max_us":%.1f}}\\n',
+    summary.requests, summary.duration, non, bad, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def parse_wrk_output(stdout: str, *, loadgen_cpu_s: float = 0.0) -> LoadResult:
+    """Read the JSON line the script's `done()` printed; raise ValueError naming the output if none."""
+    for line in stdout.splitlines():
+        if line.startswith(_JSON_PREFIX):
+            figures = json.loads(line[len(_JSON_PREFIX) :])
+            break
+    else:
+        raise ValueError(f"wrk printed no {_JSON_PREFIX.strip()} line (did the Lua script fail?):\n{stdout}")
+    duration_s = figures["duration_us"] / 1e6
+    return LoadResult(
+        tool="wrk",
+        requests=figures["requests"],
+        duration_s=duration_s,
+        requests_per_s=figures["requests"] / duration_s if duration_s > 0 else 0.0,
+        p50_ms=figures["p50_us"] / 1e3,
+        p90_ms=figures["p90_us"] / 1e3,
+        p99_ms=figures["p99_us"] / 1e3,
+        max_ms=figures["max_us"] / 1e3,
+        non_2xx=figures["non_2xx"],
+        bad_body=figures["bad_body"],
+        connect_errors=figures["connect"],
+        read_errors=figures["read"],
+        write_errors=figures["write"],
+        timeouts=figures["timeout"],
+        loadgen_cpu_s=loadgen_cpu_s,
+    )
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_wrk(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float) -> LoadResult:
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as scratch:
+        script = Path(scratch) / "check.lua"
+        script.write_text(wrk_script(bodies))
+        # NOTE: one wrk thread leaves the second core to the service; its CPU share is reported to show
+        # it was not the bottleneck. CPU of waited-for children is how wrk's own use is measured.
+        before = _children_cpu_s()
+        completed = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={_TIMEOUT_S}s",
+             "-s", str(script), url],
+            capture_output=True, text=True, check=False, timeout=seconds + _TIMEOUT_S + 30,
+        )  # fmt: skip
+        cpu_s = _children_cpu_s() - before
+    if completed.returncode != 0:
+        raise LoadgenError(f"wrk exited with {completed.returncode}: {completed.stderr or completed.stdout}")
+    return parse_wrk_output(completed.stdout, loadgen_cpu_s=cpu_s)
+
+
+class _ClientCounts(msgspec.Struct):
+    latencies_s: list[float]
+    elapsed_s: float
+    non_2xx: int = 0
+    bad_body: int = 0
+    connect_errors: int = 0
+    read_errors: int = 0
+    timeouts: int = 0
+
+
+def _run_python(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float) -> LoadResult:
+    processes = min(connections, os.cpu_count() or 1, 4)
+    threads_each = [connections // processes + (1 if n < connections % processes else 0) for n in range(processes)]
+    # NOTE: spawn, not fork: the harness may have run OpenMP (training, MLflow) before, and forked children
+    # of an OpenMP process can hang.
+    context = multiprocessing.get_context("spawn")
+    queue = context.SimpleQueue()
+    before = _children_cpu_s()
+    workers = [
+        context.Process(target=_client_process, args=(url, list(bodies), threads, seconds, queue), daemon=True)
+        for threads in threads_each
+    ]
+    for worker in workers:
+        worker.start()
+    parts = [msgspec.json.decode(queue.get(), type=_ClientCounts) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=_TIMEOUT_S + 5)
+    cpu_s = _children_cpu_s() - before
+    latencies_ms = np.array([latency for part in parts for latency in part.latencies_s]) * 1e3
+    p50, p90, p99, top = np.percentile(latencies_ms, [50, 90, 99, 100]) if latencies_ms.size else (0.0,) * 4
+    return LoadResult(
+        tool="python",
+        requests=int(latencies_ms.size),
+        duration_s=seconds,
+        requests_per_s=sum(len(part.latencies_s) / part.elapsed_s for part in parts if part.elapsed_s > 0),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        max_ms=float(top),
+        non_2xx=sum(part.non_2xx for part in parts),
+        bad_body=sum(part.bad_body for part in parts),
+        connect_errors=sum(part.connect_errors for part in parts),
+        read_errors=sum(part.read_errors for part in parts),
+        write_errors=0,
+        timeouts=sum(part.timeouts for part in parts),
+        loadgen_cpu_s=cpu_s,
+    )
+
+
+def _client_process(url: str, bodies: list[bytes], threads: int, seconds: float, queue: SimpleQueue[bytes]) -> None:
+    """One client process: `threads` keep-alive connections until `seconds` have passed."""
+    parts = urlsplit(url)
+    host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+    counts = _ClientCounts(latencies_s=[], elapsed_s=0.0)
+    lock = threading.Lock()
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    def connection_loop(offset: int) -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=_TIMEOUT_S)
+        position = offset
+        while time.perf_counter() < deadline:
+            body = bodies[position % len(bodies)]
+            position += 1
+            sent = time.perf_counter()
+            try:
+                connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                answer = connection.getresponse()
+                payload = answer.read()
+            except TimeoutError:
+                failure = "timeouts"
+            except ConnectionRefusedError:
+                failure = "connect_errors"
+            except (OSError, http.client.HTTPException):
+                failure = "read_errors"
+            else:
+                failure = ""
+            received = time.perf_counter()
+            with lock:
+                if failure:
+                    setattr(counts, failure, getattr(counts, failure) + 1)
+                    connection.close()
+                    connection = http.client.HTTPConnection(host, port, timeout=_TIMEOUT_S)
+                    continue
+                counts.latencies_s.append(received - sent)
+                if not 200 <= answer.status <= 299:
+                    counts.non_2xx += 1
+                elif _EXPECTED.encode() not in payload:
+                    counts.bad_body += 1
+        connection.close()
+
+    pool = [threading.Thread(target=connection_loop, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    counts.elapsed_s = time.perf_counter() - started
+    queue.put(msgspec.json.encode(counts))

@@ -1,0 +1,209 @@
+"""Turn one run's measurements into results.json, a Markdown report and a latency-versus-throughput plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from benchmarks.baselines import NativeBaseline
+from benchmarks.loadgen import LoadResult
+from benchmarks.scenarios import Scenario, Target
+from benchmarks.service import CpuSeconds, ProcessMemory
+
+__all__ = ["BenchmarkRun", "ScenarioResult", "markdown", "plot_latency_throughput", "write_results"]
+
+
+class ScenarioResult(msgspec.Struct, frozen=True):
+    """One scenario against one server: what the load generator saw and what the server's processes spent."""
+
+    target: Target
+    scenario: Scenario
+    load: LoadResult
+    rows_per_s: float
+    errors: int
+    server_cpu_s: CpuSeconds | None
+    """None for a service given by --url: its processes are not ours to read."""
+    loadgen_core_share: float
+    """The load generator's CPU seconds per second of the run: 1.0 would be one saturated core."""
+
+    @classmethod
+    def of(cls, target: Target, scenario: Scenario, load: LoadResult, cpu: CpuSeconds | None) -> ScenarioResult:
+        return cls(
+            target=target,
+            scenario=scenario,
+            load=load,
+            rows_per_s=load.requests_per_s * scenario.rows,
+            errors=load.errors,
+            server_cpu_s=cpu,
+            loadgen_core_share=load.loadgen_cpu_s / load.duration_s if load.duration_s > 0 else 0.0,
+        )
+
+
+class BenchmarkRun(msgspec.Struct):
+    """Everything one `python -m benchmarks` run measured."""
+
+    started_at: str
+    command: str
+    quick: bool
+    seconds_per_scenario: float
+    loadgen: str
+    cpu_count: int
+    model_versions: dict[str, int]
+    ours: list[ScenarioResult]
+    mlflow: list[ScenarioResult]
+    native: list[NativeBaseline]
+    memory: list[ProcessMemory]
+    wall_time_s: float = 0.0
+    notes: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def our_errors(self) -> int:
+        return sum(result.errors for result in self.ours)
+
+
+def write_results(run: BenchmarkRun, out: Path) -> list[Path]:
+    """Write results.json, results.md and latency_vs_throughput.png into `out`; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "results.json", out / "results.md", out / "latency_vs_throughput.png"]
+    written[0].write_bytes(msgspec.json.format(msgspec.json.encode(run)) + b"\n")
+    written[1].write_text(markdown(run))
+    plot_latency_throughput(run, written[2])
+    return written
+
+
+def markdown(run: BenchmarkRun) -> str:
+    """The report: our figures per scenario, then ours beside MLflow's server and the in-process ceiling."""
+    versions = ", ".join(f"{key} v{version}" for key, version in run.model_versions.items()) or "unknown"
+    lines = [
+        f"# fraud-inference load test, {run.started_at}",
+        "",
+        f"`{run.command}`: {'quick' if run.quick else 'full'} mode, {run.seconds_per_scenario:g} s per scenario, "
+        f"load generator `{run.loadgen}`, {run.cpu_count} CPUs, models {versions}. Wall time {run.wall_time_s:.0f} s.",
+        "",
+        "## fraud-inference",
+        "",
+        "CPU seconds used during each scenario by the service's processes; loadgen is the load generator's "
+        "CPU as a share of one core.",
+        "",
+        "| scenario | req/s | rows/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU s http | CPU s workers "
+        "| CPU s supervisor | service CPU us/req | loadgen % core |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in run.ours:
+        cpu = result.server_cpu_s
+        per_request = f"{cpu.total / result.load.requests * 1e6:,.0f}" if cpu and result.load.requests else "-"
+        lines.append(
+            f"| {result.scenario.name} | {_latency_cells(result)} | {result.errors} | "
+            f"{_cpu(cpu.http if cpu else None)} | {_cpu(cpu.workers if cpu else None)} | "
+            f"{_cpu(cpu.supervisor if cpu else None)} | {per_request} | {result.loadgen_core_share:.0%} |"
+        )
+    if run.mlflow:
+        lines += [
+            "",
+            "## MLflow's scoring server (`mlflow models serve`, XGBoost champion)",
+            "",
+            "| scenario | req/s | rows/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s "
+            "| loadgen % core |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {result.scenario.name} | {_latency_cells(result)} | {result.errors} | "
+            f"{_cpu(result.server_cpu_s.total if result.server_cpu_s else None)} | {result.loadgen_core_share:.0%} |"
+            for result in run.mlflow
+        ]
+    lines += _comparison(run)
+    if run.native:
+        lines += [
+            "",
+            "## In-process, one thread (the physical limit)",
+            "",
+            "| model | rows per call | us per call | rows/s | rows per CPU second |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {base.model} | {base.rows} | {base.us_per_call:,.0f} | {base.rows_per_s:,.0f} | "
+            f"{base.rows_per_cpu_s:,.0f} |"
+            for base in run.native
+        ]
+    if run.memory:
+        lines += ["", "## Resident memory, three models loaded", "", "| process | pid | RSS MiB |", "|---|---:|---:|"]
+        lines += [f"| {process.role} | {process.pid} | {process.rss_mib:,.0f} |" for process in run.memory]
+    if run.notes:
+        lines += ["", "## Notes", "", *(f"- {note}" for note in run.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _comparison(run: BenchmarkRun) -> list[str]:
+    mlflow = {result.scenario.name: result for result in run.mlflow}
+    native = {(base.model, base.rows): base for base in run.native}
+    lines = [
+        "",
+        "## Side by side: same rows, same concurrency, same model version",
+        "",
+        "| scenario | ours req/s | MLflow req/s | ours / MLflow | ours p99 ms | MLflow p99 ms "
+        "| in-process rows/s, one core | ours rows/s / in-process |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in run.ours:
+        theirs = mlflow.get(result.scenario.name)
+        ceiling = native.get((result.scenario.models[0], result.scenario.rows))
+        if len(result.scenario.models) > 1:
+            ceiling = None  # a mixed run has no single in-process counterpart
+        lines.append(
+            f"| {result.scenario.name} | {result.load.requests_per_s:,.0f} | "
+            f"{f'{theirs.load.requests_per_s:,.0f}' if theirs else '-'} | "
+            f"{_ratio(result.load.requests_per_s, theirs.load.requests_per_s) if theirs else '-'} | "
+            f"{result.load.p99_ms:,.1f} | {f'{theirs.load.p99_ms:,.1f}' if theirs else '-'} | "
+            f"{f'{ceiling.rows_per_cpu_s:,.0f}' if ceiling else '-'} | "
+            f"{_ratio(result.rows_per_s, ceiling.rows_per_cpu_s) if ceiling else '-'} |"
+        )
+    return lines
+
+
+def _latency_cells(result: ScenarioResult) -> str:
+    load = result.load
+    return (
+        f"{load.requests_per_s:,.0f} | {result.rows_per_s:,.0f} | {load.p50_ms:,.1f} | {load.p90_ms:,.1f} | "
+        f"{load.p99_ms:,.1f} | {load.max_ms:,.1f}"
+    )
+
+
+def _cpu(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}"
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}x" if theirs > 0 else "-"
+
+
+def plot_latency_throughput(run: BenchmarkRun, path: Path) -> None:
+    """p50 and p99 latency against requests/s, one point per concurrency, ours beside MLflow's server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for label, results, color in (
+        ("fraud-inference", run.ours, "tab:blue"),
+        ("mlflow models serve", run.mlflow, "tab:orange"),
+    ):
+        curve = sorted((r for r in results if r.scenario.curve), key=lambda r: r.scenario.connections)
+        if not curve:
+            continue
+        rates = [r.load.requests_per_s for r in curve]
+        axes.plot(rates, [r.load.p50_ms for r in curve], "o-", color=color, label=f"{label} p50")
+        axes.plot(rates, [r.load.p99_ms for r in curve], "s--", color=color, label=f"{label} p99")
+        for r in curve:
+            axes.annotate(f"c{r.scenario.connections}", (r.load.requests_per_s, r.load.p50_ms),
+                          textcoords="offset points", xytext=(4, -10), fontsize=8)  # fmt: skip
+    axes.set_xlabel("requests/s (1-row XGBoost requests)")
+    axes.set_ylabel("latency, ms (log)")
+    axes.set_yscale("log")
+    axes.set_title(f"Latency versus throughput, {run.cpu_count} CPUs ({run.started_at})")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,106 @@
+"""What each load scenario sends: which models, how many rows per request, how many connections.
+
+Every scenario and every baseline scores the same deterministic rows for a given batch size
+(`workload`), so our service, MLflow's scoring server and the in-process ceiling are compared on
+identical input.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import msgspec
+import pandas as pd
+
+from fraud_inference.demo.dataset import make_transactions
+
+__all__ = [
+    "MODEL_KEYS",
+    "Scenario",
+    "Target",
+    "mlflow_bodies",
+    "mlflow_scenarios",
+    "our_bodies",
+    "our_scenarios",
+    "workload",
+]
+
+Target = Literal["fraud-inference", "mlflow"]
+
+MODEL_KEYS: tuple[str, ...] = ("xgboost", "lightgbm", "sklearn")
+"""The model keys the demo registry serves (`fraud_inference.demo.seeding.DEMO_MODELS`)."""
+
+_CURVE_FULL = (1, 4, 16, 32, 64, 128)
+_MLFLOW_CURVE_FULL = (1, 4, 16, 64)
+_DISTINCT_ROWS = 4_000
+"""About how many different rows a scenario cycles through (at least 2 and at most 64 bodies)."""
+
+
+class Scenario(msgspec.Struct, frozen=True):
+    """One bounded load run: `connections` keep-alive connections sending `rows`-row requests."""
+
+    name: str
+    models: tuple[str, ...]
+    """One model key, or several for a mixed run whose requests cycle through them."""
+    rows: int
+    connections: int
+    curve: bool = False
+    """Part of the latency-versus-throughput curve (1-row XGBoost at several concurrencies)."""
+
+
+def our_scenarios(*, quick: bool) -> list[Scenario]:
+    """The scenarios run against fraud-inference, the curve first."""
+    if quick:
+        return [
+            Scenario("xgboost 1 row c16", ("xgboost",), 1, 16, curve=True),
+            Scenario("xgboost 100 rows c8", ("xgboost",), 100, 8),
+            Scenario("mixed 1 row c16", MODEL_KEYS, 1, 16),
+        ]
+    return [
+        *(Scenario(f"xgboost 1 row c{c}", ("xgboost",), 1, c, curve=True) for c in _CURVE_FULL),
+        Scenario("xgboost 100 rows c8", ("xgboost",), 100, 8),
+        Scenario("xgboost 1000 rows c8", ("xgboost",), 1000, 8),
+        Scenario("lightgbm 1 row c16", ("lightgbm",), 1, 16),
+        Scenario("sklearn 1 row c16", ("sklearn",), 1, 16),
+        Scenario("mixed 1 row c16", MODEL_KEYS, 1, 16),
+    ]
+
+
+def mlflow_scenarios(*, quick: bool) -> list[Scenario]:
+    """The scenarios run against `mlflow models serve` of the XGBoost champion (same names as ours)."""
+    if quick:
+        return [Scenario("xgboost 1 row c16", ("xgboost",), 1, 16, curve=True)]
+    return [
+        *(Scenario(f"xgboost 1 row c{c}", ("xgboost",), 1, c, curve=True) for c in _MLFLOW_CURVE_FULL),
+        Scenario("xgboost 100 rows c8", ("xgboost",), 100, 8),
+        Scenario("xgboost 1000 rows c8", ("xgboost",), 1000, 8),
+    ]
+
+
+def workload(rows: int) -> list[pd.DataFrame]:
+    """The batches of `rows` rows that every scenario and baseline of that batch size uses."""
+    batches = max(2, min(64, _DISTINCT_ROWS // rows))
+    # NOTE: a seed per batch size keeps the rows fixed across runs, and apart from the training seed (7).
+    features, _labels = make_transactions(batches * rows, seed=1_000 + rows)
+    return [features.iloc[start : start + rows] for start in range(0, batches * rows, rows)]
+
+
+def our_bodies(scenario: Scenario) -> list[bytes]:
+    """Request bodies for `POST /v1/predict`, models interleaved in a mixed scenario."""
+    return [
+        json.dumps({"model": model, "instances": _records(batch)}).encode()
+        for batch in workload(scenario.rows)
+        for model in scenario.models
+    ]
+
+
+def mlflow_bodies(scenario: Scenario) -> list[bytes]:
+    """Request bodies for MLflow's `POST /invocations` (one model per server)."""
+    return [json.dumps({"dataframe_records": _records(batch)}).encode() for batch in workload(scenario.rows)]
+
+
+def _records(batch: pd.DataFrame) -> list[dict[str, float | int]]:
+    # to_json keeps int64 columns as JSON integers, which the service's `long` features require.
+    records: list[dict[str, float | int]] = json.loads(batch.to_json(orient="records"))
+    return records
