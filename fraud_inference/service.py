@@ -94,6 +94,7 @@ class FraudService:
                 log_level=settings.log_level,
                 log_format=settings.log_format,
                 max_rows=settings.max_batch_rows,
+                error_detail=settings.error_detail,
             ),
             timeout_s=settings.inference_timeout_s,
             batching=BatchPolicy(

@@ -51,6 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     refresh_interval_s: float = 0.0
     registry_timeout_s: int = 10
     dependency_check: Literal["strict", "compatible", "warn", "off"] = "compatible"
+    error_detail: Literal["full", "generic"] = "full"
     home: Path = Path(".fraud-inference")
 
     @classmethod
@@ -87,6 +88,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             refresh_interval_s=_number(env, "REFRESH_INTERVAL_S", float, 0.0, minimum=0.0, maximum=86400.0),
             registry_timeout_s=_number(env, "REGISTRY_TIMEOUT_S", int, 10, minimum=1, maximum=600),
             dependency_check=_choice(env, "DEPENDENCY_CHECK", ("strict", "compatible", "warn", "off"), "compatible"),
+            error_detail=_choice(env, "ERROR_DETAIL", ("full", "generic"), "full"),
             home=Path(_get(env, "FRAUD_INFERENCE_HOME") or ".fraud-inference").absolute(),
         )
 

@@ -23,6 +23,7 @@ from fraud_inference.api.schemas import (
     Probe,
     VersionResponse,
 )
+from fraud_inference.models.signature import clip_names
 from fraud_inference.observability.metrics import CONTENT_TYPE
 from fraud_inference.pool import InferenceTimeoutError, PoolError, PoolOverloadedError, RequestRefusedError
 from fraud_inference.service import FraudService, Generation
@@ -82,14 +83,19 @@ async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
     try:
         parsed = _decode_request(body)
     except msgspec.ValidationError as error:
-        raise HTTPException(status_code=422, detail=f"request body: {error}") from None
+        raise HTTPException(status_code=422, detail=f"request body: {clip_names(str(error))}") from None
     except msgspec.DecodeError as error:
         raise HTTPException(status_code=400, detail=f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise HTTPException(status_code=400, detail="malformed JSON: nested too deeply") from None
     generation = _active(service)
     key = parsed.model or service.settings.default_model
     served = generation.models.get(key)
     if served is None:
-        raise NotFoundException(detail=f"unknown model {key!r}; served models: {', '.join(generation.models)}")
+        served_keys = (
+            "" if service.settings.error_detail == "generic" else f"; served models: {', '.join(generation.models)}"
+        )
+        raise NotFoundException(detail=f"unknown model {key[:64]!r}{served_keys}")
     request_id = request_id_of(request.scope)
     try:
         # The worker decodes the rows against this generation's signature: the server process stays free for HTTP.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from itertools import chain
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from fraud_inference.models.artifact import FeatureSpec
 
-__all__ = ["InstancesError", "SignatureDecoder"]
+__all__ = ["ErrorDetail", "InstancesError", "SignatureDecoder", "clip_names"]
 
 # Integers beyond 2**53 cannot reach the model exactly as float64; refuse them rather than round silently.
 _SafeInt = Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
@@ -25,6 +25,8 @@ _PYTHON_TYPES: dict[str, Any] = {
     "boolean": bool,
 }
 _PATH = re.compile(r"`\$\[(\d+)\](?:\.([^`]*))?`")
+_QUOTED = re.compile(r"`([^`]*)`")
+ErrorDetail = Literal["full", "generic"]
 
 
 class InstancesError(ValueError):
@@ -38,8 +40,9 @@ class SignatureDecoder:
     error names exactly the row index and the feature.
     """
 
-    def __init__(self, model: str, features: Sequence[FeatureSpec]) -> None:
+    def __init__(self, model: str, features: Sequence[FeatureSpec], *, detail: ErrorDetail = "full") -> None:
         self.features = tuple(features)
+        self._detail = detail
         fields = [(f"f{i}", _PYTHON_TYPES[spec.type]) for i, spec in enumerate(self.features)]
         row_type = msgspec.defstruct(
             f"Row_{model}",
@@ -58,7 +61,11 @@ class SignatureDecoder:
         try:
             rows = self._decode(instances)
         except msgspec.ValidationError as error:
+            if self._detail == "generic":
+                raise InstancesError(_generic(str(error))) from None
             raise InstancesError(_describe(str(error), self.features)) from None
+        except (msgspec.DecodeError, RecursionError):
+            raise InstancesError("instances: not a JSON array of row objects, or nested too deeply") from None
         if not rows:
             raise InstancesError("instances is empty: send at least one row")
         # One pass of C-level iteration into a preallocated float64 buffer: ~25% faster than np.array of tuples.
@@ -66,13 +73,28 @@ class SignatureDecoder:
         matrix = np.fromiter(values, dtype=np.float64, count=len(rows) * self._width).reshape(len(rows), self._width)
         if not np.isfinite(matrix).all():
             row, column = np.argwhere(~np.isfinite(matrix))[0]
-            raise InstancesError(f"instances[{row}].{self.features[column].name}: value is not a finite number")
+            where = (
+                f"instances[{row}]" if self._detail == "generic" else f"instances[{row}].{self.features[column].name}"
+            )
+            raise InstancesError(f"{where}: value is not a finite number")
         return matrix
+
+
+def clip_names(message: str, limit: int = 64) -> str:
+    """Shorten every `quoted` name in an error to `limit` characters: a caller's 1 MB key is not echoed back."""
+    return _QUOTED.sub(lambda m: f"`{m.group(1)[:limit]}...`" if len(m.group(1)) > limit else m.group(0), message)
+
+
+def _generic(message: str) -> str:
+    """The row of the error only, for ERROR_DETAIL=generic: no feature name goes back to the caller."""
+    match = _PATH.search(message)
+    row = f"instances[{match.group(1)}]" if match else "instances"
+    return f"{row}: does not match the model's signature"
 
 
 def _describe(message: str, features: Sequence[FeatureSpec]) -> str:
     """Rewrite msgspec's `... - at `$[3].amount`` into `instances[3].amount: ...` with a hint."""
-    text, _, _where = message.partition(" - at ")
+    text, _, _where = clip_names(message).partition(" - at ")
     if text == "Number out of range":
         text = "value is not a finite number (out of float64 range)"
     match = _PATH.search(message)

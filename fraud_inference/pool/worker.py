@@ -15,7 +15,7 @@ import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
 from fraud_inference.lifetime import die_with_parent
-from fraud_inference.models.signature import InstancesError, SignatureDecoder
+from fraud_inference.models.signature import ErrorDetail, InstancesError, SignatureDecoder
 from fraud_inference.pool.messages import (
     DropGeneration,
     GenerationLoaded,
@@ -49,6 +49,7 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     log_level: str
     log_format: str
     max_rows: int = 10_000
+    error_detail: ErrorDetail = "full"
 
 
 def run_worker(conn: Connection, options: WorkerOptions) -> None:
@@ -85,6 +86,7 @@ class _Worker:
         self._conn = conn
         self._index = options.index
         self._max_rows = options.max_rows
+        self._error_detail = options.error_detail
         self._log = log
         self._send_lock = threading.Lock()
         self._generations: dict[int, dict[str, _ServedModel]] = {}
@@ -171,6 +173,9 @@ class _Worker:
             matrix = decoder.matrix(body)
         except InstancesError as error:
             return Refused(status=422, detail=str(error))
+        except Exception as error:  # whatever a hostile body does, it fails alone and the worker lives on
+            self._log.error("decode.failed", error=repr(error)[:200])
+            return Refused(status=422, detail="instances: cannot be decoded")
         if matrix.shape[0] > self._max_rows:
             return Refused(status=413, detail=f"{matrix.shape[0]} instances exceed MAX_BATCH_ROWS={self._max_rows}")
         return matrix
@@ -193,7 +198,7 @@ class _Worker:
                 warm = scorer.fraud_probability(np.zeros((1, len(artifact.features)), dtype=np.float64))
                 if warm.shape != (1,) or not np.isfinite(warm).all():
                     raise ValueError(f"warm-up scoring gave {warm!r}, not one finite probability")
-                loaded[key] = _ServedModel(scorer, SignatureDecoder(key, artifact.features))
+                loaded[key] = _ServedModel(scorer, SignatureDecoder(key, artifact.features, detail=self._error_detail))
             except Exception as error:
                 errors[key] = f"{type(error).__name__}: {error}"
             seconds[key] = time.perf_counter() - started
