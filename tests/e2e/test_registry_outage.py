@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -80,3 +81,46 @@ def test_a_hung_registry_is_bounded_and_a_second_refresh_meanwhile_is_409(
     assert version["generation"] == 1
     with service.client() as client:
         assert client.post("/admin/refresh-models", headers=headers).status_code == 200
+
+
+def test_started_while_the_registry_is_down_it_is_alive_not_ready_and_becomes_ready_when_it_returns(
+    service_factory, mlflow_server: MlflowServer, transactions: pd.DataFrame
+) -> None:
+    mlflow_server.stop()
+    try:
+        service = service_factory(
+            ["serve"], {"MLFLOW_TRACKING_URI": mlflow_server.tracking_uri, "WORKERS": "1", "REGISTRY_TIMEOUT_S": "2"}
+        )
+        with service.client() as client:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                try:
+                    if client.get("/livez").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass  # still starting (the preflight tries the registry first)
+                time.sleep(0.2)
+            alive, unready = client.get("/livez"), client.get("/readyz")
+            time.sleep(3)  # a few failed attempts
+            refused = client.post(
+                "/v1/predict", json={"instances": json.loads(transactions.head(1).to_json(orient="records"))}
+            )
+    finally:
+        mlflow_server.start()
+    service.wait_ready(timeout_s=90)
+    with service.client() as client:
+        scored = client.post(
+            "/v1/predict", json={"instances": json.loads(transactions.head(2).to_json(orient="records"))}
+        )
+
+    assert alive.status_code == 200
+    assert unready.status_code == 503
+    assert unready.headers["retry-after"]
+    assert "cannot load the served models" in unready.json()["reason"], unready.text
+    assert refused.status_code == 503
+    assert scored.status_code == 200, scored.text
+    assert service.process.poll() is None, "it became ready without a restart"
+    retries = [json.loads(line) for line in service.log().splitlines() if '"startup.load_failed"' in line]
+    delays = [line["retry_in_s"] for line in retries]
+    assert len(delays) >= 2, delays
+    assert delays == sorted(delays), delays  # backing off, not hammering the registry
