@@ -1,0 +1,100 @@
+"""Overload and a hung worker, through granian: fast 503s past QUEUE_LIMIT, 504s bounded by the timeout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.e2e.test_hot_swap import rows, worker_pids
+from tests.load import Answer, Load
+
+pytestmark = pytest.mark.slow
+
+
+def p99_ms(answers: list[Answer]) -> float:
+    return float(np.percentile([a.latency_s for a in answers], 99) * 1000) if answers else 0.0
+
+
+def test_a_burst_past_capacity_gets_fast_503s_and_the_service_recovers(
+    service_factory, demo_registry: str, transactions: pd.DataFrame
+) -> None:
+    service = service_factory(
+        ["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2", "QUEUE_LIMIT": "4", "LOG_LEVEL": "WARNING"}
+    )
+    service.wait_ready()
+    heavy = {"model": "sklearn", "instances": rows(transactions, 400)}
+    light = {"model": "xgboost", "instances": rows(transactions, 1)}
+    with Load(service.base_url, lambda: heavy, clients=24, max_seconds=8, max_requests=3_000) as burst:
+        time.sleep(2.0)
+        with service.client() as client:
+            during = client.post("/v1/predict", json=heavy)
+            while during.status_code == 200 and burst.count() < 3_000:
+                during = client.post("/v1/predict", json=heavy)
+    answers = burst.stop()
+    with service.client() as client:
+        after = [client.post("/v1/predict", json=light) for _ in range(30)]
+
+    statuses = {a.status for a in answers}
+    accepted = [a for a in answers if a.status == 200]
+    refused = [a for a in answers if a.status == 503]
+    lost = sum(a.error is not None for a in answers)
+    print(
+        f"\nburst: {len(answers)} requests, {len(accepted)} accepted (p99 {p99_ms(accepted):.0f} ms), "
+        f"{len(refused)} refused with 503 (p99 {p99_ms(refused):.0f} ms), lost {lost}"
+    )
+    assert statuses <= {200, 503}, [a.error or a.status for a in answers if a.status not in {200, 503}]
+    assert accepted
+    assert refused, "24 clients of 400-row requests should overflow a queue of 4"
+    assert all(a.body is not None and a.body["detail"].startswith("overloaded") for a in refused)
+    assert during.status_code == 503
+    assert during.headers["retry-after"] == "1"
+    assert [response.status_code for response in after] == [200] * 30
+    assert service.process.poll() is None
+
+
+def test_a_stopped_worker_under_load_costs_at_most_its_own_requests_and_is_replaced(
+    service_factory, demo_registry: str, transactions: pd.DataFrame
+) -> None:
+    service = service_factory(
+        ["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2", "INFERENCE_TIMEOUT_S": "2"}
+    )
+    service.wait_ready()
+    hung = worker_pids(service)["fraud-inference worker 1"]
+    payload: dict[str, Any] = {"model": "xgboost", "instances": rows(transactions, 5)}
+    with Load(service.base_url, lambda: payload, clients=4, max_seconds=60) as load:
+        time.sleep(1.0)
+        os.kill(hung, signal.SIGSTOP)  # alive and silent: a worker stuck in a call
+        try:
+            with service.client() as client:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and hung in worker_pids(service).values():
+                    time.sleep(0.2)
+                while time.monotonic() < deadline and client.get("/readyz").json().get("live_workers") != 2:
+                    time.sleep(0.2)
+                ready = client.get("/readyz")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hung, signal.SIGCONT)
+        time.sleep(1.0)
+    answers = load.stop()
+
+    timed_out = [a for a in answers if a.status == 504]
+    print(f"\nSIGSTOP: {len(answers)} requests, {len(timed_out)} answered 504, the rest 200")
+    assert {a.status for a in answers} <= {200, 504}, [a.error or a.status for a in answers if a.status is None]
+    # Only requests already inside the stopped worker (two batches, each at most the 4 clients' requests) wait
+    # out the timeout; everything sent after goes to the live worker.
+    assert len(timed_out) <= 4
+    assert all(a.body is not None and "within 2 s" in a.body["detail"] for a in timed_out)
+    assert ready.json()["live_workers"] == 2
+    assert hung not in worker_pids(service).values()
+    assert '"worker.hung"' in service.log()
+    with httpx.Client(base_url=service.base_url) as client:
+        assert client.post("/v1/predict", json=payload).status_code == 200
