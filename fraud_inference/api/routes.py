@@ -181,6 +181,8 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Probe]:
     pool = service.pool.status()
     if service.active is None or pool.ready_workers == 0:
         reason = service.not_ready_reason if service.active is None else "no live worker holds the active models"
+        if service.pool.last_worker_failure and pool.ready_workers == 0:
+            reason = f"{reason}; last worker failure: {service.pool.last_worker_failure}"
         probe = Probe(status="not ready", reason=reason, workers=pool.size, live_workers=pool.live_workers)
         return Response(probe, status_code=503, headers=_RETRY_AFTER)
     probe = Probe(status="ready", generation=service.active.number, workers=pool.size, live_workers=pool.ready_workers)

@@ -45,6 +45,8 @@ _MAX_ATTEMPTS = 2  # a request whose worker died is retried once: scoring is a p
 # Two batches per worker: it starts the next while the server reads the last answer, and no more, so that
 # under load requests wait in the queue, where they coalesce, rather than in a worker's pipe.
 _BATCHES_PER_WORKER = 2
+_RESTART_BACKOFF_S = 1.0
+_RESTART_BACKOFF_MAX_S = 60.0
 
 
 class PoolStatus(msgspec.Struct, frozen=True):
@@ -90,6 +92,8 @@ class InferencePool:
         self._stopping = False
         self.active_generation: int | None = None
         self.restarts = 0
+        self.last_worker_failure: str | None = None
+        self._crashes: Counter[int] = Counter()  # deaths in a row of the worker in each slot, before it loaded
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -307,6 +311,7 @@ class InferencePool:
                 self._on_generation_loaded(message)
             if not message.errors:
                 worker.generations.add(message.generation)
+                self._crashes[worker.index] = 0  # it loaded what it was asked to: not crash-looping
             load = self._loads.get((worker.index, message.generation))
             if load is not None and not load.done():
                 load.set_result(message)
@@ -332,6 +337,11 @@ class InferencePool:
         for request in reversed(orphans):  # put back in reverse, so they leave again in their order
             self._retry(request)
         self.restarts += 1
+        self._crashes[worker.index] += 1
+        self.last_worker_failure = (
+            f"worker {worker.index} exited with code {exitcode} "
+            f"({self._crashes[worker.index]} time(s) in a row before loading its models)"
+        )
         self._pump()
         asyncio.get_running_loop().create_task(self._replace(worker.index))
 
@@ -352,7 +362,18 @@ class InferencePool:
         self._queue.put_back(request)
 
     async def _replace(self, index: int) -> None:
-        """Start a replacement and load every generation that may still be asked of it."""
+        """Start a replacement and load every generation that may still be asked of it.
+
+        A worker that dies again before loading its models (a model that crashes the process on load, memory
+        too tight) is restarted after an exponential backoff, so the pool does not crash-loop at full speed.
+        """
+        crashes = self._crashes[index]
+        if crashes > 1:
+            delay = min(_RESTART_BACKOFF_S * 2 ** (crashes - 2), _RESTART_BACKOFF_MAX_S)
+            log.warning("worker.restart_backoff", worker=index, crashes=crashes, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
         replacement = self._spawn(index)
         try:
             await asyncio.wait_for(replacement.started, _START_TIMEOUT_S)
