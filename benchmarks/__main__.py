@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.model_versions = service.model_versions()
         _say(f"fraud-inference is ready at {service.base_url}, serving {run.model_versions}")
         try:
-            run.ours = _run_scenarios("fraud-inference", our_scenarios(quick=args.quick), our_bodies,
+            scenarios = _only(our_scenarios(quick=args.quick), args.only)
+            run.ours = _run_scenarios("fraud-inference", scenarios, our_bodies,
                                       service.predict_url, service.cpu, loadgen, seconds)  # fmt: skip
             run.memory = service.memory()
         except LoadgenError as failure:
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 run.notes.append("In-process scoring skipped (quick mode; --native to include it).")
             if args.mlflow if args.mlflow is not None else not args.quick:
-                run.mlflow = _mlflow(tracking_uri, run, home, loadgen, seconds, quick=args.quick)
+                run.mlflow = _mlflow(tracking_uri, run, home, loadgen, seconds, quick=args.quick, only=args.only)
             else:
                 run.notes.append("MLflow's scoring server skipped (quick mode; --mlflow to include it).")
         run.wall_time_s = time.monotonic() - started
@@ -109,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", help="registry of the --url service, for the baselines")
     parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results/<timestamp>/)")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--only", action="append", metavar="NAME", help="run only scenarios whose name contains NAME (repeatable)"
+    )
     mlflow = parser.add_mutually_exclusive_group()
     mlflow.add_argument("--mlflow", dest="mlflow", action="store_true", default=None, help="run MLflow's server")
     mlflow.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="skip MLflow's server")
@@ -157,6 +161,11 @@ def _run_scenarios(
     return results
 
 
+def _only(scenarios: list[Scenario], names: Sequence[str] | None) -> list[Scenario]:
+    """The scenarios whose name contains one of `names` (all when none is given)."""
+    return [s for s in scenarios if not names or any(name in s.name for name in names)]
+
+
 def _say(line: str) -> None:
     print(f"[{time.monotonic() - _STARTED:5.0f} s] {line}", flush=True)
 
@@ -172,7 +181,14 @@ def _native(tracking_uri: str, *, quick: bool, run: BenchmarkRun) -> list[Native
 
 
 def _mlflow(
-    tracking_uri: str, run: BenchmarkRun, home: Path, loadgen: Loadgen, seconds: float, *, quick: bool
+    tracking_uri: str,
+    run: BenchmarkRun,
+    home: Path,
+    loadgen: Loadgen,
+    seconds: float,
+    *,
+    quick: bool,
+    only: Sequence[str] | None,
 ) -> list[ScenarioResult]:
     from fraud_inference.demo.seeding import CHAMPION_ALIAS, DEMO_MODELS
 
@@ -184,8 +200,8 @@ def _mlflow(
         run.notes.append(f"MLflow's scoring server did not start: {failure}")
         return []
     try:
-        return _run_scenarios("mlflow", mlflow_scenarios(quick=quick), mlflow_bodies, server.invocations_url,
-                              server.cpu, loadgen, seconds)  # fmt: skip
+        scenarios = _only(mlflow_scenarios(quick=quick), only)
+        return _run_scenarios("mlflow", scenarios, mlflow_bodies, server.invocations_url, server.cpu, loadgen, seconds)
     except LoadgenError as failure:
         run.notes.append(f"MLflow's scoring server could not be measured: {failure}")
         return []
