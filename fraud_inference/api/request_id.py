@@ -8,7 +8,6 @@ import uuid
 from typing import cast
 
 import structlog
-from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
@@ -19,6 +18,7 @@ from fraud_inference.observability.metrics import Metrics
 __all__ = ["RequestIdMiddleware", "add_request_id_header", "note_for_access_log", "request_id_of"]
 
 HEADER = "x-request-id"
+_HEADER_BYTES = HEADER.encode()
 _SANE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 _STATE_KEY = "request_id"
 _ACCESS_KEY = "access_log"
@@ -31,7 +31,7 @@ def request_id_of(scope: Scope) -> str:
     state = scope.setdefault("state", {})
     request_id: str | None = state.get(_STATE_KEY)
     if request_id is None:
-        sent = next((value for name, value in scope.get("headers", ()) if name == HEADER.encode()), None)
+        sent = next((value for name, value in scope.get("headers", ()) if name == _HEADER_BYTES), None)
         request_id = sent.decode() if sent is not None and _SANE.fullmatch(sent) else uuid.uuid4().hex
         state[_STATE_KEY] = request_id
     return request_id
@@ -87,7 +87,8 @@ async def add_request_id_header(message: Message, scope: Scope) -> None:
     so random paths cannot grow the number of series.
     """
     if message["type"] == "http.response.start":
-        MutableScopeHeaders.from_message(message)[HEADER] = request_id_of(scope)
+        # Appended as raw bytes: Litestar's MutableScopeHeaders rescans every header per response.
+        message["headers"] = [*message.get("headers", ()), (_HEADER_BYTES, request_id_of(scope).encode())]
         if "route_handler" not in scope and scope["type"] == "http":
             metrics: Metrics = scope["app"].state.metrics
             metrics.http_requests.labels(
