@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import msgspec
 
-__all__ = ["DEFAULT_MODELS", "Settings", "SettingsError"]
+__all__ = ["DEFAULT_MODELS", "Settings", "SettingsError", "redact_credentials", "redact_uri"]
 
 DEFAULT_MODELS = "xgboost=fraud-xgboost,lightgbm=fraud-lightgbm,sklearn=fraud-sklearn"
 LogFormat = Literal["json", "console"]
@@ -99,6 +100,14 @@ def redact_uri(uri: str) -> str:
     credentials, _, host = rest.partition("@")
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
+
+
+_USERINFO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """Hide the password of every `scheme://user:password@` URI within `text` (e.g. a library's error message)."""
+    return _USERINFO_PASSWORD.sub(r"\g<head>:***@", text)
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
