@@ -10,6 +10,8 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from fraud_inference.models.trust import ModelTrust
+
 __all__ = ["DEFAULT_MODELS", "Settings", "SettingsError", "redact_credentials", "redact_uri"]
 
 DEFAULT_MODELS = "xgboost=fraud-xgboost,lightgbm=fraud-lightgbm,sklearn=fraud-sklearn"
@@ -48,6 +50,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     refresh_interval_s: float = 0.0
     registry_timeout_s: int = 10
     dependency_check: Literal["strict", "compatible", "warn", "off"] = "compatible"
+    sklearn_pickle: Literal["allow", "refuse"] = "refuse"
+    skops_trusted_types: tuple[str, ...] = ()
     home: Path = Path(".fraud-inference")
 
     @classmethod
@@ -80,8 +84,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             refresh_interval_s=_number(env, "REFRESH_INTERVAL_S", float, 0.0, minimum=0.0, maximum=86400.0),
             registry_timeout_s=_number(env, "REGISTRY_TIMEOUT_S", int, 10, minimum=1, maximum=600),
             dependency_check=_choice(env, "DEPENDENCY_CHECK", ("strict", "compatible", "warn", "off"), "compatible"),
+            sklearn_pickle=_choice(env, "SKLEARN_PICKLE", ("allow", "refuse"), "refuse"),
+            skops_trusted_types=tuple(_split(_get(env, "SKOPS_TRUSTED_TYPES") or "")),
             home=Path(_get(env, "FRAUD_INFERENCE_HOME") or ".fraud-inference").absolute(),
         )
+
+    def model_trust(self) -> ModelTrust:
+        """The rules for loading serialized estimators: SKLEARN_PICKLE and SKOPS_TRUSTED_TYPES."""
+        return ModelTrust(pickle=self.sklearn_pickle, extra_types=self.skops_trusted_types)
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict safe to log: API keys and URI credentials hidden."""
