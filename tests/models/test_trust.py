@@ -21,6 +21,9 @@ from fraud_inference.models.trust import ModelTrust
 from fraud_inference.registry import ModelRef
 from tests.conftest import use_registry
 
+# The demo features never miss values, so MLflow's hint about integer columns is noise here.
+pytestmark = pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer column:UserWarning")
+
 REF = ModelRef(key="sklearn", name="fraud-sklearn", version="1", selected_by="test", run_id=None, threshold=0.5)
 
 
