@@ -74,7 +74,9 @@ def _check_model(
         return
     check.version, check.selected_by = ref.version, ref.selected_by
     try:
-        artifact = fetch_artifact(registry, ref, downloads, dependency_policy=settings.dependency_check)
+        artifact = fetch_artifact(
+            registry, ref, downloads, dependency_policy=settings.dependency_check, trust=settings.model_trust()
+        )
     except DependencyMismatchError as error:
         artifact = error.artifact
         check.errors.extend(artifact.dependency_violations())

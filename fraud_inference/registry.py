@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from fraud_inference.settings import redact_uri
+from fraud_inference.settings import redact_credentials, redact_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -30,6 +30,10 @@ class ResolutionError(Exception):
 
 class RegistryUnavailableError(Exception):
     """The registry could not be asked (unreachable, timed out, or answered with a server error)."""
+
+    def __init__(self, message: str) -> None:
+        # NOTE: MLflow's errors quote the request URL, credentials included; this message reaches logs and /readyz.
+        super().__init__(redact_credentials(message))
 
 
 class ModelRef(msgspec.Struct, frozen=True, kw_only=True):

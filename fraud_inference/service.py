@@ -266,7 +266,13 @@ class FraudService:
             self.metrics.model_info.labels(key, ref.name, ref.version, ref.selected_by, served.artifact.flavor).set(1)
 
     def _fetch(self, registry: Registry, ref: ModelRef) -> ModelArtifact:
-        artifact = fetch_artifact(registry, ref, self._downloads, dependency_policy=self.settings.dependency_check)
+        artifact = fetch_artifact(
+            registry,
+            ref,
+            self._downloads,
+            dependency_policy=self.settings.dependency_check,
+            trust=self.settings.model_trust(),
+        )
         for violation in artifact.dependency_violations():  # only under DEPENDENCY_CHECK=warn
             log.warning("model.dependency_mismatch", model=ref.key, version=ref.version, detail=violation)
         return artifact

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import msgspec
 
-__all__ = ["DEFAULT_MODELS", "Settings", "SettingsError"]
+from fraud_inference.models.trust import ModelTrust
+
+__all__ = ["DEFAULT_MODELS", "Settings", "SettingsError", "redact_credentials", "redact_uri"]
 
 DEFAULT_MODELS = "xgboost=fraud-xgboost,lightgbm=fraud-lightgbm,sklearn=fraud-sklearn"
 LogFormat = Literal["json", "console"]
@@ -52,6 +55,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     registry_timeout_s: int = 10
     dependency_check: Literal["strict", "compatible", "warn", "off"] = "compatible"
     error_detail: Literal["full", "generic"] = "full"
+    sklearn_pickle: Literal["allow", "refuse"] = "refuse"
+    skops_trusted_types: tuple[str, ...] = ()
     home: Path = Path(".fraud-inference")
 
     @classmethod
@@ -89,8 +94,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             registry_timeout_s=_number(env, "REGISTRY_TIMEOUT_S", int, 10, minimum=1, maximum=600),
             dependency_check=_choice(env, "DEPENDENCY_CHECK", ("strict", "compatible", "warn", "off"), "compatible"),
             error_detail=_choice(env, "ERROR_DETAIL", ("full", "generic"), "full"),
+            sklearn_pickle=_choice(env, "SKLEARN_PICKLE", ("allow", "refuse"), "refuse"),
+            skops_trusted_types=tuple(_split(_get(env, "SKOPS_TRUSTED_TYPES") or "")),
             home=Path(_get(env, "FRAUD_INFERENCE_HOME") or ".fraud-inference").absolute(),
         )
+
+    def model_trust(self) -> ModelTrust:
+        """The rules for loading serialized estimators: SKLEARN_PICKLE and SKOPS_TRUSTED_TYPES."""
+        return ModelTrust(pickle=self.sklearn_pickle, extra_types=self.skops_trusted_types)
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict safe to log: API keys and URI credentials hidden."""
@@ -109,6 +120,14 @@ def redact_uri(uri: str) -> str:
     credentials, _, host = rest.partition("@")
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
+
+
+_USERINFO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """Hide the password of every `scheme://user:password@` URI within `text` (e.g. a library's error message)."""
+    return _USERINFO_PASSWORD.sub(r"\g<head>:***@", text)
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:

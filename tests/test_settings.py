@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fraud_inference.settings import Settings, SettingsError, redact_uri
+from fraud_inference.settings import Settings, SettingsError, redact_credentials, redact_uri
 
 
 def test_defaults_serve_the_three_demo_models() -> None:
@@ -90,3 +90,12 @@ def test_tracking_uri_can_come_from_a_secret_file(tmp_path: Path) -> None:
     )
     with pytest.raises(SettingsError, match="MLFLOW_TRACKING_URI_FILE"):
         Settings.from_env({"MLFLOW_TRACKING_URI_FILE": str(tmp_path / "missing")})
+
+
+def test_redact_credentials_hides_every_uri_password_in_a_message() -> None:
+    message = (
+        "API request to http://fraud:s3cr3t@127.0.0.1:5000/api/2.0 failed; db postgresql://u:pw@db/x, http://h:80/x"
+    )
+    assert redact_credentials(message) == (
+        "API request to http://fraud:***@127.0.0.1:5000/api/2.0 failed; db postgresql://u:***@db/x, http://h:80/x"
+    )

@@ -8,6 +8,7 @@ from litestar import Request, Router, post
 from litestar.exceptions import HTTPException
 
 from fraud_inference.api.auth import require_api_key
+from fraud_inference.api.errors import ADMIN_SECURITY, error_responses
 from fraud_inference.api.routes import model_infos, service_of
 from fraud_inference.api.schemas import RefreshResponse, VersionChangeInfo
 from fraud_inference.registry import RegistryUnavailableError
@@ -16,7 +17,16 @@ from fraud_inference.service import GenerationLoadError, RefreshInProgressError
 __all__ = ["admin_routers"]
 
 
-@post("/refresh-models", status_code=200, summary="Refresh the served models", tags=["admin"])
+@post(
+    "/refresh-models",
+    status_code=200,
+    summary="Refresh the served models",
+    tags=["admin"],
+    security=[{ADMIN_SECURITY: []}],
+    responses=error_responses(
+        401, 403, 409, 422, 502, _422="A new version cannot be resolved, loaded or validated (detail per model)."
+    ),
+)
 async def refresh_models(request: Request[Any, Any, Any]) -> RefreshResponse:
     """Resolve every model again; swap all workers to the new versions at once, or change nothing.
 

@@ -11,8 +11,12 @@ from litestar.openapi.plugins import (
     SwaggerRenderPlugin,
     YamlRenderPlugin,
 )
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
+
+from fraud_inference.api.auth import HEADER
+from fraud_inference.api.errors import ADMIN_SECURITY
 
 __all__ = ["STATIC_PREFIX", "docs_static_router", "openapi_config"]
 
@@ -27,6 +31,13 @@ def openapi_config(version: str) -> OpenAPIConfig:
         version=version,
         description="Fraud-detection scores from models served straight out of an MLflow Model Registry.",
         path="/",
+        components=Components(
+            security_schemes={
+                ADMIN_SECURITY: SecurityScheme(
+                    type="apiKey", name=HEADER, security_scheme_in="header", description="One of API_KEYS."
+                )
+            }
+        ),
         render_plugins=[
             SwaggerRenderPlugin(
                 path="/docs",

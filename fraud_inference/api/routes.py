@@ -8,10 +8,12 @@ from typing import Any
 import msgspec
 from litestar import Request, get, post
 from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.response import Response
 
 from fraud_inference import __version__
+from fraud_inference.api.errors import error_responses
 from fraud_inference.api.request_id import note_for_access_log, request_id_of
 from fraud_inference.api.schemas import (
     DependencyInfo,
@@ -74,6 +76,7 @@ def _active(service: FraudService) -> Generation:
     operation_class=_PredictOperation,
     summary="Score transactions",
     raises=[],
+    responses=error_responses(400, 404, 413, 422, 503, 504),
     tags=["prediction"],
 )
 async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
@@ -174,7 +177,15 @@ async def livez() -> Probe:
     return Probe(status="alive")
 
 
-@get("/readyz", tags=["probes"], summary="Readiness", opt={"skip_access_log": True})
+@get(
+    "/readyz",
+    tags=["probes"],
+    summary="Readiness",
+    opt={"skip_access_log": True},
+    responses={
+        503: ResponseSpec(Probe, description="Not ready: the reason, with Retry-After.", generate_examples=False)
+    },
+)
 async def readyz(request: Request[Any, Any, Any]) -> Response[Probe]:
     """200 when a generation is active and a worker holds it; 503 with the reason otherwise."""
     service = service_of(request)

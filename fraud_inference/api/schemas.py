@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = [
     "DependencyInfo",
+    "ErrorBody",
     "FeatureInfo",
     "ModelInfo",
     "PredictRequest",
@@ -91,3 +94,11 @@ class RefreshResponse(msgspec.Struct, kw_only=True):
     generation: int
     changed: dict[str, VersionChangeInfo]
     models: dict[str, ModelInfo]
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Every error answer (Litestar's own shape): the status and a `detail` that says what is wrong."""
+
+    status_code: int
+    detail: str
+    extra: dict[str, Any] | list[Any] | None = None

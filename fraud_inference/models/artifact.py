@@ -8,6 +8,7 @@ from typing import Literal
 import msgspec
 
 from fraud_inference.consistency import DependencyCheck, DependencyPolicy, check_dependencies, describe_violations
+from fraud_inference.models.trust import ModelTrust, SerializedEstimator, UntrustedModelError, inspect_estimator
 from fraud_inference.registry import ModelRef, Registry
 
 __all__ = [
@@ -45,6 +46,8 @@ class ModelArtifact(msgspec.Struct, frozen=True, kw_only=True):
     flavor: Flavor
     features: tuple[FeatureSpec, ...]
     dependencies: tuple[DependencyCheck, ...] = ()
+    estimator: SerializedEstimator | None = None
+    """The serialized estimator (scikit-learn API), checked against the service's trust rules."""
 
     def dependency_violations(self) -> list[str]:
         """One message per package whose installed version breaks the rule for this model."""
@@ -59,7 +62,13 @@ class DependencyMismatchError(UnservableModelError):
         self.artifact = artifact
 
 
-def read_artifact(ref: ModelRef, path: Path, *, dependency_policy: DependencyPolicy = "compatible") -> ModelArtifact:
+def read_artifact(
+    ref: ModelRef,
+    path: Path,
+    *,
+    dependency_policy: DependencyPolicy = "compatible",
+    trust: ModelTrust = ModelTrust(),  # noqa: B008 - frozen, never mutated
+) -> ModelArtifact:
     """Read the MLmodel file in `path`: the native flavour, the signature's features, the dependency checks.
 
     Raises `UnservableModelError` (or its `DependencyMismatchError`) when the version must not be served.
@@ -91,9 +100,14 @@ def read_artifact(ref: ModelRef, path: Path, *, dependency_policy: DependencyPol
             )
         features.append(FeatureSpec(name=column.name, type=_NUMERIC_TYPES[type_name]))
     dependencies = check_dependencies(path, flavor, mlmodel.flavors[flavor], dependency_policy)
+    try:
+        estimator = inspect_estimator(flavor, mlmodel.flavors[flavor], path, trust)
+    except UntrustedModelError as error:
+        raise UnservableModelError(f"{ref.name} v{ref.version} (model {ref.key!r}): {error}") from None
     artifact = ModelArtifact(
-        ref=ref, path=str(path), flavor=flavor, features=tuple(features), dependencies=dependencies
-    )
+        ref=ref, path=str(path), flavor=flavor, features=tuple(features), dependencies=dependencies,
+        estimator=estimator,
+    )  # fmt: skip
     violations = artifact.dependency_violations()
     if violations and dependency_policy in {"strict", "compatible"}:
         raise DependencyMismatchError(artifact)
@@ -101,7 +115,12 @@ def read_artifact(ref: ModelRef, path: Path, *, dependency_policy: DependencyPol
 
 
 def fetch_artifact(
-    registry: Registry, ref: ModelRef, downloads: Path, *, dependency_policy: DependencyPolicy
+    registry: Registry,
+    ref: ModelRef,
+    downloads: Path,
+    *,
+    dependency_policy: DependencyPolicy,
+    trust: ModelTrust = ModelTrust(),  # noqa: B008 - frozen, never mutated
 ) -> ModelArtifact:
     """Download the version under `downloads` (once: a complete download is reused) and read it."""
     import shutil
@@ -114,7 +133,7 @@ def fetch_artifact(
         partial.rename(destination)
     model_dir = next((path.parent for path in destination.rglob("MLmodel")), destination)
     try:
-        return read_artifact(ref, model_dir, dependency_policy=dependency_policy)
+        return read_artifact(ref, model_dir, dependency_policy=dependency_policy, trust=trust)
     except UnservableModelError:
         raise
     except Exception as error:  # a malformed MLmodel: the version is unservable, not the registry down

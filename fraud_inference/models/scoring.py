@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from fraud_inference.models.artifact import ModelArtifact
+from fraud_inference.models.trust import load_skops
 
 __all__ = ["Scorer", "load_scorer"]
 
@@ -86,15 +88,22 @@ def load_scorer(artifact: ModelArtifact) -> Scorer:
     if artifact.flavor == "lightgbm":
         import mlflow.lightgbm
 
-        model = mlflow.lightgbm.load_model(artifact.path)
+        model = _load_estimator(artifact) or mlflow.lightgbm.load_model(artifact.path)
         booster = model.booster_ if hasattr(model, "booster_") else model
         _check_feature_order(artifact, booster.feature_name())
         return LightGBMScorer(model)
     import mlflow.sklearn
 
-    model = mlflow.sklearn.load_model(artifact.path)
+    model = _load_estimator(artifact) or mlflow.sklearn.load_model(artifact.path)
     _check_feature_order(artifact, getattr(model, "feature_names_in_", None))
     return SklearnScorer(model)
+
+
+def _load_estimator(artifact: ModelArtifact) -> Any:
+    """A skops file loads trusting only the types checked at `read_artifact`, never the list in its MLmodel."""
+    if artifact.estimator is None or artifact.estimator.serialization_format != "skops":
+        return None  # a native format, or a pickle that SKLEARN_PICKLE=allow lets MLflow load
+    return load_skops(Path(artifact.path), artifact.estimator)
 
 
 def _check_feature_order(artifact: ModelArtifact, trained: Any) -> None:
