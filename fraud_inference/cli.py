@@ -127,7 +127,7 @@ def _progress(line: str) -> None:
 
 def _run_server(settings: Settings) -> int:
     """Check the registry resolves, then run the app under granian (one HTTP process, WORKERS in its pool)."""
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.server import Server
 
     from fraud_inference.checks import render, run_checks
@@ -153,6 +153,9 @@ def _run_server(settings: Settings) -> int:
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
+        # uvloop: +15% requests/s here (granian hands each request to the loop from its own threads, and
+        # uvloop's thread-safe wake-up is far cheaper than asyncio's self-pipe).
+        loop=Loops.uvloop,
         workers=1,
         factory=True,
         log_access=False,
