@@ -48,9 +48,14 @@ def under_key(artifact: ModelArtifact, key: str) -> ModelArtifact:
     return msgspec.structs.replace(artifact, ref=msgspec.structs.replace(artifact.ref, key=key))
 
 
-def run_with_pool(size: int, scenario: Callable[[InferencePool], Awaitable[None]], *, timeout_s: float = 30.0) -> None:
+def run_with_pool(
+    size: int, scenario: Callable[[InferencePool], Awaitable[None]], *, timeout_s: float = 30.0, max_rows: int = 10_000
+) -> None:
+    def options(index: int) -> WorkerOptions:
+        return WorkerOptions(index, "WARNING", "json", max_rows=max_rows)
+
     async def main() -> None:
-        pool = InferencePool(size, lambda index: WorkerOptions(index, "WARNING", "json"), timeout_s=timeout_s)
+        pool = InferencePool(size, options, timeout_s=timeout_s)
         await pool.start()
         try:
             await scenario(pool)
@@ -164,15 +169,7 @@ def test_rows_past_max_batch_rows_are_refused_with_413(
         assert (refused.value.status, refused.value.detail) == (413, "11 instances exceed MAX_BATCH_ROWS=10")
         assert len((await pool.score(1, "xgboost", instances(transactions, slice(0, 10)), "ok")).probabilities) == 10
 
-    async def main() -> None:
-        pool = InferencePool(1, lambda index: WorkerOptions(index, "WARNING", "json", max_rows=10), timeout_s=30)
-        await pool.start()
-        try:
-            await scenario(pool)
-        finally:
-            await pool.stop()
-
-    asyncio.run(main())
+    run_with_pool(1, scenario, max_rows=10)
 
 
 def test_a_generation_that_fails_to_load_anywhere_is_dropped_everywhere(
