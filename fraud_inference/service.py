@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import random
 import shutil
@@ -250,6 +251,10 @@ class FraudService:
         self.pool.activate(number)
         self.active = generation
         self._publish(generation)
+        # NOTE: the server holds ~200k long-lived objects (MLflow, SQLAlchemy, Litestar); a full collection
+        # scanning them stalled every request in flight for ~100-200 ms under load. Frozen objects are never
+        # scanned again; what requests allocate is collected as before.
+        gc.freeze()
         log.info(
             "generation.active",
             generation=number,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -214,6 +215,7 @@ class _Worker:
         if not errors:
             self._scorers_by_path[request.generation] = by_path
             self._generations[request.generation] = loaded
+            gc.freeze()  # the libraries and models stay: keep full collections from rescanning them (see service)
         self._send(GenerationLoaded(generation=request.generation, errors=errors, load_seconds=seconds))
 
     def _send(self, message: WorkerStarted | GenerationLoaded | Scored | ScoreFailed) -> None:
