@@ -82,6 +82,9 @@ def _active(service: FraudService) -> Generation:
 async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
     """Score each instance with the served model; predictions come back in request order."""
     service = service_of(request)
+    if service.pool.overloaded:
+        # Refuse before reading the body: under a burst, reading megabytes only to refuse them is what hurts.
+        raise ServiceUnavailableException(detail=f"overloaded: {service.pool.overload_reason}", headers=_RETRY_AFTER)
     body = await request.body()
     try:
         parsed = _decode_request(body)

@@ -33,7 +33,7 @@ from fraud_inference.pool.messages import (
     WorkerStarted,
 )
 from fraud_inference.pool.process import WorkerProcess
-from fraud_inference.pool.queue import Batch, BatchPolicy, PendingRequest, RequestQueue, Scores
+from fraud_inference.pool.queue import Batch, BatchPolicy, PendingRequest, RequestQueue, Scores, overload_reason
 from fraud_inference.pool.worker import WorkerOptions
 
 __all__ = ["InferencePool", "PoolStatus", "Scores"]
@@ -120,6 +120,15 @@ class InferencePool:
     def worker_pids(self) -> dict[int, int | None]:
         """The PID of each live worker, by worker index."""
         return {index: worker.pid for index, worker in self._workers.items() if worker.alive}
+
+    @property
+    def overloaded(self) -> bool:
+        """QUEUE_LIMIT requests already wait for a worker: a new one would be refused."""
+        return len(self._queue) >= self._queue.limit
+
+    @property
+    def overload_reason(self) -> str:
+        return overload_reason(len(self._queue))
 
     def status(self) -> PoolStatus:
         live = [worker for worker in self._workers.values() if worker.alive]

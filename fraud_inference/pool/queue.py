@@ -21,6 +21,10 @@ from fraud_inference.pool.errors import PoolOverloadedError
 __all__ = ["Batch", "BatchPolicy", "PendingRequest", "RequestQueue", "Scores"]
 
 
+def overload_reason(waiting: int) -> str:
+    return f"{waiting} requests are already waiting for a worker (QUEUE_LIMIT)"
+
+
 class BatchPolicy(msgspec.Struct, frozen=True):
     """How requests are coalesced: at most `max_requests` and `max_bytes` of request bodies per batch
     (the first request always goes, whatever its size), and how long a request may wait for company."""
@@ -88,7 +92,7 @@ class RequestQueue:
     def put(self, request: PendingRequest) -> None:
         """Queue a new request; refuse it at once when `limit` requests already wait."""
         if self._count >= self.limit:
-            raise PoolOverloadedError(f"{self._count} requests are already waiting for a worker (QUEUE_LIMIT)")
+            raise PoolOverloadedError(overload_reason(self._count))
         self._waiting.setdefault((request.generation, request.model), deque()).append(request)
         self._count += 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -26,9 +27,7 @@ def p99_ms(answers: list[Answer]) -> float:
 def test_a_burst_past_capacity_gets_fast_503s_and_the_service_recovers(
     service_factory, demo_registry: str, transactions: pd.DataFrame
 ) -> None:
-    service = service_factory(
-        ["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2", "QUEUE_LIMIT": "4", "LOG_LEVEL": "WARNING"}
-    )
+    service = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2", "QUEUE_LIMIT": "4"})
     service.wait_ready()
     heavy = {"model": "sklearn", "instances": rows(transactions, 400)}
     light = {"model": "xgboost", "instances": rows(transactions, 1)}
@@ -46,9 +45,15 @@ def test_a_burst_past_capacity_gets_fast_503s_and_the_service_recovers(
     accepted = [a for a in answers if a.status == 200]
     refused = [a for a in answers if a.status == 503]
     lost = sum(a.error is not None for a in answers)
+    # Client-side latencies include 24 Python threads encoding 400-row bodies under one GIL; the server's own
+    # access log says how long it took to answer each.
+    access = [json.loads(line) for line in service.log().splitlines() if '"http.request"' in line]
+    server_ms = {status: [line["duration_ms"] for line in access if line["status"] == status] for status in (200, 503)}
+    accepted_ms, refused_ms = (float(np.percentile(server_ms[status], 99)) for status in (200, 503))
     print(
-        f"\nburst: {len(answers)} requests, {len(accepted)} accepted (p99 {p99_ms(accepted):.0f} ms), "
-        f"{len(refused)} refused with 503 (p99 {p99_ms(refused):.0f} ms), lost {lost}"
+        f"\nburst: {len(answers)} requests, {len(accepted)} accepted (p99 {p99_ms(accepted):.0f} ms at the client, "
+        f"{accepted_ms:.1f} ms in the server), {len(refused)} refused with 503 (p99 {p99_ms(refused):.0f} ms at the "
+        f"client, {refused_ms:.1f} ms in the server), lost {lost}"
     )
     assert statuses <= {200, 503}, [a.error or a.status for a in answers if a.status not in {200, 503}]
     assert accepted
