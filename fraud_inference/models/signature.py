@@ -16,7 +16,10 @@ from fraud_inference.models.artifact import FeatureSpec
 __all__ = ["ErrorDetail", "InstancesError", "SignatureDecoder", "clip_names"]
 
 # Integers beyond 2**53 cannot reach the model exactly as float64; refuse them rather than round silently.
-_SafeInt = Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
+# Decoded as float so that `3.0` (what many clients write for an integer) is accepted; fractions are refused
+# after decoding, naming the row and feature.
+_SafeInt = Annotated[float, msgspec.Meta(gt=-(2**53), lt=2**53)]
+_INTEGER_TYPES = frozenset({"long", "integer"})
 _PYTHON_TYPES: dict[str, Any] = {
     "double": float,
     "float": float,
@@ -55,6 +58,7 @@ class SignatureDecoder:
         self._decode = msgspec.json.Decoder(list[row_type]).decode  # type: ignore[valid-type]
         self._astuple = msgspec.structs.astuple
         self._width = len(self.features)
+        self._integer_columns = [i for i, spec in enumerate(self.features) if spec.type in _INTEGER_TYPES]
 
     def matrix(self, instances: bytes) -> npt.NDArray[np.float64]:
         """Decode `instances` (the raw JSON array) into a C-contiguous (rows, features) float64 matrix."""
@@ -77,6 +81,15 @@ class SignatureDecoder:
                 f"instances[{row}]" if self._detail == "generic" else f"instances[{row}].{self.features[column].name}"
             )
             raise InstancesError(f"{where}: value is not a finite number")
+        if self._integer_columns:
+            integers = matrix[:, self._integer_columns]
+            fractional = integers != np.floor(integers)
+            if fractional.any():
+                row, index = np.argwhere(fractional)[0]
+                spec = self.features[self._integer_columns[index]]
+                where = f"instances[{row}]" if self._detail == "generic" else f"instances[{row}].{spec.name}"
+                detail = "" if self._detail == "generic" else f" (the model expects type {spec.type})"
+                raise InstancesError(f"{where}: Expected `int`, got a fraction{detail}")
         return matrix
 
 

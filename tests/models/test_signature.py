@@ -43,7 +43,7 @@ def test_columns_follow_the_signature_whatever_the_key_order(decoder: SignatureD
         ),
         (
             b'[{"amount": 1, "hour_of_day": 1.5, "is_foreign": true}]',
-            "instances[0].hour_of_day: Expected `int`, got `float`",
+            "instances[0].hour_of_day: Expected `int`, got a fraction",
         ),
         (b'[{"amount": 1, "hour_of_day": 1e300, "is_foreign": true}]', "instances[0].hour_of_day"),
         (b'[{"amount": 1, "hour_of_day": 9007199254740993, "is_foreign": true}]', "instances[0].hour_of_day"),
@@ -60,3 +60,12 @@ def test_errors_name_the_row_and_the_feature(decoder: SignatureDecoder, instance
 def test_missing_feature_error_lists_the_model_features(decoder: SignatureDecoder) -> None:
     with pytest.raises(InstancesError, match="the model's features are: amount, hour_of_day, is_foreign"):
         decoder.matrix(b'[{"amount": 1}]')
+
+
+def test_an_integral_float_is_an_integer_and_a_fraction_is_refused(decoder: SignatureDecoder) -> None:
+    as_float = decoder.matrix(b'[{"amount": 12.5, "hour_of_day": 3.0, "is_foreign": true}]')
+    as_int = decoder.matrix(b'[{"amount": 12.5, "hour_of_day": 3, "is_foreign": true}]')
+    np.testing.assert_array_equal(as_float, as_int)
+    with pytest.raises(InstancesError, match=r"instances\[1\]\.hour_of_day: Expected `int`, got a fraction"):
+        decoder.matrix(b'[{"amount": 1, "hour_of_day": 3, "is_foreign": true},'
+                       b' {"amount": 1, "hour_of_day": 3.25, "is_foreign": true}]')  # fmt: skip
