@@ -12,7 +12,7 @@ import numpy as np
 from fraud_inference.consistency import DependencyCheck
 from fraud_inference.models.artifact import DependencyMismatchError, ModelArtifact, UnservableModelError, fetch_artifact
 from fraud_inference.registry import Registry, RegistryUnavailableError, ResolutionError
-from fraud_inference.settings import Settings, redact_uri
+from fraud_inference.settings import Settings, redact_credentials
 
 __all__ = ["CheckReport", "ModelCheck", "render", "run_checks"]
 
@@ -44,7 +44,7 @@ def run_checks(settings: Settings, *, load: bool) -> CheckReport:
     assert settings.mlflow_tracking_uri is not None
     report = CheckReport(
         ok=True,
-        registry=redact_uri(settings.mlflow_tracking_uri),
+        registry=redact_credentials(settings.mlflow_tracking_uri),
         dependency_check=settings.dependency_check,
         models={key: ModelCheck(name=name) for key, name in settings.models.items()},
     )

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fraud_inference.settings import Settings, SettingsError, redact_uri
+from fraud_inference.settings import Settings, SettingsError, redact_credentials
 
 __all__ = ["main"]
 
@@ -117,7 +117,7 @@ def _seed(settings: Settings) -> str:
     else:
         tracking_uri, artifact_location = embedded_registry(settings.home)
     seed_demo(tracking_uri, artifact_location=artifact_location, progress=_progress)
-    print(f"MLFLOW_TRACKING_URI={redact_uri(tracking_uri)}", flush=True)
+    print(f"MLFLOW_TRACKING_URI={redact_credentials(tracking_uri)}", flush=True)
     return tracking_uri
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from fraud_inference.settings import redact_credentials, redact_uri
+from fraud_inference.settings import redact_credentials
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -88,7 +88,7 @@ class Registry:
         if version is None:
             raise ResolutionError(
                 f"model {key!r} (registered name {name!r}) resolves to no version: tried {', '.join(tried)} "
-                f"in the registry at {redact_uri(self.tracking_uri)}. Set the alias with "
+                f"in the registry at {redact_credentials(self.tracking_uri)}. Set the alias with "
                 f"MlflowClient().set_registered_model_alias({name!r}, {self._alias!r}, <version>), "
                 "or run `fraud-inference seed-demo` for the demo models."
             )

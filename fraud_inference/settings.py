@@ -12,7 +12,7 @@ import msgspec
 
 from fraud_inference.models.trust import ModelTrust
 
-__all__ = ["DEFAULT_MODELS", "Settings", "SettingsError", "redact_credentials", "redact_uri"]
+__all__ = ["DEFAULT_MODELS", "Settings", "SettingsError", "redact_credentials"]
 
 DEFAULT_MODELS = "xgboost=fraud-xgboost,lightgbm=fraud-lightgbm,sklearn=fraud-sklearn"
 LogFormat = Literal["json", "console"]
@@ -108,25 +108,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         shown = msgspec.to_builtins(self, enc_hook=str)
         shown["api_keys"] = f"<{len(self.api_keys)} configured>"
         if self.mlflow_tracking_uri:
-            shown["mlflow_tracking_uri"] = redact_uri(self.mlflow_tracking_uri)
+            shown["mlflow_tracking_uri"] = redact_credentials(self.mlflow_tracking_uri)
         return shown  # type: ignore[no-any-return]  # to_builtins of a Struct is a dict
-
-
-def redact_uri(uri: str) -> str:
-    """Hide the password in `scheme://user:password@host/...`."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return uri
-    credentials, _, host = rest.partition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
 
 
 _USERINFO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
 
 
 def redact_credentials(text: str) -> str:
-    """Hide the password of every `scheme://user:password@` URI within `text` (e.g. a library's error message)."""
+    """Hide the password of every `scheme://user:password@` URI within `text`: a URI, or a library's message."""
     return _USERINFO_PASSWORD.sub(r"\g<head>:***@", text)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fraud_inference.settings import Settings, SettingsError, redact_credentials, redact_uri
+from fraud_inference.settings import Settings, SettingsError, redact_credentials
 
 
 def test_defaults_serve_the_three_demo_models() -> None:
@@ -79,7 +79,7 @@ def test_redacted_settings_hide_keys_and_uri_password() -> None:
     ],
 )
 def test_redact_uri(uri: str, expected: str) -> None:
-    assert redact_uri(uri) == expected
+    assert redact_credentials(uri) == expected
 
 
 def test_tracking_uri_can_come_from_a_secret_file(tmp_path: Path) -> None:
