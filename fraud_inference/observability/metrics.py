@@ -75,21 +75,21 @@ class Metrics:
         self.pool_batched_requests = Counter(
             f"{_PREFIX}_pool_batched_requests", "Requests in those batches: over batches, the coalescing", registry=r
         )
-        self._restarts_seen = 0
-        self._batches_seen = 0
-        self._batched_requests_seen = 0
+        self._counted: dict[Counter, int] = {}  # the pool's running totals, as far as each counter has them
 
     def render(self, pool: PoolStatus) -> bytes:
         """The exposition text, with the pool's gauges read now."""
         self.pool_workers.set(pool.live_workers)
         self.queue_depth.set(pool.queued)
-        self.worker_restarts.inc(pool.restarts - self._restarts_seen)
-        self._restarts_seen = pool.restarts
-        self.pool_batches.inc(pool.batches - self._batches_seen)
-        self._batches_seen = pool.batches
-        self.pool_batched_requests.inc(pool.batched_requests - self._batched_requests_seen)
-        self._batched_requests_seen = pool.batched_requests
+        self._catch_up(self.worker_restarts, pool.restarts)
+        self._catch_up(self.pool_batches, pool.batches)
+        self._catch_up(self.pool_batched_requests, pool.batched_requests)
         return generate_latest(self.registry)
+
+    def _catch_up(self, counter: Counter, total: int) -> None:
+        """Bring `counter` up to a running `total` the pool keeps (Prometheus counters only increase)."""
+        counter.inc(total - self._counted.get(counter, 0))
+        self._counted[counter] = total
 
     def record_scores(
         self, model: str, version: str, probabilities: npt.NDArray[np.float64], threshold: float, seconds: float
