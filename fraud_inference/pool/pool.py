@@ -124,7 +124,7 @@ class InferencePool:
     @property
     def overloaded(self) -> bool:
         """QUEUE_LIMIT requests already wait for a worker: a new one would be refused."""
-        return len(self._queue) >= self._queue.limit
+        return self._queue.full
 
     @property
     def overload_reason(self) -> str:
@@ -210,7 +210,7 @@ class InferencePool:
         Raises `RequestRefusedError` when the worker refuses the rows (422, 413), `PoolOverloadedError`
         when QUEUE_LIMIT requests already wait, `InferenceTimeoutError` after INFERENCE_TIMEOUT_S.
         """
-        if not any(worker.alive and generation in worker.generations for worker in self._workers.values()):
+        if not self._held_by_a_live_worker(generation):
             raise NoWorkerError(f"no live worker holds generation {generation}")
         future: asyncio.Future[Scores] = asyncio.get_running_loop().create_future()
         request = PendingRequest(next(self._sequence), generation, model, body, request_id, future)
@@ -231,6 +231,9 @@ class InferencePool:
             self._inflight_by_generation[generation] -= 1
             if generation in self._retired:
                 self._release_idle_generations()
+
+    def _held_by_a_live_worker(self, generation: int) -> bool:
+        return any(worker.alive and generation in worker.generations for worker in self._workers.values())
 
     def _pump(self) -> None:
         """Send queued requests, as batches, to every worker with room: least busy first."""
@@ -360,7 +363,7 @@ class InferencePool:
         if request.attempts >= _MAX_ATTEMPTS:
             request.future.set_exception(WorkerLostError("the worker scoring this request died, twice"))
             return
-        if not any(w.alive and request.generation in w.generations for w in self._workers.values()):
+        if not self._held_by_a_live_worker(request.generation):
             request.future.set_exception(
                 WorkerLostError(f"the worker scoring this request died and no live worker holds generation "
                                 f"{request.generation}")

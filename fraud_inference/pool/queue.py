@@ -85,13 +85,17 @@ class RequestQueue:
     def __len__(self) -> int:
         return self._count
 
+    @property
+    def full(self) -> bool:
+        return self._count >= self.limit
+
     def __iter__(self) -> Iterator[PendingRequest]:
         for requests in self._waiting.values():
             yield from requests
 
     def put(self, request: PendingRequest) -> None:
         """Queue a new request; refuse it at once when `limit` requests already wait."""
-        if self._count >= self.limit:
+        if self.full:
             raise PoolOverloadedError(overload_reason(self._count))
         self._waiting.setdefault((request.generation, request.model), deque()).append(request)
         self._count += 1
