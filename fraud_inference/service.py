@@ -27,7 +27,6 @@ __all__ = [
     "GenerationLoadError",
     "RefreshInProgressError",
     "RefreshOutcome",
-    "ServedModel",
     "VersionChange",
 ]
 
@@ -60,24 +59,11 @@ class RefreshOutcome(msgspec.Struct, frozen=True):
     changed: dict[str, VersionChange]
 
 
-class ServedModel:
-    """One model of a generation: its registry reference and artifact."""
-
-    __slots__ = ("artifact",)
-
-    def __init__(self, artifact: ModelArtifact) -> None:
-        self.artifact = artifact
-
-    @property
-    def ref(self) -> ModelRef:
-        return self.artifact.ref
-
-
 class Generation(msgspec.Struct, frozen=True):
     """A numbered set of served models that every worker holds; requests are scored by exactly one."""
 
     number: int
-    models: dict[str, ServedModel]
+    models: dict[str, ModelArtifact]
 
 
 class FraudService:
@@ -247,7 +233,7 @@ class FraudService:
         errors = await self.pool.load(number, artifacts)
         if errors:
             raise GenerationLoadError(errors)
-        generation = Generation(number=number, models={a.ref.key: ServedModel(a) for a in artifacts})
+        generation = Generation(number=number, models={a.ref.key: a for a in artifacts})
         self.pool.activate(number)
         self.active = generation
         self._publish(generation)
@@ -268,7 +254,7 @@ class FraudService:
         self.metrics.model_info.clear()
         for key, served in generation.models.items():
             ref = served.ref
-            self.metrics.model_info.labels(key, ref.name, ref.version, ref.selected_by, served.artifact.flavor).set(1)
+            self.metrics.model_info.labels(key, ref.name, ref.version, ref.selected_by, served.flavor).set(1)
 
     def _fetch(self, registry: Registry, ref: ModelRef) -> ModelArtifact:
         artifact = fetch_artifact(

@@ -154,13 +154,13 @@ def model_infos(generation: Generation) -> dict[str, ModelInfo]:
             name=served.ref.name,
             version=served.ref.version,
             selected_by=served.ref.selected_by,
-            flavor=served.artifact.flavor,
+            flavor=served.flavor,
             run_id=served.ref.run_id,
             threshold=served.ref.threshold,
-            features=[FeatureInfo(name=f.name, type=f.type) for f in served.artifact.features],
+            features=[FeatureInfo(name=f.name, type=f.type) for f in served.features],
             dependencies=[
                 DependencyInfo(package=d.package, recorded=d.recorded, installed=d.installed, rule=d.rule, ok=d.ok)
-                for d in served.artifact.dependencies
+                for d in served.dependencies
             ],
         )
         for key, served in generation.models.items()
