@@ -87,7 +87,7 @@ class FraudService:
             batching=BatchPolicy(
                 max_requests=settings.batch_max_requests,
                 max_bytes=settings.batch_max_bytes,
-                wait_s=settings.batch_wait_ms / 1000,
+                wait_ns=round(settings.batch_wait_ms * 1_000_000),
             ),
             queue_limit=settings.queue_limit,
             on_generation_loaded=lambda loaded: metrics.record_loads(loaded.errors, loaded.load_seconds),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -239,7 +238,7 @@ class InferencePool:
         """Send queued requests, as batches, to every worker with room: least busy first."""
         if not self._queue:
             return
-        now = time.monotonic()
+        now = self._queue.clock()
         for worker in sorted(self._workers.values(), key=lambda candidate: len(candidate.inflight)):
             while worker.alive and len(worker.inflight) < _BATCHES_PER_WORKER:
                 requests = self._queue.take(worker.generations, now)
@@ -248,10 +247,12 @@ class InferencePool:
                 self._send_batch(worker, requests)
             if not self._queue:
                 return
-        if self._queue.policy.wait_s and self._pump_timer is None:
+        if self._queue.policy.wait_ns and self._pump_timer is None:
             due = self._queue.next_due()
             if due is not None:
-                self._pump_timer = asyncio.get_running_loop().call_at(max(due, now), self._pump_after_wait)
+                # Rounded up to the microsecond: waking early would only find nothing due and wait again.
+                delay_s = max(0, -(-(due - now) // 1000)) / 1e6
+                self._pump_timer = asyncio.get_running_loop().call_later(delay_s, self._pump_after_wait)
 
     def _pump_after_wait(self) -> None:
         self._pump_timer = None
@@ -259,7 +260,7 @@ class InferencePool:
 
     def _send_batch(self, worker: WorkerProcess, requests: list[PendingRequest]) -> None:
         head = requests[0]
-        batch = Batch(next(self._sequence), requests)
+        batch = Batch(next(self._sequence), requests, self._queue.clock())
         worker.inflight[batch.seq] = batch
         self._batches_sent += 1
         self._requests_sent += len(requests)
@@ -280,7 +281,7 @@ class InferencePool:
             return  # it never left the queue: the workers are busy, not hung
         for worker in self._workers.values():
             if worker.inflight.get(batch.seq) is batch:
-                if worker.alive and worker.last_heard < batch.sent_at:
+                if worker.alive and worker.last_heard_ns < batch.sent_ns:
                     # Silent for the whole timeout with work queued: hung (e.g. SIGSTOP). Kill it: its other
                     # requests are retried elsewhere and a replacement starts, as for any dead worker.
                     log.error("worker.hung", worker=worker.index, pid=worker.pid, silent_s=self._timeout_s)

@@ -42,7 +42,7 @@ class WorkerProcess:
         self.generations: set[int] = set()
         self.started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.alive = True
-        self.last_heard = time.monotonic()
+        self.last_heard_ns = time.monotonic_ns()
         self._on_message = on_message
         self._on_exit = on_exit
         self._channel = FrameChannel(self.conn.fileno(), asyncio.get_running_loop(), self._received, self._lost)
@@ -55,7 +55,7 @@ class WorkerProcess:
         self._channel.send(encode(message))
 
     def _received(self, payload: bytes) -> None:
-        self.last_heard = time.monotonic()
+        self.last_heard_ns = time.monotonic_ns()
         self._on_message(self, decode_to_server(payload))
 
     def _lost(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 import numpy as np
@@ -27,11 +27,12 @@ def overload_reason(waiting: int) -> str:
 
 class BatchPolicy(msgspec.Struct, frozen=True):
     """How requests are coalesced: at most `max_requests` and `max_bytes` of request bodies per batch
-    (the first request always goes, whatever its size), and how long a request may wait for company."""
+    (the first request always goes, whatever its size), and how long a request may wait for company
+    (`wait_ns`, integer nanoseconds: a float clock loses the last microseconds once it has run for hours)."""
 
     max_requests: int = 64
     max_bytes: int = 512 * 1024
-    wait_s: float = 0.0
+    wait_ns: int = 0
 
 
 class Scores(msgspec.Struct, frozen=True):
@@ -44,7 +45,7 @@ class Scores(msgspec.Struct, frozen=True):
 class PendingRequest:
     """One request's rows (raw JSON) on its way to a worker, and the future its scores resolve."""
 
-    __slots__ = ("attempts", "batch", "body", "future", "generation", "model", "queued_at", "request_id", "seq")
+    __slots__ = ("attempts", "batch", "body", "due_ns", "future", "generation", "model", "request_id", "seq")
 
     def __init__(
         self, seq: int, generation: int, model: str, body: bytes, request_id: str, future: asyncio.Future[Scores]
@@ -56,29 +57,34 @@ class PendingRequest:
         self.request_id = request_id
         self.future = future
         self.attempts = 1
-        self.queued_at = time.monotonic()
+        self.due_ns = 0
+        """When its wait for company ends (monotonic ns), set once when it is queued."""
         self.batch: Batch | None = None
 
 
 class Batch:
     """Requests sent to one worker in one `Score` message."""
 
-    __slots__ = ("requests", "sent_at", "seq")
+    __slots__ = ("requests", "sent_ns", "seq")
 
-    def __init__(self, seq: int, requests: list[PendingRequest]) -> None:
+    def __init__(self, seq: int, requests: list[PendingRequest], sent_ns: int) -> None:
         self.seq = seq
         self.requests = requests
-        self.sent_at = time.monotonic()
+        self.sent_ns = sent_ns
         for request in requests:
             request.batch = self
 
 
 class RequestQueue:
-    """FIFO per (generation, model); `take` serves the key whose oldest request has waited longest."""
+    """FIFO per (generation, model); `take` serves the key whose oldest request has waited longest.
 
-    def __init__(self, policy: BatchPolicy, limit: int) -> None:
+    `clock` gives monotonic integer nanoseconds (`time.monotonic_ns`); tests pass their own.
+    """
+
+    def __init__(self, policy: BatchPolicy, limit: int, *, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.policy = policy
         self.limit = limit
+        self.clock = clock
         self._waiting: dict[tuple[int, str], deque[PendingRequest]] = {}
         self._count = 0
 
@@ -97,6 +103,7 @@ class RequestQueue:
         """Queue a new request; refuse it at once when `limit` requests already wait."""
         if self.full:
             raise PoolOverloadedError(overload_reason(self._count))
+        request.due_ns = self.clock() + self.policy.wait_ns
         self._waiting.setdefault((request.generation, request.model), deque()).append(request)
         self._count += 1
 
@@ -117,11 +124,11 @@ class RequestQueue:
         self._count -= 1
         return True
 
-    def take(self, generations: set[int], now: float) -> list[PendingRequest]:
+    def take(self, generations: set[int], now_ns: int) -> list[PendingRequest]:
         """The next batch a worker holding `generations` can score; empty when nothing is due for it.
 
-        With `wait_s` > 0 a key whose oldest request is younger than `wait_s` is held back unless its
-        batch is already full, so a lone request waits at most `wait_s`.
+        With `wait_ns` > 0 a key whose oldest request is not yet due (`now_ns` < its `due_ns`) is held back
+        unless its batch is already full, so a lone request waits at most `wait_ns`.
         """
         policy = self.policy
         best: deque[PendingRequest] | None = None
@@ -131,7 +138,7 @@ class RequestQueue:
             if not requests or generation not in generations:
                 continue
             head = requests[0]
-            if policy.wait_s and now - head.queued_at < policy.wait_s and len(requests) < policy.max_requests:
+            if now_ns < head.due_ns and len(requests) < policy.max_requests:
                 continue
             if best is None or head.seq < best[0].seq:
                 best, best_key = requests, key
@@ -148,7 +155,7 @@ class RequestQueue:
             del self._waiting[best_key]  # generations come and go: keep no empty queue behind
         return batch
 
-    def next_due(self) -> float | None:
-        """When the oldest held-back request's wait ends (monotonic seconds), if any waits."""
-        heads = [requests[0].queued_at for requests in self._waiting.values() if requests]
-        return min(heads) + self.policy.wait_s if heads else None
+    def next_due(self) -> int | None:
+        """When the oldest held-back request's wait ends (monotonic ns), if any waits."""
+        heads = [requests[0].due_ns for requests in self._waiting.values() if requests]
+        return min(heads) if heads else None

@@ -21,6 +21,17 @@ def _close_loop() -> Iterator[None]:
     _loop.close()
 
 
+class FixedClock:
+    """A monotonic clock standing still at `now_ns` until a test moves it: the queue's timing is decided
+    by this value alone, whatever the machine's uptime."""
+
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+
 def request(generation: int, model: str, body: bytes = b"[{}]") -> PendingRequest:
     future: asyncio.Future[Scores] = _loop.create_future()
     return PendingRequest(next(_seq), generation, model, body, "id", future)
@@ -36,7 +47,7 @@ def test_a_batch_never_mixes_models_or_generations_and_the_oldest_key_goes_first
     )
     for pending in (first, other_model, other_generation, second):
         queue.put(pending)
-    now = first.queued_at
+    now = queue.clock()
     assert queue.take({1, 2}, now) == [first, second]
     assert queue.take({1, 2}, now) == [other_model]
     assert queue.take({1}, now) == []  # a worker that does not hold generation 2 gets nothing
@@ -50,24 +61,38 @@ def test_batches_are_bounded_by_request_count_and_body_bytes_but_the_first_alway
     huge = request(1, "m", b"x" * 1000)
     for pending in (*small, huge):
         queue.put(pending)
-    now = small[0].queued_at
+    now = queue.clock()
     assert queue.take({1}, now) == small[:3]  # three requests
     assert queue.take({1}, now) == small[3:5]  # 60 bytes, and the 1,000-byte body would pass 100
     assert queue.take({1}, now) == [huge]  # alone, however large
 
 
-def test_a_lone_request_waits_at_most_the_batch_wait_and_a_full_batch_not_at_all() -> None:
-    queue = RequestQueue(BatchPolicy(max_requests=3, wait_s=0.002), limit=100)
+# Uptimes at which a float-seconds clock loses the 2 ms boundary (1,500 s; 100,000 s), and a fresh boot.
+@pytest.mark.parametrize("uptime_ns", [1_500 * 10**9, 100_000 * 10**9, 3 * 10**9, 2**62])
+def test_a_lone_request_waits_exactly_the_batch_wait_and_a_full_batch_not_at_all(uptime_ns: int) -> None:
+    clock = FixedClock(uptime_ns)
+    wait_ns = 2_000_000
+    queue = RequestQueue(BatchPolicy(max_requests=3, wait_ns=wait_ns), limit=100, clock=clock)
     lone = request(1, "m")
     queue.put(lone)
-    assert queue.take({1}, lone.queued_at + 0.001) == []
-    assert queue.next_due() == pytest.approx(lone.queued_at + 0.002)
-    assert queue.take({1}, lone.queued_at + 0.002) == [lone]
+    assert queue.take({1}, uptime_ns) == []
+    assert queue.take({1}, uptime_ns + wait_ns - 1) == []  # one nanosecond early: still held
+    assert queue.next_due() == uptime_ns + wait_ns
+    assert queue.take({1}, uptime_ns + wait_ns) == [lone]  # due exactly at the boundary
 
+    clock.now_ns = uptime_ns + 10 * wait_ns
     full = [request(1, "m") for _ in range(3)]
     for pending in full:
         queue.put(pending)
-    assert queue.take({1}, full[0].queued_at) == full
+    assert queue.take({1}, clock.now_ns) == full  # a full batch goes at once
+
+
+def test_without_a_batch_wait_nothing_is_ever_held() -> None:
+    queue = RequestQueue(BatchPolicy(max_requests=3), limit=100, clock=FixedClock(10**12))
+    lone = request(1, "m")
+    queue.put(lone)
+    assert queue.take({1}, 10**12) == [lone]
+    assert queue.next_due() is None
 
 
 def test_past_the_limit_a_request_is_refused_at_once_and_a_retry_goes_first() -> None:
@@ -78,10 +103,10 @@ def test_past_the_limit_a_request_is_refused_at_once_and_a_retry_goes_first() ->
     with pytest.raises(PoolOverloadedError, match="QUEUE_LIMIT"):
         queue.put(request(1, "m"))
     retried = waiting[0]
-    assert queue.take({1}, 0.0) == waiting
+    assert queue.take({1}, queue.clock()) == waiting
     queue.put_back(retried)  # its worker died: it goes again ahead of anything newer
     queue.put(request(1, "m"))
-    assert queue.take({1}, 0.0)[0] is retried
+    assert queue.take({1}, queue.clock())[0] is retried
 
 
 def test_a_request_that_gave_up_leaves_the_queue() -> None:
@@ -91,4 +116,4 @@ def test_a_request_that_gave_up_leaves_the_queue() -> None:
     queue.put(leaves)
     assert queue.discard(leaves)
     assert not queue.discard(leaves)
-    assert queue.take({1}, 0.0) == [stays]
+    assert queue.take({1}, queue.clock()) == [stays]
