@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
+from fraud_inference import __version__
+from fraud_inference.registry import registry_uri_problem
 from fraud_inference.settings import Settings, SettingsError, redact_credentials
 
 __all__ = ["main"]
@@ -31,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraud-inference", description="Serve fraud-detection models from an MLflow Model Registry."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     for name, handler, text in (
         ("serve", _serve, "serve the models of MLFLOW_TRACKING_URI"),
@@ -76,12 +81,20 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    _check_registry_uri(settings.mlflow_tracking_uri, must_exist=True)
+    if (busy := _address_in_use(settings.host, settings.port)) is not None:
+        print(busy, file=sys.stderr)
+        return 1
     return _run_server(settings)
 
 
 def _demo(args: argparse.Namespace) -> int:
     _apply_overrides(args)
     settings = Settings.from_env()
+    # Before seeding, which can take a minute: a busy port is known at once.
+    if (busy := _address_in_use(settings.host, settings.port)) is not None:
+        print(busy, file=sys.stderr)
+        return 1
     tracking_uri = _seed(settings)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     return _run_server(Settings.from_env())
@@ -96,6 +109,7 @@ def _check(args: argparse.Namespace) -> int:
     if settings.mlflow_tracking_uri is None:
         print("fraud-inference: MLFLOW_TRACKING_URI is not set: name the registry to check.", file=sys.stderr)
         return 1
+    _check_registry_uri(settings.mlflow_tracking_uri, must_exist=True)
     report = run_checks(settings, load=True)
     print(msgspec.json.encode(report).decode() if args.json else render(report), flush=True)
     return 0 if report.ok else 1
@@ -111,6 +125,7 @@ def _seed(settings: Settings) -> str:
     from fraud_inference.demo.seeding import embedded_registry, seed_demo
 
     if settings.mlflow_tracking_uri:
+        _check_registry_uri(settings.mlflow_tracking_uri, must_exist=False)
         tracking_uri, artifact_location = settings.mlflow_tracking_uri, None
         if tracking_uri.startswith("sqlite:"):
             artifact_location = (settings.home / "artifacts").as_uri()
@@ -119,6 +134,38 @@ def _seed(settings: Settings) -> str:
     seed_demo(tracking_uri, artifact_location=artifact_location, progress=_progress)
     print(f"MLFLOW_TRACKING_URI={redact_credentials(tracking_uri)}", flush=True)
     return tracking_uri
+
+
+def _check_registry_uri(tracking_uri: str, *, must_exist: bool) -> None:
+    """Refuse a registry URI that cannot work here (a missing SQLite file, a database driver not installed)."""
+    problem = registry_uri_problem(tracking_uri, must_exist=must_exist)
+    if problem is not None:
+        raise SettingsError("MLFLOW_TRACKING_URI", problem)
+
+
+def _address_in_use(host: str, port: int) -> str | None:
+    """One line naming `host:port` when it cannot be bound now, before any slow work; None when it can.
+
+    NOTE: SO_REUSEADDR as granian binds, so a port in TIME_WAIT from a previous run is not reported busy.
+    """
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        return f"fraud-inference: cannot listen on {host}:{port}: {error.strerror} (check HOST / --host)"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return (
+                    f"fraud-inference: cannot listen on {host}:{port}: the address is already in use "
+                    "(stop what holds it, or choose another PORT / --port)"
+                )
+            return f"fraud-inference: cannot listen on {host}:{port}: {error.strerror} (check HOST / PORT)"
+    return None
 
 
 def _progress(line: str) -> None:

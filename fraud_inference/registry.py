@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import math
 import os
 import warnings
@@ -11,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from fraud_inference.settings import redact_credentials
+from fraud_inference.settings import ModelSpec, redact_credentials
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-__all__ = ["ModelRef", "Registry", "RegistryUnavailableError", "ResolutionError"]
+__all__ = ["ModelRef", "Registry", "RegistryUnavailableError", "ResolutionError", "registry_uri_problem"]
 
 DEFAULT_THRESHOLD = 0.5
 # MODEL_STAGES is a supported setting: MLflow's deprecation warning on every lookup would only be noise.
@@ -73,33 +75,74 @@ class Registry:
         return {key: self.resolve(key, name) for key, name in models.items()}
 
     def resolve(self, key: str, name: str) -> ModelRef:
-        """Pick the version for `name`: alias first, else the newest version of the first stage that has one."""
-        tried: list[str] = []
-        version = self._by_alias(name)
-        selected_by = f"alias:{self._alias}"
-        tried.append(f"alias {self._alias!r}")
-        if version is None:
-            for stage in self._stages:
+        """Pick the version for `name` (a MODELS entry): `name/3` is version 3, `name@alias` that alias only;
+        a bare name takes MODEL_ALIAS first, else the newest version of the first stage that has one."""
+        spec = ModelSpec.parse(name)
+        if spec.version is not None:
+            version, selected_by, tried = self._pinned(spec.name, spec.version), "pinned", [f"version {spec.version}"]
+        elif spec.alias is not None:
+            version, selected_by, tried = self._by_alias(spec.name, spec.alias), f"alias:{spec.alias}", []
+            tried.append(f"alias {spec.alias!r}")
+        else:
+            version, selected_by, tried = self._by_alias(spec.name, self._alias), f"alias:{self._alias}", []
+            tried.append(f"alias {self._alias!r}")
+            for stage in self._stages if version is None else ():
                 tried.append(f"stage {stage!r}")
-                version = self._newest_in_stage(name, stage)
+                version = self._newest_in_stage(spec.name, stage)
                 if version is not None:
                     selected_by = f"stage:{stage}"
                     break
         if version is None:
-            raise ResolutionError(
-                f"model {key!r} (registered name {name!r}) resolves to no version: tried {', '.join(tried)} "
-                f"in the registry at {redact_credentials(self.tracking_uri)}. Set the alias with "
-                f"MlflowClient().set_registered_model_alias({name!r}, {self._alias!r}, <version>), "
-                "or run `fraud-inference seed-demo` for the demo models."
-            )
+            raise ResolutionError(self._explain_missing(key, spec, tried))
         return ModelRef(
             key=key,
-            name=name,
+            name=spec.name,
             version=str(version.version),
             selected_by=selected_by,
             run_id=version.run_id or None,
             threshold=_threshold(key, version),
         )
+
+    def _explain_missing(self, key: str, spec: ModelSpec, tried: list[str]) -> str:
+        """Why `spec` resolves to nothing: a name no model is registered under, else what was tried and the fix."""
+        where = f"the registry at {redact_credentials(self.tracking_uri)}"
+        registered = self._registered_names()
+        if spec.name not in registered:
+            close = difflib.get_close_matches(spec.name, registered, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            listed = ", ".join(sorted(registered)) or "none"
+            return (
+                f"model {key!r}: no registered model named {spec.name!r} in {where}{hint}; registered: {listed}. "
+                "Fix MODELS, or run `fraud-inference seed-demo` for the demo models."
+            )
+        if spec.version is not None:
+            return f"model {key!r}: {spec.name!r} has no version {spec.version} in {where}: fix the pin in MODELS."
+        alias = spec.alias or self._alias
+        return (
+            f"model {key!r} (registered name {spec.name!r}) resolves to no version: tried {', '.join(tried)} "
+            f"in {where}. Set the alias with "
+            f"MlflowClient().set_registered_model_alias({spec.name!r}, {alias!r}, <version>), "
+            "or run `fraud-inference seed-demo` for the demo models."
+        )
+
+    def _registered_names(self) -> list[str]:
+        try:
+            found = self._client.search_registered_models(max_results=1000)
+        except Exception as error:
+            raise RegistryUnavailableError(f"registry unreachable listing registered models: {error}") from error
+        return [model.name for model in found]
+
+    def _pinned(self, name: str, version: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._client.get_model_version(name, version)
+        except MlflowException as error:
+            if _is_not_found(error):
+                return None
+            raise RegistryUnavailableError(f"registry error looking up {name} v{version}: {error}") from error
+        except Exception as error:
+            raise RegistryUnavailableError(f"registry unreachable looking up {name} v{version}: {error}") from error
 
     def download(self, ref: ModelRef, destination: Path) -> Path:
         """Copy the version's model directory to `destination` and return its local path."""
@@ -117,17 +160,17 @@ class Registry:
             raise RegistryUnavailableError(f"cannot download {ref.uri} for model {ref.key!r}: {error}") from error
         return Path(local)
 
-    def _by_alias(self, name: str) -> ModelVersion | None:
+    def _by_alias(self, name: str, alias: str) -> ModelVersion | None:
         from mlflow.exceptions import MlflowException
 
         try:
-            return self._client.get_model_version_by_alias(name, self._alias)
+            return self._client.get_model_version_by_alias(name, alias)
         except MlflowException as error:
             if _is_not_found(error):
                 return None
-            raise RegistryUnavailableError(f"registry error looking up {name}@{self._alias}: {error}") from error
+            raise RegistryUnavailableError(f"registry error looking up {name}@{alias}: {error}") from error
         except Exception as error:
-            raise RegistryUnavailableError(f"registry unreachable looking up {name}@{self._alias}: {error}") from error
+            raise RegistryUnavailableError(f"registry unreachable looking up {name}@{alias}: {error}") from error
 
     def _newest_in_stage(self, name: str, stage: str) -> ModelVersion | None:
         from mlflow.exceptions import MlflowException
@@ -148,6 +191,46 @@ class Registry:
         except Exception as error:
             raise RegistryUnavailableError(f"registry unreachable listing {name} in {stage}: {error}") from error
         return max(versions, key=lambda version: int(version.version), default=None)
+
+
+# SQLAlchemy's default driver of each database MLflow's store accepts: (module to import, package to install).
+_DATABASE_DRIVERS: dict[str, tuple[str, str]] = {
+    "postgresql": ("psycopg2", "psycopg2-binary"),
+    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+    "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
+    "postgresql+pg8000": ("pg8000", "pg8000"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mysql+mysqldb": ("MySQLdb", "mysqlclient"),
+    "mysql+pymysql": ("pymysql", "pymysql"),
+    "mssql": ("pyodbc", "pyodbc"),
+    "mssql+pyodbc": ("pyodbc", "pyodbc"),
+}
+
+
+def registry_uri_problem(tracking_uri: str, *, must_exist: bool) -> str | None:
+    """What stops `tracking_uri` from working here, in one sentence with the fix; None when nothing does.
+
+    A `sqlite:///` file that does not exist (MLflow would silently create an empty registry) is a problem
+    when `must_exist`; a database URI whose SQLAlchemy driver is not installed always is.
+    """
+    scheme = tracking_uri.partition(":")[0].lower()
+    if scheme == "sqlite":
+        path = tracking_uri.removeprefix("sqlite:///").partition("?")[0]
+        if must_exist and path not in {"", ":memory:"} and not Path(path).is_file():
+            return (
+                f"there is no SQLite registry at {Path(path).absolute()}: check the path (an absolute path takes "
+                "four slashes, sqlite:////abs/mlflow.db), or create one with `fraud-inference seed-demo`"
+            )
+        return None
+    driver = _DATABASE_DRIVERS.get(scheme)
+    if driver is not None and importlib.util.find_spec(driver[0]) is None:
+        module, package = driver
+        return (
+            f"a {scheme}:// registry needs the database driver {module}, which is not installed: install "
+            f"{package!r} beside fraud-inference (uv pip install '{package}'), or point MLFLOW_TRACKING_URI "
+            "at the MLflow server in front of the database (http://...)"
+        )
+    return None
 
 
 def _bound_http_calls(timeout_s: int) -> None:

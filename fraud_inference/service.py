@@ -93,6 +93,8 @@ class FraudService:
             on_generation_loaded=lambda loaded: metrics.record_loads(loaded.errors, loaded.load_seconds),
         )
         self.active: Generation | None = None
+        self.serving = asyncio.Event()
+        """Set when the first generation becomes active: the service answers predictions from then on."""
         self.not_ready_reason = "starting: the inference workers are loading"
         self._tracking_uri = settings.mlflow_tracking_uri
         self._registry: Registry | None = None
@@ -191,19 +193,21 @@ class FraudService:
 
     async def _load_first_generation(self) -> None:
         delay = 0.5
-        while self.active is None:
+        for attempt in itertools.count(1):
             try:
                 await self.load_generation(await self.resolve())
-            except (
-                RegistryUnavailableError,
-                GenerationLoadError,
-                ResolutionError,
-                UnservableModelError,
-            ) as error:
+                return
+            except RegistryUnavailableError as error:
+                # NOTE: clients see that the registry is down, not where it is; the operator's log line says both.
+                self.not_ready_reason = "the model registry cannot be reached; retrying"
+                log.warning(
+                    "startup.registry_unavailable", attempt=attempt, error=str(error), retry_in_s=round(delay, 2)
+                )
+            except (GenerationLoadError, ResolutionError, UnservableModelError) as error:
                 self.not_ready_reason = f"cannot load the served models: {error}"
-                log.error("startup.load_failed", error=str(error), retry_in_s=round(delay, 2))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 30.0)
+                log.error("startup.load_failed", attempt=attempt, error=str(error), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 30.0)
 
     async def resolve(self) -> dict[str, ModelRef]:
         """Ask the registry which version each served model should be, now."""
@@ -236,6 +240,7 @@ class FraudService:
         generation = Generation(number=number, models={a.ref.key: a for a in artifacts})
         self.pool.activate(number)
         self.active = generation
+        self.serving.set()
         self._publish(generation)
         # NOTE: the server holds ~200k long-lived objects (MLflow, SQLAlchemy, Litestar); a full collection
         # scanning them stalled every request in flight for ~100-200 ms under load. Frozen objects are never

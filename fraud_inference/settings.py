@@ -12,7 +12,7 @@ import msgspec
 
 from fraud_inference.models.trust import ModelTrust
 
-__all__ = ["DEFAULT_MODELS", "Settings", "SettingsError", "redact_credentials"]
+__all__ = ["DEFAULT_MODELS", "ModelSpec", "Settings", "SettingsError", "redact_credentials"]
 
 DEFAULT_MODELS = "xgboost=fraud-xgboost,lightgbm=fraud-lightgbm,sklearn=fraud-sklearn"
 LogFormat = Literal["json", "console"]
@@ -27,6 +27,29 @@ class SettingsError(ValueError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
+
+
+class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One served model as MODELS names it: `name`, `name@alias` (that alias only) or `name/3` (that version)."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """Read `name`, `name@alias` or `name/3`; raise `SettingsError` (MODELS) for anything else."""
+        name, at, alias = text.partition("@")
+        if at:
+            if not name or not alias:
+                raise SettingsError("MODELS", f"{text!r}: write name@alias, e.g. 'fraud-xgboost@challenger'")
+            return cls(name=name, alias=alias)
+        name, slash, version = text.rpartition("/")
+        if slash:
+            if not name or not version.isdigit():
+                raise SettingsError("MODELS", f"{text!r}: write name/version, e.g. 'fraud-xgboost/3'")
+            return cls(name=name, version=str(int(version)))
+        return cls(name=text)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,11 +157,12 @@ def _parse_models(value: str) -> dict[str, str]:
     for pair in _split(value):
         key, sep, name = (part.strip() for part in pair.partition("="))
         if not sep or not key or not name:
-            raise SettingsError("MODELS", f"{pair!r} is not a key=registered-name pair")
+            raise SettingsError("MODELS", f"{pair!r} is not a key=name pair (name, name@alias or name/3)")
         if not key.replace("-", "").replace("_", "").isalnum():
             raise SettingsError("MODELS", f"model key {key!r} may hold only letters, digits, '-' and '_'")
         if key in models:
             raise SettingsError("MODELS", f"model key {key!r} appears twice")
+        ModelSpec.parse(name)  # checks `name@alias` / `name/3`; the registry reads the spec again
         models[key] = name
     if not models:
         raise SettingsError("MODELS", "name at least one model, e.g. 'xgboost=fraud-xgboost'")

@@ -102,8 +102,32 @@ def test_model_with_no_candidate_names_model_and_what_was_tried(versions: Versio
 
 
 def test_missing_registered_model_is_a_resolution_error(versions: Versions) -> None:
-    with pytest.raises(ResolutionError, match="no-such-model"):
+    with pytest.raises(ResolutionError, match="no registered model named 'no-such-model'"):
         versions.registry().resolve("m", "no-such-model")
+
+
+def test_a_models_entry_can_pin_a_version_or_its_own_alias(versions: Versions) -> None:
+    v1, v2, v3 = versions.register("pinnable", 3)
+    versions.client.set_registered_model_alias("pinnable", "champion", v3)
+    versions.client.set_registered_model_alias("pinnable", "challenger", v2)
+    registry = versions.registry()
+    assert (registry.resolve("m", f"pinnable/{v1}").version, registry.resolve("m", f"pinnable/{v1}").selected_by) == (
+        v1,
+        "pinned",
+    )
+    challenger = registry.resolve("m", "pinnable@challenger")
+    assert (challenger.name, challenger.version, challenger.selected_by) == ("pinnable", v2, "alias:challenger")
+    assert registry.resolve("m", "pinnable").version == v3
+
+
+def test_a_pin_that_matches_nothing_says_so_without_falling_back(versions: Versions) -> None:
+    (version,) = versions.register("pinned-staged", 1)
+    versions.stage("pinned-staged", version, "Production")
+    with pytest.raises(ResolutionError, match="has no version 99"):
+        versions.registry().resolve("m", "pinned-staged/99")
+    # An alias named in MODELS is that alias only: no fall back to MODEL_STAGES.
+    with pytest.raises(ResolutionError, match="tried alias 'shadow'"):
+        versions.registry().resolve("m", "pinned-staged@shadow")
 
 
 def test_threshold_tag_is_read_and_checked(versions: Versions) -> None:

@@ -41,6 +41,8 @@ def test_default_model_is_the_first_served_key() -> None:
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"MODELS": "xgboost"}, "MODELS"),
         ({"MODELS": "a=x,a=y"}, "MODELS"),
+        ({"MODELS": "a=x@"}, "MODELS"),
+        ({"MODELS": "a=x/latest"}, "MODELS"),
         ({"DEFAULT_MODEL": "catboost"}, "DEFAULT_MODEL"),
         ({"MODEL_STAGES": " , "}, "MODEL_STAGES"),
         ({"API_KEYS_FILE": "/nonexistent/keys"}, "API_KEYS_FILE"),

@@ -27,8 +27,10 @@ def configure_logging(level: str, log_format: str, *, role: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
     # MLflow and alembic are chatty at INFO about things an operator need not see on every start.
-    for noisy in ("alembic", "mlflow", "urllib3"):
+    for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(max(numeric_level, logging.WARNING))
+    # urllib3 warns at each retry of a call to an unreachable registry; the service logs one line per attempt.
+    logging.getLogger("urllib3").setLevel(max(numeric_level, logging.ERROR))
     for name in ("granian", "granian.access", "_granian"):
         granian_logger = logging.getLogger(name)
         granian_logger.handlers[:] = []

@@ -118,11 +118,11 @@ def test_started_while_the_registry_is_down_it_is_alive_not_ready_and_becomes_re
     assert alive.status_code == 200
     assert unready.status_code == 503
     assert unready.headers["retry-after"]
-    assert "cannot load the served models" in unready.json()["reason"], unready.text
+    assert "registry cannot be reached" in unready.json()["reason"], unready.text
     assert refused.status_code == 503
     assert scored.status_code == 200, scored.text
     assert service.process.poll() is None, "it became ready without a restart"
-    retries = [json.loads(line) for line in service.log().splitlines() if '"startup.load_failed"' in line]
+    retries = [json.loads(line) for line in service.log().splitlines() if '"startup.registry_unavailable"' in line]
     delays = [line["retry_in_s"] for line in retries]
     assert len(delays) >= 2, delays
     assert delays == sorted(delays), delays  # backing off, not hammering the registry
