@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import signal
 from collections.abc import AsyncGenerator
@@ -12,7 +13,8 @@ from litestar.config.cors import CORSConfig
 
 from fraud_inference import __version__
 from fraud_inference.api.admin import admin_routers
-from fraud_inference.api.docs import docs_static_router, openapi_config
+from fraud_inference.api.docs import DOCS_PATH, docs_static_router, openapi_config
+from fraud_inference.api.ready import announce_ready
 from fraud_inference.api.request_id import RequestIdMiddleware, add_request_id_header
 from fraud_inference.api.routes import livez, metrics, predict, readyz, version
 from fraud_inference.lifetime import die_with_parent
@@ -43,9 +45,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.service = service
         log.info("server.starting", settings=settings.redacted())
         await service.start()
+        announcer = asyncio.get_running_loop().create_task(_announce_when_serving(service, settings))
         try:
             yield
         finally:
+            announcer.cancel()
             await service.stop()
             log.info("server.stopped")
 
@@ -61,3 +65,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     app.state.metrics = Metrics()
     return app
+
+
+async def _announce_when_serving(service: FraudService, settings: Settings) -> None:
+    await service.serving.wait()
+    if service.active is not None:
+        announce_ready(settings, service.active, docs_path=DOCS_PATH)

@@ -18,8 +18,9 @@ from litestar.static_files import create_static_files_router
 from fraud_inference.api.auth import HEADER
 from fraud_inference.api.errors import ADMIN_SECURITY
 
-__all__ = ["STATIC_PREFIX", "docs_static_router", "openapi_config"]
+__all__ = ["DOCS_PATH", "STATIC_PREFIX", "docs_static_router", "openapi_config"]
 
+DOCS_PATH = "/docs"
 STATIC_PREFIX = "/docs-static"
 _STATIC_DIR = Path(__file__).parent / "static"
 _FAVICON = f"<link rel='icon' type='image/png' href='{STATIC_PREFIX}/favicon-32x32.png'>"
@@ -40,7 +41,7 @@ def openapi_config(version: str) -> OpenAPIConfig:
         ),
         render_plugins=[
             SwaggerRenderPlugin(
-                path="/docs",
+                path=DOCS_PATH,
                 js_url=f"{STATIC_PREFIX}/swagger-ui-bundle.js",
                 css_url=f"{STATIC_PREFIX}/swagger-ui.css",
                 standalone_preset_js_url=f"{STATIC_PREFIX}/swagger-ui-standalone-preset.js",
