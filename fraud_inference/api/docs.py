@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from litestar import Request
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
@@ -17,6 +19,7 @@ from litestar.static_files import create_static_files_router
 
 from fraud_inference.api.auth import HEADER
 from fraud_inference.api.errors import ADMIN_SECURITY
+from fraud_inference.api.examples import with_predict_example
 
 __all__ = ["DOCS_PATH", "STATIC_PREFIX", "docs_static_router", "openapi_config"]
 
@@ -40,23 +43,48 @@ def openapi_config(version: str) -> OpenAPIConfig:
             }
         ),
         render_plugins=[
-            SwaggerRenderPlugin(
+            _Swagger(
                 path=DOCS_PATH,
                 js_url=f"{STATIC_PREFIX}/swagger-ui-bundle.js",
                 css_url=f"{STATIC_PREFIX}/swagger-ui.css",
                 standalone_preset_js_url=f"{STATIC_PREFIX}/swagger-ui-standalone-preset.js",
                 favicon=_FAVICON,
             ),
-            RedocRenderPlugin(
+            _Redoc(
                 path="/redoc",
                 js_url=f"{STATIC_PREFIX}/redoc.standalone.js",
                 google_fonts=False,
                 favicon=_FAVICON,
             ),
-            JsonRenderPlugin(path="/openapi.json"),
-            YamlRenderPlugin(path="/openapi.yaml"),
+            _Json(path="/openapi.json"),
+            _Yaml(path="/openapi.yaml"),
         ],
     )
+
+
+def _live(request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> dict[str, Any]:
+    # NOTE: Litestar builds the schema once; the example depends on the models served now, so it is set per render.
+    return with_predict_example(openapi_schema, getattr(request.app.state, "service", None))
+
+
+class _Swagger(SwaggerRenderPlugin):
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        return super().render(request, _live(request, openapi_schema))
+
+
+class _Redoc(RedocRenderPlugin):
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        return super().render(request, _live(request, openapi_schema))
+
+
+class _Json(JsonRenderPlugin):
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        return super().render(request, _live(request, openapi_schema))
+
+
+class _Yaml(YamlRenderPlugin):
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        return super().render(request, _live(request, openapi_schema))
 
 
 def docs_static_router() -> Router:

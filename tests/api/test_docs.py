@@ -1,0 +1,29 @@
+"""The docs' example for POST /v1/predict is built from the served models: "Try it out" as-is answers 200."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_openapi_example_of_predict_scores_as_is(service_factory, demo_registry: str) -> None:
+    service = service_factory(
+        ["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "DEFAULT_MODEL": "lightgbm"}
+    )
+    service.wait_ready()
+    with service.client() as client:
+        schema = client.get("/openapi.json").json()
+        example = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+        answer = client.post("/v1/predict", json=example)
+        features = [f["name"] for f in client.get("/v1/version").json()["models"]["lightgbm"]["features"]]
+        swagger_page = client.get("/docs").text
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == "lightgbm"
+    assert example["model"] == "lightgbm"
+    (row,) = example["instances"]
+    assert list(row) == features
+    # Swagger UI embeds the same schema in its page: its "Try it out" body is this example.
+    assert json.dumps(row, separators=(",", ":"))[:40] in swagger_page
