@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from fraud_inference import __version__
+from fraud_inference.bytecode import choose_bytecode_cache
 from fraud_inference.registry import registry_uri_problem
 from fraud_inference.settings import Settings, SettingsError, redact_credentials
 
@@ -19,6 +20,7 @@ _APP_FACTORY = "fraud_inference.api.app:create_app"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    choose_bytecode_cache()
     # A fraud scorer runs in closed networks: MLflow's telemetry would only try, and fail, to phone home.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     parser = _parser()
