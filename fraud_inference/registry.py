@@ -54,7 +54,8 @@ class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
 class Registry:
     """Resolve served models against an MLflow Model Registry and download their artifacts."""
 
-    def __init__(self, tracking_uri: str, *, alias: str, stages: Sequence[str], timeout_s: int = 10) -> None:
+    def __init__(self, tracking_uri: str, *, alias: str, stages: Sequence[str], timeout_s: int) -> None:
+        """`timeout_s` is REGISTRY_TIMEOUT_S: no default here, so every caller passes the setting."""
         _bound_http_calls(timeout_s)
         import mlflow
         from mlflow import MlflowClient  # NOTE: import mlflow (~2.5 s) only where a registry is used.
@@ -153,7 +154,9 @@ class Registry:
 def _bound_http_calls(timeout_s: int) -> None:
     """Bound every call to an http(s) registry: MLflow's defaults (120 s, 7 retries) hang a refresh for minutes.
 
-    MLflow reads these settings only from its environment variables, at each request.
+    MLflow reads these settings only from its environment variables, at each request. Against a registry that
+    accepts and never answers, one call takes at most two attempts of `timeout_s` and urllib3's backoff between
+    them (none before the first retry, plus MLflow's jitter of up to 1 s): 2 x `timeout_s` + 1 s.
     """
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"

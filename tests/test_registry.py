@@ -37,7 +37,7 @@ class Versions:
             self.client.transition_model_version_stage(name, version, stage)
 
     def registry(self, *, alias: str = "champion", stages: tuple[str, ...] = ("Production", "Staging")) -> Registry:
-        return Registry(self.tracking_uri, alias=alias, stages=stages)
+        return Registry(self.tracking_uri, alias=alias, stages=stages, timeout_s=10)
 
 
 @pytest.fixture(scope="module")
