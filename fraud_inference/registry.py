@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -68,6 +70,8 @@ class Registry:
         self._alias = alias
         self._stages = tuple(stages)
         self._client: MlflowClient = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._download_locks: dict[Path, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     def resolve_all(self, models: Mapping[str, str]) -> dict[str, ModelRef]:
         """Resolve every served model; raise for the first that cannot be resolved."""
@@ -101,6 +105,25 @@ class Registry:
             run_id=version.run_id or None,
             threshold=_threshold(key, version),
         )
+
+    def download_once(self, ref: ModelRef, downloads: Path) -> Path:
+        """The version's files under `downloads/<name>/<version>`, downloaded only if no complete copy is there.
+
+        Served keys on the same version are fetched at the same time by a refresh: the first downloads (into a
+        `.partial` folder, renamed when complete) while the others wait for it, then all share that folder.
+        """
+        destination = downloads / ref.name / ref.version
+        with self._lock_of(destination):
+            if not destination.exists():
+                partial = destination.with_name(f"{ref.version}.partial")
+                shutil.rmtree(partial, ignore_errors=True)  # left by a process that died mid-download
+                self.download(ref, partial)
+                partial.rename(destination)
+        return destination
+
+    def _lock_of(self, destination: Path) -> threading.Lock:
+        with self._locks_guard:
+            return self._download_locks.setdefault(destination, threading.Lock())
 
     def download(self, ref: ModelRef, destination: Path) -> Path:
         """Copy the version's model directory to `destination` and return its local path."""
