@@ -212,12 +212,10 @@ class FraudService:
     async def resolve(self) -> dict[str, ModelRef]:
         """Ask the registry which version each served model should be, now."""
         registry = await self._get_registry()
-        # Each HTTP call is bounded by REGISTRY_TIMEOUT_S; so is the whole resolution, however many calls it takes.
-        bound = self.settings.registry_timeout_s * (2 + len(self.settings.models))
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(registry.resolve_all, self.settings.models), bound)
-        except TimeoutError:
-            raise RegistryUnavailableError(f"the registry did not answer within {bound} s") from None
+        # NOTE: awaited to its end, not abandoned at a deadline: each HTTP call is bounded by REGISTRY_TIMEOUT_S
+        # (two attempts, see registry.py), so a hung registry fails the call itself, and no call of a refresh
+        # that has given up is left running in a thread to overlap the next one.
+        return await asyncio.to_thread(registry.resolve_all, self.settings.models)
 
     async def load_generation(self, refs: Mapping[str, ModelRef]) -> Generation:
         """Download, load in every worker, and (only if all loaded) activate a new generation."""
@@ -280,5 +278,6 @@ class FraudService:
                 self._tracking_uri,
                 alias=self.settings.model_alias,
                 stages=self.settings.model_stages,
+                timeout_s=self.settings.registry_timeout_s,
             )
         return self._registry

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def artifacts(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelArtifact]:
-    registry = Registry(demo_registry, alias="champion", stages=("Production",))
+    registry = Registry(demo_registry, alias="champion", stages=("Production",), timeout_s=10)
     destination = tmp_path_factory.mktemp("downloads")
     found = {}
     for key, name in {"xgboost": "fraud-xgboost", "lightgbm": "fraud-lightgbm", "sklearn": "fraud-sklearn"}.items():
