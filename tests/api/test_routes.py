@@ -63,3 +63,31 @@ def test_not_ready_answers_503_with_reason_and_retry_after(unready_client: TestC
     assert predict.status_code == 503
     assert predict.headers["retry-after"]
     assert "not ready" in predict.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/foo", "/no/such/path", "/v2x", "/invocation"])
+def test_unknown_paths_answer_json_404(client: TestClient, path: str) -> None:  # type: ignore[type-arg]
+    for method in ("GET", "POST"):
+        response = client.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/predict"), ("GET", "/invocations"), ("DELETE", "/livez")])
+def test_wrong_methods_answer_json_405(client: TestClient, method: str, path: str) -> None:  # type: ignore[type-arg]
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "text/csv"])
+def test_a_body_that_is_not_json_is_415_naming_json(client: TestClient, content_type: str) -> None:  # type: ignore[type-arg]
+    response = client.post("/v1/predict", content=b'{"instances": []}', headers={"content-type": content_type})
+    assert response.status_code == 415
+    assert "application/json" in response.json()["detail"]
+    json_variant = client.post(
+        "/v1/predict", content=b'{"instances": []}', headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert json_variant.status_code == 422  # read as JSON: empty instances
