@@ -42,19 +42,30 @@ PUBLIC_CASES = [
     ("GET", "/livez", POSITIVE),
     ("GET", "/readyz", POSITIVE),
     ("GET", "/metrics", POSITIVE),
+    ("POST", "/invocations", POSITIVE),
+    ("POST", "/invocations", NEGATIVE),
+    ("POST", "/invocations/{model}", POSITIVE),
+    ("POST", "/invocations/{model}", NEGATIVE),
+    ("GET", "/ping", POSITIVE),
+    ("GET", "/health", POSITIVE),
+    ("GET", "/version", POSITIVE),
 ]
 ADMIN_CASES = [("POST", "/admin/refresh-models", POSITIVE), ("POST", "/admin/refresh-models", NEGATIVE)]
 
 
+# Where each protocol says what is wrong: /v1 and the admin API `detail`, MLflow's protocol `message`, OIP `error`.
+EXPLANATION_FIELDS = ("detail", "message", "error")
+
+
 class MissingDetailError(Failure):
-    """An error answer whose JSON body has no `detail` saying what is wrong."""
+    """An error answer whose JSON body does not say what is wrong (in its protocol's field)."""
 
 
 def error_has_detail(_ctx: CheckContext, response: Response, case: Case) -> bool | None:
     if response.status_code < 400:
         return None
     body: Any = response.json()
-    if not isinstance(body, dict) or not isinstance(body.get("detail"), str) or not body["detail"]:
+    if not isinstance(body, dict) or not any(isinstance(body.get(f), str) and body[f] for f in EXPLANATION_FIELDS):
         raise MissingDetailError(
             operation=case.operation.label,
             title="Error body without a detail",
@@ -95,6 +106,7 @@ def schemas(fuzzed_service: RunningService) -> dict[GenerationMode, OpenApiSchem
     exact_document = copy.deepcopy(served_document)
     predict_body = exact_document["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
     _exact_rows(predict_body["schema"], served_models)
+    _exact_invocations(exact_document, predict_body["schema"])
     loaded = {
         POSITIVE: schemathesis.openapi.from_dict(exact_document),
         NEGATIVE: schemathesis.openapi.from_dict(served_document),
@@ -125,6 +137,23 @@ def _exact_rows(body: dict[str, Any], served: dict[str, Any]) -> None:
     body["properties"]["instances"].update(items=row, maxItems=3)
     body["properties"]["model"]["enum"] = sorted(served)
     body["additionalProperties"] = False
+
+
+def _exact_invocations(document: dict[str, Any], predict_body: dict[str, Any]) -> None:
+    """Valid /invocations cases: the exact rows of /v1/predict as `dataframe_records`, and a served model's key."""
+    records = copy.deepcopy(predict_body["properties"]["instances"])
+    body = {
+        "type": "object",
+        "required": ["dataframe_records"],
+        "properties": {"dataframe_records": records},
+        "additionalProperties": False,
+    }
+    for path in ("/invocations", "/invocations/{model}"):
+        operation = document["paths"][path]["post"]
+        operation["requestBody"]["content"] = {"application/json": {"schema": body}}
+        for parameter in operation.get("parameters", []):
+            if parameter["name"] == "model":
+                parameter["schema"]["enum"] = predict_body["properties"]["model"]["enum"]
 
 
 def fuzz(
