@@ -40,7 +40,8 @@ def test_docs_pages_load_their_assets_from_the_service(client: TestClient, page:
 
 def test_openapi_schema_documents_the_surface(client: TestClient) -> None:  # type: ignore[type-arg]
     schema = client.get("/openapi.json").json()
-    for path in ("/v1/predict", "/v1/version", "/livez", "/readyz"):
+    for path in ("/v1/predict", "/v1/version", "/livez", "/readyz", "/invocations", "/invocations/{model}", "/ping",
+                 "/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/ready"):  # fmt: skip
         assert path in schema["paths"]
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["instances"]
