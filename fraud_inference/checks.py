@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from fraud_inference.consistency import DependencyCheck
 from fraud_inference.models.artifact import DependencyMismatchError, ModelArtifact, UnservableModelError, fetch_artifact
@@ -94,19 +93,20 @@ def _check_model(
 
 
 def _score_input_example(artifact: ModelArtifact) -> None:
-    """Load the model as a worker would and score the input example logged with it."""
+    """Load the model as a worker does and score the input example logged with it, through the request path."""
+
     from mlflow.models import Model
 
-    from fraud_inference.models.scoring import load_scorer
+    from fraud_inference.models.scoring import load_model
 
     path = artifact.path
     example: Any = Model.load(path).load_input_example(path)
     if example is None:
         raise ValueError("no input example was logged with the model: log one with input_example=X.head()")
-    columns = [feature.name for feature in artifact.features]
-    features = np.ascontiguousarray(example[columns].to_numpy(dtype=np.float64))
-    probabilities = load_scorer(artifact).fraud_probability(features)
-    if probabilities.shape != (len(features),) or not ((probabilities >= 0) & (probabilities <= 1)).all():
+    columns = [feature.name for feature in artifact.features if feature.name in example.columns]
+    instances = example[columns].to_json(orient="records").encode()
+    probabilities = load_model(artifact).score(instances)
+    if probabilities.shape != (len(example),) or not ((probabilities >= 0) & (probabilities <= 1)).all():
         raise ValueError(f"scoring the input example gave {probabilities!r}, not one probability per row")
 
 

@@ -18,6 +18,7 @@ from fraud_inference.models.artifact import ModelArtifact, UnservableModelError,
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
 from fraud_inference.pool import BatchPolicy, InferencePool, Scores, WorkerOptions
+from fraud_inference.pool.messages import GenerationLoaded
 from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings
 
@@ -64,6 +65,8 @@ class Generation(msgspec.Struct, frozen=True):
 
     number: int
     models: dict[str, ModelArtifact]
+    positive_classes: dict[str, str | None] = msgspec.field(default_factory=dict)
+    """Per model, the class whose probability is scored, as the workers found it at load (None: a custom model)."""
 
 
 class FraudService:
@@ -82,6 +85,7 @@ class FraudService:
                 log_format=settings.log_format,
                 max_rows=settings.max_batch_rows,
                 error_detail=settings.error_detail,
+                extra_features=settings.extra_features,
             ),
             timeout_s=settings.inference_timeout_s,
             batching=BatchPolicy(
@@ -90,8 +94,9 @@ class FraudService:
                 wait_ns=round(settings.batch_wait_ms * 1_000_000),
             ),
             queue_limit=settings.queue_limit,
-            on_generation_loaded=lambda loaded: metrics.record_loads(loaded.errors, loaded.load_seconds),
+            on_generation_loaded=self._on_generation_loaded,
         )
+        self._positive_classes: dict[int, dict[str, str | None]] = {}
         self.active: Generation | None = None
         self.not_ready_reason = "starting: the inference workers are loading"
         self._tracking_uri = settings.mlflow_tracking_uri
@@ -100,6 +105,10 @@ class FraudService:
         self._downloads = Path(tempfile.mkdtemp(prefix="fraud-inference-models-"))
         self._background: set[asyncio.Task[None]] = set()
         self._refresh_lock = asyncio.Lock()
+
+    def _on_generation_loaded(self, loaded: GenerationLoaded) -> None:
+        self.metrics.record_loads(loaded.errors, loaded.load_seconds)
+        self._positive_classes.setdefault(loaded.generation, {}).update(loaded.positive_classes)
 
     async def start(self) -> None:
         """Start the workers now; load the first generation in the background, retrying the registry."""
@@ -231,9 +240,12 @@ class FraudService:
         artifacts = [outcome for outcome in fetched if isinstance(outcome, ModelArtifact)]
         number = next(self._generations)
         errors = await self.pool.load(number, artifacts)
+        positive_classes = self._positive_classes.pop(number, {})
         if errors:
             raise GenerationLoadError(errors)
-        generation = Generation(number=number, models={a.ref.key: a for a in artifacts})
+        generation = Generation(
+            number=number, models={a.ref.key: a for a in artifacts}, positive_classes=positive_classes
+        )
         self.pool.activate(number)
         self.active = generation
         self._publish(generation)

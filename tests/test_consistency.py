@@ -19,6 +19,7 @@ from fraud_inference.consistency import check_dependencies
 from fraud_inference.demo.dataset import make_transactions
 from fraud_inference.demo.seeding import default_pip_requirements, log_fraud_model
 from fraud_inference.models.artifact import DependencyMismatchError, UnservableModelError, read_artifact
+from fraud_inference.models.flavors.lightgbm import FLAVOR as LIGHTGBM
 from fraud_inference.registry import Registry
 from fraud_inference.settings import Settings
 from tests.api.conftest import wait_ready
@@ -88,7 +89,7 @@ def test_warn_records_the_mismatch_and_off_checks_nothing(mismatched_registry: s
 def test_strict_policy_wants_exact_versions(demo_registry: str, tmp_path: Path) -> None:
     _ref, path = downloaded(demo_registry, "fraud-lightgbm", tmp_path)
     mlmodel = json.loads(json.dumps(mlflow.models.Model.load(str(path)).flavors["lightgbm"]))
-    checks = check_dependencies(path, "lightgbm", mlmodel, "strict")
+    checks = check_dependencies(path, LIGHTGBM.packages, mlmodel.get(LIGHTGBM.version_key), "strict")
     assert {d.package for d in checks} == {"lightgbm", "numpy"}
     assert all(d.ok and d.rule == "same version" and d.recorded == d.installed for d in checks)
 

@@ -60,8 +60,8 @@ def test_the_demo_sklearn_model_is_skops_and_scores_as_mlflow_loads_it(
     flavor = yaml.safe_load((demo_sklearn_dir / "MLmodel").read_text())["flavors"]["sklearn"]
     assert flavor["serialization_format"] == "skops"
     artifact = read_artifact(REF, demo_sklearn_dir)
-    assert artifact.estimator is not None
-    assert artifact.estimator.skops_types == ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
+    assert artifact.model_file.format == "skops"
+    assert artifact.model_file.skops_types == ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
     rows = transactions[[f.name for f in artifact.features]].to_numpy(dtype=np.float64)
     expected = mlflow.sklearn.load_model(str(demo_sklearn_dir)).predict_proba(rows)[:, 1]
     np.testing.assert_array_equal(load_scorer(artifact).fraud_probability(rows), expected)
@@ -88,5 +88,5 @@ def test_a_skops_model_with_a_type_the_service_does_not_trust_is_refused_even_if
     with pytest.raises(UnservableModelError, match=r"does not trust: math\.fabs.*SKOPS_TRUSTED_TYPES"):
         read_artifact(REF, path)
     artifact = read_artifact(REF, path, trust=ModelTrust(extra_types=("math.fabs",)))
-    assert artifact.estimator is not None
-    assert artifact.estimator.skops_types == ("math.fabs",)
+    assert artifact.model_file.format == "skops"
+    assert artifact.model_file.skops_types == ("math.fabs",)
