@@ -8,7 +8,7 @@ import itertools
 import random
 import shutil
 import tempfile
-from collections.abc import Coroutine, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import msgspec
 from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, fetch_artifact
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
+from fraud_inference.parity import check_parity_isolated
 from fraud_inference.pool import BatchPolicy, InferencePool, Scores, WorkerOptions
 from fraud_inference.pool.messages import GenerationLoaded
 from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
@@ -164,7 +165,7 @@ class FraudService:
             if not changed:
                 log.info("refresh.unchanged", generation=active.number)
                 return RefreshOutcome(generation=active, changed={})
-            generation = await self.load_generation(refs)
+            generation = await self.load_generation(refs, gate=changed.keys())
             log.info(
                 "refresh.swapped",
                 generation=generation.number,
@@ -224,8 +225,9 @@ class FraudService:
         except TimeoutError:
             raise RegistryUnavailableError(f"the registry did not answer within {bound} s") from None
 
-    async def load_generation(self, refs: Mapping[str, ModelRef]) -> Generation:
-        """Download, load in every worker, and (only if all loaded) activate a new generation."""
+    async def load_generation(self, refs: Mapping[str, ModelRef], *, gate: Collection[str] = ()) -> Generation:
+        """Download, gate the models named in `gate` (PARITY_CHECK), load in every worker, and (only if all
+        loaded) activate a new generation."""
         registry = await self._get_registry()
         fetched = await asyncio.gather(
             *(asyncio.to_thread(self._fetch, registry, ref) for ref in refs.values()), return_exceptions=True
@@ -238,6 +240,7 @@ class FraudService:
         if errors:
             raise GenerationLoadError(errors)
         artifacts = [outcome for outcome in fetched if isinstance(outcome, ModelArtifact)]
+        await self._parity_gate([artifact for artifact in artifacts if artifact.ref.key in gate])
         number = next(self._generations)
         errors = await self.pool.load(number, artifacts)
         positive_classes = self._positive_classes.pop(number, {})
@@ -259,6 +262,27 @@ class FraudService:
             models={key: f"{m.ref.name}/{m.ref.version} ({m.ref.selected_by})" for key, m in generation.models.items()},
         )
         return generation
+
+    async def _parity_gate(self, artifacts: list[ModelArtifact]) -> None:
+        """Refuse versions whose served numbers differ from MLflow's loader (PARITY_CHECK=strict), or log them (warn).
+
+        Runs in a spawned process: the model libraries and a custom model's code stay out of the HTTP process.
+        """
+        if not artifacts or self.settings.parity_check == "off":
+            return
+        reports = await asyncio.to_thread(check_parity_isolated, artifacts)
+        failures = {report.model: "; ".join(report.failures) for report in reports if report.failures}
+        for report in reports:
+            log.info(
+                "model.parity_checked", model=report.model, version=report.version, rows=report.rows,
+                rows_from=report.rows_from, max_abs_diff=report.max_abs_diff, seconds=report.seconds,
+            )  # fmt: skip
+        if not failures:
+            return
+        if self.settings.parity_check == "strict" or any(not report.loaded for report in reports if report.failures):
+            raise GenerationLoadError(failures)
+        for key, failure in failures.items():
+            log.warning("model.parity_mismatch", model=key, detail=failure)
 
     def _publish(self, generation: Generation) -> None:
         """What is served now, for dashboards: the generation and one `model_info` series per model."""

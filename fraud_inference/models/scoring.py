@@ -14,7 +14,7 @@ from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
 from fraud_inference.models.flavors import Scorer
 from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, SignatureDecoder
 
-__all__ = ["ServedModel", "load_model", "load_scorer", "stack"]
+__all__ = ["ServedModel", "example_rows", "load_model", "load_scorer", "stack"]
 
 Matrix = npt.NDArray[np.float64]
 
@@ -88,6 +88,16 @@ def _scores_missing(served: ServedModel, row: dict[str, Any], name: str) -> bool
     except Exception:
         return False
     return bool(np.isfinite(probability).all())
+
+
+def example_rows(artifact: ModelArtifact, scorer: Scorer) -> tuple[list[dict[str, Any]], bool]:
+    """The logged input example's rows as a client sends them (null for missing), and True; else one row built
+    from the signature (zeros, known categories), and False."""
+    records = _input_example(artifact)
+    names = [feature.name for feature in artifact.features]
+    if records:
+        return [{name: record.get(name) for name in names if name in record} for record in records], True
+    return [_warm_up_row(artifact, scorer)], False
 
 
 def _warm_up_row(artifact: ModelArtifact, scorer: Scorer) -> dict[str, Any]:

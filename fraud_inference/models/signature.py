@@ -90,6 +90,7 @@ class SignatureDecoder:
         self._refuse_missing = [i for i, spec in enumerate(self.features) if spec.name in set(refuse_missing)]
         import pandas as pd
 
+        self._text = _text_dtype()
         self._categories = {name: pd.CategoricalDtype(pd.Index(values)) for name, values in (categories or {}).items()}
 
     def decode(self, instances: bytes) -> Matrix | pd.DataFrame:
@@ -130,7 +131,9 @@ class SignatureDecoder:
                 self._refuse_if_missing([value is None for value in columns[i]], i)
             dtype = self._categories.get(spec.name)
             if dtype is None:
-                data[spec.name] = list(columns[i])  # pandas infers the string dtype, as for the training frame
+                # NOTE: always pandas's own string dtype (`str` with NaN from pandas 3), whatever the batch holds: a
+                # column of only nulls would otherwise be object None, which a OneHotEncoder scores differently.
+                data[spec.name] = pd.Series(columns[i], dtype=self._text)
             else:
                 codes = dtype.categories.get_indexer(pd.Index(columns[i], dtype=object))
                 data[spec.name] = pd.Categorical.from_codes(codes, dtype=dtype)
@@ -179,6 +182,13 @@ class SignatureDecoder:
 
     def _where(self, row: int, column: int) -> str:
         return f"instances[{row}]" if self._detail == "generic" else f"instances[{row}].{self.features[column].name}"
+
+
+def _text_dtype() -> Any:
+    """The dtype pandas gives a column of strings (object before pandas 3, `str` from pandas 3)."""
+    import pandas as pd
+
+    return pd.Series(["text"]).dtype
 
 
 def clip_names(message: str, limit: int = 64) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "PackageRule",
     "Scorer",
     "check_feature_names",
+    "class_column",
     "positive_column",
 ]
 
@@ -94,6 +95,14 @@ class ModelFlavor(Protocol):
         """Load the version in this process (a worker, or the parity gate) and return its scorer."""
         ...
 
+    def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
+        """What MLflow's own flavour loader (`mlflow.<flavour>.load_model`) gives for the rows of `frame`.
+
+        The parity gate's reference: `predict_proba[:, positive_class]` for classifiers and pipelines,
+        `predict` for raw Boosters, `predict` for custom models. Runs only for a version the trust rules passed.
+        """
+        ...
+
 
 _NEGATIVE = frozenset({"0", "0.0", "false"})
 _POSITIVE = frozenset({"1", "1.0", "true"})
@@ -138,6 +147,16 @@ def check_feature_names(artifact: ModelArtifact, trained: Sequence[Any] | None) 
             f"but its MLflow signature lists {signature_names}; log it again with "
             "signature=infer_signature(X_train) so rows can be put in training order"
         )
+
+
+def class_column(probabilities: Any, classes: Sequence[Any] | None, positive_class: str | None) -> Matrix:
+    """The fraud class's probabilities from a library's own output: 2-D by `classes`, or 1-D P(label 1)."""
+    scores = np.asarray(probabilities, dtype=np.float64)
+    labels = [str(label) for label in (classes if classes is not None else [0, 1])]
+    index = labels.index(positive_class) if positive_class in labels else 1
+    if scores.ndim == 2:
+        return np.ascontiguousarray(scores[:, index])
+    return scores if index == 1 else 1.0 - scores
 
 
 def model_path(artifact: ModelArtifact) -> Path:

@@ -15,6 +15,7 @@ from fraud_inference.models.flavors._base import (
     ModelFile,
     PackageRule,
     check_feature_names,
+    class_column,
     model_path,
     positive_column,
 )
@@ -58,6 +59,14 @@ class LightGBMFlavor:
             return LightGBMScorer(lightgbm.Booster(model_file=str(model_path(artifact))), artifact)
         model = load_serialized(model_path(artifact), model_file.format, model_file.skops_types)
         return LightGBMScorer(model, artifact)
+
+    def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
+        import mlflow.lightgbm
+
+        model = mlflow.lightgbm.load_model(artifact.path)
+        if not hasattr(model, "predict_proba"):
+            return class_column(model.predict(frame), None, positive_class)
+        return class_column(model.predict_proba(frame), list(model.classes_), positive_class)
 
 
 class LightGBMScorer:

@@ -14,6 +14,7 @@ from fraud_inference.models.flavors._base import (
     ModelFile,
     PackageRule,
     check_feature_names,
+    class_column,
     model_path,
     positive_column,
 )
@@ -46,6 +47,12 @@ class SklearnFlavor:
     def load(self, artifact: ModelArtifact) -> SklearnScorer:
         model_file = artifact.model_file
         return SklearnScorer(load_serialized(model_path(artifact), model_file.format, model_file.skops_types), artifact)
+
+    def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
+        import mlflow.sklearn
+
+        model = mlflow.sklearn.load_model(artifact.path)
+        return class_column(model.predict_proba(frame), list(model.classes_), positive_class)
 
 
 class SklearnScorer:

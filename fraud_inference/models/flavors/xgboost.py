@@ -16,6 +16,7 @@ from fraud_inference.models.flavors._base import (
     ModelFile,
     PackageRule,
     check_feature_names,
+    class_column,
     model_path,
     positive_column,
 )
@@ -56,6 +57,15 @@ class XGBoostFlavor:
         )
         model.load_model(str(model_path(artifact)))
         return XGBoostScorer(model, artifact)
+
+    def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
+        import mlflow.xgboost
+        import xgboost
+
+        model = mlflow.xgboost.load_model(artifact.path)
+        if isinstance(model, xgboost.Booster):
+            return class_column(model.predict(xgboost.DMatrix(frame, enable_categorical=True)), None, positive_class)
+        return class_column(model.predict_proba(frame), list(model.classes_), positive_class)
 
 
 class XGBoostScorer:
