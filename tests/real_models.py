@@ -139,6 +139,8 @@ class FraudRules(PythonModel):
 
     def predict(self, context, model_input, params=None):
         x = model_input
+        if (x["amount"] < 0).any():  # the team's own input check, which no probe at load can foresee
+            raise ValueError("a negative amount is not a transaction")
         z = (
             0.01 * x["amount"].astype("float64")
             + 0.3 * x["txn_count_24h"].astype("float64")
