@@ -392,7 +392,7 @@ async def mlflow_version() -> str:
 _ERROR_CODES: dict[type[PredictionError], tuple[int, str]] = {
     NotReadyError: (503, "TEMPORARILY_UNAVAILABLE"),
     UnknownModelError: (404, "RESOURCE_DOES_NOT_EXIST"),
-    InvalidRowsError: (400, "BAD_REQUEST"),
+    InvalidRowsError: (400, "INVALID_PARAMETER_VALUE"),  # what MLflow answers when its schema check fails
     TooManyRowsError: (400, "INVALID_PARAMETER_VALUE"),
     OverloadedError: (503, "TEMPORARILY_UNAVAILABLE"),
     TimedOutError: (504, "DEADLINE_EXCEEDED"),
