@@ -62,7 +62,12 @@ def _register_extra_models(registry: str) -> None:
     classifier = HistGradientBoostingClassifier(max_iter=20, max_depth=3, early_stopping=False, random_state=7)
     classifier.fit(features, labels)
     use_registry(registry)
-    with mlflow.start_run():
+    client = MlflowClient(tracking_uri=registry, registry_uri=registry)
+    # NOTE: an explicit experiment: another test may have left MLflow's process-wide active experiment set to
+    # an id of another registry.
+    experiment = client.get_experiment_by_name("fraud-demo")
+    assert experiment is not None, "log_fraud_model creates the demo experiment"
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
         mlflow.sklearn.log_model(
             classifier,
             name="model",
@@ -73,7 +78,6 @@ def _register_extra_models(registry: str) -> None:
             skops_trusted_types=sorted(SKOPS_TRUSTED_TYPES),
             pip_requirements=default_pip_requirements("sklearn"),
         )
-    client = MlflowClient(tracking_uri=registry, registry_uri=registry)
     for key in ("booster", "proba"):
         client.set_registered_model_alias(SERVED[key], "champion", "1")
 
