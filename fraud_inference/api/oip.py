@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -237,14 +238,14 @@ def _from_binary(tensor: RequestInput, raw: bytes) -> list[Any]:
 
 
 def _flatten(data: Any) -> list[Any]:
-    """Row-major values of a tensor's `data`, flat or nested."""
+    """Row-major values of a tensor's `data`, flat or nested (each level evenly: lists of lists, or of values)."""
     if not isinstance(data, list):
         return [data]
-    if not any(isinstance(value, list) for value in data):
-        return data
-    flat: list[Any] = []
-    for value in data:
-        flat.extend(_flatten(value))
+    while data and isinstance(data[0], list):
+        if not all(isinstance(part, list) for part in data):
+            raise _BadRequest("tensor data must be nested evenly: lists of lists, or lists of values")
+        data = list(chain.from_iterable(data))
+    flat: list[Any] = data
     return flat
 
 
