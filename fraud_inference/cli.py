@@ -209,7 +209,8 @@ def _run_server(settings: Settings) -> int:
         factory=True,
         log_access=False,
         log_dictconfig=granian_log_config(settings.log_format, role="supervisor"),
-        process_name="fraud-inference server",
+        # granian's own process; the HTTP process it starts titles itself `fraud-inference http` (see the app).
+        process_name="fraud-inference supervisor",
     )
     server.serve()
     return 0
