@@ -24,7 +24,17 @@ from pathlib import Path
 from benchmarks.baselines import NativeBaseline, native_baselines
 from benchmarks.loadgen import Loadgen, LoadgenError, find_loadgen, run_load
 from benchmarks.report import BenchmarkRun, ScenarioResult, markdown, write_results
-from benchmarks.scenarios import Scenario, Target, mlflow_bodies, mlflow_scenarios, our_bodies, our_scenarios
+from benchmarks.scenarios import (
+    PROTOCOLS,
+    Requests,
+    Scenario,
+    Target,
+    mlflow_bodies,
+    mlflow_scenarios,
+    our_requests,
+    our_scenarios,
+    with_protocols,
+)
 from benchmarks.service import CpuSeconds, MlflowScoringServer, OurService, ServiceStartError
 
 _WARM_UP_S = 2.0
@@ -68,9 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.model_versions = service.model_versions()
         _say(f"fraud-inference is ready at {service.base_url}, serving {run.model_versions}")
         try:
-            scenarios = _only(our_scenarios(quick=args.quick), args.only)
-            run.ours = _run_scenarios("fraud-inference", scenarios, our_bodies,
-                                      service.predict_url, service.cpu, loadgen, seconds)  # fmt: skip
+            scenarios = with_protocols(
+                _only(our_scenarios(quick=args.quick), args.only), tuple(args.protocol or ["v1"])
+            )
+            run.ours = _run_scenarios("fraud-inference", scenarios, lambda s: our_requests(s, service.base_url),
+                                      service.cpu, loadgen, seconds)  # fmt: skip
             run.memory = service.memory()
         except LoadgenError as failure:
             print(f"benchmarks: {failure}", file=sys.stderr)
@@ -113,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only", action="append", metavar="NAME", help="run only scenarios whose name contains NAME (repeatable)"
     )
+    parser.add_argument(
+        "--protocol",
+        action="append",
+        choices=PROTOCOLS,
+        help="send each scenario through this protocol: v1 (/v1/predict, the default), mlflow (/invocations/{model}), "
+        "oip (/v2/models/{model}/infer); repeat it to alternate them, scenario by scenario",
+    )
     mlflow = parser.add_mutually_exclusive_group()
     mlflow.add_argument("--mlflow", dest="mlflow", action="store_true", default=None, help="run MLflow's server")
     mlflow.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="skip MLflow's server")
@@ -139,19 +158,23 @@ def _seed(home: Path, run: BenchmarkRun, *, quick: bool) -> str:
 def _run_scenarios(
     target: Target,
     scenarios: Sequence[Scenario],
-    bodies_of: Callable[[Scenario], list[bytes]],
-    url: str,
+    requests_of: Callable[[Scenario], Requests],
     cpu: Callable[[], CpuSeconds | None],
     loadgen: Loadgen,
     seconds: float,
 ) -> list[ScenarioResult]:
     """Warm the server up once, then run each scenario, reading its processes' CPU around it."""
-    run_load(loadgen, url, bodies_of(scenarios[0]), connections=scenarios[0].connections, seconds=_WARM_UP_S)
+    warm_up = requests_of(scenarios[0])
+    run_load(loadgen, warm_up.url, warm_up.bodies, connections=scenarios[0].connections, seconds=_WARM_UP_S,
+             expect=warm_up.expect)  # fmt: skip
     results = []
     for scenario in scenarios:
-        bodies = bodies_of(scenario)
+        requests = requests_of(scenario)
         before = cpu()
-        load = run_load(loadgen, url, bodies, connections=scenario.connections, seconds=seconds)
+        load = run_load(
+            loadgen, requests.url, requests.bodies, connections=scenario.connections, seconds=seconds,
+            expect=requests.expect,
+        )  # fmt: skip
         after = cpu()
         used = after.minus(before) if after and before else None
         result = ScenarioResult.of(target, scenario, load, used)
@@ -201,7 +224,14 @@ def _mlflow(
         return []
     try:
         scenarios = _only(mlflow_scenarios(quick=quick), only)
-        return _run_scenarios("mlflow", scenarios, mlflow_bodies, server.invocations_url, server.cpu, loadgen, seconds)
+        return _run_scenarios(
+            "mlflow",
+            scenarios,
+            lambda s: Requests(server.invocations_url, mlflow_bodies(s)),
+            server.cpu,
+            loadgen,
+            seconds,
+        )
     except LoadgenError as failure:
         run.notes.append(f"MLflow's scoring server could not be measured: {failure}")
         return []

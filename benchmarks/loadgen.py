@@ -1,6 +1,6 @@
 """Generate HTTP load and check every answer: wrk with a Lua script, or a multi-process Python client.
 
-wrk's Lua `response()` counts each answer that is not a 2xx or whose body lacks `"predictions"`, and
+wrk's Lua `response()` counts each answer that is not a 2xx or whose body lacks the expected marker, and
 `done()` prints the counts with wrk's socket errors and latency percentiles as one JSON line, so
 nothing is scraped from wrk's human-readable report. Without wrk, the Python client does the same
 checks with one keep-alive connection per thread.
@@ -40,7 +40,8 @@ __all__ = [
 Loadgen = Literal["wrk", "python"]
 
 _JSON_PREFIX = "BENCH_JSON "
-_EXPECTED = '"predictions"'
+PREDICTIONS = '"predictions"'
+"""What a 2xx answer must contain by default (/v1/predict and /invocations answers)."""
 _TIMEOUT_S = 10
 """A request unanswered this long counts as a timeout (an error): MLflow's 1,000-row answers take ~1 s."""
 
@@ -63,7 +64,7 @@ class LoadResult(msgspec.Struct, frozen=True):
     non_2xx: int
     """Answers with a status outside 200-299."""
     bad_body: int
-    """2xx answers whose body does not contain `"predictions"`."""
+    """2xx answers whose body does not contain the expected marker (`"predictions"`, or `"outputs"` for OIP)."""
     connect_errors: int
     read_errors: int
     write_errors: int
@@ -104,14 +105,16 @@ def _apt_get(*arguments: str) -> int:
     ).returncode
 
 
-def run_load(tool: Loadgen, url: str, bodies: Sequence[bytes], *, connections: int, seconds: float) -> LoadResult:
+def run_load(
+    tool: Loadgen, url: str, bodies: Sequence[bytes], *, connections: int, seconds: float, expect: str = PREDICTIONS
+) -> LoadResult:
     """POST `bodies` in turn to `url` over `connections` keep-alive connections for `seconds`."""
     if tool == "wrk":
-        return _run_wrk(url, bodies, connections=connections, seconds=seconds)
-    return _run_python(url, bodies, connections=connections, seconds=seconds)
+        return _run_wrk(url, bodies, connections=connections, seconds=seconds, expect=expect)
+    return _run_python(url, bodies, connections=connections, seconds=seconds, expect=expect)
 
 
-def wrk_script(bodies: Sequence[bytes]) -> str:
+def wrk_script(bodies: Sequence[bytes], expect: str = PREDICTIONS) -> str:
     """The Lua script: cycle through `bodies`, check each answer, report everything as one JSON line."""
     literals = ",\n".join(f"[==[{body.decode()}]==]" for body in bodies)
     return f"""
@@ -144,7 +147,7 @@ end
 function response(status, headers, body)
   if status < 200 or status > 299 then
     non_2xx = non_2xx + 1
-  elseif not string.find(body, '{_EXPECTED}', 1, true) then
+  elseif not string.find(body, '{expect}', 1, true) then
     bad_body = bad_body + 1
   end
 end
@@ -198,10 +201,10 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run_wrk(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float) -> LoadResult:
+def _run_wrk(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float, expect: str) -> LoadResult:
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as scratch:
         script = Path(scratch) / "check.lua"
-        script.write_text(wrk_script(bodies))
+        script.write_text(wrk_script(bodies, expect))
         # NOTE: one wrk thread leaves the second core to the service; its CPU share is reported to show
         # it was not the bottleneck. CPU of waited-for children is how wrk's own use is measured.
         before = _children_cpu_s()
@@ -226,7 +229,7 @@ class _ClientCounts(msgspec.Struct):
     timeouts: int = 0
 
 
-def _run_python(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float) -> LoadResult:
+def _run_python(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float, expect: str) -> LoadResult:
     processes = min(connections, os.cpu_count() or 1, 4)
     threads_each = [connections // processes + (1 if n < connections % processes else 0) for n in range(processes)]
     # NOTE: spawn, not fork: the harness may have run OpenMP (training, MLflow) before, and forked children
@@ -235,7 +238,7 @@ def _run_python(url: str, bodies: Sequence[bytes], *, connections: int, seconds:
     queue = context.SimpleQueue()
     before = _children_cpu_s()
     workers = [
-        context.Process(target=_client_process, args=(url, list(bodies), threads, seconds, queue), daemon=True)
+        context.Process(target=_client_process, args=(url, list(bodies), threads, seconds, expect, queue), daemon=True)
         for threads in threads_each
     ]
     for worker in workers:
@@ -265,7 +268,9 @@ def _run_python(url: str, bodies: Sequence[bytes], *, connections: int, seconds:
     )
 
 
-def _client_process(url: str, bodies: list[bytes], threads: int, seconds: float, queue: SimpleQueue[bytes]) -> None:
+def _client_process(
+    url: str, bodies: list[bytes], threads: int, seconds: float, expect: str, queue: SimpleQueue[bytes]
+) -> None:
     """One client process: `threads` keep-alive connections until `seconds` have passed."""
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
@@ -303,7 +308,7 @@ def _client_process(url: str, bodies: list[bytes], threads: int, seconds: float,
                 counts.latencies_s.append(received - sent)
                 if not 200 <= answer.status <= 299:
                     counts.non_2xx += 1
-                elif _EXPECTED.encode() not in payload:
+                elif expect.encode() not in payload:
                     counts.bad_body += 1
         connection.close()
 

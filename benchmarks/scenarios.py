@@ -17,16 +17,23 @@ from fraud_inference.demo.dataset import make_transactions
 
 __all__ = [
     "MODEL_KEYS",
+    "PROTOCOLS",
+    "Protocol",
+    "Requests",
     "Scenario",
     "Target",
     "mlflow_bodies",
     "mlflow_scenarios",
-    "our_bodies",
+    "our_requests",
     "our_scenarios",
+    "with_protocols",
     "workload",
 ]
 
 Target = Literal["fraud-inference", "mlflow"]
+Protocol = Literal["v1", "mlflow", "oip"]
+PROTOCOLS: tuple[Protocol, ...] = ("v1", "mlflow", "oip")
+"""The protocols fraud-inference speaks: /v1/predict, MLflow's /invocations/{model}, OIP's /v2/.../infer."""
 
 MODEL_KEYS: tuple[str, ...] = ("xgboost", "lightgbm", "sklearn")
 """The model keys the demo registry serves (`fraud_inference.demo.seeding.DEMO_MODELS`)."""
@@ -47,6 +54,31 @@ class Scenario(msgspec.Struct, frozen=True):
     connections: int
     curve: bool = False
     """Part of the latency-versus-throughput curve (1-row XGBoost at several concurrencies)."""
+    protocol: Protocol = "v1"
+    """Which of fraud-inference's protocols the requests use (MLflow's server speaks only its own)."""
+
+
+class Requests(msgspec.Struct, frozen=True):
+    """What a scenario sends: the URL, the bodies it cycles through, and what every 2xx answer must contain."""
+
+    url: str
+    bodies: list[bytes]
+    expect: str = '"predictions"'
+
+
+def with_protocols(scenarios: list[Scenario], protocols: tuple[Protocol, ...]) -> list[Scenario]:
+    """Each scenario once per protocol, the protocols alternating; names get `[protocol]` when there are several.
+
+    Only /v1/predict takes the model in the body: a mixed scenario runs with it alone.
+    """
+    if protocols == ("v1",):
+        return scenarios
+    return [
+        msgspec.structs.replace(scenario, name=f"{scenario.name} [{protocol}]", protocol=protocol)
+        for scenario in scenarios
+        for protocol in protocols
+        if protocol == "v1" or len(scenario.models) == 1
+    ]
 
 
 def our_scenarios(*, quick: bool) -> list[Scenario]:
@@ -86,13 +118,27 @@ def workload(rows: int) -> list[pd.DataFrame]:
     return [features.iloc[start : start + rows] for start in range(0, batches * rows, rows)]
 
 
-def our_bodies(scenario: Scenario) -> list[bytes]:
-    """Request bodies for `POST /v1/predict`, models interleaved in a mixed scenario."""
-    return [
-        json.dumps({"model": model, "instances": _records(batch)}).encode()
-        for batch in workload(scenario.rows)
-        for model in scenario.models
+def our_requests(scenario: Scenario, base_url: str) -> Requests:
+    """The requests of `scenario` in its protocol; for /v1/predict, models interleaved in a mixed scenario."""
+    batches = workload(scenario.rows)
+    model = scenario.models[0]
+    if scenario.protocol == "mlflow":
+        bodies = [json.dumps({"dataframe_records": _records(batch)}).encode() for batch in batches]
+        return Requests(f"{base_url}/invocations/{model}", bodies)
+    if scenario.protocol == "oip":
+        bodies = [json.dumps({"inputs": [_tensor(batch)]}).encode() for batch in batches]
+        return Requests(f"{base_url}/v2/models/{model}/infer", bodies, expect='"outputs"')
+    bodies = [
+        json.dumps({"model": key, "instances": _records(batch)}).encode()
+        for batch in batches
+        for key in scenario.models
     ]
+    return Requests(f"{base_url}/v1/predict", bodies)
+
+
+def _tensor(batch: pd.DataFrame) -> dict[str, object]:
+    """One OIP [rows, features] FP64 tensor in the signature's (the frame's) column order."""
+    return {"name": "transactions", "datatype": "FP64", "shape": list(batch.shape), "data": batch.to_numpy().tolist()}
 
 
 def mlflow_bodies(scenario: Scenario) -> list[bytes]:

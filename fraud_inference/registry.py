@@ -6,6 +6,8 @@ import difflib
 import importlib.util
 import math
 import os
+import shutil
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,7 +58,8 @@ class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
 class Registry:
     """Resolve served models against an MLflow Model Registry and download their artifacts."""
 
-    def __init__(self, tracking_uri: str, *, alias: str, stages: Sequence[str], timeout_s: int = 10) -> None:
+    def __init__(self, tracking_uri: str, *, alias: str, stages: Sequence[str], timeout_s: int) -> None:
+        """`timeout_s` is REGISTRY_TIMEOUT_S: no default here, so every caller passes the setting."""
         _bound_http_calls(timeout_s)
         import mlflow
         from mlflow import MlflowClient  # NOTE: import mlflow (~2.5 s) only where a registry is used.
@@ -69,6 +72,8 @@ class Registry:
         self._alias = alias
         self._stages = tuple(stages)
         self._client: MlflowClient = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._download_locks: dict[Path, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     def resolve_all(self, models: Mapping[str, str]) -> dict[str, ModelRef]:
         """Resolve every served model; raise for the first that cannot be resolved."""
@@ -143,6 +148,25 @@ class Registry:
             raise RegistryUnavailableError(f"registry error looking up {name} v{version}: {error}") from error
         except Exception as error:
             raise RegistryUnavailableError(f"registry unreachable looking up {name} v{version}: {error}") from error
+
+    def download_once(self, ref: ModelRef, downloads: Path) -> Path:
+        """The version's files under `downloads/<name>/<version>`, downloaded only if no complete copy is there.
+
+        Served keys on the same version are fetched at the same time by a refresh: the first downloads (into a
+        `.partial` folder, renamed when complete) while the others wait for it, then all share that folder.
+        """
+        destination = downloads / ref.name / ref.version
+        with self._lock_of(destination):
+            if not destination.exists():
+                partial = destination.with_name(f"{ref.version}.partial")
+                shutil.rmtree(partial, ignore_errors=True)  # left by a process that died mid-download
+                self.download(ref, partial)
+                partial.rename(destination)
+        return destination
+
+    def _lock_of(self, destination: Path) -> threading.Lock:
+        with self._locks_guard:
+            return self._download_locks.setdefault(destination, threading.Lock())
 
     def download(self, ref: ModelRef, destination: Path) -> Path:
         """Copy the version's model directory to `destination` and return its local path."""
@@ -236,7 +260,9 @@ def registry_uri_problem(tracking_uri: str, *, must_exist: bool) -> str | None:
 def _bound_http_calls(timeout_s: int) -> None:
     """Bound every call to an http(s) registry: MLflow's defaults (120 s, 7 retries) hang a refresh for minutes.
 
-    MLflow reads these settings only from its environment variables, at each request.
+    MLflow reads these settings only from its environment variables, at each request. Against a registry that
+    accepts and never answers, one call takes at most two attempts of `timeout_s` and urllib3's backoff between
+    them (none before the first retry, plus MLflow's jitter of up to 1 s): 2 x `timeout_s` + 1 s.
     """
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"

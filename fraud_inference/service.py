@@ -13,11 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, fetch_artifact
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
-from fraud_inference.pool import BatchPolicy, InferencePool, Scores, WorkerOptions
+from fraud_inference.pool import (
+    BatchPolicy,
+    InferencePool,
+    InferenceTimeoutError,
+    PoolError,
+    PoolOverloadedError,
+    RequestRefusedError,
+    Scores,
+    WorkerOptions,
+)
 from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings
 
@@ -25,8 +36,18 @@ __all__ = [
     "FraudService",
     "Generation",
     "GenerationLoadError",
+    "InferenceFailedError",
+    "InvalidRowsError",
+    "NotReadyError",
+    "OverloadedError",
+    "PredictionError",
     "RefreshInProgressError",
     "RefreshOutcome",
+    "ScoredRows",
+    "Selection",
+    "TimedOutError",
+    "TooManyRowsError",
+    "UnknownModelError",
     "VersionChange",
 ]
 
@@ -43,6 +64,88 @@ class GenerationLoadError(Exception):
 
 class RefreshInProgressError(Exception):
     """Another refresh is running; refreshes never interleave."""
+
+
+class PredictionError(Exception):
+    """Why a prediction could not be made, in the domain's terms; each protocol renders it in its own convention."""
+
+
+class NotReadyError(PredictionError):
+    """No generation is active yet (or none could be loaded): `reason` says why. Retry later."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not ready: {reason}")
+        self.reason = reason
+
+
+class UnknownModelError(PredictionError):
+    """The request names a model this service does not serve; `served` lists the keys (empty under
+    ERROR_DETAIL=generic, which keeps them out of answers)."""
+
+    def __init__(self, model: str, served: tuple[str, ...]) -> None:
+        listed = f"; served models: {', '.join(served)}" if served else ""
+        super().__init__(f"unknown model {model[:64]!r}{listed}")
+        self.model = model[:64]
+        self.served = served
+
+
+class InvalidRowsError(PredictionError):
+    """The rows do not fit the model's signature: `message` says what, at `row` (index) and `feature` when known."""
+
+    def __init__(self, message: str, *, row: int | None = None, feature: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.row = row
+        self.feature = feature
+
+
+class TooManyRowsError(PredictionError):
+    """More rows in one request than MAX_BATCH_ROWS."""
+
+    def __init__(self, rows: int, limit: int) -> None:
+        super().__init__(f"{rows} rows exceed MAX_BATCH_ROWS={limit}")
+        self.rows = rows
+        self.limit = limit
+
+
+class OverloadedError(PredictionError):
+    """QUEUE_LIMIT requests already wait for a worker: refused at once. Retry later."""
+
+
+class TimedOutError(PredictionError):
+    """No answer from the inference workers within INFERENCE_TIMEOUT_S."""
+
+
+class InferenceFailedError(PredictionError):
+    """The workers could not score the rows (a worker died twice, the model failed). Retry later."""
+
+
+class Selection(msgspec.Struct, frozen=True):
+    """The model a request is scored by: its key, and the generation pinned for the whole request."""
+
+    key: str
+    generation: Generation
+
+    @property
+    def artifact(self) -> ModelArtifact:
+        return self.generation.models[self.key]
+
+
+class ScoredRows(msgspec.Struct, frozen=True):
+    """The fraud probability of each row, in request order, and exactly which version and threshold decided it."""
+
+    selection: Selection
+    probabilities: npt.NDArray[np.float64]
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.selection.artifact.ref
+
+    @property
+    def flagged(self) -> npt.NDArray[np.bool_]:
+        """`fraud_probability >= threshold` (the version's tag `threshold`, else 0.5), per row."""
+        flagged: npt.NDArray[np.bool_] = self.probabilities >= self.ref.threshold
+        return flagged
 
 
 class VersionChange(msgspec.Struct, frozen=True, rename={"previous": "from", "current": "to"}):
@@ -183,6 +286,50 @@ class FraudService:
         await self.pool.stop()
         shutil.rmtree(self._downloads, ignore_errors=True)
 
+    def check_capacity(self) -> None:
+        """Raise `OverloadedError` when QUEUE_LIMIT requests already wait: call it before reading a body, since
+        under a burst, reading megabytes only to refuse them is what hurts."""
+        if self.pool.overloaded:
+            raise OverloadedError(f"overloaded: {self.pool.overload_reason}")
+
+    def select(self, model: str | None) -> Selection:
+        """The active generation's `model` (DEFAULT_MODEL when None), pinned for the whole request.
+
+        Raises `NotReadyError` before the first generation is active, `UnknownModelError` for a key not served.
+        """
+        generation = self.active
+        if generation is None:
+            raise NotReadyError(self.not_ready_reason)
+        key = model or self.settings.default_model
+        if key not in generation.models:
+            served = () if self.settings.error_detail == "generic" else tuple(generation.models)
+            raise UnknownModelError(key, served)
+        return Selection(key=key, generation=generation)
+
+    async def predict(self, model: str | Selection | None, rows: bytes, request_id: str) -> ScoredRows:
+        """Score `rows` (raw JSON: an array of row objects) with `model`, a key or a `Selection` made earlier.
+
+        The one scoring path of every protocol: which model, ready or not, which generation, counted in the
+        metrics. Raises the `PredictionError`s: `NotReadyError`, `UnknownModelError`, `InvalidRowsError`,
+        `TooManyRowsError`, `OverloadedError`, `TimedOutError`, `InferenceFailedError`.
+        """
+        selection = model if isinstance(model, Selection) else self.select(model)
+        try:
+            # The worker decodes the rows against this generation's signature: the server process stays free for HTTP.
+            scores = await self.score(selection.generation, selection.key, rows, request_id)
+        except RequestRefusedError as error:
+            refusal = error.refusal
+            if refusal.reason == "too_many_rows":
+                raise TooManyRowsError(refusal.rows, self.settings.max_batch_rows) from None
+            raise InvalidRowsError(refusal.message, row=refusal.row, feature=refusal.feature) from None
+        except PoolOverloadedError as error:
+            raise OverloadedError(f"overloaded: {error}") from None
+        except InferenceTimeoutError as error:
+            raise TimedOutError(str(error)) from None
+        except PoolError as error:
+            raise InferenceFailedError(f"inference failed: {error}") from None
+        return ScoredRows(selection=selection, probabilities=scores.probabilities)
+
     async def score(self, generation: Generation, model: str, instances: bytes, request_id: str) -> Scores:
         """Fraud probabilities of `generation`'s `model` for each row of `instances` (raw JSON), counted in the
         metrics. The worker checks the rows against the model's signature (`RequestRefusedError` if they fail)."""
@@ -212,12 +359,10 @@ class FraudService:
     async def resolve(self) -> dict[str, ModelRef]:
         """Ask the registry which version each served model should be, now."""
         registry = await self._get_registry()
-        # Each HTTP call is bounded by REGISTRY_TIMEOUT_S; so is the whole resolution, however many calls it takes.
-        bound = self.settings.registry_timeout_s * (2 + len(self.settings.models))
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(registry.resolve_all, self.settings.models), bound)
-        except TimeoutError:
-            raise RegistryUnavailableError(f"the registry did not answer within {bound} s") from None
+        # NOTE: awaited to its end, not abandoned at a deadline: each HTTP call is bounded by REGISTRY_TIMEOUT_S
+        # (two attempts, see registry.py), so a hung registry fails the call itself, and no call of a refresh
+        # that has given up is left running in a thread to overlap the next one.
+        return await asyncio.to_thread(registry.resolve_all, self.settings.models)
 
     async def load_generation(self, refs: Mapping[str, ModelRef]) -> Generation:
         """Download, load in every worker, and (only if all loaded) activate a new generation."""
@@ -280,5 +425,6 @@ class FraudService:
                 self._tracking_uri,
                 alias=self.settings.model_alias,
                 stages=self.settings.model_stages,
+                timeout_s=self.settings.registry_timeout_s,
             )
         return self._registry

@@ -135,12 +135,50 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return shown  # type: ignore[no-any-return]  # to_builtins of a Struct is a dict
 
 
-_USERINFO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_URI_END = re.compile(r"""[\s"'<>`]""")
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 
 def redact_credentials(text: str) -> str:
-    """Hide the password of every `scheme://user:password@` URI within `text`: a URI, or a library's message."""
-    return _USERINFO_PASSWORD.sub(r"\g<head>:***@", text)
+    """Hide the credentials of every `scheme://userinfo@host` URI within `text`: a URI, or a library's message.
+
+    The userinfo runs to the LAST `@` before the host, as urllib and requests read it (`http://alice:p@ss@host`
+    has the password `p@ss`): `user:***@` keeps the user name, a userinfo without `:` (a token) becomes `***@`.
+    A password holding a raw `/`, `?` or `#` (which no client can parse, and whose error message quotes the
+    URI) is hidden too, up to the last `@` of the URI; the price is that an `@` in the path of a URI with a
+    port (`http://host:80/a@b`) hides `80/a` as well: a secret shown is worse than a port hidden.
+    """
+    shown: list[str] = []
+    position = 0
+    while (scheme := _SCHEME.search(text, position)) is not None:
+        start = scheme.end()
+        end_match = _URI_END.search(text, start)
+        end = end_match.start() if end_match else len(text)
+        length = _userinfo_length(text[start:end])
+        shown.append(text[position:start])
+        position = start
+        if length is not None:
+            user, colon, _password = text[start : start + length].partition(":")
+            shown.append(f"{user}:***@" if colon else "***@")
+            position = start + length + 1
+    shown.append(text[position:])
+    return "".join(shown)
+
+
+def _userinfo_length(after_scheme: str) -> int | None:
+    """How long the userinfo is in what follows `scheme://` (up to its `@`), or None when there is none."""
+    at = after_scheme.rfind("@")
+    if at < 0:
+        return None
+    candidate = after_scheme[:at]
+    delimiter = _AUTHORITY_END.search(candidate)
+    colon = candidate.find(":")
+    if delimiter is None or 0 <= colon < delimiter.start():
+        return at  # `user:pass/word@host`: a password with a raw `/` still ends at the last `@`
+    # A `/` before any `:`: a path, as in `file:///tmp/a@b`; the userinfo, if any, is in the authority alone.
+    authority_at = after_scheme[: delimiter.start()].rfind("@")
+    return authority_at if authority_at >= 0 else None
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:

@@ -59,7 +59,7 @@ def mismatched_registry(private_registry: str) -> str:
 
 
 def downloaded(registry: str, name: str, destination: Path) -> Any:
-    source = Registry(registry, alias="champion", stages=())
+    source = Registry(registry, alias="champion", stages=(), timeout_s=10)
     ref = source.resolve(name.removeprefix("fraud-"), name)
     return ref, source.download(ref, destination)
 

@@ -37,7 +37,7 @@ class Versions:
             self.client.transition_model_version_stage(name, version, stage)
 
     def registry(self, *, alias: str = "champion", stages: tuple[str, ...] = ("Production", "Staging")) -> Registry:
-        return Registry(self.tracking_uri, alias=alias, stages=stages)
+        return Registry(self.tracking_uri, alias=alias, stages=stages, timeout_s=10)
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +144,28 @@ def test_version_without_threshold_tag_uses_one_half(versions: Versions) -> None
     (version,) = versions.register("untagged", 1)
     versions.client.set_registered_model_alias("untagged", "champion", version)
     assert versions.registry().resolve("m", "untagged").threshold == 0.5
+
+
+def test_concurrent_fetches_of_one_version_download_it_once_and_share_it(demo_registry: str, tmp_path: Path) -> None:
+    """Served keys on the same (name, version) are fetched at once by a refresh: one download, one folder."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import msgspec
+
+    from fraud_inference.models.artifact import ModelArtifact, fetch_artifact
+
+    registry = Registry(demo_registry, alias="champion", stages=(), timeout_s=10)
+    ref = registry.resolve("xgboost", "fraud-xgboost")
+    keys = [f"key-{n}" for n in range(8)]
+    start = threading.Barrier(len(keys))
+
+    def fetch(key: str) -> ModelArtifact:
+        start.wait()
+        return fetch_artifact(registry, msgspec.structs.replace(ref, key=key), tmp_path, dependency_policy="off")
+
+    with ThreadPoolExecutor(len(keys)) as threads:
+        artifacts = list(threads.map(fetch, keys))
+    assert [artifact.ref.key for artifact in artifacts] == keys
+    assert {artifact.path for artifact in artifacts} == {artifacts[0].path}
+    assert sorted(path.name for path in (tmp_path / "fraud-xgboost").iterdir()) == [ref.version]

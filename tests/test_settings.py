@@ -78,10 +78,44 @@ def test_redacted_settings_hide_keys_and_uri_password() -> None:
         ("http://mlflow:5000", "http://mlflow:5000"),
         ("https://user:pw@host:443/x", "https://user:***@host:443/x"),
         ("sqlite:////tmp/a@b/mlflow.db", "sqlite:////tmp/a@b/mlflow.db"),
+        ("file:///srv/models@2/m", "file:///srv/models@2/m"),
+        ("https://token-only@host/x", "https://***@host/x"),
     ],
 )
 def test_redact_uri(uri: str, expected: str) -> None:
     assert redact_credentials(uri) == expected
+
+
+# Passwords as they appear in a URI: raw `@` and `:` (urllib and requests read the userinfo up to the LAST
+# `@`), percent-encoded `@` and `/`, and a raw `/` (unparsable, but then quoted whole in a client's error).
+PASSWORDS = ["p@ss-w0rd", "pa:ss@w0rd", "p%40ss%2Fw0rd", "p@ss/w0rd", "a@b:c@d%40e/f?g#h@w0rd"]
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{uri}",
+        "API request to {uri}/api/2.0/mlflow/registered-models/alias failed",
+        "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with url: '{uri}/api' (Caused by x)",
+        '{{"event": "startup.load_failed", "error": "cannot reach {uri}"}}',
+    ],
+)
+def test_redact_hides_the_whole_password_up_to_the_last_at(password: str, template: str) -> None:
+    uri = f"http://alice:{password}@mlflow.internal:5000"
+    shown = redact_credentials(template.format(uri=uri))
+    assert shown == template.format(uri="http://alice:***@mlflow.internal:5000")
+    for fragment in ("p@ss", "ss-w0rd", "w0rd", "ss%2F", "b:c"):
+        assert fragment not in shown
+
+
+def test_redact_matches_how_urllib_reads_the_password() -> None:
+    from urllib.parse import urlsplit
+
+    for password in ("p@ss-w0rd", "pa:ss@w0rd", "p%40ss%2Fw0rd"):
+        uri = f"http://alice:{password}@mlflow.internal:5000/x"
+        assert urlsplit(uri).password == password
+        assert redact_credentials(uri) == "http://alice:***@mlflow.internal:5000/x"
 
 
 def test_tracking_uri_can_come_from_a_secret_file(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from litestar.exceptions import HTTPException
 
 from fraud_inference.api.auth import require_api_key
 from fraud_inference.api.errors import ADMIN_SECURITY, error_responses
-from fraud_inference.api.routes import model_infos, service_of
+from fraud_inference.api.protocol import service_of
+from fraud_inference.api.routes import model_infos
 from fraud_inference.api.schemas import RefreshResponse, VersionChangeInfo
 from fraud_inference.registry import RegistryUnavailableError
 from fraud_inference.service import GenerationLoadError, RefreshInProgressError

@@ -15,9 +15,11 @@ from setproctitle import setproctitle
 from fraud_inference import __version__
 from fraud_inference.api.admin import admin_routers
 from fraud_inference.api.docs import DOCS_PATH, docs_static_router, openapi_config
+from fraud_inference.api.mlflow_protocol import mlflow_router
+from fraud_inference.api.oip import oip_router
 from fraud_inference.api.ready import announce_ready
 from fraud_inference.api.request_id import RequestIdMiddleware, add_request_id_header
-from fraud_inference.api.routes import livez, metrics, predict, readyz, version
+from fraud_inference.api.routes import v1_router
 from fraud_inference.lifetime import die_with_parent
 from fraud_inference.observability.logging import configure_logging, get_logger
 from fraud_inference.observability.metrics import Metrics
@@ -57,7 +59,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             log.info("server.stopped")
 
     app = Litestar(
-        route_handlers=[predict, version, livez, readyz, metrics, *admin_routers(), docs_static_router()],
+        route_handlers=[v1_router(), mlflow_router(), oip_router(), *admin_routers(), docs_static_router()],
         lifespan=[lifespan],
         middleware=[RequestIdMiddleware()],
         before_send=[add_request_id_header],

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Request
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
@@ -15,7 +16,9 @@ from litestar.openapi.plugins import (
 )
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.router import Router
+from litestar.routes import BaseRoute
 from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
 
 from fraud_inference.api.auth import HEADER
 from fraud_inference.api.errors import ADMIN_SECURITY
@@ -29,12 +32,23 @@ _STATIC_DIR = Path(__file__).parent / "static"
 _FAVICON = f"<link rel='icon' type='image/png' href='{STATIC_PREFIX}/favicon-32x32.png'>"
 
 
+class _DocsRouter(Router):
+    """The docs' router, without Litestar's catch-all `/{path:str}` that answers every unknown one-segment path
+    (`/foo`, `/ping` before it existed) with an HTML page: unknown paths get the app's JSON 404 instead."""
+
+    def register(self, value: ControllerRouterHandler) -> list[BaseRoute]:
+        if isinstance(value, HTTPRouteHandler) and "/{path:str}" in value.paths:
+            return []
+        return super().register(value)
+
+
 def openapi_config(version: str) -> OpenAPIConfig:
     return OpenAPIConfig(
         title="fraud-inference",
         version=version,
         description="Fraud-detection scores from models served straight out of an MLflow Model Registry.",
         path="/",
+        openapi_router=_DocsRouter(path="/", route_handlers=[], include_in_schema=False),
         components=Components(
             security_schemes={
                 ADMIN_SECURITY: SecurityScheme(

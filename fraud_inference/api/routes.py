@@ -6,17 +6,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from litestar import Request, get, post
-from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
+from litestar import Request, Router, get, post
+from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.response import Response
 
 from fraud_inference import __version__
 from fraud_inference.api.errors import error_responses
-from fraud_inference.api.request_id import note_for_access_log, request_id_of
+from fraud_inference.api.protocol import note_scored, require_media_type, service_of
+from fraud_inference.api.request_id import request_id_of
 from fraud_inference.api.schemas import (
     DependencyInfo,
+    ErrorBody,
     FeatureInfo,
     ModelInfo,
     Prediction,
@@ -25,12 +27,21 @@ from fraud_inference.api.schemas import (
     Probe,
     VersionResponse,
 )
-from fraud_inference.models.signature import clip_names
+from fraud_inference.models.signature import clip_names, instances_message
 from fraud_inference.observability.metrics import CONTENT_TYPE
-from fraud_inference.pool import InferenceTimeoutError, PoolError, PoolOverloadedError, RequestRefusedError
-from fraud_inference.service import FraudService, Generation
+from fraud_inference.service import (
+    Generation,
+    InferenceFailedError,
+    InvalidRowsError,
+    NotReadyError,
+    OverloadedError,
+    PredictionError,
+    TimedOutError,
+    TooManyRowsError,
+    UnknownModelError,
+)
 
-__all__ = ["livez", "metrics", "model_infos", "predict", "readyz", "service_of", "version"]
+__all__ = ["livez", "metrics", "model_infos", "predict", "readyz", "v1_router", "version"]
 
 _decode_request = msgspec.json.Decoder(PredictRequest).decode
 _RETRY_AFTER = {"Retry-After": "1"}
@@ -58,16 +69,31 @@ class _PredictOperation(Operation):
         self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=body)}, required=True)
 
 
-def service_of(request: Request[Any, Any, Any]) -> FraudService:
-    service: FraudService = request.app.state.service
-    return service
+_STATUS: dict[type[PredictionError], int] = {
+    NotReadyError: 503,
+    UnknownModelError: 404,
+    InvalidRowsError: 422,
+    TooManyRowsError: 413,
+    OverloadedError: 503,
+    TimedOutError: 504,
+    InferenceFailedError: 503,
+}
 
 
-def _active(service: FraudService) -> Generation:
-    generation = service.active
-    if generation is None:
-        raise ServiceUnavailableException(detail=f"not ready: {service.not_ready_reason}", headers=_RETRY_AFTER)
-    return generation
+def _render_error(_request: Request[Any, Any, Any], error: PredictionError) -> Response[ErrorBody]:
+    """/v1's convention for the core's errors: Litestar's `{"status_code", "detail"}`, Retry-After on 503."""
+    status = _STATUS[type(error)]
+    if isinstance(error, InvalidRowsError):
+        detail = instances_message(error.message, row=error.row, feature=error.feature)
+    elif isinstance(error, TooManyRowsError):
+        detail = f"{error.rows} instances exceed MAX_BATCH_ROWS={error.limit}"
+    else:
+        detail = str(error)
+    return Response(
+        ErrorBody(status_code=status, detail=detail),
+        status_code=status,
+        headers=_RETRY_AFTER if status == 503 else None,
+    )
 
 
 @post(
@@ -76,15 +102,14 @@ def _active(service: FraudService) -> Generation:
     operation_class=_PredictOperation,
     summary="Score transactions",
     raises=[],
-    responses=error_responses(400, 404, 413, 422, 503, 504),
+    responses=error_responses(400, 404, 413, 415, 422, 503, 504),
     tags=["prediction"],
 )
 async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
     """Score each instance with the served model; predictions come back in request order."""
     service = service_of(request)
-    if service.pool.overloaded:
-        # Refuse before reading the body: under a burst, reading megabytes only to refuse them is what hurts.
-        raise ServiceUnavailableException(detail=f"overloaded: {service.pool.overload_reason}", headers=_RETRY_AFTER)
+    service.check_capacity()
+    require_media_type(request)
     body = await request.body()
     try:
         parsed = _decode_request(body)
@@ -94,43 +119,21 @@ async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
         raise HTTPException(status_code=400, detail=f"malformed JSON: {error}") from None
     except RecursionError:
         raise HTTPException(status_code=400, detail="malformed JSON: nested too deeply") from None
-    generation = _active(service)
-    key = parsed.model or service.settings.default_model
-    served = generation.models.get(key)
-    if served is None:
-        served_keys = (
-            "" if service.settings.error_detail == "generic" else f"; served models: {', '.join(generation.models)}"
-        )
-        raise NotFoundException(detail=f"unknown model {key[:64]!r}{served_keys}")
     request_id = request_id_of(request.scope)
-    try:
-        # The worker decodes the rows against this generation's signature: the server process stays free for HTTP.
-        scores = await service.score(generation, key, bytes(parsed.instances), request_id)
-    except RequestRefusedError as error:
-        raise HTTPException(status_code=error.status, detail=error.detail) from None
-    except PoolOverloadedError as error:
-        raise ServiceUnavailableException(detail=f"overloaded: {error}", headers=_RETRY_AFTER) from None
-    except InferenceTimeoutError as error:
-        raise HTTPException(status_code=504, detail=str(error)) from None
-    except PoolError as error:
-        raise ServiceUnavailableException(detail=f"inference failed: {error}", headers=_RETRY_AFTER) from None
-    probabilities = scores.probabilities
-    ref = served.ref
-    note_for_access_log(
-        request.scope, model=key, version=ref.version, generation=generation.number, rows=len(probabilities)
-    )
-    flagged = probabilities >= ref.threshold
+    scored = await service.predict(parsed.model, bytes(parsed.instances), request_id)
+    note_scored(request, scored, "v1")
+    ref = scored.ref
     return PredictResponse(
-        model=key,
+        model=scored.selection.key,
         model_name=ref.name,
         model_version=ref.version,
         selected_by=ref.selected_by,
-        generation=generation.number,
+        generation=scored.selection.generation.number,
         threshold=ref.threshold,
         request_id=request_id,
         predictions=[
             Prediction(fraud_probability=p, is_fraud=f)
-            for p, f in zip(probabilities.tolist(), flagged.tolist(), strict=True)
+            for p, f in zip(scored.probabilities.tolist(), scored.flagged.tolist(), strict=True)
         ],
     )
 
@@ -201,3 +204,12 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Probe]:
         return Response(probe, status_code=503, headers=_RETRY_AFTER)
     probe = Probe(status="ready", generation=service.active.number, workers=pool.size, live_workers=pool.ready_workers)
     return Response(probe, status_code=200)
+
+
+def v1_router() -> Router:
+    """/v1 (this service's own protocol) and the probes, with the core's errors rendered in /v1's convention."""
+    return Router(
+        path="/",
+        route_handlers=[predict, version, livez, readyz, metrics],
+        exception_handlers={PredictionError: _render_error},
+    )

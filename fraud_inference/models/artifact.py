@@ -122,15 +122,8 @@ def fetch_artifact(
     dependency_policy: DependencyPolicy,
     trust: ModelTrust = ModelTrust(),  # noqa: B008 - frozen, never mutated
 ) -> ModelArtifact:
-    """Download the version under `downloads` (once: a complete download is reused) and read it."""
-    import shutil
-
-    destination = downloads / ref.name / ref.version
-    if not destination.exists():
-        partial = destination.with_name(f"{ref.version}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        registry.download(ref, partial)
-        partial.rename(destination)
+    """Download the version under `downloads` (once, shared by every key served from it) and read it."""
+    destination = registry.download_once(ref, downloads)
     model_dir = next((path.parent for path in destination.rglob("MLmodel")), destination)
     try:
         return read_artifact(ref, model_dir, dependency_policy=dependency_policy, trust=trust)

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from fraud_inference.models.artifact import FeatureSpec
 
-__all__ = ["ErrorDetail", "InstancesError", "SignatureDecoder", "clip_names"]
+__all__ = ["ErrorDetail", "InstancesError", "SignatureDecoder", "clip_names", "instances_message"]
 
 # Integers beyond 2**53 cannot reach the model exactly as float64; refuse them rather than round silently.
 # Decoded as float so that `3.0` (what many clients write for an integer) is accepted; fractions are refused
@@ -32,8 +32,25 @@ _QUOTED = re.compile(r"`([^`]*)`")
 ErrorDetail = Literal["full", "generic"]
 
 
+def instances_message(problem: str, *, row: int | None = None, feature: str | None = None) -> str:
+    """`instances[3].amount: <problem>`: where in a body of row objects the problem is, then what it is."""
+    where = "instances" + ("" if row is None else f"[{row}]") + ("" if feature is None else f".{feature}")
+    return f"{where} {problem}" if problem.startswith("is ") else f"{where}: {problem}"
+
+
 class InstancesError(ValueError):
-    """The rows do not match the model's signature; the message names the row and the feature."""
+    """The rows do not match the model's signature: `problem` says what, at `row` (index) and `feature`.
+
+    `str()` is the whole message, e.g. `instances[3].amount: Expected `float`, got `str``; `row` and `feature`
+    are None when the problem is not in one row (or not in one feature), and `feature` is always None under
+    ERROR_DETAIL=generic.
+    """
+
+    def __init__(self, problem: str, *, row: int | None = None, feature: str | None = None) -> None:
+        super().__init__(instances_message(problem, row=row, feature=feature))
+        self.problem = problem
+        self.row = row
+        self.feature = feature
 
 
 class SignatureDecoder:
@@ -66,30 +83,32 @@ class SignatureDecoder:
             rows = self._decode(instances)
         except msgspec.ValidationError as error:
             if self._detail == "generic":
-                raise InstancesError(_generic(str(error))) from None
-            raise InstancesError(_describe(str(error), self.features)) from None
+                raise _generic(str(error)) from None
+            raise _describe(str(error), self.features) from None
         except (msgspec.DecodeError, RecursionError):
-            raise InstancesError("instances: not a JSON array of row objects, or nested too deeply") from None
+            raise InstancesError("not a JSON array of row objects, or nested too deeply") from None
         if not rows:
-            raise InstancesError("instances is empty: send at least one row")
+            raise InstancesError("is empty: send at least one row")
         # One pass of C-level iteration into a preallocated float64 buffer: ~25% faster than np.array of tuples.
         values = chain.from_iterable(map(self._astuple, rows))
         matrix = np.fromiter(values, dtype=np.float64, count=len(rows) * self._width).reshape(len(rows), self._width)
         if not np.isfinite(matrix).all():
             row, column = np.argwhere(~np.isfinite(matrix))[0]
-            where = (
-                f"instances[{row}]" if self._detail == "generic" else f"instances[{row}].{self.features[column].name}"
-            )
-            raise InstancesError(f"{where}: value is not a finite number")
+            feature = None if self._detail == "generic" else self.features[column].name
+            raise InstancesError("value is not a finite number", row=int(row), feature=feature)
         if self._integer_columns:
             integers = matrix[:, self._integer_columns]
             fractional = integers != np.floor(integers)
             if fractional.any():
                 row, index = np.argwhere(fractional)[0]
                 spec = self.features[self._integer_columns[index]]
-                where = f"instances[{row}]" if self._detail == "generic" else f"instances[{row}].{spec.name}"
-                detail = "" if self._detail == "generic" else f" (the model expects type {spec.type})"
-                raise InstancesError(f"{where}: Expected `int`, got a fraction{detail}")
+                if self._detail == "generic":
+                    raise InstancesError("Expected `int`, got a fraction", row=int(row))
+                raise InstancesError(
+                    f"Expected `int`, got a fraction (the model expects type {spec.type})",
+                    row=int(row),
+                    feature=spec.name,
+                )
         return matrix
 
 
@@ -98,26 +117,25 @@ def clip_names(message: str, limit: int = 64) -> str:
     return _QUOTED.sub(lambda m: f"`{m.group(1)[:limit]}...`" if len(m.group(1)) > limit else m.group(0), message)
 
 
-def _generic(message: str) -> str:
+def _generic(message: str) -> InstancesError:
     """The row of the error only, for ERROR_DETAIL=generic: no feature name goes back to the caller."""
     match = _PATH.search(message)
-    row = f"instances[{match.group(1)}]" if match else "instances"
-    return f"{row}: does not match the model's signature"
+    return InstancesError("does not match the model's signature", row=int(match.group(1)) if match else None)
 
 
-def _describe(message: str, features: Sequence[FeatureSpec]) -> str:
-    """Rewrite msgspec's `... - at `$[3].amount`` into `instances[3].amount: ...` with a hint."""
+def _describe(message: str, features: Sequence[FeatureSpec]) -> InstancesError:
+    """Turn msgspec's `... - at `$[3].amount`` into the problem at row 3, feature `amount`, with a hint."""
     text, _, _where = clip_names(message).partition(" - at ")
     if text == "Number out of range":
         text = "value is not a finite number (out of float64 range)"
     match = _PATH.search(message)
     if match is None:
-        return f"instances: {text}"
-    row, feature = match.group(1), match.group(2)
+        return InstancesError(text)
+    row, feature = int(match.group(1)), match.group(2)
     if feature:
         expected = next((spec.type for spec in features if spec.name == feature), "number")
-        return f"instances[{row}].{feature}: {text} (the model expects type {expected})"
+        return InstancesError(f"{text} (the model expects type {expected})", row=row, feature=feature)
     if "missing required field" in text or "unknown field" in text:
         names = ", ".join(spec.name for spec in features)
-        return f"instances[{row}]: {text}; the model's features are: {names}"
-    return f"instances[{row}]: {text}"
+        return InstancesError(f"{text}; the model's features are: {names}", row=row)
+    return InstancesError(text, row=row)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fraud_inference.pool.messages import Refused
+
 __all__ = [
     "InferenceTimeoutError",
     "NoWorkerError",
@@ -38,12 +43,9 @@ class PoolOverloadedError(PoolError):
 
 
 class RequestRefusedError(Exception):
-    """The worker refused this request's rows (they do not fit the model's signature, or are too many).
+    """The worker refused this request's rows: `refusal` says why (invalid rows at a row and feature, or too
+    many rows), in the domain's terms; the scoring core turns it into its own errors."""
 
-    `status` is the HTTP status to answer (422, 413) and `detail` names the row and the feature.
-    """
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
+    def __init__(self, refusal: Refused) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from fraud_inference.models.artifact import ModelArtifact
@@ -65,10 +67,17 @@ class GenerationLoaded(msgspec.Struct, tag="loaded", frozen=True, array_like=Tru
 
 
 class Refused(msgspec.Struct, frozen=True, array_like=True):
-    """One request of a batch whose rows do not fit the model: the HTTP status and a message naming the field."""
+    """One request of a batch whose rows the worker will not score, in the domain's terms (no HTTP here).
 
-    status: int
-    detail: str
+    `reason` is `invalid_rows` (the rows do not fit the model's signature: `message` says what, at `row` and
+    `feature` when known) or `too_many_rows` (`rows` of them, past MAX_BATCH_ROWS). Each protocol words it.
+    """
+
+    reason: Literal["invalid_rows", "too_many_rows"]
+    message: str
+    row: int | None = None
+    feature: str | None = None
+    rows: int = 0
 
 
 class Scored(msgspec.Struct, tag="scored", frozen=True, array_like=True):

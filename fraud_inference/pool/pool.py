@@ -209,7 +209,7 @@ class InferencePool:
 
         The request waits in the queue while every worker is busy and may share a batch with other
         requests for the same model and generation; its answer holds exactly its own rows' scores.
-        Raises `RequestRefusedError` when the worker refuses the rows (422, 413), `PoolOverloadedError`
+        Raises `RequestRefusedError` when the worker refuses the rows (invalid, too many), `PoolOverloadedError`
         when QUEUE_LIMIT requests already wait, `InferenceTimeoutError` after INFERENCE_TIMEOUT_S.
         """
         if not self._held_by_a_live_worker(generation):
@@ -298,7 +298,7 @@ class InferencePool:
         for request, outcome in zip(batch.requests, scored.outcomes, strict=True):
             if isinstance(outcome, Refused):
                 if not request.future.done():
-                    request.future.set_exception(RequestRefusedError(outcome.status, outcome.detail))
+                    request.future.set_exception(RequestRefusedError(outcome))
                 continue
             if not request.future.done():
                 request.future.set_result(Scores(probabilities[offset : offset + outcome], scored.seconds))

@@ -173,12 +173,16 @@ class _Worker:
         try:
             matrix = decoder.matrix(body)
         except InstancesError as error:
-            return Refused(status=422, detail=str(error))
+            return Refused(reason="invalid_rows", message=error.problem, row=error.row, feature=error.feature)
         except Exception as error:  # whatever a hostile body does, it fails alone and the worker lives on
             self._log.error("decode.failed", error=repr(error)[:200])
-            return Refused(status=422, detail="instances: cannot be decoded")
+            return Refused(reason="invalid_rows", message="cannot be decoded")
         if matrix.shape[0] > self._max_rows:
-            return Refused(status=413, detail=f"{matrix.shape[0]} instances exceed MAX_BATCH_ROWS={self._max_rows}")
+            return Refused(
+                reason="too_many_rows",
+                message=f"{matrix.shape[0]} rows exceed MAX_BATCH_ROWS={self._max_rows}",
+                rows=matrix.shape[0],
+            )
         return matrix
 
     def _load(self, request: LoadGeneration) -> None:

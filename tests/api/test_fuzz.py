@@ -42,19 +42,41 @@ PUBLIC_CASES = [
     ("GET", "/livez", POSITIVE),
     ("GET", "/readyz", POSITIVE),
     ("GET", "/metrics", POSITIVE),
+    ("POST", "/invocations", POSITIVE),
+    ("POST", "/invocations", NEGATIVE),
+    ("POST", "/invocations/{model}", POSITIVE),
+    ("POST", "/invocations/{model}", NEGATIVE),
+    ("GET", "/ping", POSITIVE),
+    ("GET", "/health", POSITIVE),
+    ("GET", "/version", POSITIVE),
+    ("GET", "/v2/health/live", POSITIVE),
+    ("GET", "/v2/health/ready", POSITIVE),
+    ("GET", "/v2", POSITIVE),
+    ("GET", "/v2/models/{model}", POSITIVE),
+    ("GET", "/v2/models/{model}/versions/{version}", POSITIVE),
+    ("GET", "/v2/models/{model}/ready", POSITIVE),
+    ("GET", "/v2/models/{model}/versions/{version}/ready", POSITIVE),
+    ("POST", "/v2/models/{model}/infer", POSITIVE),
+    ("POST", "/v2/models/{model}/infer", NEGATIVE),
+    ("POST", "/v2/models/{model}/versions/{version}/infer", POSITIVE),
+    ("POST", "/v2/models/{model}/versions/{version}/infer", NEGATIVE),
 ]
 ADMIN_CASES = [("POST", "/admin/refresh-models", POSITIVE), ("POST", "/admin/refresh-models", NEGATIVE)]
 
 
+# Where each protocol says what is wrong: /v1 and the admin API `detail`, MLflow's protocol `message`, OIP `error`.
+EXPLANATION_FIELDS = ("detail", "message", "error")
+
+
 class MissingDetailError(Failure):
-    """An error answer whose JSON body has no `detail` saying what is wrong."""
+    """An error answer whose JSON body does not say what is wrong (in its protocol's field)."""
 
 
 def error_has_detail(_ctx: CheckContext, response: Response, case: Case) -> bool | None:
     if response.status_code < 400:
         return None
     body: Any = response.json()
-    if not isinstance(body, dict) or not isinstance(body.get("detail"), str) or not body["detail"]:
+    if not isinstance(body, dict) or not any(isinstance(body.get(f), str) and body[f] for f in EXPLANATION_FIELDS):
         raise MissingDetailError(
             operation=case.operation.label,
             title="Error body without a detail",
@@ -95,12 +117,17 @@ def schemas(fuzzed_service: RunningService) -> dict[GenerationMode, OpenApiSchem
     exact_document = copy.deepcopy(served_document)
     predict_body = exact_document["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
     _exact_rows(predict_body["schema"], served_models)
+    _exact_invocations(exact_document, predict_body["schema"])
+    _exact_oip(exact_document, served_models)
     loaded = {
         POSITIVE: schemathesis.openapi.from_dict(exact_document),
         NEGATIVE: schemathesis.openapi.from_dict(served_document),
     }
     for schema in loaded.values():
         schema.config.update(base_url=fuzzed_service.base_url)
+        # A generated body over MAX_BODY_BYTES is refused with 413 before it is read: a rejection too.
+        rejection = schema.config.checks.negative_data_rejection
+        rejection.expected_statuses = [*rejection.expected_statuses, "413"]
     return loaded
 
 
@@ -125,6 +152,60 @@ def _exact_rows(body: dict[str, Any], served: dict[str, Any]) -> None:
     body["properties"]["instances"].update(items=row, maxItems=3)
     body["properties"]["model"]["enum"] = sorted(served)
     body["additionalProperties"] = False
+
+
+def _exact_invocations(document: dict[str, Any], predict_body: dict[str, Any]) -> None:
+    """Valid /invocations cases: the exact rows of /v1/predict as `dataframe_records`, and a served model's key."""
+    records = copy.deepcopy(predict_body["properties"]["instances"])
+    body = {
+        "type": "object",
+        "required": ["dataframe_records"],
+        "properties": {"dataframe_records": records},
+        "additionalProperties": False,
+    }
+    for path in ("/invocations", "/invocations/{model}"):
+        operation = document["paths"][path]["post"]
+        operation["requestBody"]["content"] = {"application/json": {"schema": body}}
+        for parameter in operation.get("parameters", []):
+            if parameter["name"] == "model":
+                parameter["schema"]["enum"] = predict_body["properties"]["model"]["enum"]
+
+
+def _exact_oip(document: dict[str, Any], served: dict[str, Any]) -> None:
+    """Valid OIP cases name a served model and its version; infer sends one [1, features] FP64 tensor of small
+    integers, which fit every demo feature (double or long)."""
+    versions = sorted({model["version"] for model in served.values()})
+    width = len(next(iter(served.values()))["features"])
+    for path, methods in document["paths"].items():
+        if not path.startswith("/v2/models/"):
+            continue
+        for operation in methods.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "model":
+                    parameter["schema"]["enum"] = sorted(served)
+                if parameter["name"] == "version":
+                    parameter["schema"]["enum"] = versions
+            if "requestBody" in operation:
+                tensor = {
+                    "type": "object",
+                    "required": ["name", "shape", "datatype", "data"],
+                    "properties": {
+                        "name": {"enum": ["input-0"]},
+                        "shape": {"enum": [[1, width]]},
+                        "datatype": {"enum": ["FP64"]},
+                        "data": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9},
+                                 "minItems": width, "maxItems": width},
+                    },
+                    "additionalProperties": False,
+                }  # fmt: skip
+                body = {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {"id": {"type": "string"}, "inputs": {"type": "array", "items": tensor,
+                                   "minItems": 1, "maxItems": 1}},
+                    "additionalProperties": False,
+                }  # fmt: skip
+                operation["requestBody"]["content"] = {"application/json": {"schema": body}}
 
 
 def fuzz(

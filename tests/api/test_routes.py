@@ -40,7 +40,8 @@ def test_docs_pages_load_their_assets_from_the_service(client: TestClient, page:
 
 def test_openapi_schema_documents_the_surface(client: TestClient) -> None:  # type: ignore[type-arg]
     schema = client.get("/openapi.json").json()
-    for path in ("/v1/predict", "/v1/version", "/livez", "/readyz"):
+    for path in ("/v1/predict", "/v1/version", "/livez", "/readyz", "/invocations", "/invocations/{model}", "/ping",
+                 "/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/ready"):  # fmt: skip
         assert path in schema["paths"]
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["instances"]
@@ -63,3 +64,31 @@ def test_not_ready_answers_503_with_reason_and_retry_after(unready_client: TestC
     assert predict.status_code == 503
     assert predict.headers["retry-after"]
     assert "not ready" in predict.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/foo", "/no/such/path", "/v2x", "/invocation"])
+def test_unknown_paths_answer_json_404(client: TestClient, path: str) -> None:  # type: ignore[type-arg]
+    for method in ("GET", "POST"):
+        response = client.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/predict"), ("GET", "/invocations"), ("DELETE", "/livez")])
+def test_wrong_methods_answer_json_405(client: TestClient, method: str, path: str) -> None:  # type: ignore[type-arg]
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "text/csv"])
+def test_a_body_that_is_not_json_is_415_naming_json(client: TestClient, content_type: str) -> None:  # type: ignore[type-arg]
+    response = client.post("/v1/predict", content=b'{"instances": []}', headers={"content-type": content_type})
+    assert response.status_code == 415
+    assert "application/json" in response.json()["detail"]
+    json_variant = client.post(
+        "/v1/predict", content=b'{"instances": []}', headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert json_variant.status_code == 422  # read as JSON: empty instances

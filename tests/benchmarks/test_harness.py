@@ -121,3 +121,22 @@ def test_quick_run_scores_every_request_and_writes_json_and_markdown(demo_regist
     # One concurrency level draws no curve: the plot is skipped, and the report says so.
     assert not (out / "latency_vs_throughput.png").exists()
     assert "plot skipped" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_protocol_option_alternates_the_routes_and_checks_every_answer(demo_registry: str, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--seconds", "1", "--tracking-uri", demo_registry,
+         "--out", str(out), "--only", "xgboost 1 row", "--protocol", "v1", "--protocol", "mlflow",
+         "--protocol", "oip"],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results = json.loads((out / "results.json").read_text())
+    names = [scenario["scenario"]["name"] for scenario in results["ours"]]
+    assert names == [f"xgboost 1 row c16 [{protocol}]" for protocol in ("v1", "mlflow", "oip")]
+    for scenario in results["ours"]:
+        assert scenario["errors"] == 0
+        assert scenario["load"]["requests"] > 0

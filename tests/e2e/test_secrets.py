@@ -16,11 +16,16 @@ from tests.conftest import MlflowServer, free_port
 pytestmark = pytest.mark.slow
 
 ADMIN_KEY = "adm1n-k3y-never-logged"
-PASSWORD = "s3cr3t-pass"
+# A password with a raw `@` and `:` (requests reads the userinfo up to the LAST `@`) and percent-encoded `@`
+# and `/`: every fragment of it must stay hidden, not only what precedes its first `@`.
+PASSWORD = "pA55@w0rdZ:QX7%40k9%2FeNd"
+# A raw `/` cannot be parsed by any client, whose error message then quotes the whole URI.
+RAW_SLASH_PASSWORD = "pA55/w0rdZ@QX7"
+FRAGMENTS = ("pA55", "w0rdZ", "QX7", "k9", "eNd")
 
 
-def with_password(tracking_uri: str) -> str:
-    return tracking_uri.replace("http://", f"http://fraud:{PASSWORD}@", 1)
+def with_password(tracking_uri: str, password: str = PASSWORD) -> str:
+    return tracking_uri.replace("http://", f"http://fraud:{password}@", 1)
 
 
 def transcript(response: httpx.Response) -> str:
@@ -30,7 +35,7 @@ def transcript(response: httpx.Response) -> str:
 
 
 def assert_secret_free(text: str, where: str) -> None:
-    for secret in (ADMIN_KEY, PASSWORD):
+    for secret in (ADMIN_KEY, *FRAGMENTS):
         assert secret not in text, f"{secret!r} leaked in {where}:\n{text[text.index(secret) - 400 :][:800]}"
 
 
@@ -61,8 +66,9 @@ def test_no_secret_in_logs_or_answers_while_serving_from_a_password_registry(
     assert_secret_free(service.log(), "the service's log")
 
 
-def test_no_password_in_readiness_or_logs_while_the_registry_is_unreachable(service_factory) -> None:
-    closed = with_password(f"http://127.0.0.1:{free_port()}")
+@pytest.mark.parametrize("password", [PASSWORD, RAW_SLASH_PASSWORD])
+def test_no_password_in_readiness_or_logs_while_the_registry_is_unreachable(service_factory, password: str) -> None:
+    closed = with_password(f"http://127.0.0.1:{free_port()}", password)
     service = service_factory(
         ["serve"], {"MLFLOW_TRACKING_URI": closed, "WORKERS": "1", "REGISTRY_TIMEOUT_S": "1", "LOG_LEVEL": "DEBUG"}
     )

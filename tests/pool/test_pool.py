@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def artifacts(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelArtifact]:
-    registry = Registry(demo_registry, alias="champion", stages=("Production",))
+    registry = Registry(demo_registry, alias="champion", stages=("Production",), timeout_s=10)
     destination = tmp_path_factory.mktemp("downloads")
     found = {}
     for key, name in {"xgboost": "fraud-xgboost", "lightgbm": "fraud-lightgbm", "sklearn": "fraud-sklearn"}.items():
@@ -144,8 +144,8 @@ def test_coalesced_requests_get_exactly_their_own_rows_scores_and_errors(
         for (generation, model, rows, valid), outcome in zip(plan, outcomes, strict=True):
             if not valid:
                 assert isinstance(outcome, RequestRefusedError)
-                assert outcome.status == 422
-                assert outcome.detail.startswith("instances[0]: Object missing required field")
+                assert (outcome.refusal.reason, outcome.refusal.row) == ("invalid_rows", 0)
+                assert outcome.refusal.message.startswith("Object missing required field")
                 continue
             assert isinstance(outcome, Scores)
             scorer_key = model if generation == 1 else {"xgboost": "lightgbm", "lightgbm": "xgboost"}[model]
@@ -158,15 +158,14 @@ def test_coalesced_requests_get_exactly_their_own_rows_scores_and_errors(
     run_with_pool(2, scenario)
 
 
-def test_rows_past_max_batch_rows_are_refused_with_413(
-    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
-) -> None:
+def test_rows_past_max_batch_rows_are_refused(artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame) -> None:
     async def scenario(pool: InferencePool) -> None:
         assert await pool.load(1, [artifacts["xgboost"]]) == {}
         pool.activate(1)
         with pytest.raises(RequestRefusedError) as refused:
             await pool.score(1, "xgboost", instances(transactions, slice(0, 11)), "too-many")
-        assert (refused.value.status, refused.value.detail) == (413, "11 instances exceed MAX_BATCH_ROWS=10")
+        assert (refused.value.refusal.reason, refused.value.refusal.rows) == ("too_many_rows", 11)
+        assert "MAX_BATCH_ROWS=10" in refused.value.refusal.message
         assert len((await pool.score(1, "xgboost", instances(transactions, slice(0, 10)), "ok")).probabilities) == 10
 
     run_with_pool(1, scenario, max_rows=10)

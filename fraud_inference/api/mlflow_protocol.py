@@ -1,0 +1,432 @@
+"""MLflow's scoring protocol (`mlflow models serve`): /invocations, /ping, /health, /version.
+
+A client of `mlflow models serve` switches to this service by changing the URL: the same request bodies
+(`dataframe_split`, `dataframe_records`, `instances`, `inputs`, `params`; CSV with a header), the same
+answers (`{"predictions": ...}`, what MLflow's pyfunc wrapper of the version returns), and errors in
+MLflow's shape (`{"error_code": "BAD_REQUEST", "message": ...}`) with its status codes.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import functools
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar import Request, Router, get, post
+from litestar.exceptions import HTTPException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import FromPath
+from litestar.response import Response
+
+from fraud_inference.api.protocol import JSON, note_scored, require_media_type, service_of
+from fraud_inference.api.request_id import request_id_of
+from fraud_inference.models.artifact import FeatureSpec
+from fraud_inference.models.signature import clip_names
+from fraud_inference.service import (
+    InferenceFailedError,
+    InvalidRowsError,
+    NotReadyError,
+    OverloadedError,
+    PredictionError,
+    ScoredRows,
+    Selection,
+    TimedOutError,
+    TooManyRowsError,
+    UnknownModelError,
+)
+
+__all__ = ["MlflowError", "MlflowPredictions", "mlflow_router"]
+
+CSV = "text/csv"
+TEXT = "text/plain"
+_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+# What MLflow says when a body holds none or several of them (mlflow/pyfunc/scoring_server/__init__.py).
+_REQUIRED_INPUT_FORMAT = (
+    "The input must be a JSON dictionary with exactly one of the input fields "
+    "{'dataframe_split', 'dataframe_records', 'instances', 'inputs'}"
+)
+# XGBoost's scikit-learn API takes these from `params` (MLflow passes recognized ones on): each changes the
+# numbers, and this service scores on the native path without them, so they are refused, not ignored.
+_XGBOOST_PREDICT_PARAMS = frozenset({"output_margin", "base_margin", "iteration_range", "validate_features"})
+_RETRY_AFTER = {"Retry-After": "1"}
+
+
+class MlflowError(msgspec.Struct, kw_only=True):
+    """An error answer in MLflow's shape: the error code name (`BAD_REQUEST`, ...) and a message."""
+
+    error_code: str
+    message: str
+
+
+class MlflowPredictions(msgspec.Struct):
+    """What MLflow's pyfunc wrapper of the version returns, per row: class labels (0/1) for scikit-learn-API
+    classifiers, the fraud probability for raw Boosters, `[p(0), p(1)]` for `pyfunc_predict_fn: predict_proba`."""
+
+    predictions: list[Any]
+
+
+class _Split(msgspec.Struct):
+    """pandas' `orient="split"`: `columns`, then `data` row by row; `index` is ignored, as MLflow does."""
+
+    data: list[list[Any]]
+    columns: list[str] | None = None
+    index: Any = None
+
+
+class _Invocation(msgspec.Struct):
+    """An /invocations JSON body; other keys are ignored, as MLflow does."""
+
+    dataframe_split: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    dataframe_records: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    instances: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    inputs: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    params: dict[str, Any] | None = None
+
+
+_decode_invocation = msgspec.json.Decoder(_Invocation).decode
+_decode_split = msgspec.json.Decoder(_Split).decode
+_decode_columns = msgspec.json.Decoder(dict[str, list[Any]]).decode
+_encode = msgspec.json.encode
+
+
+class _Output(enum.Enum):
+    """What MLflow's pyfunc wrapper of a version returns for each row."""
+
+    LABEL = "label"  # scikit-learn API `predict`: the class, 1 when p(fraud) > 0.5
+    PROBABILITY = "probability"  # raw Booster `predict`: p(fraud)
+    CLASS_PROBABILITIES = "class_probabilities"  # `pyfunc_predict_fn: predict_proba`: [p(0), p(1)]
+
+
+@functools.lru_cache(maxsize=64)
+def _pyfunc_output(model_dir: str, flavor: str) -> _Output | str:
+    """Read from the version's MLmodel what MLflow's pyfunc answers: the flavour's `model_class` (a raw Booster
+    or a scikit-learn-API classifier) and `python_function.predict_fn`; a string says why it cannot be served."""
+    from mlflow.models import Model
+
+    flavors: dict[str, Any] = Model.load(model_dir).flavors
+    predict_fn = str(flavors.get("python_function", {}).get("predict_fn", "predict"))
+    model_class = str(flavors.get(flavor, {}).get("model_class", ""))
+    if flavor in ("xgboost", "lightgbm") and model_class.endswith(".Booster"):
+        return _Output.PROBABILITY
+    if predict_fn == "predict":
+        return _Output.LABEL
+    if predict_fn == "predict_proba":
+        return _Output.CLASS_PROBABILITIES
+    return f"the version's pyfunc_predict_fn {predict_fn!r} is not served here (predict, predict_proba are)"
+
+
+def _predictions(scored: ScoredRows) -> MlflowPredictions:
+    artifact = scored.selection.artifact
+    output = _pyfunc_output(artifact.path, artifact.flavor)
+    probabilities = scored.probabilities
+    if output is _Output.LABEL:
+        # NOTE: XGBClassifier, LGBMClassifier and scikit-learn classifiers all answer class 1 exactly when
+        # p(1) > 0.5 (argmax of [1 - p, p]; ties go to class 0), whatever the version's threshold tag.
+        return MlflowPredictions((probabilities > 0.5).astype(int).tolist())
+    if output is _Output.PROBABILITY:
+        return MlflowPredictions(probabilities.tolist())
+    return MlflowPredictions([[1.0 - p, p] for p in probabilities.tolist()])
+
+
+def _check_servable(selection: Selection, params: dict[str, Any] | None) -> None:
+    artifact = selection.artifact
+    output = _pyfunc_output(artifact.path, artifact.flavor)
+    if isinstance(output, str):
+        raise _Refusal(501, "NOT_IMPLEMENTED", output)
+    if params and artifact.flavor == "xgboost" and output is _Output.LABEL:
+        changing = sorted(_XGBOOST_PREDICT_PARAMS.intersection(params))
+        if changing:
+            raise _Refusal(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                f"params {', '.join(changing)} would change what the model computes; this service scores "
+                "without them: leave them out",
+            )
+
+
+class _Refusal(HTTPException):
+    """A request this protocol refuses before scoring, with MLflow's error code."""
+
+    def __init__(self, status: int, error_code: str, message: str) -> None:
+        super().__init__(status_code=status, detail=message)
+        self.error_code = error_code
+
+
+def _rows_of_json(body: bytes) -> tuple[bytes, dict[str, Any] | None]:
+    """The rows of a JSON body as the pool takes them (raw JSON: an array of row objects), and its params.
+
+    Row-oriented bodies (`dataframe_records`, or `instances`/`inputs` holding an array) pass through untouched;
+    columnar ones (`dataframe_split`, `inputs`/`instances` as an object of columns) become row objects here.
+    """
+    try:
+        invocation = _decode_invocation(body)
+    except msgspec.ValidationError as error:
+        message = clip_names(str(error))
+        if "got `array`" in message and "$" not in message.partition(" - at ")[2]:
+            message = f"{_REQUIRED_INPUT_FORMAT}. Received a list."
+        raise _Refusal(400, "BAD_REQUEST", message) from None
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise _Refusal(
+            400, "BAD_REQUEST", f"Ensure that input is a valid JSON formatted string. Error: {error}"
+        ) from None
+    present = [name for name in _FORMATS if getattr(invocation, name) is not msgspec.UNSET]
+    if len(present) != 1:
+        raise _Refusal(400, "BAD_REQUEST", f"{_REQUIRED_INPUT_FORMAT}. Received input fields: {present}")
+    name = present[0]
+    raw = bytes(getattr(invocation, name))
+    if name == "dataframe_split":
+        return _rows_of_split(raw), invocation.params
+    if name != "dataframe_records" and raw.lstrip()[:1] == b"{":
+        return _rows_of_columns(raw), invocation.params
+    return raw, invocation.params
+
+
+def _rows_of_split(raw: bytes) -> bytes:
+    try:
+        split = _decode_split(raw)
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise _Refusal(400, "BAD_REQUEST", f"dataframe_split: {clip_names(str(error))}") from None
+    if split.columns is None:
+        raise _Refusal(400, "BAD_REQUEST", "dataframe_split: name the columns in `columns`")
+    width = len(split.columns)
+    for index, row in enumerate(split.data):
+        if len(row) != width:
+            raise _Refusal(
+                400, "BAD_REQUEST", f"dataframe_split: data[{index}] has {len(row)} values for {width} columns"
+            )
+    columns = split.columns
+    return _encode([dict(zip(columns, row, strict=True)) for row in split.data])
+
+
+def _rows_of_columns(raw: bytes) -> bytes:
+    try:
+        columns = _decode_columns(raw)
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise _Refusal(400, "BAD_REQUEST", f"inputs: {clip_names(str(error))}") from None
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) > 1:
+        raise _Refusal(400, "BAD_REQUEST", "inputs: every column must hold as many values as the others")
+    count = lengths.pop() if lengths else 0
+    names = list(columns)
+    return _encode([{name: columns[name][index] for name in names} for index in range(count)])
+
+
+def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...]) -> bytes:
+    """CSV with a header row, as `pandas.DataFrame.to_csv(index=False)` writes it; cells typed by the signature."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _Refusal(
+            400, "BAD_REQUEST", f"Ensure that input is a valid UTF-8 encoded string. Error: {error}"
+        ) from None
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header:
+        raise _Refusal(400, "BAD_REQUEST", "CSV input needs a header row naming the columns")
+    types = {spec.name: spec.type for spec in features}
+    rows = []
+    for number, record in enumerate(reader):
+        if not record:
+            continue
+        if len(record) != len(header):
+            raise _Refusal(400, "BAD_REQUEST", f"CSV row {number}: {len(record)} values for {len(header)} columns")
+        rows.append({name: _cell(cell, types.get(name)) for name, cell in zip(header, record, strict=True)})
+    return _encode(rows)
+
+
+def _cell(cell: str, kind: str | None) -> Any:
+    """One CSV cell as the signature's type; left as text when it is not one (the worker then says so)."""
+    if cell == "":
+        return None
+    try:
+        if kind in ("double", "float"):
+            return float(cell)
+        if kind in ("long", "integer"):
+            return int(cell) if cell.lstrip("+-").isdigit() else float(cell)
+    except ValueError:
+        return cell
+    if kind == "boolean" and cell.lower() in ("true", "false", "1", "0"):
+        return cell.lower() in ("true", "1")
+    return cell
+
+
+def _charset_and_parameters(request: Request[Any, Any, Any]) -> None:
+    """MLflow reads UTF-8 only, and no content-type parameter but `charset` (415 otherwise)."""
+    _type, *parameters = (part.strip() for part in request.headers.get("content-type", "").split(";"))
+    for parameter in parameters:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() != "charset":
+            raise _Refusal(415, "BAD_REQUEST", f"Unrecognized content type parameters: {key.strip()[:64]}")
+        if value.strip().strip('"').lower() != "utf-8":
+            raise _Refusal(415, "BAD_REQUEST", "The scoring server only supports UTF-8")
+
+
+async def _invoke(request: Request[Any, Any, Any], model: str | None) -> MlflowPredictions:
+    service = service_of(request)
+    service.check_capacity()
+    media_type = require_media_type(request, (JSON, CSV))
+    _charset_and_parameters(request)
+    body = await request.body()
+    selection = service.select(model)
+    if media_type == CSV:
+        rows, params = _rows_of_csv(body, selection.artifact.features), None
+    else:
+        rows, params = _rows_of_json(body)
+    _check_servable(selection, params)
+    scored = await service.predict(selection, rows, request_id_of(request.scope))
+    note_scored(request, scored, "mlflow")
+    return _predictions(scored)
+
+
+@dataclass
+class _InvocationsOperation(Operation):
+    """Document the bodies `/invocations` reads itself (as MLflow does: four JSON forms, or CSV)."""
+
+    def __post_init__(self) -> None:
+        value = Schema(one_of=[Schema(type=OpenAPIType.NUMBER), Schema(type=OpenAPIType.BOOLEAN)])
+        row = Schema(type=OpenAPIType.OBJECT, additional_properties=value, description="Feature name to value.")
+        records = Schema(type=OpenAPIType.ARRAY, items=row, min_items=1)
+        columns = Schema(
+            type=OpenAPIType.OBJECT,
+            additional_properties=Schema(type=OpenAPIType.ARRAY, items=value),
+            description="Feature name to one value per row.",
+        )
+        split = Schema(
+            type=OpenAPIType.OBJECT,
+            required=["columns", "data"],
+            properties={
+                "columns": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING)),
+                "data": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.ARRAY, items=value)),
+                "index": Schema(type=OpenAPIType.ARRAY),
+            },
+        )
+        params = Schema(type=OpenAPIType.OBJECT, description="Accepted; these models take none that change scores.")
+
+        def form(name: str, schema: Schema) -> Schema:
+            return Schema(type=OpenAPIType.OBJECT, required=[name], properties={name: schema, "params": params})
+
+        body = Schema(
+            one_of=[
+                form("dataframe_split", split),
+                form("dataframe_records", records),
+                form("instances", records),
+                form("inputs", Schema(one_of=[records, columns])),
+            ]
+        )
+        csv_body = Schema(type=OpenAPIType.STRING, description="CSV with a header row of feature names.")
+        self.request_body = RequestBody(
+            content={JSON: OpenAPIMediaType(schema=body), CSV: OpenAPIMediaType(schema=csv_body)}, required=True
+        )
+
+
+_WHY = {
+    400: "The body cannot be read as MLflow's scoring input, or its rows do not fit the model's signature.",
+    404: "Unknown model.",
+    413: "A body over MAX_BODY_BYTES.",
+    415: "Not JSON or CSV (UTF-8).",
+    501: "The version's pyfunc_predict_fn is not served.",
+    503: "Not ready, or overloaded (see Retry-After).",
+    504: "No answer from the inference pool within INFERENCE_TIMEOUT_S.",
+}
+_RESPONSES = {code: ResponseSpec(MlflowError, description=why, generate_examples=False) for code, why in _WHY.items()}
+_OPERATION: dict[str, Any] = {
+    "status_code": 200,
+    "operation_class": _InvocationsOperation,
+    "raises": [],
+    "responses": _RESPONSES,
+    "tags": ["mlflow"],
+}
+
+
+@post("/invocations", summary="Score with MLflow's scoring protocol (DEFAULT_MODEL)", **_OPERATION)
+async def invocations(request: Request[Any, Any, Any]) -> MlflowPredictions:
+    """`mlflow models serve`'s /invocations, scored by DEFAULT_MODEL: the same bodies, the same answers."""
+    return await _invoke(request, None)
+
+
+@post("/invocations/{model:str}", summary="Score with MLflow's scoring protocol (a named model)", **_OPERATION)
+async def invocations_for_model(request: Request[Any, Any, Any], model: FromPath[str]) -> MlflowPredictions:
+    """/invocations for the served model `model` (a key of MODELS)."""
+    return await _invoke(request, model)
+
+
+def _ping(request: Request[Any, Any, Any]) -> Response[bytes]:
+    ready = service_of(request).active is not None
+    # NOTE: MLflow answers "\n" labelled application/json, which is not JSON; the same bytes as text/plain here.
+    return Response(b"\n", status_code=200 if ready else 503, media_type=TEXT, headers=None if ready else _RETRY_AFTER)
+
+
+_PROBE: dict[str, Any] = {
+    "tags": ["mlflow"],
+    "opt": {"skip_access_log": True},
+    "media_type": TEXT,
+    "responses": {503: ResponseSpec(bytes, description="Not ready yet.", generate_examples=False)},
+}
+
+
+@get("/ping", summary="MLflow's health check", **_PROBE)
+async def ping(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """200 when the served models are loaded, else 503."""
+    return _ping(request)
+
+
+@get("/health", summary="MLflow's health check (as /ping)", **_PROBE)
+async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """200 when the served models are loaded, else 503."""
+    return _ping(request)
+
+
+@get("/version", summary="The MLflow version this service speaks", tags=["mlflow"], media_type=TEXT)
+async def mlflow_version() -> str:
+    """The installed MLflow's version, as `mlflow models serve` answers it."""
+    from mlflow.version import VERSION
+
+    return str(VERSION)
+
+
+_ERROR_CODES: dict[type[PredictionError], tuple[int, str]] = {
+    NotReadyError: (503, "TEMPORARILY_UNAVAILABLE"),
+    UnknownModelError: (404, "RESOURCE_DOES_NOT_EXIST"),
+    InvalidRowsError: (400, "BAD_REQUEST"),
+    TooManyRowsError: (400, "INVALID_PARAMETER_VALUE"),
+    OverloadedError: (503, "TEMPORARILY_UNAVAILABLE"),
+    TimedOutError: (504, "DEADLINE_EXCEEDED"),
+    InferenceFailedError: (503, "TEMPORARILY_UNAVAILABLE"),
+}
+_HTTP_ERROR_CODES = {400: "BAD_REQUEST", 404: "ENDPOINT_NOT_FOUND", 413: "BAD_REQUEST", 415: "BAD_REQUEST"}
+
+
+def _render(status: int, error_code: str, message: str) -> Response[MlflowError]:
+    headers = _RETRY_AFTER if status == 503 else None
+    return Response(MlflowError(error_code=error_code, message=message), status_code=status, headers=headers)
+
+
+def _render_prediction_error(_request: Request[Any, Any, Any], error: PredictionError) -> Response[MlflowError]:
+    status, error_code = _ERROR_CODES[type(error)]
+    if isinstance(error, InvalidRowsError):
+        where = "" if error.row is None else f"row {error.row}"
+        if error.feature is not None:
+            where = f"{where}, column {error.feature!r}"
+        message = f"Failed to enforce schema of data: {where + ': ' if where else ''}{error.message}"
+    else:
+        message = str(error)
+    return _render(status, error_code, message)
+
+
+def _render_http_error(_request: Request[Any, Any, Any], error: HTTPException) -> Response[MlflowError]:
+    error_code = error.error_code if isinstance(error, _Refusal) else _HTTP_ERROR_CODES.get(error.status_code)
+    return _render(error.status_code, error_code or "INTERNAL_ERROR", error.detail)
+
+
+def mlflow_router() -> Router:
+    """MLflow's scoring protocol at the root, with the core's errors in MLflow's shape."""
+    return Router(
+        path="/",
+        route_handlers=[invocations, invocations_for_model, ping, health, mlflow_version],
+        exception_handlers={PredictionError: _render_prediction_error, HTTPException: _render_http_error},
+    )

@@ -1,0 +1,147 @@
+"""MLflow's scoring protocol through the real app and pool: every body form, answers equal MLflow's pyfunc, errors.
+
+The end-to-end comparison with a real `mlflow models serve` and MLflow's own client is in tests/e2e/test_protocols.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow.pyfunc
+import pandas as pd
+import pytest
+from litestar.testing import TestClient
+
+from tests.api.test_predict import rows
+from tests.conftest import use_registry
+
+MODELS = ["xgboost", "lightgbm", "sklearn"]
+
+
+def pyfunc_predictions(demo_registry: str, client: TestClient, model: str, frame: pd.DataFrame) -> list[object]:  # type: ignore[type-arg]
+    """What MLflow's own pyfunc wrapper of the served version answers for `frame`, as JSON would carry it."""
+    served = client.get("/v1/version").json()["models"][model]
+    use_registry(demo_registry)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{served['name']}/{served['version']}")
+    answer: list[object] = json.loads(pd.Series(pyfunc.predict(frame)).to_json(orient="records"))
+    return answer
+
+
+def bodies(frame: pd.DataFrame) -> dict[str, bytes]:
+    """The same rows in every JSON form MLflow's scoring server reads."""
+    records = json.loads(frame.to_json(orient="records"))
+    columns = {name: json.loads(frame[name].to_json(orient="values")) for name in frame.columns}
+    forms: dict[str, object] = {
+        "dataframe_split": {"dataframe_split": json.loads(frame.to_json(orient="split"))},
+        "dataframe_split_without_index": {
+            "dataframe_split": {"columns": list(frame.columns), "data": frame.values.tolist()}
+        },
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs_records": {"inputs": records},
+        "inputs_columns": {"inputs": columns},
+        "with_params": {"dataframe_records": records, "params": {"anything": 1}},
+    }
+    return {name: json.dumps(body).encode() for name, body in forms.items()}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_body_form_answers_what_mlflow_pyfunc_answers(
+    client: TestClient,
+    demo_registry: str,
+    transactions: pd.DataFrame,
+    model: str,  # type: ignore[type-arg]
+) -> None:
+    frame = transactions.head(30)
+    expected = pyfunc_predictions(demo_registry, client, model, frame)
+    for form, body in bodies(frame).items():
+        response = client.post(f"/invocations/{model}", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 200, (form, response.text)
+        assert response.json() == {"predictions": expected}, form
+    csv = client.post(f"/invocations/{model}", content=frame.to_csv(index=False), headers={"content-type": "text/csv"})
+    assert csv.status_code == 200, csv.text
+    assert csv.json() == {"predictions": expected}
+
+
+def test_plain_invocations_scores_with_the_default_model(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    body = {"dataframe_records": rows(transactions, 5)}
+    assert client.post("/invocations", json=body).json() == client.post("/invocations/xgboost", json=body).json()
+
+
+def test_labels_agree_with_v1_probabilities(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    instances = rows(transactions, 40)
+    v1 = client.post("/v1/predict", json={"model": "lightgbm", "instances": instances}).json()
+    labels = client.post("/invocations/lightgbm", json={"instances": instances}).json()["predictions"]
+    assert labels == [int(p["fraud_probability"] > 0.5) for p in v1["predictions"]]
+
+
+def test_probes_and_version_answer_as_mlflow_does(client: TestClient, unready_client: TestClient) -> None:  # type: ignore[type-arg]
+    for path in ("/ping", "/health"):
+        assert (client.get(path).status_code, client.get(path).text) == (200, "\n")
+        assert unready_client.get(path).status_code == 503
+    assert client.get("/version").text == mlflow.__version__
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error_code", "says"),
+    [
+        ({"dataframe_records": [], "instances": []}, 400, "BAD_REQUEST", "exactly one of the input fields"),
+        ({"records": []}, 400, "BAD_REQUEST", "exactly one of the input fields"),
+        ([{"amount": 1.0}], 400, "BAD_REQUEST", "Received a list"),
+        ({"dataframe_split": {"columns": ["amount"], "data": [[1.0, 2.0]]}}, 400, "BAD_REQUEST", "data[0]"),
+        ({"inputs": {"amount": [1.0], "hour_of_day": [1, 2]}}, 400, "BAD_REQUEST", "every column"),
+        ({"dataframe_records": [{"amount": 1.0}]}, 400, "BAD_REQUEST", "row 0"),
+        ({"dataframe_records": [], "params": {"output_margin": True}}, 400, "INVALID_PARAMETER_VALUE", "output_margin"),
+        ({"dataframe_records": [], "params": [1]}, 400, "BAD_REQUEST", "params"),
+    ],
+    ids=[
+        "two-forms",
+        "no-form",
+        "a-list",
+        "ragged-split",
+        "ragged-columns",
+        "missing-feature",
+        "xgb-params",
+        "params-list",
+    ],
+)
+def test_bad_bodies_answer_mlflow_errors(
+    client: TestClient,
+    body: object,
+    status: int,
+    error_code: str,
+    says: str,  # type: ignore[type-arg]
+) -> None:
+    response = client.post("/invocations", json=body)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert answer["error_code"] == error_code
+    assert says in answer["message"], answer
+
+
+def test_an_invalid_row_names_row_and_column(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    records = rows(transactions, 3)
+    records[2]["amount"] = "lots"  # type: ignore[assignment]
+    answer = client.post("/invocations/sklearn", json={"dataframe_records": records}).json()
+    assert answer["error_code"] == "BAD_REQUEST"
+    assert "row 2, column 'amount'" in answer["message"], answer
+
+
+def test_unknown_model_not_json_and_not_utf8(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    body = {"dataframe_records": rows(transactions, 1)}
+    unknown = client.post("/invocations/catboost", json=body)
+    assert (unknown.status_code, unknown.json()["error_code"]) == (404, "RESOURCE_DOES_NOT_EXIST")
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/vnd.apache.parquet"):
+        refused = client.post("/invocations", content=b"amount\n1.0", headers={"content-type": content_type})
+        assert refused.status_code == 415, content_type
+        assert "application/json" in refused.json()["message"]
+        assert "text/csv" in refused.json()["message"]
+    latin = client.post("/invocations", content=b"{}", headers={"content-type": "application/json; charset=latin-1"})
+    assert (latin.status_code, latin.json()["message"]) == (415, "The scoring server only supports UTF-8")
+
+
+def test_not_ready_is_503_in_mlflow_shape(unready_client: TestClient) -> None:  # type: ignore[type-arg]
+    response = unready_client.post("/invocations", json={"dataframe_records": [{"amount": 1.0}]})
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+    assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"

@@ -1,0 +1,171 @@
+"""The Open Inference Protocol V2 through the real app and pool: metadata, every tensor layout, errors.
+
+The real clients (tritonclient, KServe's) against a running server are in tests/e2e/test_oip_clients.py.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+from litestar.testing import TestClient
+
+from fraud_inference.demo.dataset import FEATURES
+from tests.api.test_predict import rows
+
+DATATYPE = {"double": "FP64", "long": "INT64", "integer": "INT32", "float": "FP32", "boolean": "BOOL"}
+
+
+def v1_probabilities(client: TestClient, model: str, frame: pd.DataFrame) -> list[float]:  # type: ignore[type-arg]
+    body = client.post("/v1/predict", json={"model": model, "instances": rows(frame, len(frame))}).json()
+    return [p["fraud_probability"] for p in body["predictions"]]
+
+
+def per_feature(frame: pd.DataFrame, *, column_vectors: bool = False) -> list[dict[str, object]]:
+    tensors: list[dict[str, object]] = []
+    for feature in FEATURES:
+        values = json.loads(frame[feature.name].to_json(orient="values"))
+        tensors.append(
+            {
+                "name": feature.name,
+                "datatype": DATATYPE[feature.kind],
+                "shape": [len(values), 1] if column_vectors else [len(values)],
+                "data": [[v] for v in values] if column_vectors else values,
+            }
+        )
+    return tensors
+
+
+def one_matrix(frame: pd.DataFrame, *, nested: bool) -> list[dict[str, object]]:
+    matrix = frame[[f.name for f in FEATURES]].to_numpy(dtype=np.float64)
+    data = matrix.tolist() if nested else matrix.ravel().tolist()
+    return [{"name": "input-0", "datatype": "FP64", "shape": list(matrix.shape), "data": data}]
+
+
+def test_health_and_server_metadata(client: TestClient, unready_client: TestClient) -> None:  # type: ignore[type-arg]
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert unready_client.get("/v2/health/live").status_code == 200
+    assert unready_client.get("/v2/health/ready").status_code == 503
+    metadata = client.get("/v2").json()
+    assert metadata["name"] == "fraud-inference"
+    assert "binary_tensor_data" in metadata["extensions"]
+
+
+@pytest.mark.parametrize("suffix", ["", "/versions/1"])
+def test_model_metadata_has_one_tensor_per_feature(client: TestClient, suffix: str) -> None:  # type: ignore[type-arg]
+    metadata = client.get(f"/v2/models/lightgbm{suffix}").json()
+    assert metadata["name"] == "lightgbm"
+    assert metadata["versions"] == ["1"]
+    assert metadata["platform"] == "lightgbm"
+    assert metadata["inputs"] == [{"name": f.name, "datatype": DATATYPE[f.kind], "shape": [-1]} for f in FEATURES]
+    assert metadata["outputs"] == [
+        {"name": "fraud_probability", "datatype": "FP64", "shape": [-1]},
+        {"name": "is_fraud", "datatype": "BOOL", "shape": [-1]},
+    ]
+    assert client.get(f"/v2/models/lightgbm{suffix}/ready").json() == {"name": "lightgbm", "ready": True}
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v2/models/lightgbm/versions/2", "/v2/models/lightgbm/versions/2/ready", "/v2/models/catboost",
+     "/v2/models/catboost/ready"],
+)  # fmt: skip
+def test_unknown_models_and_versions_are_404(client: TestClient, path: str) -> None:  # type: ignore[type-arg]
+    response = client.get(path)
+    assert response.status_code == 404
+    assert set(response.json()) == {"error"}
+    infer = client.post(path.removesuffix("/ready") + "/infer", json={"inputs": []})
+    assert infer.status_code == 404, infer.text
+
+
+@pytest.mark.parametrize("model", ["xgboost", "lightgbm", "sklearn"])
+@pytest.mark.parametrize("layout", ["per-feature", "per-feature-[n,1]", "matrix-flat", "matrix-nested"])
+def test_infer_equals_v1_for_every_layout(
+    client: TestClient,
+    transactions: pd.DataFrame,
+    model: str,
+    layout: str,  # type: ignore[type-arg]
+) -> None:
+    frame = transactions.head(25)
+    inputs = {
+        "per-feature": lambda: per_feature(frame),
+        "per-feature-[n,1]": lambda: per_feature(frame, column_vectors=True),
+        "matrix-flat": lambda: one_matrix(frame, nested=False),
+        "matrix-nested": lambda: one_matrix(frame, nested=True),
+    }[layout]()
+    response = client.post(f"/v2/models/{model}/versions/1/infer", json={"id": "req-7", "inputs": inputs})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["model_name"], answer["model_version"], answer["id"]) == (model, "1", "req-7")
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    assert outputs["fraud_probability"]["datatype"] == "FP64"
+    assert outputs["fraud_probability"]["shape"] == [25]
+    probabilities = outputs["fraud_probability"]["data"]
+    np.testing.assert_allclose(probabilities, v1_probabilities(client, model, frame), rtol=0, atol=1e-6)
+    threshold = answer["parameters"]["threshold"]
+    assert outputs["is_fraud"] == {
+        "name": "is_fraud", "datatype": "BOOL", "shape": [25], "data": [p >= threshold for p in probabilities]
+    }  # fmt: skip
+
+
+def test_binary_tensors_in_and_out(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    frame = transactions.head(8)
+    matrix = frame[[f.name for f in FEATURES]].to_numpy(dtype=np.float64)
+    blob = matrix.tobytes()
+    header = json.dumps(
+        {
+            "inputs": [{"name": "x", "datatype": "FP64", "shape": [8, len(FEATURES)],
+                        "parameters": {"binary_data_size": len(blob)}}],
+            "outputs": [{"name": "fraud_probability", "parameters": {"binary_data": True}}],
+        }
+    ).encode()  # fmt: skip
+    response = client.post(
+        "/v2/models/xgboost/infer",
+        content=header + blob,
+        headers={"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"},
+    )
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])
+    answer = json.loads(response.content[:length])
+    assert [output["name"] for output in answer["outputs"]] == ["fraud_probability"]
+    probabilities = struct.unpack("<8d", response.content[length:])
+    np.testing.assert_allclose(probabilities, v1_probabilities(client, "xgboost", frame), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 3], "data": [1, 2, 3]}]}, 400, "20 columns"),
+        ({"inputs": [{"name": "amount", "datatype": "FP64", "shape": [2], "data": [1.0]}]}, 400, "needs 2 values"),
+        ({"inputs": [{"name": "amount", "datatype": "FP64", "shape": [1], "data": [1.0]}]}, 400, "row 0"),
+        ({"inputs": [{"name": "amount", "datatype": "FP64", "shape": [1, 2, 3], "data": []}]}, 400, "shape"),
+        ({"inputs": "nope"}, 400, "request body"),
+        ({"id": "x"}, 400, "inputs"),
+    ],
+    ids=["wrong-width", "short-data", "missing-features", "rank-3", "inputs-not-a-list", "no-inputs"],
+)
+def test_bad_requests_are_400_with_an_error(client: TestClient, body: object, status: int, says: str) -> None:  # type: ignore[type-arg]
+    response = client.post("/v2/models/xgboost/infer", json=body)
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]
+
+
+def test_a_wrong_value_names_input_and_row(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    inputs = per_feature(transactions.head(3))
+    inputs[0]["data"] = [1.0, "lots", 2.0]
+    error = client.post("/v2/models/sklearn/infer", json={"inputs": inputs}).json()["error"]
+    assert error.startswith(f"input '{FEATURES[0].name}', row 1: "), error
+
+
+def test_not_json_is_415_and_not_ready_is_503(client: TestClient, unready_client: TestClient) -> None:  # type: ignore[type-arg]
+    refused = client.post("/v2/models/xgboost/infer", content=b"inputs", headers={"content-type": "text/plain"})
+    assert refused.status_code == 415
+    assert "application/json" in refused.json()["error"]
+    unready = unready_client.post("/v2/models/fraud/infer", json={"inputs": []})
+    assert unready.status_code == 503
+    assert unready.headers["retry-after"]
+    assert unready_client.get("/v2/models/fraud/ready").status_code == 503
