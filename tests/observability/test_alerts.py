@@ -13,7 +13,7 @@ import yaml
 from tests.observability.test_dashboard import DEPLOY, exposed_series
 
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
-PROBES = {"route": "/readyz", "method": "GET", "status": "503"}
+PROBES = {"route": "/v2/health/ready", "method": "GET", "status": "503"}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_each_alert_fires_on_the_replica_in_trouble_only(promtool: str, tmp_path
     # What the person paged reads, for the sick replica only.
     summaries = {
         "FraudInferenceErrorRatioHigh": "sick: 10% of API requests answered 5xx",
-        "FraudInferenceLatencyP99High": "sick: p99 of POST /v1/predict is 490.2ms",
+        "FraudInferenceLatencyP99High": "sick: p99 of scoring requests is 490.2ms",
         "FraudInferenceNotReady": "sick has not been ready for 5 minutes",
         "FraudInferenceWorkerRestarts": "sick: 15 inference workers replaced in 15 minutes",
         "FraudInferenceRefreshFailing": "sick: model refreshes fail (registry_unavailable)",
