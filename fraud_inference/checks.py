@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import msgspec
-import numpy as np
 
 from fraud_inference.consistency import DependencyCheck
 from fraud_inference.models.artifact import DependencyMismatchError, ModelArtifact, UnservableModelError, fetch_artifact
+from fraud_inference.parity import ParityPolicy, ParityReport, check_parity
 from fraud_inference.registry import Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings, redact_credentials
 
@@ -26,7 +25,12 @@ class ModelCheck(msgspec.Struct, kw_only=True):
     flavor: str | None = None
     dependencies: list[DependencyCheck] = msgspec.field(default_factory=list)
     scored_input_example: bool = False
+    """The service loaded the version and scored its rows (input example, else rows from the signature)."""
+    parity: ParityReport | None = None
+    """The parity gate's figures: rows compared, where they came from, the largest |diff|, seconds."""
     errors: list[str] = msgspec.field(default_factory=list)
+    warnings: list[str] = msgspec.field(default_factory=list)
+    """Parity failures under PARITY_CHECK=warn: reported, not failing."""
 
 
 class CheckReport(msgspec.Struct, kw_only=True):
@@ -35,17 +39,20 @@ class CheckReport(msgspec.Struct, kw_only=True):
     ok: bool
     registry: str
     dependency_check: str
+    parity_check: str = "strict"
     registry_unavailable: str | None = None
     models: dict[str, ModelCheck]
 
 
 def run_checks(settings: Settings, *, load: bool) -> CheckReport:
-    """Resolve, download and check every served model; with `load`, also load it and score its input example."""
+    """Resolve, download and check every served model; with `load`, also load it as the workers do and run the
+    parity gate (`PARITY_CHECK`): its rows scored by the service and by MLflow's own loader must agree."""
     assert settings.mlflow_tracking_uri is not None
     report = CheckReport(
         ok=True,
         registry=redact_credentials(settings.mlflow_tracking_uri),
         dependency_check=settings.dependency_check,
+        parity_check=settings.parity_check,
         models={key: ModelCheck(name=name) for key, name in settings.models.items()},
     )
     try:
@@ -86,33 +93,29 @@ def _check_model(
     check.flavor = artifact.flavor
     check.dependencies = list(artifact.dependencies)
     if load and not check.errors:
-        try:
-            _score_input_example(artifact)
-            check.scored_input_example = True
-        except Exception as error:
-            check.errors.append(f"model {key!r} ({ref.name} v{ref.version}) failed to load or score: {error}")
+        gate(artifact, check, settings.parity_check)
 
 
-def _score_input_example(artifact: ModelArtifact) -> None:
-    """Load the model as a worker would and score the input example logged with it."""
-    from mlflow.models import Model
+def gate(artifact: ModelArtifact, check: ModelCheck, policy: ParityPolicy) -> None:
+    """Load the version as the workers do and run the parity gate on it, recording the verdict in `check`.
 
-    from fraud_inference.models.scoring import load_scorer
-
-    path = artifact.path
-    example: Any = Model.load(path).load_input_example(path)
-    if example is None:
-        raise ValueError("no input example was logged with the model: log one with input_example=X.head()")
-    columns = [feature.name for feature in artifact.features]
-    features = np.ascontiguousarray(example[columns].to_numpy(dtype=np.float64))
-    probabilities = load_scorer(artifact).fraud_probability(features)
-    if probabilities.shape != (len(features),) or not ((probabilities >= 0) & (probabilities <= 1)).all():
-        raise ValueError(f"scoring the input example gave {probabilities!r}, not one probability per row")
+    A version the service cannot load or score always fails; under PARITY_CHECK=warn a difference from MLflow's
+    loader is a warning, under `off` it is not looked for (the rows are still scored by the service).
+    """
+    report = check_parity(artifact, against_mlflow=policy != "off")
+    check.parity = report
+    check.scored_input_example = report.loaded and report.rows > 0
+    if not report.loaded or policy == "strict":
+        check.errors.extend(report.failures)
+    else:
+        check.warnings.extend(report.failures)
 
 
 def render(report: CheckReport) -> str:
     """The report for people: one line per model, then every problem with its fix."""
-    lines = [f"registry {report.registry} (DEPENDENCY_CHECK={report.dependency_check})"]
+    lines = [
+        f"registry {report.registry} (DEPENDENCY_CHECK={report.dependency_check}, PARITY_CHECK={report.parity_check})"
+    ]
     if report.registry_unavailable:
         lines.append(f"  registry unavailable: {report.registry_unavailable}")
     for key, check in report.models.items():
@@ -120,6 +123,13 @@ def render(report: CheckReport) -> str:
         where = f"{check.name} v{check.version} ({check.selected_by})" if check.version else check.name
         packages = ", ".join(f"{d.package} {d.recorded or '?'}->{d.installed or '?'}" for d in check.dependencies)
         lines.append(f"  {verdict:4} {key}: {where}" + (f"; {packages}" if packages else ""))
+        if check.parity is not None and check.parity.max_abs_diff is not None:
+            parity = check.parity
+            lines.append(
+                f"       parity: {parity.rows} rows from the {parity.rows_from}, max |diff| against MLflow's loader "
+                f"{parity.max_abs_diff:.3g}, {parity.seconds:.2f} s"
+            )
         lines.extend(f"       - {error}" for error in check.errors)
+        lines.extend(f"       - warning: {warning}" for warning in check.warnings)
     lines.append("all checks passed" if report.ok else "checks FAILED")
     return "\n".join(lines)

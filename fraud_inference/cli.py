@@ -8,11 +8,15 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fraud_inference import __version__
 from fraud_inference.bytecode import choose_bytecode_cache
 from fraud_inference.registry import registry_uri_problem
 from fraud_inference.settings import Settings, SettingsError, redact_credentials
+
+if TYPE_CHECKING:
+    from fraud_inference.checks import CheckReport
 
 __all__ = ["main"]
 
@@ -170,6 +174,21 @@ def _address_in_use(host: str, port: int) -> str | None:
     return None
 
 
+def _preflight(settings: Settings) -> CheckReport:
+    """`run_checks` with the models loaded, in a spawned process.
+
+    NOTE: granian forks the HTTP process from this one; a process forked after OpenMP ran (the model libraries)
+    can hang in its next OpenMP call, so this process never loads a model.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fraud_inference.checks import run_checks
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        return executor.submit(run_checks, settings, load=True).result()
+
+
 def _progress(line: str) -> None:
     print(f"seed-demo: {line}", flush=True)
 
@@ -179,13 +198,14 @@ def _run_server(settings: Settings) -> int:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
-    from fraud_inference.checks import render, run_checks
+    from fraud_inference.checks import render
     from fraud_inference.observability.logging import configure_logging, get_logger, granian_log_config
 
     configure_logging(settings.log_level, settings.log_format, role="supervisor")
     log = get_logger("fraud_inference.cli")
-    # Fail before accepting traffic when a model cannot be served here (resolution, signature, dependencies).
-    report = run_checks(settings, load=False)
+    # Fail before accepting traffic when a model cannot be served here: resolution, signature, dependencies, and
+    # the parity gate (each model loaded as the workers load it, its rows scored as MLflow's loader scores them).
+    report = _preflight(settings)
     if report.registry_unavailable:
         # Not fatal: the server starts unready and retries with backoff until the registry answers.
         log.warning("registry.unavailable_at_startup", error=report.registry_unavailable)
@@ -196,7 +216,11 @@ def _run_server(settings: Settings) -> int:
         log.info(
             "models.checked",
             models={key: f"{c.name}/{c.version} ({c.selected_by})" for key, c in report.models.items()},
+            parity={key: c.parity.max_abs_diff for key, c in report.models.items() if c.parity is not None},
         )
+        for key, check in report.models.items():
+            for warning in check.warnings:  # PARITY_CHECK=warn
+                log.warning("model.parity_mismatch", model=key, detail=warning)
     server = Server(
         _APP_FACTORY,
         address=settings.host,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Mapping
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -16,25 +17,28 @@ __all__ = [
     "DEPENDENCY_POLICIES",
     "DependencyCheck",
     "DependencyPolicy",
+    "PackageRule",
     "check_dependencies",
     "describe_violations",
+    "recorded_pins",
 ]
 
 DependencyPolicy = Literal["strict", "compatible", "warn", "off"]
 DEPENDENCY_POLICIES: tuple[DependencyPolicy, ...] = ("strict", "compatible", "warn", "off")
 Rule = Literal["same version", "same major.minor", "same major"]
+# pip's syntax: a comment starts at a `#` at the line's start or after whitespace; options follow ` --`.
+_COMMENT = re.compile(r"(^|\s)#.*$")
+_OPTION = re.compile(r"\s--[a-z]")
 
-# The distributions whose versions decide each flavour's scores, and how close `compatible` requires them.
-# NOTE: scikit-learn does not support loading estimators across minor versions (their internals change and
-# a model can load yet score differently); xgboost and lightgbm keep their model formats and prediction
-# semantics within a major version; numpy and scipy break (ABI, numerics) across majors.
-_CHECKED: dict[str, tuple[tuple[tuple[str, ...], Rule], ...]] = {
-    "xgboost": ((("xgboost", "xgboost-cpu"), "same major"), (("numpy",), "same major")),
-    "lightgbm": ((("lightgbm",), "same major"), (("numpy",), "same major")),
-    "sklearn": ((("scikit-learn",), "same major.minor"), (("numpy",), "same major"), (("scipy",), "same major")),
-}
-# MLflow also records the flavour library's version in MLmodel: the fallback when requirements.txt has no pin.
-_FLAVOR_VERSION_KEYS = {"xgboost": "xgb_version", "lightgbm": "lgb_version", "sklearn": "sklearn_version"}
+
+class PackageRule(msgspec.Struct, frozen=True):
+    """A package that decides a flavour's numbers (any of `distributions`) and how close `compatible` wants it.
+
+    Each flavour module lists its own (`ModelFlavor.packages`); the first rule names the flavour's library.
+    """
+
+    distributions: tuple[str, ...]
+    rule: Rule
 
 
 class DependencyCheck(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,24 +52,25 @@ class DependencyCheck(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def check_dependencies(
-    model_dir: Path, flavor: str, flavor_config: Mapping[str, object], policy: DependencyPolicy
+    model_dir: Path, packages: Sequence[PackageRule], flavor_version: object, policy: DependencyPolicy
 ) -> tuple[DependencyCheck, ...]:
     """Compare the model's recorded requirements with what is installed, under `policy`.
 
-    `strict` asks for the same version; `compatible` (and `warn`, which only reports) for the rule per
-    package above. `off` checks nothing.
+    `packages` are the flavour's rules; the first names the flavour's library, whose version MLflow also records
+    in MLmodel (`flavor_version`, the fallback when requirements.txt has no pin). `strict` asks for the same
+    version; `compatible` (and `warn`, which only reports) for each package's rule. `off` checks nothing.
     """
     if policy == "off":
         return ()
-    recorded = _recorded_pins(model_dir / "requirements.txt")
+    recorded = recorded_pins(model_dir / "requirements.txt")
     checks = []
-    for distributions, compatible_rule in _CHECKED[flavor]:
-        rule: Rule = "same version" if policy == "strict" else compatible_rule
+    for index, package_rule in enumerate(packages):
+        distributions = package_rule.distributions
+        rule: Rule = "same version" if policy == "strict" else package_rule.rule
         installed_name, installed = _installed(distributions)
         trained = next((recorded[name] for name in distributions if name in recorded), None)
-        if trained is None and distributions[0] in {"xgboost", "lightgbm", "scikit-learn"}:
-            flavor_version = flavor_config.get(_FLAVOR_VERSION_KEYS[flavor])
-            trained = str(flavor_version) if flavor_version is not None else None
+        if trained is None and index == 0 and flavor_version is not None:
+            trained = str(flavor_version)
         package = installed_name or distributions[0]
         if trained is None:
             # Nothing recorded to compare with: only `strict` refuses what it cannot verify.
@@ -106,20 +111,28 @@ def describe_violations(model: str, name: str, version: str, checks: tuple[Depen
     return lines
 
 
-def _recorded_pins(requirements: Path) -> dict[str, str]:
-    """`name -> version` for every exact pin (`name==version`) MLflow recorded with the model."""
+def recorded_pins(requirements: Path) -> dict[str, str]:
+    """`name -> version` for every exact pin (`name==version`) MLflow recorded that applies to this interpreter.
+
+    Read as pip reads a requirements file: comments and option lines ignored, continuation lines joined, per-line
+    options (`--hash=...`) stripped, and a requirement whose environment marker does not hold for the serving
+    interpreter (`numpy==1.26.4; python_version < "3.11"`) skipped, as `packaging` evaluates it.
+    """
     try:
-        lines = requirements.read_text().splitlines()
+        text = requirements.read_text()
     except OSError:
         return {}
     pins: dict[str, str] = {}
-    for line in lines:
-        text = line.split("#", 1)[0].strip()
-        if not text or text.startswith("-"):
+    for line in text.replace("\\\n", " ").splitlines():
+        line = _COMMENT.sub("", line).strip()
+        if not line or line.startswith("-"):
             continue
+        line = _OPTION.split(line, maxsplit=1)[0].strip()
         try:
-            requirement = Requirement(text)
+            requirement = Requirement(line)
         except InvalidRequirement:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
             continue
         exact = [spec.version for spec in requirement.specifier if spec.operator in {"==", "==="}]
         if exact:

@@ -49,6 +49,10 @@ class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
     selected_by: str
     run_id: str | None
     threshold: float
+    positive_class: str | None = None
+    """Version tag `positive_class`: the fraud label, needed when the classes are not 0/1 or False/True."""
+    probability_column: str | None = None
+    """Version tag `probability_column`: the output column of a custom pyfunc model holding the probabilities."""
 
     @property
     def uri(self) -> str:
@@ -106,6 +110,8 @@ class Registry:
             selected_by=selected_by,
             run_id=version.run_id or None,
             threshold=_threshold(key, version),
+            positive_class=(version.tags or {}).get("positive_class"),
+            probability_column=(version.tags or {}).get("probability_column"),
         )
 
     def _explain_missing(self, key: str, spec: ModelSpec, tried: list[str]) -> str:

@@ -8,7 +8,7 @@ import itertools
 import random
 import shutil
 import tempfile
-from collections.abc import Coroutine, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy.typing as npt
 from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, fetch_artifact
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
+from fraud_inference.parity import check_parity_isolated
 from fraud_inference.pool import (
     BatchPolicy,
     InferencePool,
@@ -29,6 +30,7 @@ from fraud_inference.pool import (
     Scores,
     WorkerOptions,
 )
+from fraud_inference.pool.messages import GenerationLoaded
 from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings
 
@@ -167,6 +169,8 @@ class Generation(msgspec.Struct, frozen=True):
 
     number: int
     models: dict[str, ModelArtifact]
+    positive_classes: dict[str, str | None] = msgspec.field(default_factory=dict)
+    """Per model, the class whose probability is scored, as the workers found it at load (None: a custom model)."""
 
 
 class FraudService:
@@ -185,6 +189,7 @@ class FraudService:
                 log_format=settings.log_format,
                 max_rows=settings.max_batch_rows,
                 error_detail=settings.error_detail,
+                extra_features=settings.extra_features,
             ),
             timeout_s=settings.inference_timeout_s,
             batching=BatchPolicy(
@@ -193,8 +198,9 @@ class FraudService:
                 wait_ns=round(settings.batch_wait_ms * 1_000_000),
             ),
             queue_limit=settings.queue_limit,
-            on_generation_loaded=lambda loaded: metrics.record_loads(loaded.errors, loaded.load_seconds),
+            on_generation_loaded=self._on_generation_loaded,
         )
+        self._positive_classes: dict[int, dict[str, str | None]] = {}
         self.active: Generation | None = None
         self.serving = asyncio.Event()
         """Set when the first generation becomes active: the service answers predictions from then on."""
@@ -205,6 +211,10 @@ class FraudService:
         self._downloads = Path(tempfile.mkdtemp(prefix="fraud-inference-models-"))
         self._background: set[asyncio.Task[None]] = set()
         self._refresh_lock = asyncio.Lock()
+
+    def _on_generation_loaded(self, loaded: GenerationLoaded) -> None:
+        self.metrics.record_loads(loaded.errors, loaded.load_seconds)
+        self._positive_classes.setdefault(loaded.generation, {}).update(loaded.positive_classes)
 
     async def start(self) -> None:
         """Start the workers now; load the first generation in the background, retrying the registry."""
@@ -260,7 +270,7 @@ class FraudService:
             if not changed:
                 log.info("refresh.unchanged", generation=active.number)
                 return RefreshOutcome(generation=active, changed={})
-            generation = await self.load_generation(refs)
+            generation = await self.load_generation(refs, gate=changed.keys())
             log.info(
                 "refresh.swapped",
                 generation=generation.number,
@@ -364,8 +374,9 @@ class FraudService:
         # that has given up is left running in a thread to overlap the next one.
         return await asyncio.to_thread(registry.resolve_all, self.settings.models)
 
-    async def load_generation(self, refs: Mapping[str, ModelRef]) -> Generation:
-        """Download, load in every worker, and (only if all loaded) activate a new generation."""
+    async def load_generation(self, refs: Mapping[str, ModelRef], *, gate: Collection[str] = ()) -> Generation:
+        """Download, gate the models named in `gate` (PARITY_CHECK), load in every worker, and (only if all
+        loaded) activate a new generation."""
         registry = await self._get_registry()
         fetched = await asyncio.gather(
             *(asyncio.to_thread(self._fetch, registry, ref) for ref in refs.values()), return_exceptions=True
@@ -378,11 +389,15 @@ class FraudService:
         if errors:
             raise GenerationLoadError(errors)
         artifacts = [outcome for outcome in fetched if isinstance(outcome, ModelArtifact)]
+        await self._parity_gate([artifact for artifact in artifacts if artifact.ref.key in gate])
         number = next(self._generations)
         errors = await self.pool.load(number, artifacts)
+        positive_classes = self._positive_classes.pop(number, {})
         if errors:
             raise GenerationLoadError(errors)
-        generation = Generation(number=number, models={a.ref.key: a for a in artifacts})
+        generation = Generation(
+            number=number, models={a.ref.key: a for a in artifacts}, positive_classes=positive_classes
+        )
         self.pool.activate(number)
         self.active = generation
         self.serving.set()
@@ -397,6 +412,27 @@ class FraudService:
             models={key: f"{m.ref.name}/{m.ref.version} ({m.ref.selected_by})" for key, m in generation.models.items()},
         )
         return generation
+
+    async def _parity_gate(self, artifacts: list[ModelArtifact]) -> None:
+        """Refuse versions whose served numbers differ from MLflow's loader (PARITY_CHECK=strict), or log them (warn).
+
+        Runs in a spawned process: the model libraries and a custom model's code stay out of the HTTP process.
+        """
+        if not artifacts or self.settings.parity_check == "off":
+            return
+        reports = await asyncio.to_thread(check_parity_isolated, artifacts)
+        failures = {report.model: "; ".join(report.failures) for report in reports if report.failures}
+        for report in reports:
+            log.info(
+                "model.parity_checked", model=report.model, version=report.version, rows=report.rows,
+                rows_from=report.rows_from, max_abs_diff=report.max_abs_diff, seconds=report.seconds,
+            )  # fmt: skip
+        if not failures:
+            return
+        if self.settings.parity_check == "strict" or any(not report.loaded for report in reports if report.failures):
+            raise GenerationLoadError(failures)
+        for key, failure in failures.items():
+            log.warning("model.parity_mismatch", model=key, detail=failure)
 
     def _publish(self, generation: Generation) -> None:
         """What is served now, for dashboards: the generation and one `model_info` series per model."""

@@ -80,6 +80,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     error_detail: Literal["full", "generic"] = "full"
     sklearn_pickle: Literal["allow", "refuse"] = "refuse"
     skops_trusted_types: tuple[str, ...] = ()
+    parity_check: Literal["strict", "warn", "off"] = "strict"
+    pyfunc: Literal["allow", "refuse"] = "refuse"
+    extra_features: Literal["reject", "ignore"] = "reject"
     home: Path = Path(".fraud-inference")
 
     @classmethod
@@ -119,12 +122,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             error_detail=_choice(env, "ERROR_DETAIL", ("full", "generic"), "full"),
             sklearn_pickle=_choice(env, "SKLEARN_PICKLE", ("allow", "refuse"), "refuse"),
             skops_trusted_types=tuple(_split(_get(env, "SKOPS_TRUSTED_TYPES") or "")),
+            parity_check=_choice(env, "PARITY_CHECK", ("strict", "warn", "off"), "strict"),
+            pyfunc=_choice(env, "PYFUNC", ("allow", "refuse"), "refuse"),
+            extra_features=_choice(env, "EXTRA_FEATURES", ("reject", "ignore"), "reject"),
             home=Path(_get(env, "FRAUD_INFERENCE_HOME") or ".fraud-inference").absolute(),
         )
 
     def model_trust(self) -> ModelTrust:
-        """The rules for loading serialized estimators: SKLEARN_PICKLE and SKOPS_TRUSTED_TYPES."""
-        return ModelTrust(pickle=self.sklearn_pickle, extra_types=self.skops_trusted_types)
+        """The rules for loading serialized models: SKLEARN_PICKLE, PYFUNC and SKOPS_TRUSTED_TYPES."""
+        return ModelTrust(pickle=self.sklearn_pickle, pyfunc=self.pyfunc, extra_types=self.skops_trusted_types)
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict safe to log: API keys and URI credentials hidden."""

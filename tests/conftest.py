@@ -255,3 +255,20 @@ def use_registry(tracking_uri: str) -> None:
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+
+
+@pytest.fixture(scope="session")
+def real_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
+    """A SQLite registry holding one model of every shape fraud teams register (`tests/real_models.py`).
+
+    Returns the tracking URI and, per shape key, the registered name (each version 1, alias champion).
+    """
+    from tests.real_models import register_real_models
+
+    home = tmp_path_factory.mktemp("real-models")
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            patch.delenv(variable, raising=False)
+        names = register_real_models(tracking_uri, home)
+    return tracking_uri, names

@@ -19,13 +19,15 @@ from fraud_inference.consistency import check_dependencies
 from fraud_inference.demo.dataset import make_transactions
 from fraud_inference.demo.seeding import default_pip_requirements, log_fraud_model
 from fraud_inference.models.artifact import DependencyMismatchError, UnservableModelError, read_artifact
+from fraud_inference.models.flavors.lightgbm import FLAVOR as LIGHTGBM
 from fraud_inference.registry import Registry
 from fraud_inference.settings import Settings
 from tests.api.conftest import wait_ready
 from tests.conftest import run_cli, use_registry
 
 SKLEARN = Version(importlib.metadata.version("scikit-learn"))
-XGBOOST = Version(importlib.metadata.version("xgboost-cpu"))
+XGBOOST_VERSION = importlib.metadata.version("xgboost-cpu")
+XGBOOST = Version(XGBOOST_VERSION)
 OLD_SKLEARN = f"{SKLEARN.major}.{SKLEARN.minor - 1}.0"
 OLD_XGBOOST = f"{XGBOOST.major - 1}.0.0"
 
@@ -88,7 +90,7 @@ def test_warn_records_the_mismatch_and_off_checks_nothing(mismatched_registry: s
 def test_strict_policy_wants_exact_versions(demo_registry: str, tmp_path: Path) -> None:
     _ref, path = downloaded(demo_registry, "fraud-lightgbm", tmp_path)
     mlmodel = json.loads(json.dumps(mlflow.models.Model.load(str(path)).flavors["lightgbm"]))
-    checks = check_dependencies(path, "lightgbm", mlmodel, "strict")
+    checks = check_dependencies(path, LIGHTGBM.packages, mlmodel.get(LIGHTGBM.version_key), "strict")
     assert {d.package for d in checks} == {"lightgbm", "numpy"}
     assert all(d.ok and d.rule == "same version" and d.recorded == d.installed for d in checks)
 
@@ -164,3 +166,23 @@ def test_refresh_to_a_mismatched_version_is_422_and_the_old_one_keeps_serving(pr
     assert (served["generation"], served["models"]["sklearn"]["version"]) == (1, "1")
     installed = {d["package"]: (d["recorded"], d["installed"]) for d in served["models"]["sklearn"]["dependencies"]}
     assert installed["scikit-learn"] == (str(SKLEARN), str(SKLEARN))
+
+
+def test_requirements_are_read_as_pip_reads_them_markers_and_hashes(tmp_path: Path) -> None:
+    from fraud_inference.consistency import recorded_pins
+    from fraud_inference.models.flavors.xgboost import FLAVOR as XGBOOST
+
+    numpy = importlib.metadata.version("numpy")
+    (tmp_path / "requirements.txt").write_text(
+        "# exported by uv\n"
+        "--index-url https://pypi.org/simple\n"
+        f'numpy=={numpy} ; python_full_version >= "3.11" \\\n'
+        "    --hash=sha256:0123456789abcdef \\\n"
+        "    --hash=sha256:fedcba9876543210\n"
+        'numpy==1.26.4 ; python_full_version < "3.11"\n'
+        f"xgboost-cpu=={XGBOOST_VERSION} --hash=sha256:00ff  # the CPU wheel\n"
+        'pywin32==306 ; sys_platform == "win32"\n'
+    )
+    assert recorded_pins(tmp_path / "requirements.txt") == {"numpy": numpy, "xgboost-cpu": XGBOOST_VERSION}
+    checks = check_dependencies(tmp_path, XGBOOST.packages, None, "strict")
+    assert all(check.ok for check in checks), checks

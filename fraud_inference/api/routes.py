@@ -160,11 +160,12 @@ def model_infos(generation: Generation) -> dict[str, ModelInfo]:
             flavor=served.flavor,
             run_id=served.ref.run_id,
             threshold=served.ref.threshold,
-            features=[FeatureInfo(name=f.name, type=f.type) for f in served.features],
+            features=[FeatureInfo(name=f.name, type=f.type, required=f.required) for f in served.features],
             dependencies=[
                 DependencyInfo(package=d.package, recorded=d.recorded, installed=d.installed, rule=d.rule, ok=d.ok)
                 for d in served.dependencies
             ],
+            positive_class=generation.positive_classes.get(key),
         )
         for key, served in generation.models.items()
     }

@@ -47,6 +47,7 @@ class PredictResponse(msgspec.Struct, kw_only=True):
 class FeatureInfo(msgspec.Struct):
     name: str
     type: str
+    required: bool = True
 
 
 class DependencyInfo(msgspec.Struct, kw_only=True):
@@ -68,6 +69,8 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     threshold: float
     features: list[FeatureInfo]
     dependencies: list[DependencyInfo]
+    positive_class: str | None = None
+    """The class whose probability is `fraud_probability`; null for a custom pyfunc model (its output is it)."""
 
 
 class VersionResponse(msgspec.Struct, kw_only=True):

@@ -1,4 +1,4 @@
-"""What a downloaded model version is: its flavour, its features in training order, where it lives."""
+"""What a downloaded model version is: its flavour, its features in training order, the file it loads from."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from typing import Literal
 import msgspec
 
 from fraud_inference.consistency import DependencyCheck, DependencyPolicy, check_dependencies, describe_violations
-from fraud_inference.models.trust import ModelTrust, SerializedEstimator, UntrustedModelError, inspect_estimator
+from fraud_inference.models.flavors import FLAVORS, ModelFile, ModelFlavor, flavor_named, flavor_of
+from fraud_inference.models.trust import ModelTrust, UntrustedModelError
 from fraud_inference.registry import ModelRef, Registry
 
 __all__ = [
-    "FLAVORS",
+    "FEATURE_TYPES",
     "DependencyMismatchError",
     "FeatureSpec",
     "ModelArtifact",
@@ -21,10 +22,8 @@ __all__ = [
     "read_artifact",
 ]
 
-Flavor = Literal["xgboost", "lightgbm", "sklearn"]
-FLAVORS: tuple[Flavor, ...] = ("xgboost", "lightgbm", "sklearn")
-FeatureType = Literal["double", "float", "long", "integer", "boolean"]
-_NUMERIC_TYPES: dict[str, FeatureType] = {t: t for t in ("double", "float", "long", "integer", "boolean")}
+FeatureType = Literal["double", "float", "long", "integer", "boolean", "string"]
+FEATURE_TYPES: tuple[FeatureType, ...] = ("double", "float", "long", "integer", "boolean", "string")
 
 
 class UnservableModelError(Exception):
@@ -32,22 +31,30 @@ class UnservableModelError(Exception):
 
 
 class FeatureSpec(msgspec.Struct, frozen=True):
-    """One input column, as the model's MLflow signature records it."""
+    """One input column, as the model's MLflow signature records it.
+
+    `required: False` (MLflow >= 2.4 infers it for a column with missing values) lets a request leave it out.
+    """
 
     name: str
     type: FeatureType
+    required: bool = True
 
 
 class ModelArtifact(msgspec.Struct, frozen=True, kw_only=True):
-    """A version ready to load: the registry reference, its local directory, flavour and features."""
+    """A version ready to load: the registry reference, its local directory, flavour, features and model file."""
 
     ref: ModelRef
     path: str
-    flavor: Flavor
+    flavor: str
     features: tuple[FeatureSpec, ...]
+    model_file: ModelFile
+    """Which file loads, in which format, decided from the MLmodel keys MLflow's own loader reads."""
     dependencies: tuple[DependencyCheck, ...] = ()
-    estimator: SerializedEstimator | None = None
-    """The serialized estimator (scikit-learn API), checked against the service's trust rules."""
+
+    @property
+    def model_flavor(self) -> ModelFlavor:
+        return flavor_named(self.flavor)
 
     def dependency_violations(self) -> list[str]:
         """One message per package whose installed version breaks the rule for this model."""
@@ -69,44 +76,45 @@ def read_artifact(
     dependency_policy: DependencyPolicy = "compatible",
     trust: ModelTrust = ModelTrust(),  # noqa: B008 - frozen, never mutated
 ) -> ModelArtifact:
-    """Read the MLmodel file in `path`: the native flavour, the signature's features, the dependency checks.
+    """Read the MLmodel file in `path`: the flavour, the signature's features, the model file, the dependencies.
 
     Raises `UnservableModelError` (or its `DependencyMismatchError`) when the version must not be served.
-    Under `DEPENDENCY_CHECK=warn` mismatches are only recorded in `dependencies`.
+    Under `DEPENDENCY_CHECK=warn` mismatches are only recorded in `dependencies`. Runs no code of the model.
     """
     from mlflow.models import Model
 
+    where = f"{ref.name} v{ref.version} (model {ref.key!r})"
     mlmodel = Model.load(str(path))
-    flavor = next((name for name in FLAVORS if name in mlmodel.flavors), None)
+    flavor = flavor_of(mlmodel.flavors)
     if flavor is None:
         raise UnservableModelError(
-            f"{ref.name} v{ref.version} (model {ref.key!r}) has flavours {sorted(mlmodel.flavors)}; "
-            f"this service serves {', '.join(FLAVORS)}"
+            f"{where} has flavours {sorted(mlmodel.flavors)}; this service serves "
+            f"{', '.join(flavor.name for flavor in FLAVORS)}"
         )
     signature = mlmodel.signature
     if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
         raise UnservableModelError(
-            f"{ref.name} v{ref.version} (model {ref.key!r}) has no input signature with named columns: "
-            "log it with mlflow.<flavor>.log_model(..., signature=infer_signature(X_train)) so requests "
-            "can be checked and ordered"
+            f"{where} has no input signature with named columns: log it with "
+            "mlflow.<flavor>.log_model(..., signature=infer_signature(X_train)) so requests can be checked and ordered"
         )
     features = []
     for column in signature.inputs.inputs:
         type_name = str(getattr(column.type, "name", column.type))
-        if type_name not in _NUMERIC_TYPES:
+        if type_name not in FEATURE_TYPES:
             raise UnservableModelError(
-                f"{ref.name} v{ref.version} (model {ref.key!r}): feature {column.name!r} has type "
-                f"{type_name!r}; only numeric features ({', '.join(sorted(_NUMERIC_TYPES))}) are served"
+                f"{where}: feature {column.name!r} has type {type_name!r}; the served types are "
+                f"{', '.join(FEATURE_TYPES)}"
             )
-        features.append(FeatureSpec(name=column.name, type=_NUMERIC_TYPES[type_name]))
-    dependencies = check_dependencies(path, flavor, mlmodel.flavors[flavor], dependency_policy)
+        features.append(FeatureSpec(name=column.name, type=type_name, required=bool(column.required)))
+    conf = mlmodel.flavors[flavor.name]
+    dependencies = check_dependencies(path, flavor.packages, conf.get(flavor.version_key or ""), dependency_policy)
     try:
-        estimator = inspect_estimator(flavor, mlmodel.flavors[flavor], path, trust)
+        model_file = flavor.model_file(conf, path, trust)
     except UntrustedModelError as error:
-        raise UnservableModelError(f"{ref.name} v{ref.version} (model {ref.key!r}): {error}") from None
+        raise UnservableModelError(f"{where}: {error}") from None
     artifact = ModelArtifact(
-        ref=ref, path=str(path), flavor=flavor, features=tuple(features), dependencies=dependencies,
-        estimator=estimator,
+        ref=ref, path=str(path), flavor=flavor.name, features=tuple(features), model_file=model_file,
+        dependencies=dependencies,
     )  # fmt: skip
     violations = artifact.dependency_violations()
     if violations and dependency_policy in {"strict", "compatible"}:

@@ -1,138 +1,130 @@
-"""Load a model version's native flavour and score the fraud-class probability (runs in workers)."""
+"""Load a model version through its flavour and prepare it to score request rows (runs in workers and the gate)."""
 
 from __future__ import annotations
 
+import json
 import warnings
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fraud_inference.models.artifact import ModelArtifact
-from fraud_inference.models.trust import load_skops
+from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
+from fraud_inference.models.flavors import Scorer
+from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, SignatureDecoder
 
-__all__ = ["Scorer", "load_scorer"]
+__all__ = ["ServedModel", "example_rows", "load_model", "load_scorer", "stack"]
 
 Matrix = npt.NDArray[np.float64]
 
-# Rows reach the models as arrays in signature order, checked against the model's own feature names at
-# load time (`_check_feature_order`); the per-call warning about missing names would only be noise.
+# Rows reach numeric models as arrays in signature order, checked against the model's own feature names at
+# load time; the per-call warning about missing names would only be noise.
 warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 
-class Scorer(Protocol):
-    """Scores a row-major float64 matrix in training column order."""
+class ServedModel:
+    """A loaded model and the decoder that turns request rows into its batch."""
 
-    def fraud_probability(self, features: Matrix) -> Matrix: ...
+    __slots__ = ("decoder", "scorer")
 
+    def __init__(self, scorer: Scorer, decoder: SignatureDecoder) -> None:
+        self.scorer = scorer
+        self.decoder = decoder
 
-class XGBoostScorer:
-    """`Booster.inplace_predict`: no DMatrix, no DataFrame, one thread."""
-
-    def __init__(self, model: Any) -> None:
-        booster = model.get_booster() if hasattr(model, "get_booster") else model
-        booster.set_param({"nthread": 1})
-        objective = _xgboost_objective(booster)
-        if objective not in {"binary:logistic", "multi:softprob"}:
-            raise ValueError(f"XGBoost objective {objective!r} does not give probabilities")
-        self._booster = booster
-        # NOTE: predict_proba stops at best_iteration when the model was early-stopped; so must we.
-        best = getattr(model, "best_iteration", None)
-        self._iteration_range = (0, int(best) + 1) if best is not None else (0, 0)
-
-    def fraud_probability(self, features: Matrix) -> Matrix:
-        margin = self._booster.inplace_predict(features, iteration_range=self._iteration_range)
-        return _positive_column(np.asarray(margin, dtype=np.float64))
-
-
-class LightGBMScorer:
-    """`Booster.predict` on the raw booster, one thread."""
-
-    def __init__(self, model: Any) -> None:
-        self._booster = model.booster_ if hasattr(model, "booster_") else model
-        objective = str(self._booster.params.get("objective", "binary"))
-        if objective not in {"binary", "multiclass", "softmax", "cross_entropy", "xentropy"}:
-            raise ValueError(f"LightGBM objective {objective!r} does not give probabilities")
-
-    def fraud_probability(self, features: Matrix) -> Matrix:
-        scores = self._booster.predict(features, num_threads=1)
-        return _positive_column(np.asarray(scores, dtype=np.float64))
-
-
-class SklearnScorer:
-    """`predict_proba`, taking the column of the fraud class (the last of `classes_`, i.e. 1 for 0/1 labels)."""
-
-    def __init__(self, model: Any) -> None:
-        if not hasattr(model, "predict_proba"):
-            raise ValueError(f"{type(model).__name__} has no predict_proba")
-        classes = list(getattr(model, "classes_", []))
-        if len(classes) != 2:
-            raise ValueError(f"expected a binary classifier, got classes {classes}")
-        self._model = model
-        self._column = 1
-
-    def fraud_probability(self, features: Matrix) -> Matrix:
-        return np.asarray(self._model.predict_proba(features)[:, self._column], dtype=np.float64)
+    def score(self, instances: bytes) -> Matrix:
+        """The fraud probability of each row of `instances` (raw JSON); `InstancesError` if they do not fit."""
+        return self.scorer.fraud_probability(self.decoder.decode(instances))
 
 
 def load_scorer(artifact: ModelArtifact) -> Scorer:
-    """Load the version with MLflow's own flavour loader and wrap its native fast path."""
-    if artifact.flavor == "xgboost":
-        import mlflow.xgboost
-
-        model = mlflow.xgboost.load_model(artifact.path)
-        booster = model.get_booster() if hasattr(model, "get_booster") else model
-        _check_feature_order(artifact, booster.feature_names)
-        return XGBoostScorer(model)
-    if artifact.flavor == "lightgbm":
-        import mlflow.lightgbm
-
-        model = _load_estimator(artifact) or mlflow.lightgbm.load_model(artifact.path)
-        booster = model.booster_ if hasattr(model, "booster_") else model
-        _check_feature_order(artifact, booster.feature_name())
-        return LightGBMScorer(model)
-    import mlflow.sklearn
-
-    model = _load_estimator(artifact) or mlflow.sklearn.load_model(artifact.path)
-    _check_feature_order(artifact, getattr(model, "feature_names_in_", None))
-    return SklearnScorer(model)
+    """Load the version with its flavour's rules (the file and format decided when it was fetched)."""
+    return artifact.model_flavor.load(artifact)
 
 
-def _load_estimator(artifact: ModelArtifact) -> Any:
-    """A skops file loads trusting only the types checked at `read_artifact`, never the list in its MLmodel."""
-    if artifact.estimator is None or artifact.estimator.serialization_format != "skops":
-        return None  # a native format, or a pickle that SKLEARN_PICKLE=allow lets MLflow load
-    return load_skops(Path(artifact.path), artifact.estimator)
+def load_model(
+    artifact: ModelArtifact, *, detail: ErrorDetail = "full", extra: ExtraFeatures = "reject"
+) -> ServedModel:
+    """Load the version, warm it up on one row, and learn which columns it cannot score missing.
 
-
-def _check_feature_order(artifact: ModelArtifact, trained: Any) -> None:
-    """Refuse a model whose own feature names disagree with its signature: rows go in signature order.
-
-    A model trained without names (on a bare array) records none; then the signature is the only order.
+    A model that is not known to take NaN everywhere (scikit-learn estimators, custom models) scores one row
+    with each column missing in turn; a column whose missing value fails is refused in requests (422 naming the
+    row and feature) rather than failing the batch its request shares.
     """
-    if trained is None:
-        return
-    trained_names = [str(name) for name in trained]
-    signature_names = [feature.name for feature in artifact.features]
-    if trained_names != signature_names:
-        raise ValueError(
-            f"{artifact.ref.name} v{artifact.ref.version}: the model was trained on features {trained_names} "
-            f"but its MLflow signature lists {signature_names}; log it again with "
-            "signature=infer_signature(X_train) so rows can be put in training order"
-        )
+    scorer = load_scorer(artifact)
+    key = artifact.ref.key
+
+    def decoder(refuse_missing: Sequence[str] = ()) -> SignatureDecoder:
+        return SignatureDecoder(
+            key, artifact.features, detail=detail, extra=extra, frame=scorer.needs_frame,
+            categories=scorer.categories, refuse_missing=refuse_missing,
+        )  # fmt: skip
+
+    served = ServedModel(scorer, decoder())
+    row = _warm_up_row(artifact, scorer)
+    warm = served.score(json.dumps([row]).encode())
+    if warm.shape != (1,) or not (np.isfinite(warm).all() and 0.0 <= warm[0] <= 1.0):
+        raise ValueError(f"warm-up scoring gave {warm!r}, not one probability")
+    if scorer.takes_missing:
+        return served
+    refused = [feature.name for feature in artifact.features if not _scores_missing(served, row, feature.name)]
+    return ServedModel(scorer, decoder(refused)) if refused else served
 
 
-def _xgboost_objective(booster: Any) -> str:
-    import json
+def stack(batches: list[Any]) -> Any:
+    """One batch of the rows of several requests: the matrices stacked, or the DataFrames concatenated."""
+    if len(batches) == 1:
+        return batches[0]
+    if isinstance(batches[0], np.ndarray):
+        return np.concatenate(batches)
+    import pandas as pd
 
-    config = json.loads(booster.save_config())
-    return str(config["learner"]["objective"]["name"])
+    return pd.concat(batches, ignore_index=True)
 
 
-def _positive_column(scores: Matrix) -> Matrix:
-    if scores.ndim == 2:
-        if scores.shape[1] != 2:
-            raise ValueError(f"expected two classes, the model gives {scores.shape[1]} scores per row")
-        return np.ascontiguousarray(scores[:, 1])
-    return scores
+def _scores_missing(served: ServedModel, row: dict[str, Any], name: str) -> bool:
+    try:
+        probability = served.score(json.dumps([{**row, name: None}]).encode())
+    except Exception:
+        return False
+    return bool(np.isfinite(probability).all())
+
+
+def example_rows(artifact: ModelArtifact, scorer: Scorer) -> tuple[list[dict[str, Any]], bool]:
+    """The logged input example's rows as a client sends them (null for missing), and True; else one row built
+    from the signature (zeros, known categories), and False."""
+    records = _input_example(artifact)
+    names = [feature.name for feature in artifact.features]
+    if records:
+        return [{name: record.get(name) for name in names if name in record} for record in records], True
+    return [_warm_up_row(artifact, scorer)], False
+
+
+def _warm_up_row(artifact: ModelArtifact, scorer: Scorer) -> dict[str, Any]:
+    """A complete row: the logged input example's first complete row, its gaps (or its absence) filled with zeros
+    and known categories."""
+    records = _input_example(artifact)
+    names = [feature.name for feature in artifact.features]
+    record = next((r for r in records if all(r.get(name) is not None for name in names)), records[0] if records else {})
+    return {
+        feature.name: record[feature.name] if record.get(feature.name) is not None else _placeholder(feature, scorer)
+        for feature in artifact.features
+    }
+
+
+def _input_example(artifact: ModelArtifact) -> list[dict[str, Any]]:
+    try:
+        from mlflow.models import Model
+
+        example: Any = Model.load(artifact.path).load_input_example(artifact.path)
+        records: list[dict[str, Any]] = json.loads(example.to_json(orient="records"))
+    except Exception:  # no example, or one that is not a table: the signature gives the row
+        return []
+    return records
+
+
+def _placeholder(feature: FeatureSpec, scorer: Scorer) -> Any:
+    if feature.type == "string":
+        known = scorer.categories.get(feature.name)
+        return str(known[0]) if known else ""
+    return False if feature.type == "boolean" else 0

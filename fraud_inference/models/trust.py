@@ -1,12 +1,14 @@
-"""Which serialized estimators may be loaded: skops files with only trusted types, pickles only when allowed.
+"""Which serialized models may be loaded: skops files of trusted types only; pickles and custom code when allowed.
 
 MLflow's own loaders take skops's trust list from the model's MLmodel file, so a crafted model can trust any
-type (mlflow/sklearn/__init__.py, `_load_model_from_local_file`). Here the list is the service's: the types
-its flavours need, plus `SKOPS_TRUSTED_TYPES`; the file's types are read without running any of its code.
+type (mlflow/sklearn/__init__.py, `_load_model_from_local_file`). Here the list is the service's: the classes
+of scikit-learn, numpy, scipy, xgboost and lightgbm (what their own estimators are made of), numpy's ufuncs,
+plus `SKOPS_TRUSTED_TYPES`; the file's types are read without running any of its code.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,65 +17,58 @@ import msgspec
 __all__ = [
     "BUILTIN_TRUSTED_TYPES",
     "ModelTrust",
-    "SerializedEstimator",
     "UntrustedModelError",
-    "inspect_estimator",
-    "load_skops",
+    "check_serialized",
+    "load_serialized",
+    "trusted_by_default",
 ]
 
 PicklePolicy = Literal["allow", "refuse"]
 
-BUILTIN_TRUSTED_TYPES: frozenset[str] = frozenset(
-    {
-        # A HistGradientBoostingClassifier's trees; skops trusts the rest of scikit-learn by itself.
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        # An LGBMClassifier: MLflow's own list for LightGBM's scikit-learn API.
-        "collections.OrderedDict",
-        "lightgbm.basic.Booster",
-        "lightgbm.sklearn.LGBMClassifier",
-    }
-)
-"""What skops does not trust by itself in the estimators this service scores."""
+BUILTIN_TRUSTED_TYPES: frozenset[str] = frozenset({"collections.OrderedDict"})
+"""Standard-library types that scikit-learn-API estimators hold (LightGBM's classifier keeps an OrderedDict)."""
 
-# The MLmodel key naming the serialized file, per flavour (LightGBM's native boosters have no format: not pickled).
-_FILE_KEY = {"sklearn": "pickled_model", "lightgbm": "data"}
+# NOTE: classes only (and numpy ufuncs, which are pure arithmetic): a *function* from these packages can do
+# anything when a FunctionTransformer calls it (numpy.testing's `runstring` executes a string), so functions
+# still need SKOPS_TRUSTED_TYPES. skops builds classes without calling their constructors.
+_TRUSTED_PACKAGES = frozenset({"sklearn", "numpy", "scipy", "xgboost", "lightgbm"})
 
 
 class UntrustedModelError(Exception):
-    """The version's serialized estimator may not be loaded; the message says why and how to fix it."""
+    """The version's serialized model may not be loaded; the message says why and how to fix it."""
 
 
 class ModelTrust(msgspec.Struct, frozen=True, kw_only=True):
-    """The service's rules: `SKLEARN_PICKLE` and the extra `SKOPS_TRUSTED_TYPES`."""
+    """The service's rules: `SKLEARN_PICKLE`, `PYFUNC` and the extra `SKOPS_TRUSTED_TYPES`."""
 
     pickle: PicklePolicy = "refuse"
+    pyfunc: PicklePolicy = "refuse"
     extra_types: tuple[str, ...] = ()
 
-    def trusted(self) -> frozenset[str]:
-        return BUILTIN_TRUSTED_TYPES | frozenset(self.extra_types)
+    def trusts(self, type_name: str) -> bool:
+        return type_name in BUILTIN_TRUSTED_TYPES or type_name in self.extra_types or trusted_by_default(type_name)
 
 
-class SerializedEstimator(msgspec.Struct, frozen=True, kw_only=True):
-    """A version's estimator file (relative to its model directory), its format, and the skops types it needs."""
+def trusted_by_default(type_name: str) -> bool:
+    """A class of scikit-learn, numpy, scipy, xgboost or lightgbm, or a numpy ufunc (imported, never called)."""
+    module_name, _, attribute = type_name.rpartition(".")
+    if module_name.split(".")[0] not in _TRUSTED_PACKAGES:
+        return False
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError):
+        return False
+    import numpy as np
 
-    file: str
-    serialization_format: str
-    skops_types: tuple[str, ...] = ()
+    return isinstance(found, type | np.ufunc)
 
 
-def inspect_estimator(
-    flavor: str, flavor_conf: dict[str, Any], model_dir: Path, trust: ModelTrust
-) -> SerializedEstimator | None:
-    """Check the version's serialized estimator against `trust`; None when the flavour pickles nothing.
+def check_serialized(file: str, serialization_format: str, model_dir: Path, trust: ModelTrust) -> tuple[str, ...]:
+    """Check a serialized estimator against `trust`; return the skops types to trust when loading it.
 
     Raises `UntrustedModelError` for a pickle under `SKLEARN_PICKLE=refuse`, or a skops file holding a type
     that is not trusted.
     """
-    key = _FILE_KEY.get(flavor)
-    if key is None or (flavor == "lightgbm" and "serialization_format" not in flavor_conf):
-        return None
-    file = str(flavor_conf[key])
-    serialization_format = str(flavor_conf.get("serialization_format", "pickle"))
     if serialization_format != "skops":
         if trust.pickle == "refuse":
             raise UntrustedModelError(
@@ -81,21 +76,28 @@ def inspect_estimator(
                 "log it again with serialization_format='skops', or set SKLEARN_PICKLE=allow if only trusted "
                 "people can write to the registry"
             )
-        return SerializedEstimator(file=file, serialization_format=serialization_format)
+        return ()
     import skops.io
 
     needed = sorted(skops.io.get_untrusted_types(file=model_dir / file))
-    untrusted = [name for name in needed if name not in trust.trusted()]
+    untrusted = [name for name in needed if not trust.trusts(name)]
     if untrusted:
         raise UntrustedModelError(
             f"its skops file holds types this service does not trust: {', '.join(untrusted)}; if they are safe, "
             "add them to SKOPS_TRUSTED_TYPES (comma-separated)"
         )
-    return SerializedEstimator(file=file, serialization_format="skops", skops_types=tuple(needed))
+    return tuple(needed)
 
 
-def load_skops(model_dir: Path, estimator: SerializedEstimator) -> Any:
-    """Load the skops file in `model_dir` trusting exactly the types `inspect_estimator` checked."""
-    import skops.io
+def load_serialized(path: Path, serialization_format: str, skops_types: tuple[str, ...]) -> Any:
+    """Load a file `check_serialized` passed: skops trusting exactly `skops_types`, or a pickle it allowed."""
+    if serialization_format == "skops":
+        import skops.io
 
-    return skops.io.load(model_dir / estimator.file, trusted=list(estimator.skops_types))
+        return skops.io.load(path, trusted=list(skops_types))
+    # NOTE: reached only when SKLEARN_PICKLE=allow let check_serialized pass; MLflow loads both with cloudpickle's
+    # compatible reader (pickle.load reads cloudpickle files).
+    import pickle
+
+    with path.open("rb") as file:
+        return pickle.load(file)

@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -16,7 +16,8 @@ import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
 from fraud_inference.lifetime import die_with_parent
-from fraud_inference.models.signature import ErrorDetail, InstancesError, SignatureDecoder
+from fraud_inference.models.scoring import stack
+from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, InstancesError, SignatureDecoder
 from fraud_inference.pool.messages import (
     DropGeneration,
     GenerationLoaded,
@@ -31,16 +32,12 @@ from fraud_inference.pool.messages import (
 )
 
 if TYPE_CHECKING:
-    from fraud_inference.models.scoring import Scorer
+    from fraud_inference.models.scoring import ServedModel
 
 __all__ = ["WorkerOptions", "run_worker"]
 
 Matrix = npt.NDArray[np.float64]
 _EMPTY: Matrix = np.empty(0, dtype=np.float64)
-
-
-def _stack(matrices: list[Matrix]) -> Matrix:
-    return matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
 
 
 class WorkerOptions(msgspec.Struct, frozen=True):
@@ -51,6 +48,7 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     log_format: str
     max_rows: int = 10_000
     error_detail: ErrorDetail = "full"
+    extra_features: ExtraFeatures = "reject"
 
 
 def run_worker(conn: Connection, options: WorkerOptions) -> None:
@@ -72,27 +70,18 @@ def run_worker(conn: Connection, options: WorkerOptions) -> None:
     _Worker(conn, options, get_logger("fraud_inference.worker")).serve()
 
 
-class _ServedModel:
-    """A loaded model and the decoder that turns request rows into its feature matrix."""
-
-    __slots__ = ("decoder", "scorer")
-
-    def __init__(self, scorer: Scorer, decoder: SignatureDecoder) -> None:
-        self.scorer = scorer
-        self.decoder = decoder
-
-
 class _Worker:
     def __init__(self, conn: Connection, options: WorkerOptions, log: FilteringBoundLogger) -> None:
         self._conn = conn
         self._index = options.index
         self._max_rows = options.max_rows
         self._error_detail = options.error_detail
+        self._extra_features = options.extra_features
         self._log = log
         self._send_lock = threading.Lock()
-        self._generations: dict[int, dict[str, _ServedModel]] = {}
+        self._generations: dict[int, dict[str, ServedModel]] = {}
         # The same files (same version, same download) load once and are shared between generations.
-        self._scorers_by_path: dict[int, dict[str, Scorer]] = {}
+        self._models_by_path: dict[int, dict[str, ServedModel]] = {}
 
     def serve(self) -> None:
         self._preload()
@@ -110,7 +99,7 @@ class _Worker:
                 threading.Thread(target=self._load, args=(message,), daemon=True).start()
             elif isinstance(message, DropGeneration):
                 self._generations.pop(message.generation, None)
-                self._scorers_by_path.pop(message.generation, None)
+                self._models_by_path.pop(message.generation, None)
 
     def _preload(self) -> None:
         """Import the model libraries and pin their thread pools before the first load."""
@@ -135,27 +124,33 @@ class _Worker:
             return
         started = time.perf_counter()
         outcomes: list[int | Refused] = []
-        matrices: list[Matrix] = []
+        batches: list[Any] = []
         for body in request.bodies:
             outcome = self._decode(served.decoder, body)
             if isinstance(outcome, Refused):
                 outcomes.append(outcome)
             else:
-                outcomes.append(outcome.shape[0])
-                matrices.append(outcome)
+                outcomes.append(len(outcome))
+                batches.append(outcome)
         try:
             # One model call for the whole batch: its fixed cost (~100 us for XGBoost) is paid once.
-            probabilities = served.scorer.fraud_probability(_stack(matrices)) if matrices else _EMPTY
+            probabilities = served.scorer.fraud_probability(stack(batches)) if batches else _EMPTY
         except Exception as error:
-            self._log.error(
-                "score.failed",
-                request_ids=request.request_ids,
-                model=request.model,
-                generation=request.generation,
-                error=repr(error),
-            )
-            self._send(ScoreFailed(seq=request.seq, error=f"scoring failed: {error}"))
-            return
+            if len(batches) > 1:
+                # NOTE: rows the probes at load did not foresee (a custom model's own checks): score each request
+                # alone, so only the one the model cannot score fails, never the requests batched with it.
+                outcomes, probabilities = self._score_alone(served, outcomes, batches)
+            else:
+                self._log.error(
+                    "score.failed",
+                    request_ids=request.request_ids,
+                    model=request.model,
+                    generation=request.generation,
+                    error=repr(error),
+                )
+                index = next(i for i, outcome in enumerate(outcomes) if not isinstance(outcome, Refused))
+                outcomes[index] = Refused(reason="invalid_rows", message=f"the model cannot score these rows: {error}")
+                probabilities = _EMPTY
         seconds = time.perf_counter() - started
         self._log.debug(
             "batch.scored",
@@ -169,58 +164,80 @@ class _Worker:
             Scored(seq=request.seq, outcomes=tuple(outcomes), probabilities=probabilities.tobytes(), seconds=seconds)
         )
 
-    def _decode(self, decoder: SignatureDecoder, body: bytes) -> Matrix | Refused:
+    def _score_alone(
+        self, served: ServedModel, outcomes: list[int | Refused], batches: list[Any]
+    ) -> tuple[list[int | Refused], Matrix]:
+        scored: list[Matrix] = []
+        pending = iter(batches)
+        answered: list[int | Refused] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Refused):
+                answered.append(outcome)
+                continue
+            try:
+                scored.append(served.scorer.fraud_probability(next(pending)))
+                answered.append(outcome)
+            except Exception as error:
+                answered.append(Refused(reason="invalid_rows", message=f"the model cannot score these rows: {error}"))
+        return answered, np.concatenate(scored) if scored else _EMPTY
+
+    def _decode(self, decoder: SignatureDecoder, body: bytes) -> Any:
         try:
-            matrix = decoder.matrix(body)
+            matrix = decoder.decode(body)
         except InstancesError as error:
             return Refused(reason="invalid_rows", message=error.problem, row=error.row, feature=error.feature)
         except Exception as error:  # whatever a hostile body does, it fails alone and the worker lives on
             self._log.error("decode.failed", error=repr(error)[:200])
             return Refused(reason="invalid_rows", message="cannot be decoded")
-        if matrix.shape[0] > self._max_rows:
+        if len(matrix) > self._max_rows:
             return Refused(
                 reason="too_many_rows",
-                message=f"{matrix.shape[0]} rows exceed MAX_BATCH_ROWS={self._max_rows}",
-                rows=matrix.shape[0],
+                message=f"{len(matrix)} rows exceed MAX_BATCH_ROWS={self._max_rows}",
+                rows=len(matrix),
             )
         return matrix
 
     def _load(self, request: LoadGeneration) -> None:
-        from fraud_inference.models.scoring import load_scorer
+        from fraud_inference.models.scoring import load_model
 
-        loaded: dict[str, _ServedModel] = {}
+        loaded: dict[str, ServedModel] = {}
         errors: dict[str, str] = {}
         seconds: dict[str, float] = {}
-        held = {path: scorer for by_path in list(self._scorers_by_path.values()) for path, scorer in by_path.items()}
-        by_path: dict[str, Scorer] = {}
+        held = {path: model for by_path in list(self._models_by_path.values()) for path, model in by_path.items()}
+        by_path: dict[str, ServedModel] = {}
         for artifact in request.models:
             started = time.perf_counter()
             key = artifact.ref.key
             try:
-                scorer = held.get(artifact.path) or load_scorer(artifact)
-                by_path[artifact.path] = scorer
-                # Warm up and prove it scores before the generation can become active.
-                warm = scorer.fraud_probability(np.zeros((1, len(artifact.features)), dtype=np.float64))
-                if warm.shape != (1,) or not np.isfinite(warm).all():
-                    raise ValueError(f"warm-up scoring gave {warm!r}, not one finite probability")
-                loaded[key] = _ServedModel(scorer, SignatureDecoder(key, artifact.features, detail=self._error_detail))
+                # Loaded, warmed up and probed: it scores before the generation can become active.
+                served = held.get(artifact.path) or load_model(
+                    artifact, detail=self._error_detail, extra=self._extra_features
+                )
+                by_path[artifact.path] = served
+                loaded[key] = served
             except Exception as error:
                 errors[key] = f"{type(error).__name__}: {error}"
             seconds[key] = time.perf_counter() - started
-            self._log.info(
-                "model.loaded" if key in loaded else "model.load_failed",
-                model=key,
-                name=artifact.ref.name,
-                version=artifact.ref.version,
-                generation=request.generation,
-                seconds=round(seconds[key], 3),
-                error=errors.get(key),
-            )
+            if key in loaded:
+                self._log.info(
+                    "model.loaded", model=key, name=artifact.ref.name, version=artifact.ref.version,
+                    generation=request.generation, seconds=round(seconds[key], 3),
+                )  # fmt: skip
+            else:
+                self._log.error(
+                    "model.load_failed", model=key, name=artifact.ref.name, version=artifact.ref.version,
+                    generation=request.generation, seconds=round(seconds[key], 3), error=errors[key],
+                )  # fmt: skip
         if not errors:
-            self._scorers_by_path[request.generation] = by_path
+            self._models_by_path[request.generation] = by_path
             self._generations[request.generation] = loaded
             gc.freeze()  # the libraries and models stay: keep full collections from rescanning them (see service)
-        self._send(GenerationLoaded(generation=request.generation, errors=errors, load_seconds=seconds))
+        classes = {key: served.scorer.positive_class for key, served in loaded.items()}
+        self._send(
+            GenerationLoaded(
+                generation=request.generation, errors=errors, load_seconds=seconds, positive_classes=classes
+            )
+        )
 
     def _send(self, message: WorkerStarted | GenerationLoaded | Scored | ScoreFailed) -> None:
         payload = encode(message)

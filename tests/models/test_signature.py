@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fraud_inference.models.artifact import FeatureSpec
@@ -69,3 +70,73 @@ def test_an_integral_float_is_an_integer_and_a_fraction_is_refused(decoder: Sign
     with pytest.raises(InstancesError, match=r"instances\[1\]\.hour_of_day: Expected `int`, got a fraction"):
         decoder.matrix(b'[{"amount": 1, "hour_of_day": 3, "is_foreign": true},'
                        b' {"amount": 1, "hour_of_day": 3.25, "is_foreign": true}]')  # fmt: skip
+
+
+OPTIONAL = (
+    FeatureSpec("amount", "double"),
+    FeatureSpec("txn_count", "long"),
+    FeatureSpec("device_age_days", "double", required=False),
+    FeatureSpec("is_foreign", "boolean", required=False),
+)
+
+
+def test_null_and_a_left_out_optional_column_are_nan_on_the_fast_path() -> None:
+    decoder = SignatureDecoder("test", OPTIONAL)
+    matrix = decoder.matrix(
+        b'[{"amount": 1.5, "txn_count": 2, "device_age_days": null, "is_foreign": true},'
+        b' {"amount": null, "txn_count": null},'
+        b' {"amount": 3, "txn_count": 4, "device_age_days": 9.5, "is_foreign": false}]'
+    )
+    np.testing.assert_array_equal(
+        matrix, [[1.5, 2.0, np.nan, 1.0], [np.nan, np.nan, np.nan, np.nan], [3.0, 4.0, 9.5, 0.0]]
+    )
+    assert matrix.dtype == np.float64
+    assert matrix.flags.c_contiguous
+
+
+def test_a_left_out_required_column_is_still_refused() -> None:
+    with pytest.raises(InstancesError, match=r"instances\[0\]: Object missing required field `txn_count`"):
+        SignatureDecoder("test", OPTIONAL).matrix(b'[{"amount": 1}]')
+
+
+def test_extra_features_are_refused_or_ignored_as_configured() -> None:
+    body = b'[{"amount": 1, "txn_count": 2, "transaction_id": "t-1"}]'
+    with pytest.raises(InstancesError, match="unknown field `transaction_id`"):
+        SignatureDecoder("test", OPTIONAL).matrix(body)
+    matrix = SignatureDecoder("test", OPTIONAL, extra="ignore").matrix(body)
+    np.testing.assert_array_equal(matrix, [[1.0, 2.0, np.nan, np.nan]])
+
+
+def test_strings_make_a_frame_with_mlflow_dtypes_and_categories_from_training() -> None:
+    features = (*OPTIONAL, FeatureSpec("country", "string", required=False), FeatureSpec("merchant", "string"))
+    decoder = SignatureDecoder("test", features, categories={"country": ["DE", "FR"]})
+    frame = decoder.decode(
+        b'[{"amount": 1, "txn_count": 2, "is_foreign": true, "country": "FR", "merchant": "fuel"},'
+        b' {"amount": 2, "txn_count": 3, "is_foreign": false, "country": "ZZ", "merchant": null},'
+        b' {"amount": 2, "txn_count": 3, "is_foreign": false, "merchant": "travel"}]'
+    )
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == [f.name for f in features]
+    assert frame["txn_count"].dtype == np.int64
+    assert frame["is_foreign"].dtype == bool
+    assert frame["device_age_days"].isna().all()
+    # A category never seen in training is missing: never re-coded onto a known one.
+    assert list(frame["country"].cat.categories) == ["DE", "FR"]
+    assert frame["country"].tolist()[0] == "FR"
+    assert frame["country"].isna().tolist() == [False, True, True]
+    assert frame["merchant"].isna().tolist() == [False, True, False]
+
+
+def test_an_integer_column_with_a_missing_value_becomes_float_in_a_frame() -> None:
+    features = (FeatureSpec("txn_count", "long"), FeatureSpec("merchant", "string"))
+    frame = SignatureDecoder("test", features).decode(
+        b'[{"txn_count": null, "merchant": "a"}, {"txn_count": 1, "merchant": "b"}]'
+    )
+    assert frame["txn_count"].dtype == np.float64
+    assert frame["txn_count"].isna().tolist() == [True, False]
+
+
+def test_a_missing_value_the_model_cannot_take_names_row_and_feature() -> None:
+    decoder = SignatureDecoder("test", OPTIONAL, refuse_missing=["device_age_days"])
+    with pytest.raises(InstancesError, match=r"instances\[1\]\.device_age_days: missing \(null or left out\)"):
+        decoder.matrix(b'[{"amount": 1, "txn_count": 2, "device_age_days": 1}, {"amount": 1, "txn_count": 2}]')

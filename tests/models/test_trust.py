@@ -60,8 +60,8 @@ def test_the_demo_sklearn_model_is_skops_and_scores_as_mlflow_loads_it(
     flavor = yaml.safe_load((demo_sklearn_dir / "MLmodel").read_text())["flavors"]["sklearn"]
     assert flavor["serialization_format"] == "skops"
     artifact = read_artifact(REF, demo_sklearn_dir)
-    assert artifact.estimator is not None
-    assert artifact.estimator.skops_types == ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
+    assert artifact.model_file.format == "skops"
+    assert artifact.model_file.skops_types == ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
     rows = transactions[[f.name for f in artifact.features]].to_numpy(dtype=np.float64)
     expected = mlflow.sklearn.load_model(str(demo_sklearn_dir)).predict_proba(rows)[:, 1]
     np.testing.assert_array_equal(load_scorer(artifact).fraud_probability(rows), expected)
@@ -88,5 +88,113 @@ def test_a_skops_model_with_a_type_the_service_does_not_trust_is_refused_even_if
     with pytest.raises(UnservableModelError, match=r"does not trust: math\.fabs.*SKOPS_TRUSTED_TYPES"):
         read_artifact(REF, path)
     artifact = read_artifact(REF, path, trust=ModelTrust(extra_types=("math.fabs",)))
-    assert artifact.estimator is not None
-    assert artifact.estimator.skops_types == ("math.fabs",)
+    assert artifact.model_file.format == "skops"
+    assert artifact.model_file.skops_types == ("math.fabs",)
+
+
+def test_scikit_learn_trees_and_imputers_are_trusted_by_default(
+    tmp_path: Path, small_data: tuple[pd.DataFrame, np.ndarray]
+) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+
+    from fraud_inference.models.scoring import load_model
+
+    features, labels = small_data
+    model = make_pipeline(SimpleImputer(), RandomForestClassifier(n_estimators=5, random_state=0)).fit(features, labels)
+    path = save(model, tmp_path / "model", features, "skops", trusted=["sklearn.tree._tree.Tree", "numpy.dtype"])
+    artifact = read_artifact(REF, path)
+    assert {"sklearn.tree._tree.Tree", "numpy.dtype"} <= set(artifact.model_file.skops_types)
+    rows = features.to_numpy(dtype=np.float64)
+    expected = model.predict_proba(features)[:, 1]
+    body = features.to_json(orient="records").encode()
+    np.testing.assert_allclose(load_model(artifact).score(body), expected, rtol=0, atol=1e-12)
+    assert rows.shape[0] == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("type_name", "trusted"),
+    [
+        ("sklearn.tree._tree.Tree", True),
+        ("numpy.dtype", True),
+        ("numpy.log1p", True),  # a ufunc: arithmetic only
+        ("lightgbm.basic.Booster", True),
+        ("numpy.save", False),  # a function a FunctionTransformer would call: trust it by name, or not at all
+        ("numpy.testing._private.utils.runstring", False),
+        ("builtins.eval", False),
+        ("math.fabs", False),
+    ],
+)
+def test_default_trust_is_classes_of_the_model_libraries_and_ufuncs(type_name: str, trusted: bool) -> None:
+    assert ModelTrust().trusts(type_name) is trusted
+
+
+def test_a_function_from_a_trusted_package_still_needs_skops_trusted_types(
+    tmp_path: Path, small_data: tuple[pd.DataFrame, np.ndarray]
+) -> None:
+    features, _labels = small_data
+    model = make_pipeline(FunctionTransformer(np.save), DecisionTreeClassifier())  # loaded, never fitted or run
+    path = save(model, tmp_path / "model", features, "skops", trusted=["numpy.save"])
+    with pytest.raises(UnservableModelError, match=r"does not trust: numpy\.save"):
+        read_artifact(REF, path)
+
+
+class _WritesMarker:
+    """What a hostile pickle does: unpickling it runs code (here, it creates a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def disguised_pickle(directory: Path, marker: Path, features: pd.DataFrame) -> Path:
+    """A LightGBM model whose MLmodel names an LGBMClassifier in a .pkl and no serialization_format (older MLflow).
+
+    MLflow's own loader unpickles it with cloudpickle: only a LightGBM Booster is a native file.
+    """
+    import pickle
+
+    import lightgbm
+    from mlflow.models import Model
+
+    directory.mkdir(parents=True)
+    (directory / "model.pkl").write_bytes(pickle.dumps(_WritesMarker(marker)))
+    model = Model(signature=infer_signature(features))
+    model.add_flavor(
+        "lightgbm", lgb_version=lightgbm.__version__, data="model.pkl", model_class="lightgbm.sklearn.LGBMClassifier"
+    )
+    model.save(str(directory / "MLmodel"))
+    return directory
+
+
+def test_a_disguised_pickle_is_refused_without_running_it(
+    tmp_path: Path, small_data: tuple[pd.DataFrame, np.ndarray]
+) -> None:
+    marker = tmp_path / "pickle-ran"
+    path = disguised_pickle(tmp_path / "model", marker, small_data[0])
+    with pytest.raises(UnservableModelError, match=r"saved as cloudpickle.*SKLEARN_PICKLE=allow"):
+        read_artifact(REF, path)
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_check_refuses_a_disguised_pickle_without_running_it(
+    tmp_path: Path, small_data: tuple[pd.DataFrame, np.ndarray]
+) -> None:
+    from mlflow import MlflowClient
+
+    from tests.conftest import run_cli
+
+    marker = tmp_path / "pickle-ran"
+    path = disguised_pickle(tmp_path / "model", marker, small_data[0])
+    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=registry, registry_uri=registry)
+    client.create_registered_model("disguised")
+    version = client.create_model_version("disguised", source=path.as_uri())
+    client.set_registered_model_alias("disguised", "champion", version.version)
+    result = run_cli(["check"], {"MLFLOW_TRACKING_URI": registry, "MODELS": "fraud=disguised"}, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "saved as cloudpickle" in result.stdout
+    assert not marker.exists()

@@ -275,3 +275,48 @@ def test_a_hung_worker_times_out_its_request_and_is_replaced(
         assert len((await pool.score(1, "xgboost", features, "after")).probabilities) == 5
 
     run_with_pool(2, scenario, timeout_s=1.0)
+
+
+def test_a_batch_the_model_refuses_fails_only_the_request_it_cannot_score(
+    real_models: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """The custom model raises on a negative amount (its own check): coalesced with valid requests, only that
+    request is a 422 with the model's reason; every other gets exactly its own rows' scores."""
+    import json
+
+    from fraud_inference.models.artifact import fetch_artifact
+    from fraud_inference.models.scoring import load_model
+    from fraud_inference.models.trust import ModelTrust
+    from tests.real_models import make_fraud_table, request_rows
+
+    tracking_uri, names = real_models
+    registry = Registry(tracking_uri, alias="champion", stages=(), timeout_s=10)
+    artifact = fetch_artifact(
+        registry, registry.resolve("custom", names["pyfunc-custom"]), tmp_path, dependency_policy="compatible",
+        trust=ModelTrust(pyfunc="allow"),
+    )  # fmt: skip
+    served = load_model(artifact)
+    table, _labels = make_fraud_table(120, seed=8)
+    rows = [row for row in request_rows(table) if row.get("country") not in (None, "ZZ")]
+    bodies = [json.dumps(rows[i % len(rows) : i % len(rows) + 2]).encode() for i in range(120)]
+    refused = {i for i in range(120) if i % 9 == 4}
+    for i in refused:
+        bodies[i] = json.dumps([{**rows[0], "amount": -5.0}]).encode()
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [artifact]) == {}
+        pool.activate(1)
+        outcomes = await asyncio.gather(
+            *(pool.score(1, "custom", body, f"r{i}") for i, body in enumerate(bodies)), return_exceptions=True
+        )
+        for i, (body, outcome) in enumerate(zip(bodies, outcomes, strict=True)):
+            if i in refused:
+                assert isinstance(outcome, RequestRefusedError), outcome
+                assert outcome.refusal.reason == "invalid_rows"
+                assert "a negative amount is not a transaction" in outcome.refusal.message
+                continue
+            assert isinstance(outcome, Scores), outcome
+            np.testing.assert_allclose(outcome.probabilities, served.score(body), rtol=0, atol=1e-12)
+        assert pool.status().batches < len(bodies) / 2, "the burst should have been coalesced"
+
+    run_with_pool(1, scenario)

@@ -1,0 +1,164 @@
+"""The small interface every flavour module implements, and the rules the flavours share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from fraud_inference.consistency import PackageRule
+
+if TYPE_CHECKING:
+    from fraud_inference.models.artifact import ModelArtifact
+    from fraud_inference.models.trust import ModelTrust
+
+__all__ = [
+    "NUMPY",
+    "Matrix",
+    "ModelFile",
+    "ModelFlavor",
+    "PackageRule",
+    "Scorer",
+    "check_feature_names",
+    "class_column",
+    "positive_column",
+]
+
+Matrix = npt.NDArray[np.float64]
+FileFormat = Literal["native", "skops", "pickle", "cloudpickle", "pyfunc"]
+
+
+NUMPY = PackageRule(("numpy",), "same major")
+"""numpy 1 and 2 differ in ABI and numerics: every flavour checks it."""
+
+
+class ModelFile(msgspec.Struct, frozen=True, kw_only=True):
+    """The file a version loads from, decided from the MLmodel keys MLflow's own flavour loader reads.
+
+    `format` is `native` for a library's own model file (never unpickled), `skops` for a skops file loaded
+    trusting exactly `skops_types`, `pickle` / `cloudpickle` only under SKLEARN_PICKLE=allow, and `pyfunc`
+    for a custom python_function model only under PYFUNC=allow.
+    """
+
+    file: str
+    format: FileFormat
+    model_class: str | None = None
+    skops_types: tuple[str, ...] = ()
+
+
+class Scorer(Protocol):
+    """A loaded model, as the workers score it."""
+
+    @property
+    def needs_frame(self) -> bool:
+        """Rows go as a pandas DataFrame (names, strings, categories) instead of one float64 matrix."""
+
+    @property
+    def categories(self) -> Mapping[str, Sequence[Any]]:
+        """Per categorical column, the categories the model was trained with (an unseen value is a missing one)."""
+
+    @property
+    def takes_missing(self) -> bool:
+        """True when every column may be NaN (XGBoost, LightGBM); else the columns are probed at load."""
+
+    @property
+    def positive_class(self) -> str | None:
+        """The label whose probability is scored (None for a custom model, whose output is the probability)."""
+
+    def fraud_probability(self, batch: Any) -> Matrix:
+        """The fraud probability of each row of `batch` (a matrix, or a DataFrame when `needs_frame`)."""
+        ...
+
+
+class ModelFlavor(Protocol):
+    """What the service knows about one model library: its MLmodel keys, files, trust, dependencies, scoring."""
+
+    name: str
+    """The flavour's key in MLmodel's `flavors`."""
+    version_key: str | None
+    """The MLmodel key recording the library's version (the fallback when requirements.txt has no pin)."""
+    packages: tuple[PackageRule, ...]
+    """The packages whose installed versions must match training, with their `compatible` rule."""
+
+    def model_file(self, conf: Mapping[str, Any], model_dir: Path, trust: ModelTrust) -> ModelFile:
+        """Decide which file and format to load, as MLflow's loader does; raise `UntrustedModelError` if refused.
+
+        Runs where the version is fetched (server, `check`): it must never run code from the model.
+        """
+        ...
+
+    def load(self, artifact: ModelArtifact) -> Scorer:
+        """Load the version in this process (a worker, or the parity gate) and return its scorer."""
+        ...
+
+    def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
+        """What MLflow's own flavour loader (`mlflow.<flavour>.load_model`) gives for the rows of `frame`.
+
+        The parity gate's reference: `predict_proba[:, positive_class]` for classifiers and pipelines,
+        `predict` for raw Boosters, `predict` for custom models. Runs only for a version the trust rules passed.
+        """
+        ...
+
+
+_NEGATIVE = frozenset({"0", "0.0", "false"})
+_POSITIVE = frozenset({"1", "1.0", "true"})
+
+
+def positive_column(classes: Sequence[Any], tag: str | None, where: str) -> tuple[int, str]:
+    """The index in `classes` of the fraud class, and its label.
+
+    Classes 0/1 or False/True (or their string forms): 1/True. Any other labels need the version tag
+    `positive_class`; the fraud class is never guessed.
+    """
+    labels = [str(label) for label in classes]
+    if len(labels) != 2:
+        raise ValueError(f"{where}: expected a binary fraud classifier, its classes are {labels}")
+    if tag is not None:
+        if tag not in labels:
+            raise ValueError(f"{where}: version tag positive_class={tag!r} names no class of the model {labels}")
+        return labels.index(tag), tag
+    lowered = [label.lower() for label in labels]
+    if lowered[0] in _NEGATIVE | _POSITIVE and lowered[1] in _NEGATIVE | _POSITIVE and lowered[0] != lowered[1]:
+        index = 0 if lowered[0] in _POSITIVE else 1
+        return index, labels[index]
+    raise ValueError(
+        f"{where}: its classes are {labels}, so the fraud class cannot be guessed; set the version tag "
+        "positive_class to the fraud label, e.g. MlflowClient().set_model_version_tag(name, version, "
+        f"'positive_class', {labels[1]!r})"
+    )
+
+
+def check_feature_names(artifact: ModelArtifact, trained: Sequence[Any] | None) -> None:
+    """Refuse a model whose own feature names disagree with its signature: rows go in signature order.
+
+    A model trained without names (on a bare array) records none; then the signature is the only order.
+    """
+    if trained is None:
+        return
+    trained_names = [str(name) for name in trained]
+    signature_names = [feature.name for feature in artifact.features]
+    if trained_names != signature_names:
+        raise ValueError(
+            f"{artifact.ref.name} v{artifact.ref.version}: the model was trained on features {trained_names} "
+            f"but its MLflow signature lists {signature_names}; log it again with "
+            "signature=infer_signature(X_train) so rows can be put in training order"
+        )
+
+
+def class_column(probabilities: Any, classes: Sequence[Any] | None, positive_class: str | None) -> Matrix:
+    """The fraud class's probabilities from a library's own output: 2-D by `classes`, or 1-D P(label 1)."""
+    scores = np.asarray(probabilities, dtype=np.float64)
+    labels = [str(label) for label in (classes if classes is not None else [0, 1])]
+    index = labels.index(positive_class) if positive_class in labels else 1
+    if scores.ndim == 2:
+        return np.ascontiguousarray(scores[:, index])
+    return scores if index == 1 else 1.0 - scores
+
+
+def model_path(artifact: ModelArtifact) -> Path:
+    """The local path of the version's model file."""
+    return Path(artifact.path) / artifact.model_file.file

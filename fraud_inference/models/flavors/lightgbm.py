@@ -1,0 +1,119 @@
+"""LightGBM: raw `lgb.train` Boosters (LightGBM's text format) and `LGBMClassifier`s (skops, or an allowed pickle)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fraud_inference.models.flavors._base import (
+    NUMPY,
+    Matrix,
+    ModelFile,
+    PackageRule,
+    check_feature_names,
+    class_column,
+    model_path,
+    positive_column,
+)
+from fraud_inference.models.trust import ModelTrust, check_serialized, load_serialized
+
+if TYPE_CHECKING:
+    from fraud_inference.models.artifact import ModelArtifact
+
+__all__ = ["FLAVOR", "LightGBMFlavor"]
+
+_BOOSTER = "lightgbm.basic.Booster"
+_PROBABILITY_OBJECTIVES = frozenset({"binary", "multiclass", "softmax", "cross_entropy", "xentropy"})
+# LightGBM invents these names for a model trained on a bare array: they say nothing about the column order.
+_INVENTED_NAME = re.compile(r"Column_\d+")
+
+
+class LightGBMFlavor:
+    name: str = "lightgbm"
+    version_key: str | None = "lgb_version"
+    packages: tuple[PackageRule, ...] = (PackageRule(("lightgbm",), "same major"), NUMPY)
+
+    def model_file(self, conf: Mapping[str, Any], model_dir: Path, trust: ModelTrust) -> ModelFile:
+        # NOTE: decided as mlflow/lightgbm/__init__.py `_load_model` does: by model_class. MLflow 3.17 writes
+        # serialization_format: skops even for a Booster saved natively; only a Booster is never unpickled, and
+        # any other class without serialization_format is a cloudpickle for MLflow (older MLflow wrote exactly that).
+        model_class = str(conf.get("model_class", _BOOSTER))
+        file = str(conf["data"])
+        if model_class == _BOOSTER:
+            return ModelFile(file=file, format="native", model_class=model_class)
+        serialization_format = str(conf.get("serialization_format", "cloudpickle"))
+        skops_types = check_serialized(file, serialization_format, model_dir, trust)
+        return ModelFile(
+            file=file, format=serialization_format, model_class=model_class, skops_types=skops_types,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def load(self, artifact: ModelArtifact) -> LightGBMScorer:
+        model_file = artifact.model_file
+        if model_file.format == "native":
+            import lightgbm
+
+            return LightGBMScorer(lightgbm.Booster(model_file=str(model_path(artifact))), artifact)
+        model = load_serialized(model_path(artifact), model_file.format, model_file.skops_types)
+        return LightGBMScorer(model, artifact)
+
+    def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
+        import mlflow.lightgbm
+
+        model = mlflow.lightgbm.load_model(artifact.path)
+        if not hasattr(model, "predict_proba"):
+            return class_column(model.predict(frame), None, positive_class)
+        return class_column(model.predict_proba(frame), list(model.classes_), positive_class)
+
+
+class LightGBMScorer:
+    """`Booster.predict` on the raw booster, one thread (what `LGBMClassifier.predict_proba` calls)."""
+
+    takes_missing: bool = True
+
+    def __init__(self, model: Any, artifact: ModelArtifact) -> None:
+        where = f"{artifact.ref.name} v{artifact.ref.version}"
+        is_booster = not hasattr(model, "booster_")
+        booster = model if is_booster else model.booster_
+        objective = str(booster.params.get("objective", "binary"))
+        if objective not in _PROBABILITY_OBJECTIVES:
+            raise ValueError(f"{where}: LightGBM objective {objective!r} does not give probabilities")
+        names = booster.feature_name()
+        invented = all(_INVENTED_NAME.fullmatch(name) for name in names)
+        check_feature_names(artifact, None if invented else names)
+        classes = [0, 1] if is_booster else list(model.classes_)
+        self._column, self.positive_class = positive_column(classes, artifact.ref.positive_class, where)
+        self._booster = booster
+        self.categories = _training_categories(booster, artifact)
+        self.needs_frame = bool(self.categories)
+
+    def fraud_probability(self, batch: Any) -> Matrix:
+        scores = np.asarray(self._booster.predict(batch, num_threads=1), dtype=np.float64)
+        if scores.ndim == 2:
+            if scores.shape[1] != 2:
+                raise ValueError(f"expected two classes, the model gives {scores.shape[1]} scores per row")
+            return np.ascontiguousarray(scores[:, self._column])
+        return scores if self._column == 1 else 1.0 - scores
+
+
+def _training_categories(booster: Any, artifact: ModelArtifact) -> dict[str, Sequence[Any]]:
+    """The categories LightGBM recorded (`pandas_categorical`), one list per categorical column in column order.
+
+    LightGBM re-codes a pandas category column onto them itself; they are given to the column anyway so an
+    unseen value is a missing one whatever the library version does.
+    """
+    recorded = booster.pandas_categorical or []
+    strings = [feature.name for feature in artifact.features if feature.type == "string"]
+    if len(recorded) != len(strings):
+        raise ValueError(
+            f"{artifact.ref.name} v{artifact.ref.version}: the signature has {len(strings)} string columns "
+            f"({', '.join(strings) or 'none'}) but LightGBM recorded {len(recorded)} categorical ones; train it "
+            "on a DataFrame whose string columns are pandas 'category' columns, and log the same frame's signature"
+        )
+    return {name: list(values) for name, values in zip(strings, recorded, strict=True)}
+
+
+FLAVOR = LightGBMFlavor()

@@ -1,0 +1,92 @@
+"""scikit-learn: classifiers and Pipelines of scikit-learn's own estimators, saved with skops (or an allowed pickle)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fraud_inference.models.flavors._base import (
+    NUMPY,
+    Matrix,
+    ModelFile,
+    PackageRule,
+    check_feature_names,
+    class_column,
+    model_path,
+    positive_column,
+)
+from fraud_inference.models.trust import ModelTrust, check_serialized, load_serialized
+
+if TYPE_CHECKING:
+    from fraud_inference.models.artifact import ModelArtifact
+
+__all__ = ["FLAVOR", "SklearnFlavor"]
+
+
+class SklearnFlavor:
+    name: str = "sklearn"
+    version_key: str | None = "sklearn_version"
+    # NOTE: scikit-learn does not support loading estimators across minor versions (their internals change and a
+    # model can load yet score differently); scipy carries its numerics.
+    packages: tuple[PackageRule, ...] = (
+        PackageRule(("scikit-learn",), "same major.minor"),
+        NUMPY,
+        PackageRule(("scipy",), "same major"),
+    )
+
+    def model_file(self, conf: Mapping[str, Any], model_dir: Path, trust: ModelTrust) -> ModelFile:
+        # As mlflow/sklearn/__init__.py `_load_pyfunc`: no serialization_format means pickle.
+        file = str(conf["pickled_model"])
+        serialization_format = str(conf.get("serialization_format", "pickle"))
+        skops_types = check_serialized(file, serialization_format, model_dir, trust)
+        return ModelFile(file=file, format=serialization_format, skops_types=skops_types)  # type: ignore[arg-type]
+
+    def load(self, artifact: ModelArtifact) -> SklearnScorer:
+        model_file = artifact.model_file
+        return SklearnScorer(load_serialized(model_path(artifact), model_file.format, model_file.skops_types), artifact)
+
+    def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
+        import mlflow.sklearn
+
+        model = mlflow.sklearn.load_model(artifact.path)
+        return class_column(model.predict_proba(frame), list(model.classes_), positive_class)
+
+
+class SklearnScorer:
+    """`predict_proba`, taking the column of the fraud class; a DataFrame where the model selects columns by name."""
+
+    takes_missing: bool = False  # depends on the estimator: each column is probed at load
+    categories: Mapping[str, Sequence[Any]] = {}
+
+    def __init__(self, model: Any, artifact: ModelArtifact) -> None:
+        where = f"{artifact.ref.name} v{artifact.ref.version}"
+        if not hasattr(model, "predict_proba"):
+            raise ValueError(f"{where}: {type(model).__name__} has no predict_proba")
+        check_feature_names(artifact, getattr(model, "feature_names_in_", None))
+        self._column, self.positive_class = positive_column(
+            list(getattr(model, "classes_", [])), artifact.ref.positive_class, where
+        )
+        self._model = model
+        # NOTE: a ColumnTransformer selecting columns by name fails on an array ("Specifying the columns using
+        # strings is only supported for dataframes"); every other estimator scores the same matrix faster.
+        self.needs_frame = any(feature.type == "string" for feature in artifact.features) or _selects_by_name(model)
+
+    def fraud_probability(self, batch: Any) -> Matrix:
+        return np.ascontiguousarray(self._model.predict_proba(batch)[:, self._column], dtype=np.float64)
+
+
+def _selects_by_name(model: Any) -> bool:
+    from sklearn.compose import ColumnTransformer
+
+    if isinstance(model, ColumnTransformer):
+        return True
+    get_params = getattr(model, "get_params", None)
+    if get_params is None:
+        return False
+    return any(isinstance(value, ColumnTransformer) for value in get_params(deep=True).values())
+
+
+FLAVOR = SklearnFlavor()

@@ -1,0 +1,173 @@
+"""The parity gate: a version serves only if the service scores its rows as MLflow's own flavour loader does.
+
+For every served version the logged input example (and, where the signature has optional columns, the same rows
+with those columns left out) is scored twice: through the service's own loading and scoring code (what the
+workers run: `load_model`, the request decoder, the flavour's scorer) and through `mlflow.<flavour>.load_model`.
+Any |diff| > 1e-6, or a row MLflow scores that the service refuses, fails the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from fraud_inference.models.artifact import ModelArtifact
+
+__all__ = ["PARITY_POLICIES", "TOLERANCE", "ParityPolicy", "ParityReport", "check_parity", "check_parity_isolated"]
+
+ParityPolicy = Literal["strict", "warn", "off"]
+PARITY_POLICIES: tuple[ParityPolicy, ...] = ("strict", "warn", "off")
+TOLERANCE = 1e-6
+
+
+class ParityReport(msgspec.Struct, kw_only=True):
+    """One version's gate: the rows compared, where they came from, the largest difference, every failure."""
+
+    model: str
+    name: str
+    version: str
+    rows: int = 0
+    rows_from: Literal["input example", "signature"] = "input example"
+    """`signature` when the version has no input example: the rows are built from its signature."""
+    max_abs_diff: float | None = None
+    """None when nothing was compared (PARITY_CHECK=off, or the service could not load the version)."""
+    loaded: bool = False
+    """The service loaded the version and scored its rows as the workers would."""
+    seconds: float = 0.0
+    failures: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def check_parity(
+    artifact: ModelArtifact,
+    *,
+    against_mlflow: bool = True,
+    load: Callable[[ModelArtifact], Any] | None = None,
+) -> ParityReport:
+    """Score the version's example rows through the service and through MLflow's loader; compare row by row.
+
+    Without `against_mlflow` (PARITY_CHECK=off) the rows are only scored by the service: a version the workers
+    cannot load or score still fails. `load` builds the service's model (default: `load_model`, exactly what the
+    workers run); tests inject a deliberately wrong one to show the gate fails.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from fraud_inference.models.scoring import example_rows, load_model
+
+    ref = artifact.ref
+    report = ParityReport(model=ref.key, name=ref.name, version=ref.version)
+    where = f"model {ref.key!r} ({ref.name} v{ref.version})"
+    started = time.perf_counter()
+    # NOTE: one thread: the gate runs beside serving (a refresh) and MLflow's loaders would start every core.
+    with threadpool_limits(1):
+        try:
+            served = (load or load_model)(artifact)
+        except Exception as error:
+            report.failures.append(f"{where}: the service cannot load it: {type(error).__name__}: {error}")
+            return report
+        report.loaded = True
+        rows, from_example = example_rows(artifact, served.scorer)
+        report.rows_from = "input example" if from_example else "signature"
+        rows = rows + _with_optional_left_out(artifact, rows)
+        report.rows = len(rows)
+        differences: list[float] = []
+        for index, row in enumerate(rows):
+            if not against_mlflow:
+                try:
+                    served.score(json.dumps([row]).encode())
+                except Exception as error:
+                    report.failures.append(f"{where} row {index}: the service cannot score it: {error}")
+                    report.loaded = False
+                continue
+            failure = _compare_row(artifact, served, row, index, where, differences)
+            if failure:
+                report.failures.append(failure)
+                report.loaded = report.loaded and "the service fails to score it" not in failure
+    report.max_abs_diff = max(differences) if differences else None
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def check_parity_isolated(artifacts: Sequence[ModelArtifact]) -> list[ParityReport]:
+    """`check_parity` for each version in a fresh `spawn`ed process, so this one never runs the model libraries.
+
+    NOTE: granian forks the HTTP process from the supervisor, and a process forked after OpenMP ran can hang in
+    its next OpenMP call; the gate's loaders (and a custom model's code) also stay out of the serving process.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if not artifacts:
+        return []
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        return list(executor.map(check_parity, artifacts))
+
+
+def _compare_row(
+    artifact: ModelArtifact, served: Any, row: dict[str, Any], index: int, where: str, differences: list[float]
+) -> str | None:
+    from fraud_inference.models.signature import InstancesError
+
+    try:
+        expected = float(_mlflow_score(artifact, served, row)[0])
+    except Exception:
+        expected = None  # MLflow cannot score it either: the service may refuse it
+    try:
+        got = float(served.score(json.dumps([row]).encode())[0])
+    except InstancesError as error:
+        if expected is None:
+            return None
+        return f"{where} row {index}: MLflow's loader scores it {expected:.9g}, the service refuses it: {error}"
+    except Exception as error:
+        return f"{where} row {index}: the service fails to score it: {type(error).__name__}: {error}"
+    if expected is None:
+        return f"{where} row {index}: served {got:.9g}, but MLflow's loader cannot score the row {row}"
+    difference = abs(got - expected)
+    differences.append(difference)
+    if not difference <= TOLERANCE:
+        return (
+            f"{where} row {index}: served {got:.9g}, MLflow's loader {expected:.9g} (|diff| {difference:.3g} > "
+            f"{TOLERANCE:g}); likely cause: {_likely_cause(artifact, got, expected)}"
+        )
+    return None
+
+
+def _mlflow_score(artifact: ModelArtifact, served: Any, row: dict[str, Any]) -> Any:
+    """MLflow's loader on the row as a client's DataFrame (a left-out key is missing), categories from training."""
+    import pandas as pd
+
+    frame = pd.DataFrame([row], columns=[feature.name for feature in artifact.features])
+    text = pd.Series(["text"]).dtype  # the string dtype pandas infers here (object before pandas 3)
+    for feature in artifact.features:
+        column = frame[feature.name]
+        if feature.type == "string" and column.isna().all():  # left out (float NaN) or null (None): text
+            frame[feature.name] = column.astype(text)
+        elif column.dtype == object:  # a number sent as null: NaN, as a client's float column holds it
+            frame[feature.name] = column.astype("float64")
+    for name, categories in served.scorer.categories.items():
+        known = pd.Index(categories)
+        codes = known.get_indexer(pd.Index(frame[name], dtype=object))
+        frame[name] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(known))
+    return artifact.model_flavor.mlflow_scores(artifact, frame, served.scorer.positive_class)
+
+
+def _with_optional_left_out(artifact: ModelArtifact, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    optional = {feature.name for feature in artifact.features if not feature.required}
+    if not optional:
+        return []
+    return [{key: value for key, value in row.items() if key not in optional} for row in rows]
+
+
+def _likely_cause(artifact: ModelArtifact, got: float, expected: float) -> str:
+    if abs(got - (1.0 - expected)) <= TOLERANCE:
+        return "the other class is scored: set the version tag positive_class to the fraud label"
+    if artifact.flavor in {"xgboost", "lightgbm"}:
+        return "the trees used differ (early stopping: best_iteration versus every tree), or the feature order"
+    return "the scoring path differs from MLflow's loader (feature order, dtypes, categories or library versions)"
