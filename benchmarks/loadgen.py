@@ -83,11 +83,20 @@ def find_loadgen(preferred: Loadgen | Literal["auto"] = "auto") -> Loadgen:
         if preferred == "wrk" and shutil.which("wrk") is None:
             raise SystemExit("wrk is not on PATH: install the Debian/Ubuntu package `wrk`, or use --loadgen python")
         return preferred
-    can_install = os.geteuid() == 0 and shutil.which("apt-get") is not None
-    if shutil.which("wrk") is None and can_install and _apt_get("install", "-y", "-qq", "wrk") != 0:
+    if shutil.which("wrk") is not None:
+        return "wrk"
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print("benchmarks: wrk is not on PATH (and installing it needs root): using the Python load generator")
+        return "python"
+    print("benchmarks: wrk is not on PATH: installing the Debian package wrk with apt-get...", flush=True)
+    if _apt_get("install", "-y", "-qq", "wrk") != 0:
         _apt_get("update", "-qq")
         _apt_get("install", "-y", "-qq", "wrk")
-    return "wrk" if shutil.which("wrk") is not None else "python"
+    if shutil.which("wrk") is None:
+        print("benchmarks: apt-get could not install wrk: using the Python load generator")
+        return "python"
+    print("benchmarks: installed wrk")
+    return "wrk"
 
 
 def _apt_get(*arguments: str) -> int:

@@ -63,13 +63,28 @@ class BenchmarkRun(msgspec.Struct):
 
 
 def write_results(run: BenchmarkRun, out: Path) -> list[Path]:
-    """Write results.json, results.md and latency_vs_throughput.png into `out`; return their paths."""
+    """Write results.json, results.md and (with two concurrency levels or more) latency_vs_throughput.png into
+    `out`; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "results.json", out / "results.md", out / "latency_vs_throughput.png"]
+    if not _curves(run):
+        # One point per series draws no curve (quick mode measures one concurrency level): no plot.
+        run.notes.append("Latency-versus-throughput plot skipped: fewer than two concurrency levels were measured.")
+    written = [out / "results.json", out / "results.md"]
     written[0].write_bytes(msgspec.json.format(msgspec.json.encode(run)) + b"\n")
     written[1].write_text(markdown(run))
-    plot_latency_throughput(run, written[2])
+    if _curves(run):
+        written.append(out / "latency_vs_throughput.png")
+        plot_latency_throughput(run, written[2])
     return written
+
+
+def _curves(run: BenchmarkRun) -> dict[str, list[ScenarioResult]]:
+    """The latency-versus-throughput series with two points or more, by server, in order of concurrency."""
+    curves = {
+        label: sorted((r for r in results if r.scenario.curve), key=lambda r: r.scenario.connections)
+        for label, results in (("fraud-inference", run.ours), ("mlflow models serve", run.mlflow))
+    }
+    return {label: curve for label, curve in curves.items() if len(curve) >= 2}
 
 
 def markdown(run: BenchmarkRun) -> str:
@@ -185,13 +200,9 @@ def plot_latency_throughput(run: BenchmarkRun, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5))
-    for label, results, color in (
-        ("fraud-inference", run.ours, "tab:blue"),
-        ("mlflow models serve", run.mlflow, "tab:orange"),
-    ):
-        curve = sorted((r for r in results if r.scenario.curve), key=lambda r: r.scenario.connections)
-        if not curve:
-            continue
+    colors = {"fraud-inference": "tab:blue", "mlflow models serve": "tab:orange"}
+    for label, curve in _curves(run).items():
+        color = colors[label]
         rates = [r.load.requests_per_s for r in curve]
         axes.plot(rates, [r.load.p50_ms for r in curve], "o-", color=color, label=f"{label} p50")
         axes.plot(rates, [r.load.p99_ms for r in curve], "s--", color=color, label=f"{label} p99")

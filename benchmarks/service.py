@@ -1,7 +1,7 @@
 """Start and stop the servers under test, and account for their processes' CPU time and memory.
 
 `fraud-inference serve` runs as granian's supervisor (the PID we start), one HTTP process titled
-`fraud-inference server` and the pool's workers titled `fraud-inference worker N`; CPU and resident
+`fraud-inference http` and the pool's workers titled `fraud-inference worker N`; CPU and resident
 memory are read from /proc per role. MLflow's scoring server runs in its own session, stopped as a group.
 """
 
@@ -246,7 +246,7 @@ def _tail(log: Path | None, lines: int = 30) -> str:
 def _role(root_pid: int, pid: int, title: str) -> Role:
     if pid == root_pid:
         return "supervisor"
-    if title.startswith("fraud-inference server"):
+    if title.startswith("fraud-inference http"):
         return "http"
     if title.startswith("fraud-inference worker"):
         return "workers"

@@ -7,13 +7,14 @@ import errno
 import os
 import socket
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from fraud_inference import __version__
 from fraud_inference.bytecode import choose_bytecode_cache
 from fraud_inference.registry import registry_uri_problem
-from fraud_inference.settings import Settings, SettingsError, redact_credentials
+from fraud_inference.settings import Settings, SettingsError, redact_credentials, settings_reference
 
 if TYPE_CHECKING:
     from fraud_inference.checks import CheckReport
@@ -39,7 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fraud-inference", description="Serve fraud-detection models from an MLflow Model Registry."
+        prog="fraud-inference",
+        description="Serve fraud-detection models from an MLflow Model Registry.",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -48,9 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         ("demo", _demo, "seed a local demo registry when it is missing, then serve it"),
     ):
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument("--host", help="address to bind (HOST)")
-        command.add_argument("--port", type=int, help="port to bind (PORT)")
-        command.add_argument("--workers", type=int, help="inference worker processes (WORKERS)")
+        command.add_argument("--host", help=_option_help("HOST", "address to bind"))
+        command.add_argument("--port", type=int, help=_option_help("PORT", "port to bind"))
+        command.add_argument("--workers", type=int, help=_option_help("WORKERS", "inference worker processes"))
         command.set_defaults(command=handler)
     seed = commands.add_parser(
         "seed-demo",
@@ -67,6 +71,22 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(command=_check)
     return parser
+
+
+def _settings_help() -> str:
+    """Every setting with its variable, default and bounds, from its one definition in `Settings`."""
+    lines = ["settings, read from the environment (a bad value stops the command, naming the variable):"]
+    for setting in settings_reference():
+        bounds = f"; {setting.bounds}" if setting.bounds else ""
+        lines.append(f"  {setting.variable} (default: {setting.shown_default}{bounds})")
+        lines.extend(textwrap.wrap(setting.doc, width=96, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)
+
+
+def _option_help(variable: str, text: str) -> str:
+    (setting,) = [setting for setting in settings_reference() if setting.variable == variable]
+    bounds = f", {setting.bounds}" if setting.bounds else ""
+    return f"{text} (overrides {variable}; default {setting.shown_default}{bounds})"
 
 
 def _apply_overrides(args: argparse.Namespace) -> None:
@@ -233,7 +253,8 @@ def _run_server(settings: Settings) -> int:
         factory=True,
         log_access=False,
         log_dictconfig=granian_log_config(settings.log_format, role="supervisor"),
-        process_name="fraud-inference server",
+        # granian's own process; the HTTP process it starts titles itself `fraud-inference http` (see the app).
+        process_name="fraud-inference supervisor",
     )
     server.serve()
     return 0

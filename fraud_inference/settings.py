@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import itertools
 import os
 import re
+import textwrap
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from fraud_inference.models.trust import ModelTrust
 
-__all__ = ["DEFAULT_MODELS", "ModelSpec", "Settings", "SettingsError", "redact_credentials"]
+__all__ = [
+    "DEFAULT_MODELS",
+    "ModelSpec",
+    "Setting",
+    "Settings",
+    "SettingsError",
+    "redact_credentials",
+    "settings_reference",
+]
 
 DEFAULT_MODELS = "xgboost=fraud-xgboost,lightgbm=fraud-lightgbm,sklearn=fraud-sklearn"
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-_Number = TypeVar("_Number", int, float)
-_Choice = TypeVar("_Choice", bound=str)
 
 
 class SettingsError(ValueError):
@@ -53,80 +66,96 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the service can be configured with. Build it with `Settings.from_env()`."""
+    """Everything the service can be configured with. Build it with `Settings.from_env()`.
 
-    mlflow_tracking_uri: str | None = None
+    Each field is the one definition of a setting: its type, its default, its bounds (`msgspec.Meta`) and the
+    docstring under it, which starts with the environment variable's name. Reading the environment
+    (`from_env`), `fraud-inference --help` and the README's configuration table (checked by a test) derive from
+    them. `Meta(extra=...)` holds what a field alone cannot say: `shown` (a default computed at startup, as
+    people should read it) and `file` (a variable naming a file that holds the value, for container secrets).
+    """
+
+    mlflow_tracking_uri: Annotated[
+        str | None, Meta(extra={"shown": "none (`serve` requires it)", "file": "MLFLOW_TRACKING_URI_FILE"})
+    ] = None
+    """MLFLOW_TRACKING_URI: the MLflow tracking/registry server, e.g. http://mlflow:5000 or sqlite:////abs/mlflow.db;
+    MLFLOW_TRACKING_URI_FILE names a file holding it instead (a container secret: the URI may carry credentials)."""
     models: dict[str, str] = msgspec.field(default_factory=lambda: _parse_models(DEFAULT_MODELS))
-    default_model: str = "xgboost"
+    """MODELS: served models as key=registered-name pairs; key=name@alias serves that alias (no stage fallback),
+    key=name/3 pins version 3."""
+    default_model: Annotated[str, Meta(extra={"shown": "first key of `MODELS`"})] = "xgboost"
+    """DEFAULT_MODEL: the model used when a request names none."""
     model_alias: str = "champion"
-    model_stages: tuple[str, ...] = ("Production", "Staging")
-    workers: int = 2
+    """MODEL_ALIAS: the alias tried first for each model."""
+    model_stages: Annotated[tuple[str, ...], Meta(min_length=1)] = ("Production", "Staging")
+    """MODEL_STAGES: stages tried in order when the alias is missing (newest version in the stage)."""
+    workers: Annotated[int, Meta(ge=1, le=64, extra={"shown": "CPU count"})] = msgspec.field(
+        default_factory=lambda: os.cpu_count() or 1
+    )
+    """WORKERS: inference worker processes in the pool."""
     host: str = "127.0.0.1"
-    port: int = 8000
+    """HOST: the address the HTTP server listens on."""
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    """PORT: the port the HTTP server listens on."""
     log_level: LogLevel = "INFO"
+    """LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
     log_format: LogFormat = "json"
-    api_keys: tuple[str, ...] = ()
+    """LOG_FORMAT: json (one object per line) or console."""
+    api_keys: Annotated[tuple[str, ...], Meta(extra={"file": "API_KEYS_FILE"})] = ()
+    """API_KEYS: admin API keys, comma-separated; API_KEYS_FILE names a file holding more, one per line."""
     cors_origins: tuple[str, ...] = ()
-    max_batch_rows: int = 10_000
-    max_body_bytes: int = 16 * 1024 * 1024
-    inference_timeout_s: float = 10.0
-    queue_limit: int = 1024
-    batch_max_requests: int = 64
-    batch_max_bytes: int = 512 * 1024
-    batch_wait_ms: float = 0.0
-    refresh_interval_s: float = 0.0
-    registry_timeout_s: int = 10
+    """CORS_ORIGINS: origins allowed to call the API from a browser, comma-separated (empty: no CORS)."""
+    max_batch_rows: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    """MAX_BATCH_ROWS: most instances in one request (413 past it)."""
+    max_body_bytes: Annotated[int, Meta(ge=1024, le=1024**3)] = 16 * 1024 * 1024
+    """MAX_BODY_BYTES: largest request body (413 past it); 10,000 demo rows are ~6 MiB."""
+    inference_timeout_s: Annotated[float, Meta(ge=0.01, le=3600.0)] = 10.0
+    """INFERENCE_TIMEOUT_S: longest a request waits for the pool (504 past it)."""
+    queue_limit: Annotated[int, Meta(ge=1, le=1_000_000)] = 1024
+    """QUEUE_LIMIT: requests that may wait for a busy pool; past it, 503 with Retry-After at once."""
+    batch_max_requests: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    """BATCH_MAX_REQUESTS: most requests coalesced into one model call (1 turns batching off)."""
+    batch_max_bytes: Annotated[int, Meta(ge=1024, le=1024**3)] = 512 * 1024
+    """BATCH_MAX_BYTES: most request-body bytes in one batch (~1,000 demo rows); a larger request goes alone."""
+    batch_wait_ms: Annotated[float, Meta(ge=0.0, le=100.0)] = 0.0
+    """BATCH_WAIT_MS: how long a request may wait for others to share its batch when a worker is free."""
+    refresh_interval_s: Annotated[float, Meta(ge=0.0, le=86400.0)] = 0.0
+    """REFRESH_INTERVAL_S: poll the registry every N seconds (0: never) and swap to new versions like an admin
+    refresh, so every replica converges on a promotion."""
+    registry_timeout_s: Annotated[int, Meta(ge=1, le=600)] = 10
+    """REGISTRY_TIMEOUT_S: bound on each attempt of a call to an http(s) registry, two attempts per call."""
     dependency_check: Literal["strict", "compatible", "warn", "off"] = "compatible"
+    """DEPENDENCY_CHECK: strict, compatible, warn (log, serve anyway) or off: how the packages a model was
+    trained with must match the installed ones."""
     error_detail: Literal["full", "generic"] = "full"
+    """ERROR_DETAIL: generic keeps feature names (and the list of served models) out of error bodies."""
     sklearn_pickle: Literal["allow", "refuse"] = "refuse"
+    """SKLEARN_PICKLE: allow loads scikit-learn-API models saved as pickle (which runs any code the file holds);
+    refuse serves only skops files."""
     skops_trusted_types: tuple[str, ...] = ()
+    """SKOPS_TRUSTED_TYPES: more types a skops model may hold, comma-separated."""
     parity_check: Literal["strict", "warn", "off"] = "strict"
+    """PARITY_CHECK: strict refuses a version whose served probabilities differ from MLflow's own loader by more
+    than 1e-6; warn logs the difference and serves it; off does not compare."""
     pyfunc: Literal["allow", "refuse"] = "refuse"
+    """PYFUNC: allow serves custom mlflow.pyfunc models (loading one runs the code it carries); refuse serves none."""
     extra_features: Literal["reject", "ignore"] = "reject"
-    home: Path = Path(".fraud-inference")
+    """EXTRA_FEATURES: reject answers 422 to a key outside the model's signature; ignore drops it."""
+    home: Annotated[Path, Meta(extra={"shown": "./.fraud-inference"})] = Path(".fraud-inference")
+    """FRAUD_INFERENCE_HOME: where `demo` keeps its embedded registry."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate every variable; raise `SettingsError` naming the first bad one."""
         env = os.environ if environ is None else environ
-        models = _parse_models(_get(env, "MODELS") or DEFAULT_MODELS)
-        default_model = _get(env, "DEFAULT_MODEL") or next(iter(models))
-        if default_model not in models:
-            raise SettingsError("DEFAULT_MODEL", f"{default_model!r} is not one of the served models {sorted(models)}")
-        stages = _split(_get(env, "MODEL_STAGES") or "Production,Staging")
-        if not stages:
-            raise SettingsError("MODEL_STAGES", "name at least one stage, e.g. 'Production,Staging'")
-        return cls(
-            mlflow_tracking_uri=_get(env, "MLFLOW_TRACKING_URI") or _secret_file(env, "MLFLOW_TRACKING_URI_FILE"),
-            models=models,
-            default_model=default_model,
-            model_alias=_get(env, "MODEL_ALIAS") or "champion",
-            model_stages=tuple(stages),
-            workers=_number(env, "WORKERS", int, os.cpu_count() or 1, minimum=1, maximum=64),
-            host=_get(env, "HOST") or "127.0.0.1",
-            port=_number(env, "PORT", int, 8000, minimum=0, maximum=65535),
-            log_level=_choice(env, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO"),
-            log_format=_choice(env, "LOG_FORMAT", ("json", "console"), "json"),
-            api_keys=_api_keys(env),
-            cors_origins=tuple(_split(_get(env, "CORS_ORIGINS") or "")),
-            max_batch_rows=_number(env, "MAX_BATCH_ROWS", int, 10_000, minimum=1, maximum=1_000_000),
-            max_body_bytes=_number(env, "MAX_BODY_BYTES", int, 16 * 1024 * 1024, minimum=1024, maximum=1024**3),
-            inference_timeout_s=_number(env, "INFERENCE_TIMEOUT_S", float, 10.0, minimum=0.01, maximum=3600.0),
-            queue_limit=_number(env, "QUEUE_LIMIT", int, 1024, minimum=1, maximum=1_000_000),
-            batch_max_requests=_number(env, "BATCH_MAX_REQUESTS", int, 64, minimum=1, maximum=10_000),
-            batch_max_bytes=_number(env, "BATCH_MAX_BYTES", int, 512 * 1024, minimum=1024, maximum=1024**3),
-            batch_wait_ms=_number(env, "BATCH_WAIT_MS", float, 0.0, minimum=0.0, maximum=100.0),
-            refresh_interval_s=_number(env, "REFRESH_INTERVAL_S", float, 0.0, minimum=0.0, maximum=86400.0),
-            registry_timeout_s=_number(env, "REGISTRY_TIMEOUT_S", int, 10, minimum=1, maximum=600),
-            dependency_check=_choice(env, "DEPENDENCY_CHECK", ("strict", "compatible", "warn", "off"), "compatible"),
-            error_detail=_choice(env, "ERROR_DETAIL", ("full", "generic"), "full"),
-            sklearn_pickle=_choice(env, "SKLEARN_PICKLE", ("allow", "refuse"), "refuse"),
-            skops_trusted_types=tuple(_split(_get(env, "SKOPS_TRUSTED_TYPES") or "")),
-            parity_check=_choice(env, "PARITY_CHECK", ("strict", "warn", "off"), "strict"),
-            pyfunc=_choice(env, "PYFUNC", ("allow", "refuse"), "refuse"),
-            extra_features=_choice(env, "EXTRA_FEATURES", ("reject", "ignore"), "reject"),
-            home=Path(_get(env, "FRAUD_INFERENCE_HOME") or ".fraud-inference").absolute(),
-        )
+        values = {setting.field: value for setting in settings_reference() if (value := setting.read(env)) is not None}
+        settings = cls(**values)
+        default_model = values.get("default_model") or next(iter(settings.models))
+        if default_model not in settings.models:
+            raise SettingsError(
+                "DEFAULT_MODEL", f"{default_model!r} is not one of the served models {sorted(settings.models)}"
+            )
+        return msgspec.structs.replace(settings, default_model=default_model, home=settings.home.absolute())
 
     def model_trust(self) -> ModelTrust:
         """The rules for loading serialized models: SKLEARN_PICKLE, PYFUNC and SKOPS_TRUSTED_TYPES."""
@@ -139,6 +168,137 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.mlflow_tracking_uri:
             shown["mlflow_tracking_uri"] = redact_credentials(self.mlflow_tracking_uri)
         return shown  # type: ignore[no-any-return]  # to_builtins of a Struct is a dict
+
+
+class Setting(msgspec.Struct, frozen=True, kw_only=True):
+    """One setting as its field in `Settings` defines it: what `from_env` reads and `--help` shows."""
+
+    field: str
+    variable: str
+    doc: str
+    shown_default: str
+    kind: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    at_least_one: bool = False
+    file_variable: str | None = None
+
+    @property
+    def bounds(self) -> str | None:
+        if self.minimum is None or self.maximum is None:
+            return None
+        return f"{_number_text(self.minimum)}..{_number_text(self.maximum)}"
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        """The value of the variable (and of its file), converted and checked; None when neither is set."""
+        raw = _get(env, self.variable)
+        from_file = None if self.file_variable is None else _secret_file(env, self.file_variable)
+        if self.kind is dict:
+            return None if raw is None else _parse_models(raw)
+        if self.kind is tuple:
+            items = _split(raw or "")
+            if from_file is not None:
+                items += [line.strip() for line in from_file.replace(",", "\n").splitlines() if line.strip()]
+            if raw is not None and not items and self.at_least_one:
+                raise SettingsError(self.variable, f"name at least one, e.g. {self.shown_default!r}")
+            return tuple(items) if raw is not None or from_file is not None else None
+        if raw is None:
+            return from_file
+        if self.kind in (int, float):
+            return self._number(raw)
+        if isinstance(self.kind, tuple):  # the choices of a Literal
+            return self._choice(raw)
+        return self.kind(raw)
+
+    def _number(self, raw: str) -> float:
+        try:
+            value = self.kind(raw)
+        except ValueError:
+            raise SettingsError(self.variable, f"{raw!r} is not a valid {self.kind.__name__}") from None
+        if self.minimum is not None and self.maximum is not None and not self.minimum <= value <= self.maximum:
+            raise SettingsError(self.variable, f"{raw} is outside {self.bounds}")
+        return value  # type: ignore[no-any-return]  # kind is int or float
+
+    def _choice(self, raw: str) -> str:
+        for choice in self.kind:
+            if raw.lower() == choice.lower():
+                return choice  # type: ignore[no-any-return]  # the choices of a Literal of strings
+        raise SettingsError(self.variable, f"{raw!r} is not one of {', '.join(self.kind)}")
+
+
+@functools.cache
+def settings_reference() -> tuple[Setting, ...]:
+    """Every setting, in the order `Settings` defines them, read from its fields (types, defaults, docstrings)."""
+    hints = typing.get_type_hints(Settings, include_extras=True)
+    docs = _field_docstrings(Settings)
+    defaults = Settings()
+    reference = []
+    for field in Settings.__struct_fields__:
+        variable, _, doc = docs[field].partition(": ")
+        kind, metas = hints[field], []
+        if typing.get_origin(kind) is Annotated:
+            kind, *metas = typing.get_args(kind)
+        constraints: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for meta in metas:
+            constraints |= {
+                name: getattr(meta, name) for name in ("ge", "le", "min_length") if getattr(meta, name) is not None
+            }
+            extra |= meta.extra or {}
+        if typing.get_origin(kind) is Literal:
+            kind = typing.get_args(kind)
+        elif typing.get_origin(kind) in (tuple, dict):
+            kind = typing.get_origin(kind)
+        elif kind == str | None:
+            kind = str
+        reference.append(
+            Setting(
+                field=field,
+                variable=variable,
+                doc=" ".join(doc.split()),
+                shown_default=extra.get("shown") or _shown(getattr(defaults, field)),
+                kind=kind,
+                minimum=constraints.get("ge"),
+                maximum=constraints.get("le"),
+                at_least_one=constraints.get("min_length", 0) >= 1,
+                file_variable=extra.get("file"),
+            )
+        )
+    return tuple(reference)
+
+
+def _field_docstrings(cls: type) -> dict[str, str]:
+    """The docstring under each annotated field of `cls`, by field name (Python keeps none of them at run time)."""
+    (definition,) = ast.parse(textwrap.dedent(inspect.getsource(cls))).body
+    assert isinstance(definition, ast.ClassDef)
+    docs: dict[str, str] = {}
+    for statement, following in itertools.pairwise(definition.body):
+        if (
+            isinstance(statement, ast.AnnAssign)
+            and isinstance(statement.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[statement.target.id] = following.value.value
+    return docs
+
+
+def _number_text(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def _shown(default: object) -> str:
+    """A default as the README and --help write it."""
+    if default is None:
+        return "none"
+    if isinstance(default, tuple):
+        return ",".join(default) if default else "empty"
+    if isinstance(default, dict):
+        return ",".join(f"{key}={value}" for key, value in default.items())
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -213,37 +373,6 @@ def _parse_models(value: str) -> dict[str, str]:
     return models
 
 
-def _number(
-    env: Mapping[str, str],
-    name: str,
-    kind: type[_Number],
-    default: _Number,
-    *,
-    minimum: float,
-    maximum: float,
-) -> _Number:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SettingsError(name, f"{raw!r} is not a valid {kind.__name__}") from None
-    if not minimum <= value <= maximum:
-        raise SettingsError(name, f"{raw} is outside {minimum:g}..{maximum:g}")
-    return value
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[_Choice, ...], default: _Choice) -> _Choice:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    for choice in choices:
-        if raw.lower() == choice.lower():
-            return choice
-    raise SettingsError(name, f"{raw!r} is not one of {', '.join(choices)}")
-
-
 def _secret_file(env: Mapping[str, str], name: str) -> str | None:
     """The stripped content of the file that variable `name` points at (a container secret), if set."""
     path = _get(env, name)
@@ -253,10 +382,3 @@ def _secret_file(env: Mapping[str, str], name: str) -> str | None:
         return Path(path).read_text().strip() or None
     except OSError as error:
         raise SettingsError(name, f"cannot read {path}: {error.strerror}") from None
-
-
-def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
-    keys = _split(_get(env, "API_KEYS") or "")
-    text = _secret_file(env, "API_KEYS_FILE") or ""
-    keys += [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
-    return tuple(keys)

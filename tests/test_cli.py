@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fraud_inference import __version__
+from fraud_inference.settings import settings_reference
 from tests.conftest import run_cli
 
 
@@ -64,3 +65,11 @@ def test_a_database_registry_without_its_driver_says_what_to_install(uri: str, p
     (line,) = result.stderr.strip().splitlines()
     assert repr(package) in line
     assert "pw" not in line
+
+
+def test_help_shows_every_setting_with_its_variable_and_default(tmp_path: Path) -> None:
+    result = run_cli(["--help"], {}, tmp_path)
+    assert result.returncode == 0
+    for setting in settings_reference():
+        assert f"  {setting.variable} (default: {setting.shown_default}" in result.stdout
+    assert "  WORKERS (default: CPU count; 1..64)" in result.stdout

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
 
-from fraud_inference.settings import Settings, SettingsError, redact_credentials
+from fraud_inference.settings import Settings, SettingsError, redact_credentials, settings_reference
 
 
 def test_defaults_serve_the_three_demo_models() -> None:
@@ -135,3 +137,29 @@ def test_redact_credentials_hides_every_uri_password_in_a_message() -> None:
     assert redact_credentials(message) == (
         "API request to http://fraud:***@127.0.0.1:5000/api/2.0 failed; db postgresql://u:***@db/x, http://h:80/x"
     )
+
+
+def test_each_setting_is_one_field_with_its_variable_and_a_docstring() -> None:
+    reference = settings_reference()
+    assert [setting.field for setting in reference] == list(Settings.__struct_fields__)
+    variables = [setting.variable for setting in reference]
+    assert len(set(variables)) == len(variables)
+    for setting in reference:
+        assert re.fullmatch(r"[A-Z][A-Z0-9_]*", setting.variable), setting
+        assert len(setting.doc) > 10, setting
+
+
+def test_workers_defaults_to_the_cpu_count_however_settings_are_built() -> None:
+    assert Settings().workers == Settings.from_env({}).workers == (os.cpu_count() or 1)
+
+
+def test_the_readme_table_lists_every_setting_with_its_default() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {
+        cells[0].strip("` "): cells[1].replace("`", "").strip()
+        for line in readme.splitlines()
+        if line.startswith("| `") and len(cells := [cell.strip() for cell in line.strip("|").split("|")]) >= 3
+    }
+    for setting in settings_reference():
+        assert setting.variable in rows, f"{setting.variable} is missing from the README's configuration table"
+        assert rows[setting.variable].startswith(setting.shown_default.replace("`", "")), setting.variable

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from setproctitle import setproctitle
 
 from fraud_inference import __version__
 from fraud_inference.api.admin import admin_routers
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # gone, granian's SIGTERM handler can block forever (seen 1 run in 4), so no drain is possible anyway.
             # The inference workers follow through their own PR_SET_PDEATHSIG.
             die_with_parent(signal.SIGKILL)
+            # What `ps` shows: this process apart from granian's supervisor and the inference workers.
+            setproctitle("fraud-inference http")
         service = FraudService(settings, app.state.metrics)
         app.state.service = service
         log.info("server.starting", settings=settings.redacted())

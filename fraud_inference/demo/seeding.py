@@ -96,7 +96,7 @@ class SeededModel(msgspec.Struct, frozen=True):
     name: str
     version: int
     roc_auc: float | None
-    """Held-out ROC AUC of a newly trained model; None if the registry already had it."""
+    """Held-out ROC AUC: measured now for a new model, else the one logged on its run (None if none was)."""
 
 
 def default_pip_requirements(flavor: ModelFlavor) -> list[str]:
@@ -229,8 +229,10 @@ def seed_demo(
     for flavor, name in DEMO_MODELS.items():
         champion = _champion(client, name)
         if champion is not None:
-            seeded[flavor] = SeededModel(key=flavor, name=name, version=champion, roc_auc=None)
-            progress(f"{name} v{champion} already has alias {CHAMPION_ALIAS}")
+            auc = _logged_roc_auc(client, name, champion)
+            seeded[flavor] = SeededModel(key=flavor, name=name, version=champion, roc_auc=auc)
+            measured = "no ROC AUC logged" if auc is None else f"ROC AUC {auc:.3f}"
+            progress(f"{name} v{champion} already has alias {CHAMPION_ALIAS} ({measured})")
     missing = [flavor for flavor in DEMO_MODELS if flavor not in seeded]
     if not missing:
         return seeded
@@ -281,6 +283,15 @@ def _champion(client: MlflowClient, name: str) -> int | None:
             return None
         raise
     return int(version.version)
+
+
+def _logged_roc_auc(client: MlflowClient, name: str, version: int) -> float | None:
+    """The `roc_auc` metric logged on the run that produced `name` v`version`, if any."""
+    run_id = client.get_model_version(name, str(version)).run_id
+    if not run_id:
+        return None
+    auc = client.get_run(run_id).data.metrics.get("roc_auc")
+    return None if auc is None else float(auc)
 
 
 def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_location: str | None) -> str:

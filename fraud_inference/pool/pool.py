@@ -59,6 +59,8 @@ class PoolStatus(msgspec.Struct, frozen=True):
     restarts: int
     batches: int = 0
     batched_requests: int = 0
+    worker_pids: dict[int, int] = msgspec.field(default_factory=dict)
+    """The process id of each live worker, by worker index."""
 
 
 class InferencePool:
@@ -142,6 +144,7 @@ class InferencePool:
             restarts=self.restarts,
             batches=self._batches_sent,
             batched_requests=self._requests_sent,
+            worker_pids={worker.index: worker.pid for worker in live if worker.pid is not None},
         )
 
     # -- generations -----------------------------------------------------------------------------

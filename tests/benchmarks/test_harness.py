@@ -95,7 +95,7 @@ def test_load_generator_counts_failed_statuses_and_answers_without_predictions(s
 
 
 @pytest.mark.slow
-def test_quick_run_scores_every_request_and_writes_json_markdown_and_plot(demo_registry: str, tmp_path: Path) -> None:
+def test_quick_run_scores_every_request_and_writes_json_and_markdown(demo_registry: str, tmp_path: Path) -> None:
     out = tmp_path / "results"
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--seconds", "1", "--tracking-uri", demo_registry,
@@ -118,7 +118,9 @@ def test_quick_run_scores_every_request_and_writes_json_markdown_and_plot(demo_r
         "fraud-inference worker 2",
     }
     assert "| xgboost 1 row c16 |" in (out / "results.md").read_text()
-    assert (out / "latency_vs_throughput.png").read_bytes().startswith(b"\x89PNG")
+    # One concurrency level draws no curve: the plot is skipped, and the report says so.
+    assert not (out / "latency_vs_throughput.png").exists()
+    assert "plot skipped" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FRAUD_INFERENCE, free_port
+from tests.conftest import FRAUD_INFERENCE, descendants, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +89,13 @@ def test_an_unreachable_registry_is_one_warning_per_attempt_and_clients_do_not_s
         assert "registry cannot be reached" in answer.json().get("reason", answer.json().get("detail", ""))
         assert str(registry_port) not in answer.text
         assert "s3cret" not in answer.text
+
+
+def test_ps_tells_the_supervisor_the_http_process_and_each_worker_apart(service_factory, demo_registry: str) -> None:
+    service = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"})
+    service.wait_ready()
+    # Beside them: multiprocessing's resource tracker, a plain python process.
+    titles = sorted(title for title in descendants(service.process.pid).values() if "resource_tracker" not in title)
+    supervisor = (Path("/proc") / str(service.process.pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert supervisor.strip() == "fraud-inference supervisor"
+    assert titles == ["fraud-inference http", "fraud-inference worker 1", "fraud-inference worker 2"]

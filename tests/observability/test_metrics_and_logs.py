@@ -135,3 +135,23 @@ def test_hostile_paths_and_models_do_not_grow_the_series(
     assert len(after) == before
     assert value(after, "fraud_inference_http_requests_total", method="GET", route="<unmatched>", status="404") == 501
     assert value(after, "fraud_inference_http_requests_total", method="POST", route="/v1/predict", status="404") == 501
+
+
+def test_metrics_show_readiness_and_cpu_and_memory_of_the_server_and_each_worker(
+    service_factory, demo_registry: str, transactions: pd.DataFrame
+) -> None:
+    service = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"})
+    service.wait_ready()
+    with service.client() as client:
+        for _ in range(20):
+            predict(client, "xgboost", rows(transactions, 50))
+        scrape = client.get("/metrics")
+        now = samples(client)
+    assert scrape.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert value(now, "fraud_inference_ready") == 1
+    for process in ("server", "worker 1", "worker 2"):
+        assert value(now, "fraud_inference_process_cpu_seconds_total", process=process) > 0, process
+        # Each process holds at least its Python runtime and numpy: far over 10 MiB.
+        assert value(now, "fraud_inference_process_resident_memory_bytes", process=process) > 10 * 2**20, process
+    assert value(now, "fraud_inference_fraud_score_count", model="xgboost") == 1000
+    assert value(now, "fraud_inference_fraud_score_bucket", model="xgboost", le="+Inf") == 1000
