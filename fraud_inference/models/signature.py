@@ -88,6 +88,11 @@ class SignatureDecoder:
         self._integer_columns = [i for i, spec in enumerate(self.features) if spec.type in _INTEGER_TYPES]
         self._numeric_columns = [i for i, spec in enumerate(self.features) if spec.type != "string"]
         self._refuse_missing = [i for i, spec in enumerate(self.features) if spec.name in set(refuse_missing)]
+        # Which positions of the checked matrix hold integer columns, and columns that may not miss a value:
+        # on the fast path the matrix holds every column, in a frame only the numeric ones.
+        self._all_columns = list(range(self._width))
+        self._matrix_checks = self._checks_for(self._all_columns)
+        self._frame_checks = self._checks_for(self._numeric_columns)
         import pandas as pd
 
         self._text = _text_dtype()
@@ -107,7 +112,7 @@ class SignatureDecoder:
             matrix = matrix.reshape(len(rows), self._width)
         except TypeError:  # a null or a left-out optional column (None): np.array makes it NaN
             matrix = np.array(list(map(self._astuple, rows)), dtype=np.float64).reshape(len(rows), self._width)
-        self._check_numbers(matrix, list(range(self._width)))
+        self._check_numbers(matrix, self._all_columns, self._matrix_checks)
         return matrix
 
     def dataframe(self, instances: bytes) -> pd.DataFrame:
@@ -119,7 +124,7 @@ class SignatureDecoder:
         numbers = np.array([columns[i] for i in self._numeric_columns], dtype=np.float64).T.reshape(
             len(rows), len(self._numeric_columns)
         )
-        self._check_numbers(numbers, self._numeric_columns)
+        self._check_numbers(numbers, self._numeric_columns, self._frame_checks)
         data: dict[str, Any] = {}
         numeric_index = {column: position for position, column in enumerate(self._numeric_columns)}
         for i, spec in enumerate(self.features):
@@ -152,23 +157,32 @@ class SignatureDecoder:
             raise InstancesError("instances is empty: send at least one row")
         return rows
 
-    def _check_numbers(self, numbers: Matrix, columns: Sequence[int]) -> None:
-        """Refuse infinities, fractions in integer columns, and missing values the model cannot take."""
+    def _checks_for(self, columns: Sequence[int]) -> tuple[list[int], list[int]]:
+        """The positions, in a matrix of `columns`, of integer columns and of columns that may not miss a value."""
+        return (
+            [position for position, column in enumerate(columns) if column in self._integer_columns],
+            [position for position, column in enumerate(columns) if column in self._refuse_missing],
+        )
+
+    def _check_numbers(self, numbers: Matrix, columns: Sequence[int], checks: tuple[list[int], list[int]]) -> None:
+        """Refuse infinities, fractions in integer columns, and missing values the model cannot take.
+
+        `numbers` holds the feature columns `columns` (all of them on the fast path), in that order.
+        """
         if np.isinf(numbers).any():
             row, position = np.argwhere(np.isinf(numbers))[0]
             raise InstancesError(f"{self._where(row, columns[position])}: value is not a finite number")
-        for position, column in enumerate(columns):
-            if column in self._integer_columns:
-                values = numbers[:, position]
-                fractional = values != np.floor(values)
-                fractional &= ~np.isnan(values)
-                if fractional.any():
-                    spec = self.features[column]
-                    detail = "" if self._detail == "generic" else f" (the model expects type {spec.type})"
-                    where = self._where(int(np.argmax(fractional)), column)
-                    raise InstancesError(f"{where}: Expected `int`, got a fraction{detail}")
-            if column in self._refuse_missing:
-                self._refuse_if_missing(np.isnan(numbers[:, position]), column)
+        integers, refused = checks
+        if integers:
+            values = numbers[:, integers]
+            fractional = values != np.floor(values)
+            if fractional.any() and (fractional := fractional & ~np.isnan(values)).any():  # NaN is a missing value
+                row, index = np.argwhere(fractional)[0]
+                column = columns[integers[index]]
+                detail = "" if self._detail == "generic" else f" (the model expects type {self.features[column].type})"
+                raise InstancesError(f"{self._where(row, column)}: Expected `int`, got a fraction{detail}")
+        for position in refused:
+            self._refuse_if_missing(np.isnan(numbers[:, position]), columns[position])
 
     def _refuse_if_missing(self, missing: Any, column: int) -> None:
         missing = np.asarray(missing, dtype=bool)
