@@ -99,3 +99,15 @@ def test_redact_credentials_hides_every_uri_password_in_a_message() -> None:
     assert redact_credentials(message) == (
         "API request to http://fraud:***@127.0.0.1:5000/api/2.0 failed; db postgresql://u:***@db/x, http://h:80/x"
     )
+
+
+def test_model_serving_policies_default_to_the_safe_side_and_are_validated() -> None:
+    settings = Settings.from_env({})
+    assert (settings.parity_check, settings.pyfunc, settings.extra_features) == ("strict", "refuse", "reject")
+    assert settings.model_trust().pyfunc == "refuse"
+    chosen = Settings.from_env({"PARITY_CHECK": "warn", "PYFUNC": "allow", "EXTRA_FEATURES": "ignore"})
+    assert (chosen.parity_check, chosen.pyfunc, chosen.extra_features) == ("warn", "allow", "ignore")
+    assert chosen.model_trust().pyfunc == "allow"
+    for variable in ("PARITY_CHECK", "PYFUNC", "EXTRA_FEATURES"):
+        with pytest.raises(SettingsError, match=variable):
+            Settings.from_env({variable: "sometimes"})
