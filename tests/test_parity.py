@@ -207,3 +207,22 @@ def test_the_early_stopped_booster_really_stopped_early_so_its_parity_means_ever
     booster.load_model(str(Path(artifacts["xgb-booster"].path) / artifacts["xgb-booster"].model_file.file))
     assert booster.best_iteration + 1 < booster.num_boosted_rounds()  # best_iteration trees would score otherwise
     assert check_parity(artifacts["xgb-booster"]).ok
+
+
+def test_the_early_stopped_classifier_stops_at_best_iteration_as_its_predict_proba(
+    artifacts: dict[str, ModelArtifact],
+) -> None:
+    import xgboost
+
+    from tests.real_models import NUMERIC, make_fraud_table
+
+    artifact = artifacts["xgb-early-stopped"]
+    model = xgboost.XGBClassifier()
+    model.load_model(str(Path(artifact.path) / artifact.model_file.file))
+    assert model.best_iteration + 1 < model.get_booster().num_boosted_rounds()
+    table, _labels = make_fraud_table(30, seed=6)
+    served = load_model(artifact).score(table[NUMERIC].to_json(orient="records").encode())
+    every_tree = model.get_booster().inplace_predict(table[NUMERIC], iteration_range=(0, 0))
+    np.testing.assert_allclose(served, model.predict_proba(table[NUMERIC])[:, 1], rtol=0, atol=1e-6)
+    assert np.abs(served - every_tree).max() > 1e-3  # the two readings differ: the parity above means something
+    assert check_parity(artifact).ok
