@@ -144,6 +144,25 @@ class SignatureDecoder:
                 data[spec.name] = pd.Categorical.from_codes(codes, dtype=dtype)
         return pd.DataFrame(data)
 
+    def stack(self, batches: Sequence[Any]) -> Any:
+        """One batch of the rows of several requests: the matrices stacked, or the DataFrames concatenated.
+
+        A number column that is bool or int in one request and NaN-holding float in another stays float64 (pandas
+        would make it object, which the libraries refuse).
+        """
+        if len(batches) == 1:
+            return batches[0]
+        if not self.frame:
+            return np.concatenate(batches)
+        import pandas as pd
+
+        frame = pd.concat(batches, ignore_index=True)
+        for index in self._numeric_columns:
+            name = self.features[index].name
+            if frame[name].dtype == object:
+                frame[name] = frame[name].astype("float64")
+        return frame
+
     def _rows(self, instances: bytes) -> list[Any]:
         try:
             rows: list[Any] = self._decode(instances)

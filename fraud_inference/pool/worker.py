@@ -16,7 +16,6 @@ import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
 from fraud_inference.lifetime import die_with_parent
-from fraud_inference.models.scoring import stack
 from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, InstancesError, SignatureDecoder
 from fraud_inference.pool.messages import (
     DropGeneration,
@@ -134,7 +133,7 @@ class _Worker:
                 batches.append(outcome)
         try:
             # One model call for the whole batch: its fixed cost (~100 us for XGBoost) is paid once.
-            probabilities = served.scorer.fraud_probability(stack(batches)) if batches else _EMPTY
+            probabilities = served.scorer.fraud_probability(served.decoder.stack(batches)) if batches else _EMPTY
         except Exception as error:
             if len(batches) > 1:
                 # NOTE: rows the probes at load did not foresee (a custom model's own checks): score each request
