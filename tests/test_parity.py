@@ -226,3 +226,22 @@ def test_the_early_stopped_classifier_stops_at_best_iteration_as_its_predict_pro
     np.testing.assert_allclose(served, model.predict_proba(table[NUMERIC])[:, 1], rtol=0, atol=1e-6)
     assert np.abs(served - every_tree).max() > 1e-3  # the two readings differ: the parity above means something
     assert check_parity(artifact).ok
+
+
+def test_with_parity_check_off_a_row_the_service_refuses_as_a_request_is_no_failure(
+    artifacts: dict[str, ModelArtifact],
+) -> None:
+    import msgspec
+
+    from fraud_inference.models.artifact import FeatureSpec
+
+    # The logistic model cannot take a missing amount; declared optional, the gate also sends rows without it.
+    artifact = artifacts["sklearn-logistic"]
+    optional_amount = tuple(FeatureSpec(f.name, f.type, required=f.name != "amount") for f in artifact.features)
+    artifact = msgspec.structs.replace(artifact, features=optional_amount)
+    off = check_parity(artifact, against_mlflow=False)
+    assert off.ok, off.failures
+    assert off.loaded
+    assert off.rows == 10
+    strict = check_parity(artifact)
+    assert strict.ok, strict.failures  # MLflow's loader cannot score those rows either
