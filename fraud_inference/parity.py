@@ -117,11 +117,26 @@ def check_parity_isolated(artifacts: Sequence[ModelArtifact]) -> list[ParityRepo
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     if not artifacts:
         return []
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
-        return list(executor.map(check_parity, artifacts))
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+            return list(executor.map(check_parity, artifacts))
+    except BrokenProcessPool:
+        return [
+            ParityReport(
+                model=artifact.ref.key,
+                name=artifact.ref.name,
+                version=artifact.ref.version,
+                failures=[
+                    f"model {artifact.ref.key!r} ({artifact.ref.name} v{artifact.ref.version}): the process gating "
+                    "the new versions died while loading them; one crashes the process that loads it"
+                ],
+            )
+            for artifact in artifacts
+        ]
 
 
 def _mlflow_score(artifact: ModelArtifact, served: Any, row: dict[str, Any]) -> float | None:

@@ -245,3 +245,18 @@ def test_with_parity_check_off_a_row_the_service_refuses_as_a_request_is_no_fail
     assert off.rows == 10
     strict = check_parity(artifact)
     assert strict.ok, strict.failures  # MLflow's loader cannot score those rows either
+
+
+@pytest.mark.slow
+def test_serve_exits_1_on_a_model_that_crashes_the_process_loading_it(private_registry: str, tmp_path: Path) -> None:
+    from tests.conftest import free_port, run_cli
+    from tests.e2e.test_crash_loop import log_crashing_champion
+
+    log_crashing_champion(private_registry)
+    env = {
+        "MLFLOW_TRACKING_URI": private_registry, "MODELS": "sklearn=fraud-sklearn", "SKLEARN_PICKLE": "allow",
+        "PORT": str(free_port()),
+    }  # fmt: skip
+    served = run_cli(["serve"], env, tmp_path, timeout_s=120)
+    assert served.returncode == 1
+    assert "the process loading the models for the parity gate died" in served.stderr
