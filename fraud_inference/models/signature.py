@@ -32,6 +32,7 @@ _PYTHON_TYPES: dict[str, Any] = {
     "string": str,
 }
 # What MLflow's schema enforcement gives each type when no value is missing; a missing value makes a number NaN.
+_WHOLE_TYPES = frozenset({"long", "integer", "boolean"})
 _FRAME_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
 _PATH = re.compile(r"`\$\[(\d+)\](?:\.([^`]*))?`")
 _QUOTED = re.compile(r"`([^`]*)`")
@@ -130,7 +131,9 @@ class SignatureDecoder:
         for i, spec in enumerate(self.features):
             if spec.type != "string":
                 values = numbers[:, numeric_index[i]]
-                data[spec.name] = values if np.isnan(values).any() else values.astype(_FRAME_DTYPES[spec.type])
+                # A missing value makes an integer or boolean column float64 (NaN), as MLflow gives it.
+                whole = spec.type in _WHOLE_TYPES and bool(np.isnan(values).any())
+                data[spec.name] = values if whole else values.astype(_FRAME_DTYPES[spec.type])
                 continue
             if i in self._refuse_missing:
                 self._refuse_if_missing([value is None for value in columns[i]], i)

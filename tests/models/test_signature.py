@@ -152,3 +152,10 @@ def test_a_batch_of_frames_keeps_number_columns_numeric_whatever_each_request_he
     assert batch["is_foreign"].tolist()[0] == 1.0
     assert np.isnan(batch["is_foreign"].tolist()[1])
     assert batch["merchant"].tolist() == ["b", "a"]
+
+
+def test_a_float_column_stays_float32_with_a_missing_value_as_mlflow_gives_it() -> None:
+    features = (FeatureSpec("ratio", "float", required=False), FeatureSpec("merchant", "string"))
+    frame = SignatureDecoder("test", features).decode(b'[{"merchant": "a"}, {"ratio": 0.5, "merchant": "b"}]')
+    assert frame["ratio"].dtype == np.float32
+    assert frame["ratio"].isna().tolist() == [True, False]
