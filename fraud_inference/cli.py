@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="run every check on the served models without serving (a CI/CD gate)",
         description="Resolve the served models of MLFLOW_TRACKING_URI and check resolution, dependencies, "
-        "signature, and that each loads and scores its input example. Exit 0 when all pass, else 1.",
+        "signature, and that each loads as the workers load it and scores its input example as MLflow's own loader "
+        "does (the parity gate, PARITY_CHECK). Exit 0 when all pass, else 1.",
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(command=_check)
