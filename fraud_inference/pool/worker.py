@@ -16,7 +16,6 @@ import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
 from fraud_inference.lifetime import die_with_parent
-from fraud_inference.models.scoring import stack
 from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, InstancesError, SignatureDecoder
 from fraud_inference.pool.messages import (
     DropGeneration,
@@ -134,12 +133,12 @@ class _Worker:
                 batches.append(outcome)
         try:
             # One model call for the whole batch: its fixed cost (~100 us for XGBoost) is paid once.
-            probabilities = served.scorer.fraud_probability(stack(batches)) if batches else _EMPTY
+            probabilities = served.scorer.fraud_probability(served.decoder.stack(batches)) if batches else _EMPTY
         except Exception as error:
             if len(batches) > 1:
                 # NOTE: rows the probes at load did not foresee (a custom model's own checks): score each request
                 # alone, so only the one the model cannot score fails, never the requests batched with it.
-                outcomes, probabilities = self._score_alone(served, outcomes, batches)
+                outcomes, probabilities = self._score_alone(request, served, outcomes, batches)
             else:
                 self._log.error(
                     "score.failed",
@@ -165,8 +164,9 @@ class _Worker:
         )
 
     def _score_alone(
-        self, served: ServedModel, outcomes: list[int | Refused], batches: list[Any]
+        self, request: Score, served: ServedModel, outcomes: list[int | Refused], batches: list[Any]
     ) -> tuple[list[int | Refused], Matrix]:
+        """Score each request of a batch the model failed on its own; the ones it still fails on are 422s."""
         scored: list[Matrix] = []
         pending = iter(batches)
         answered: list[int | Refused] = []
@@ -178,6 +178,10 @@ class _Worker:
                 scored.append(served.scorer.fraud_probability(next(pending)))
                 answered.append(outcome)
             except Exception as error:
+                self._log.warning(
+                    "score.refused_by_model", request_id=request.request_ids[len(answered)], model=request.model,
+                    generation=request.generation, error=repr(error)[:200],
+                )  # fmt: skip
                 answered.append(Refused(reason="invalid_rows", message=f"the model cannot score these rows: {error}"))
         return answered, np.concatenate(scored) if scored else _EMPTY
 
