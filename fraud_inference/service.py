@@ -84,6 +84,7 @@ class FraudService:
                 error_detail=settings.error_detail,
             ),
             timeout_s=settings.inference_timeout_s,
+            hung_worker_s=settings.hung_worker_s,
             batching=BatchPolicy(
                 max_requests=settings.batch_max_requests,
                 max_bytes=settings.batch_max_bytes,

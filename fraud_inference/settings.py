@@ -47,6 +47,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch_rows: int = 10_000
     max_body_bytes: int = 16 * 1024 * 1024
     inference_timeout_s: float = 10.0
+    hung_worker_s: float = 120.0
     queue_limit: int = 1024
     batch_max_requests: int = 64
     batch_max_bytes: int = 512 * 1024
@@ -86,6 +87,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_batch_rows=_number(env, "MAX_BATCH_ROWS", int, 10_000, minimum=1, maximum=1_000_000),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", int, 16 * 1024 * 1024, minimum=1024, maximum=1024**3),
             inference_timeout_s=_number(env, "INFERENCE_TIMEOUT_S", float, 10.0, minimum=0.01, maximum=3600.0),
+            hung_worker_s=_number(env, "HUNG_WORKER_S", float, 120.0, minimum=1.0, maximum=86400.0),
             queue_limit=_number(env, "QUEUE_LIMIT", int, 1024, minimum=1, maximum=1_000_000),
             batch_max_requests=_number(env, "BATCH_MAX_REQUESTS", int, 64, minimum=1, maximum=10_000),
             batch_max_bytes=_number(env, "BATCH_MAX_BYTES", int, 512 * 1024, minimum=1024, maximum=1024**3),

@@ -23,6 +23,7 @@ from fraud_inference.pool import (
     NoWorkerError,
     RequestRefusedError,
     Scores,
+    WorkerLostError,
     WorkerOptions,
 )
 from fraud_inference.registry import Registry
@@ -41,6 +42,37 @@ def artifacts(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> d
     return found
 
 
+@pytest.fixture(scope="module")
+def slow_xgboost(artifacts: dict[str, ModelArtifact], tmp_path_factory: pytest.TempPathFactory) -> ModelArtifact:
+    """A real XGBoost model whose scoring is slow: the demo model's trees, repeated 100 times (20,000 trees).
+
+    No sleep is injected anywhere: it is an ordinary model file in the same format, scored by the same native
+    call, only bigger, so that 10,000 rows take seconds (about 3 s on a quiet machine here).
+    """
+    import json
+
+    import msgspec
+    import xgboost
+
+    source = artifacts["xgboost"]
+    directory = tmp_path_factory.mktemp("slow-xgboost") / "model"
+    shutil.copytree(source.path, directory)
+    model_file = directory / "model.ubj"
+    booster = xgboost.Booster(model_file=str(model_file))
+    model = json.loads(booster.save_raw("json"))
+    trees_model = model["learner"]["gradient_booster"]["model"]
+    trees = trees_model["trees"]
+    repeated = [{**tree, "id": n} for n, tree in enumerate(tree for _ in range(100) for tree in trees)]
+    trees_model["trees"] = repeated
+    trees_model["tree_info"] = trees_model["tree_info"] * 100
+    trees_model["iteration_indptr"] = list(range(len(repeated) + 1))
+    trees_model["gbtree_model_param"]["num_trees"] = str(len(repeated))
+    slow = xgboost.Booster()
+    slow.load_model(bytearray(json.dumps(model).encode()))
+    slow.save_model(str(model_file))
+    return msgspec.structs.replace(source, path=str(directory), ref=msgspec.structs.replace(source.ref, key="slow"))
+
+
 def under_key(artifact: ModelArtifact, key: str) -> ModelArtifact:
     """The same artifact served under another model key."""
     import msgspec
@@ -49,13 +81,18 @@ def under_key(artifact: ModelArtifact, key: str) -> ModelArtifact:
 
 
 def run_with_pool(
-    size: int, scenario: Callable[[InferencePool], Awaitable[None]], *, timeout_s: float = 30.0, max_rows: int = 10_000
+    size: int,
+    scenario: Callable[[InferencePool], Awaitable[None]],
+    *,
+    timeout_s: float = 30.0,
+    max_rows: int = 10_000,
+    hung_worker_s: float = 120.0,
 ) -> None:
     def options(index: int) -> WorkerOptions:
         return WorkerOptions(index, "WARNING", "json", max_rows=max_rows)
 
     async def main() -> None:
-        pool = InferencePool(size, options, timeout_s=timeout_s)
+        pool = InferencePool(size, options, timeout_s=timeout_s, hung_worker_s=hung_worker_s)
         await pool.start()
         try:
             await scenario(pool)
@@ -253,26 +290,95 @@ def test_a_hung_worker_times_out_its_request_and_is_replaced(
         pool.activate(1)
         hung = pool.worker_pids()[1]
         assert hung is not None
-        os.kill(hung, signal.SIGSTOP)  # a worker stuck in a call: alive, silent
+        # A fault we cannot get from a healthy worker: one stuck, alive and silent (no heartbeat either).
+        # It stays stopped until the pool replaces it: a worker that comes back by itself is not hung.
+        os.kill(hung, signal.SIGSTOP)
         try:
             outcomes = await asyncio.gather(
                 *(pool.score(1, "xgboost", features, f"r{i}") for i in range(8)), return_exceptions=True
             )
+            timed_out = [o for o in outcomes if isinstance(o, InferenceTimeoutError)]
+            answered = [o for o in outcomes if isinstance(o, Scores)]
+            assert len(timed_out) + len(answered) == 8
+            assert timed_out, "the requests queued on the stopped worker should have timed out"
+            deadline = time.monotonic() + 60
+
+            def healed() -> bool:
+                return hung not in pool.worker_pids().values() and pool.status().ready_workers == 2
+
+            while not healed() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+            assert healed()
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(hung, signal.SIGCONT)
-        timed_out = [o for o in outcomes if isinstance(o, InferenceTimeoutError)]
-        answered = [o for o in outcomes if isinstance(o, Scores)]
-        assert len(timed_out) + len(answered) == 8
-        assert timed_out, "the requests queued on the stopped worker should have timed out"
-        deadline = time.monotonic() + 60
-
-        def healed() -> bool:
-            return hung not in pool.worker_pids().values() and pool.status().ready_workers == 2
-
-        while not healed() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-        assert healed()
         assert len((await pool.score(1, "xgboost", features, "after")).probabilities) == 5
 
     run_with_pool(2, scenario, timeout_s=1.0)
+
+
+def test_a_slow_request_times_out_alone_and_no_worker_is_replaced(
+    artifacts: dict[str, ModelArtifact], slow_xgboost: ModelArtifact, transactions: pd.DataFrame
+) -> None:
+    """INFERENCE_TIMEOUT_S bounds the client's wait, nothing more: slow is not hung, and the other worker
+    goes on answering every other request meanwhile."""
+    large = instances(pd.concat([transactions] * 20), slice(0, 10_000))
+    small = instances(transactions, slice(0, 5))
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [artifacts["xgboost"], slow_xgboost]) == {}
+        pool.activate(1)
+        pids = pool.worker_pids()
+        slow = asyncio.ensure_future(pool.score(1, "slow", large, "large"))
+        others: list[Scores] = []
+        while not slow.done():  # requests one after another for as long as the large one waits
+            others.append(await pool.score(1, "xgboost", small, f"small-{len(others)}"))
+        with pytest.raises(InferenceTimeoutError):
+            slow.result()
+        others += await asyncio.gather(*(pool.score(1, "xgboost", small, f"after-{i}") for i in range(20)))
+        assert all(len(scores.probabilities) == 5 for scores in others)
+        assert len(others) > 20
+        status = pool.status()
+        assert (pool.restarts, pool.worker_pids(), status.ready_workers) == (0, pids, 2)
+
+    run_with_pool(2, scenario, timeout_s=1.0)
+
+
+def test_a_timed_out_request_is_dropped_by_its_worker_which_answers_the_next_at_once(
+    slow_xgboost: ModelArtifact, transactions: pd.DataFrame
+) -> None:
+    """One worker: the large request's 504 is followed by its worker dropping its rest between two chunks,
+    so the next request is answered within the timeout (scoring the rest would take seconds more)."""
+    large = instances(pd.concat([transactions] * 20), slice(0, 10_000))
+    small = instances(transactions, slice(0, 5))
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [slow_xgboost]) == {}
+        pool.activate(1)
+        pids = pool.worker_pids()
+        with pytest.raises(InferenceTimeoutError):
+            await pool.score(1, "slow", large, "large")
+        for i in range(3):
+            assert len((await pool.score(1, "slow", small, f"next-{i}")).probabilities) == 5
+        assert (pool.restarts, pool.worker_pids()) == (0, pids)
+
+    run_with_pool(1, scenario, timeout_s=1.0)
+
+
+def test_a_batch_scored_past_hung_worker_s_gets_its_worker_replaced(
+    slow_xgboost: ModelArtifact, transactions: pd.DataFrame
+) -> None:
+    """Heartbeats go on while a call runs (the worker is alive), yet one batch past HUNG_WORKER_S is stuck."""
+    large = instances(pd.concat([transactions] * 20), slice(0, 10_000))
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [slow_xgboost]) == {}
+        pool.activate(1)
+        first = pool.worker_pids()[1]
+        with pytest.raises(WorkerLostError):  # killed while scoring it; no other worker holds the model
+            await pool.score(1, "slow", large, "stuck")
+        assert pool.restarts == 1
+        assert first not in pool.worker_pids().values()
+        assert "while serving generation(s) [1]" in (pool.last_worker_failure or "")
+
+    run_with_pool(1, scenario, timeout_s=60.0, hung_worker_s=1.0)
