@@ -101,6 +101,7 @@ class FraudService:
         self._downloads = Path(tempfile.mkdtemp(prefix="fraud-inference-models-"))
         self._background: set[asyncio.Task[None]] = set()
         self._refresh_lock = asyncio.Lock()
+        self._frozen = False
 
     async def start(self) -> None:
         """Start the workers now; load the first generation in the background, retrying the registry."""
@@ -238,8 +239,12 @@ class FraudService:
         self._publish(generation)
         # NOTE: the server holds ~200k long-lived objects (MLflow, SQLAlchemy, Litestar); a full collection
         # scanning them stalled every request in flight for ~100-200 ms under load. Frozen objects are never
-        # scanned again; what requests allocate is collected as before.
-        gc.freeze()
+        # scanned again; what requests allocate is collected as before. Frozen once, after a collection: a
+        # frozen cycle is never freed, so freezing at every generation kept each refresh's garbage for good.
+        if not self._frozen:
+            gc.collect()
+            gc.freeze()
+            self._frozen = True
         log.info(
             "generation.active",
             generation=number,

@@ -108,6 +108,7 @@ class _Worker:
         self._inbox: queue.SimpleQueue[ToWorker | None] = queue.SimpleQueue()
         self._cancelled: set[int] = set()
         self._scoring: tuple[int, int] = (0, 0)  # (batch seq, monotonic ns it started), 0 when idle
+        self._frozen = False
 
     def serve(self) -> None:
         self._preload()
@@ -277,7 +278,12 @@ class _Worker:
         if not errors:
             self._scorers_by_path[request.generation] = by_path
             self._generations[request.generation] = loaded
-            gc.freeze()  # the libraries and models stay: keep full collections from rescanning them (see service)
+            if not self._frozen:
+                # The libraries stay: keep full collections from rescanning them (see service). Once, after a
+                # collection: a frozen cycle is never freed, and every later generation's models are dropped.
+                gc.collect()
+                gc.freeze()
+                self._frozen = True
         self._send(GenerationLoaded(generation=request.generation, errors=errors, load_seconds=seconds))
 
     def _send(self, message: WorkerStarted | GenerationLoaded | Scored | ScoreFailed | Heartbeat) -> None:
