@@ -71,13 +71,13 @@ backend fleet
 class HAProxy:
     """A real HAProxy on loopback, started by the test and stopped by its PID; servers set at runtime."""
 
-    def __init__(self, root: Path, servers: dict[str, int | None]) -> None:
+    def __init__(self, root: Path, servers: dict[str, int], *, disabled: set[str]) -> None:
         if shutil.which("haproxy") is None:
             pytest.fail("haproxy is not installed: `apt-get install -y haproxy` (.ci/run does it)")
         self.socket_path = root / "haproxy.sock"
         self.port = free_port()
         lines = [
-            f"    server {name} 127.0.0.1:{port or 9} check" + ("" if port else " disabled")
+            f"    server {name} 127.0.0.1:{port} check" + (" disabled" if name in disabled else "")
             for name, port in servers.items()
         ]
         config = root / "haproxy.cfg"
@@ -129,8 +129,8 @@ class HAProxy:
 def haproxy_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[HAProxy] = []
 
-    def start(servers: dict[str, int | None]) -> HAProxy:
-        balancer = HAProxy(tmp_path, servers)
+    def start(servers: dict[str, int], *, disabled: set[str]) -> HAProxy:
+        balancer = HAProxy(tmp_path, servers, disabled=disabled)
         started.append(balancer)
         return balancer
 
@@ -171,12 +171,15 @@ def test_a_fleet_behind_haproxy_converges_on_a_promotion_and_survives_sigterm_an
         "REFRESH_INTERVAL_S": str(REFRESH_INTERVAL_S),
         "LOG_LEVEL": "WARNING",
     }
-    first, second = service_factory(["serve"], env), service_factory(["serve"], env)
+    # The third replica is the rolling update's new one: started now to save time, but out of the balancer
+    # (`disabled`) until that phase.
+    first, second, third = (service_factory(["serve"], env) for _ in range(3))
     balancer = haproxy_factory(
-        {"a": int(first.base_url.rsplit(":", 1)[1]), "b": int(second.base_url.rsplit(":", 1)[1]), "c": None}
+        {name: int(s.base_url.rsplit(":", 1)[1]) for name, s in zip("abc", (first, second, third), strict=True)},
+        disabled={"c"},
     )
-    first.wait_ready()
-    second.wait_ready()
+    for replica in (first, second, third):
+        replica.wait_ready()
     balancer.wait_until({"a": "UP", "b": "UP"})
     instances: list[dict[str, Any]] = json.loads(transactions.head(3).to_json(orient="records"))
     payload = {"model": "xgboost", "instances": instances}
@@ -224,11 +227,13 @@ def test_a_fleet_behind_haproxy_converges_on_a_promotion_and_survives_sigterm_an
         versions = [a.body["model_version"] for a in answers if a.body and a.sent_ns > converged_ns]
         assert versions == [new] * len(versions)
 
-    # 2. Rolling update: a new replica starts first and joins; then an old one gets SIGTERM.
-    with Load(balancer.base_url, lambda: payload, clients=CLIENTS, max_seconds=150) as load:
-        third = service_factory(["serve"], env)
-        third.wait_ready()
-        balancer.command(f"set server fleet/c addr 127.0.0.1 port {third.base_url.rsplit(':', 1)[1]}")
+    # 2. Rolling update: a new replica joins first; then an old one gets SIGTERM.
+    deadline_ns = time.monotonic_ns() + int((REFRESH_INTERVAL_S + LOAD_BOUND_S) * 1e9)
+    while served_version(third) != new and time.monotonic_ns() < deadline_ns:
+        time.sleep(0.1)
+    assert served_version(third) == new
+    with Load(balancer.base_url, lambda: payload, clients=CLIENTS, max_seconds=120) as load:
+        time.sleep(1.0)
         balancer.command("enable server fleet/c")
         balancer.wait_until({"c": "UP"})
         assert second.stop() == 0
