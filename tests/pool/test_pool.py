@@ -27,6 +27,7 @@ from fraud_inference.pool import (
     WorkerOptions,
 )
 from fraud_inference.registry import Registry
+from tests.conftest import slow_xgboost_copy
 
 pytestmark = pytest.mark.slow
 
@@ -44,32 +45,11 @@ def artifacts(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> d
 
 @pytest.fixture(scope="module")
 def slow_xgboost(artifacts: dict[str, ModelArtifact], tmp_path_factory: pytest.TempPathFactory) -> ModelArtifact:
-    """A real XGBoost model whose scoring is slow: the demo model's trees, repeated 100 times (20,000 trees).
-
-    No sleep is injected anywhere: it is an ordinary model file in the same format, scored by the same native
-    call, only bigger, so that 10,000 rows take seconds (about 3 s on a quiet machine here).
-    """
-    import json
-
+    """The demo XGBoost model with its trees repeated 100 times, served as "slow" (see `slow_xgboost_copy`)."""
     import msgspec
-    import xgboost
 
     source = artifacts["xgboost"]
-    directory = tmp_path_factory.mktemp("slow-xgboost") / "model"
-    shutil.copytree(source.path, directory)
-    model_file = directory / "model.ubj"
-    booster = xgboost.Booster(model_file=str(model_file))
-    model = json.loads(booster.save_raw("json"))
-    trees_model = model["learner"]["gradient_booster"]["model"]
-    trees = trees_model["trees"]
-    repeated = [{**tree, "id": n} for n, tree in enumerate(tree for _ in range(100) for tree in trees)]
-    trees_model["trees"] = repeated
-    trees_model["tree_info"] = trees_model["tree_info"] * 100
-    trees_model["iteration_indptr"] = list(range(len(repeated) + 1))
-    trees_model["gbtree_model_param"]["num_trees"] = str(len(repeated))
-    slow = xgboost.Booster()
-    slow.load_model(bytearray(json.dumps(model).encode()))
-    slow.save_model(str(model_file))
+    directory = slow_xgboost_copy(Path(source.path), tmp_path_factory.mktemp("slow-xgboost") / "model")
     return msgspec.structs.replace(source, path=str(directory), ref=msgspec.structs.replace(source.ref, key="slow"))
 
 
