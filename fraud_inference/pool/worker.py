@@ -162,7 +162,9 @@ class _Worker:
             self._score_batch(request)
         finally:
             self._scoring = (0, 0)
-            self._cancelled.discard(request.seq)
+            # Batches come in order: a Cancel for this one or an earlier one arrived too late to matter.
+            for seq in [seq for seq in self._cancelled if seq <= request.seq]:
+                self._cancelled.discard(seq)
 
     def _score_batch(self, request: Score) -> None:
         served = self._generations.get(request.generation, {}).get(request.model)
