@@ -324,27 +324,6 @@ def test_a_slow_request_times_out_alone_and_no_worker_is_replaced(
     run_with_pool(2, scenario, timeout_s=1.0)
 
 
-def test_a_timed_out_request_is_dropped_by_its_worker_which_answers_the_next_at_once(
-    slow_xgboost: ModelArtifact, transactions: pd.DataFrame
-) -> None:
-    """One worker: the large request's 504 is followed by its worker dropping its rest between two chunks,
-    so the next request is answered within the timeout (scoring the rest would take seconds more)."""
-    large = instances(pd.concat([transactions] * 20), slice(0, 10_000))
-    small = instances(transactions, slice(0, 5))
-
-    async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [slow_xgboost]) == {}
-        pool.activate(1)
-        pids = pool.worker_pids()
-        with pytest.raises(InferenceTimeoutError):
-            await pool.score(1, "slow", large, "large")
-        for i in range(3):
-            assert len((await pool.score(1, "slow", small, f"next-{i}")).probabilities) == 5
-        assert (pool.restarts, pool.worker_pids()) == (0, pids)
-
-    run_with_pool(1, scenario, timeout_s=1.0)
-
-
 def test_a_batch_scored_past_hung_worker_s_gets_its_worker_replaced(
     slow_xgboost: ModelArtifact, transactions: pd.DataFrame
 ) -> None:
