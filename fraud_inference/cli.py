@@ -9,6 +9,7 @@ import socket
 import sys
 import textwrap
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
 from fraud_inference import __version__
@@ -66,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="run every check on the served models without serving (a CI/CD gate)",
         description="Resolve the served models of MLFLOW_TRACKING_URI and check resolution, dependencies, "
-        "signature, and that each loads and scores its input example. Exit 0 when all pass, else 1.",
+        "signature, and that each loads as the workers load it and scores its input example as MLflow's own loader "
+        "does (the parity gate, PARITY_CHECK). Exit 0 when all pass, else 1.",
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(command=_check)
@@ -195,7 +197,7 @@ def _address_in_use(host: str, port: int) -> str | None:
 
 
 def _preflight(settings: Settings) -> CheckReport:
-    """`run_checks` with the models loaded, in a spawned process.
+    """`run_checks`, with the models loaded and gated unless PARITY_CHECK=off, in a spawned process.
 
     NOTE: granian forks the HTTP process from this one; a process forked after OpenMP ran (the model libraries)
     can hang in its next OpenMP call, so this process never loads a model.
@@ -205,6 +207,8 @@ def _preflight(settings: Settings) -> CheckReport:
 
     from fraud_inference.checks import run_checks
 
+    if settings.parity_check == "off":
+        return run_checks(settings, load=False)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
         return executor.submit(run_checks, settings, load=True).result()
 
@@ -225,7 +229,15 @@ def _run_server(settings: Settings) -> int:
     log = get_logger("fraud_inference.cli")
     # Fail before accepting traffic when a model cannot be served here: resolution, signature, dependencies, and
     # the parity gate (each model loaded as the workers load it, its rows scored as MLflow's loader scores them).
-    report = _preflight(settings)
+    try:
+        report = _preflight(settings)
+    except BrokenProcessPool:
+        print(
+            "fraud-inference: cannot serve: the process loading the models for the parity gate died: a served model "
+            "crashes the process that loads it (PARITY_CHECK=off skips the gate)",
+            file=sys.stderr,
+        )
+        return 1
     if report.registry_unavailable:
         # Not fatal: the server starts unready and retries with backoff until the registry answers.
         log.warning("registry.unavailable_at_startup", error=report.registry_unavailable)

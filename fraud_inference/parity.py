@@ -60,6 +60,7 @@ def check_parity(
     from threadpoolctl import threadpool_limits
 
     from fraud_inference.models.scoring import example_rows, load_model
+    from fraud_inference.models.signature import InstancesError
 
     ref = artifact.ref
     report = ParityReport(model=ref.key, name=ref.name, version=ref.version)
@@ -79,17 +80,30 @@ def check_parity(
         report.rows = len(rows)
         differences: list[float] = []
         for index, row in enumerate(rows):
-            if not against_mlflow:
-                try:
-                    served.score(json.dumps([row]).encode())
-                except Exception as error:
-                    report.failures.append(f"{where} row {index}: the service cannot score it: {error}")
-                    report.loaded = False
+            expected = _mlflow_score(artifact, served, row) if against_mlflow else None
+            try:
+                got = float(served.score(json.dumps([row]).encode())[0])
+            except InstancesError as error:  # refused, as a request would be: a failure only if MLflow scores it
+                if expected is not None:
+                    refused = f"MLflow's loader scores it {expected:.9g}, the service refuses it: {error}"
+                    report.failures.append(f"{where} row {index}: {refused}")
                 continue
-            failure = _compare_row(artifact, served, row, index, where, differences)
-            if failure:
-                report.failures.append(failure)
-                report.loaded = report.loaded and "the service fails to score it" not in failure
+            except Exception as error:  # the workers would fail on it: never served, whatever PARITY_CHECK says
+                report.failures.append(f"{where} row {index}: the service fails to score it: {error!r}")
+                report.loaded = False
+                continue
+            if not against_mlflow:
+                continue
+            if expected is None:
+                report.failures.append(f"{where} row {index}: served {got:.9g}, MLflow's loader cannot score {row}")
+                continue
+            difference = abs(got - expected)
+            differences.append(difference)
+            if not difference <= TOLERANCE:
+                report.failures.append(
+                    f"{where} row {index}: served {got:.9g}, MLflow's loader {expected:.9g} (|diff| {difference:.3g} "
+                    f"> {TOLERANCE:g}); likely cause: {_likely_cause(artifact, got, expected)}"
+                )
     report.max_abs_diff = max(differences) if differences else None
     report.seconds = round(time.perf_counter() - started, 3)
     return report
@@ -103,44 +117,38 @@ def check_parity_isolated(artifacts: Sequence[ModelArtifact]) -> list[ParityRepo
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     if not artifacts:
         return []
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
-        return list(executor.map(check_parity, artifacts))
-
-
-def _compare_row(
-    artifact: ModelArtifact, served: Any, row: dict[str, Any], index: int, where: str, differences: list[float]
-) -> str | None:
-    from fraud_inference.models.signature import InstancesError
-
     try:
-        expected = float(_mlflow_score(artifact, served, row)[0])
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+            return list(executor.map(check_parity, artifacts))
+    except BrokenProcessPool:
+        return [
+            ParityReport(
+                model=artifact.ref.key,
+                name=artifact.ref.name,
+                version=artifact.ref.version,
+                failures=[
+                    f"model {artifact.ref.key!r} ({artifact.ref.name} v{artifact.ref.version}): the process gating "
+                    "the new versions died while loading them; one crashes the process that loads it"
+                ],
+            )
+            for artifact in artifacts
+        ]
+
+
+def _mlflow_score(artifact: ModelArtifact, served: Any, row: dict[str, Any]) -> float | None:
+    """MLflow's loader on the row as a client's DataFrame (a left-out key is missing), categories from training;
+    None when MLflow cannot score it either."""
+    try:
+        return float(_mlflow_scores(artifact, served, row)[0])
     except Exception:
-        expected = None  # MLflow cannot score it either: the service may refuse it
-    try:
-        got = float(served.score(json.dumps([row]).encode())[0])
-    except InstancesError as error:
-        if expected is None:
-            return None
-        return f"{where} row {index}: MLflow's loader scores it {expected:.9g}, the service refuses it: {error}"
-    except Exception as error:
-        return f"{where} row {index}: the service fails to score it: {type(error).__name__}: {error}"
-    if expected is None:
-        return f"{where} row {index}: served {got:.9g}, but MLflow's loader cannot score the row {row}"
-    difference = abs(got - expected)
-    differences.append(difference)
-    if not difference <= TOLERANCE:
-        return (
-            f"{where} row {index}: served {got:.9g}, MLflow's loader {expected:.9g} (|diff| {difference:.3g} > "
-            f"{TOLERANCE:g}); likely cause: {_likely_cause(artifact, got, expected)}"
-        )
-    return None
+        return None
 
 
-def _mlflow_score(artifact: ModelArtifact, served: Any, row: dict[str, Any]) -> Any:
-    """MLflow's loader on the row as a client's DataFrame (a left-out key is missing), categories from training."""
+def _mlflow_scores(artifact: ModelArtifact, served: Any, row: dict[str, Any]) -> Any:
     import pandas as pd
 
     frame = pd.DataFrame([row], columns=[feature.name for feature in artifact.features])

@@ -192,6 +192,7 @@ class FraudService:
                 extra_features=settings.extra_features,
             ),
             timeout_s=settings.inference_timeout_s,
+            hung_worker_s=settings.hung_worker_s,
             batching=BatchPolicy(
                 max_requests=settings.batch_max_requests,
                 max_bytes=settings.batch_max_bytes,
@@ -211,6 +212,7 @@ class FraudService:
         self._downloads = Path(tempfile.mkdtemp(prefix="fraud-inference-models-"))
         self._background: set[asyncio.Task[None]] = set()
         self._refresh_lock = asyncio.Lock()
+        self._frozen = False
 
     def _on_generation_loaded(self, loaded: GenerationLoaded) -> None:
         self.metrics.record_loads(loaded.errors, loaded.load_seconds)
@@ -404,8 +406,12 @@ class FraudService:
         self._publish(generation)
         # NOTE: the server holds ~200k long-lived objects (MLflow, SQLAlchemy, Litestar); a full collection
         # scanning them stalled every request in flight for ~100-200 ms under load. Frozen objects are never
-        # scanned again; what requests allocate is collected as before.
-        gc.freeze()
+        # scanned again; what requests allocate is collected as before. Frozen once, after a collection: a
+        # frozen cycle is never freed, so freezing at every generation kept each refresh's garbage for good.
+        if not self._frozen:
+            gc.collect()
+            gc.freeze()
+            self._frozen = True
         log.info(
             "generation.active",
             generation=number,

@@ -110,7 +110,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: Annotated[int, Meta(ge=1024, le=1024**3)] = 16 * 1024 * 1024
     """MAX_BODY_BYTES: largest request body (413 past it); 10,000 demo rows are ~6 MiB."""
     inference_timeout_s: Annotated[float, Meta(ge=0.01, le=3600.0)] = 10.0
-    """INFERENCE_TIMEOUT_S: longest a request waits for the pool (504 past it)."""
+    """INFERENCE_TIMEOUT_S: longest a request waits for the pool (504 past it); its worker is not killed for it."""
+    hung_worker_s: Annotated[float, Meta(ge=1.0, le=86400.0)] = 120.0
+    """HUNG_WORKER_S: a worker still scoring one batch after this long is replaced as hung (a worker silent for
+    5 s with work is replaced sooner)."""
     queue_limit: Annotated[int, Meta(ge=1, le=1_000_000)] = 1024
     """QUEUE_LIMIT: requests that may wait for a busy pool; past it, 503 with Retry-After at once."""
     batch_max_requests: Annotated[int, Meta(ge=1, le=10_000)] = 64

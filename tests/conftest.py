@@ -272,3 +272,31 @@ def real_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str
             patch.delenv(variable, raising=False)
         names = register_real_models(tracking_uri, home)
     return tracking_uri, names
+
+
+def slow_xgboost_copy(model_dir: Path, destination: Path, *, repeat: int = 100) -> Path:
+    """Copy an XGBoost model directory (MLmodel, model.ubj) to `destination`, its trees repeated `repeat` times.
+
+    A real model whose scoring is slow: no sleep is injected anywhere, it is an ordinary model file in the
+    same format, scored by the same native call, only bigger (the demo model's 200 trees x 100: 10,000 rows
+    take about 3 s on a quiet machine here).
+    """
+    import json
+    import shutil
+
+    import xgboost
+
+    shutil.copytree(model_dir, destination)
+    model_file = destination / "model.ubj"
+    model = json.loads(xgboost.Booster(model_file=str(model_file)).save_raw("json"))
+    trees_model = model["learner"]["gradient_booster"]["model"]
+    trees = [tree for _ in range(repeat) for tree in trees_model["trees"]]
+    repeated = [{**tree, "id": n} for n, tree in enumerate(trees)]
+    trees_model["trees"] = repeated
+    trees_model["tree_info"] = trees_model["tree_info"] * repeat
+    trees_model["iteration_indptr"] = list(range(len(repeated) + 1))
+    trees_model["gbtree_model_param"]["num_trees"] = str(len(repeated))
+    slow = xgboost.Booster()
+    slow.load_model(bytearray(json.dumps(model).encode()))
+    slow.save_model(str(model_file))
+    return destination

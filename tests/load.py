@@ -18,6 +18,8 @@ class Answer(msgspec.Struct):
     status: int | None
     body: dict[str, Any] | None
     error: str | None
+    sent_ns: int = 0
+    """`sent_at` as integer monotonic nanoseconds, to compare with other times taken by a test."""
 
     @property
     def latency_s(self) -> float:
@@ -75,13 +77,16 @@ class Load:
                 sequence += 1
                 request_id = f"load-{client_number}-{sequence}"
                 headers = {**self._headers, "X-Request-ID": request_id}
-                sent_at = time.monotonic()
+                sent_ns = time.monotonic_ns()
+                sent_at = sent_ns / 1e9
                 try:
                     response = client.post(self._path, json=self._payload(), headers=headers)
-                    answer = Answer(request_id, sent_at, time.monotonic(), response.status_code, response.json(), None)
+                    answer = Answer(
+                        request_id, sent_at, time.monotonic(), response.status_code, response.json(), None, sent_ns
+                    )
                 except (httpx.HTTPError, ValueError) as error:
                     failure = f"{type(error).__name__}: {error}"
-                    answer = Answer(request_id, sent_at, time.monotonic(), None, None, failure)
+                    answer = Answer(request_id, sent_at, time.monotonic(), None, None, failure, sent_ns)
                 with self._lock:
                     self.answers.append(answer)
                     if len(self.answers) >= self._max_requests:

@@ -40,8 +40,10 @@ SHAPES: dict[str, str] = {
     "xgb-numeric": "XGBClassifier on numeric columns with NaN (the fast path)",
     "xgb-booster": "raw xgb.train Booster, early-stopped, numeric columns with NaN",
     "xgb-booster-categorical": "raw xgb.train Booster on a DMatrix with category columns",
+    "xgb-early-stopped": "XGBClassifier early-stopped (predict_proba stops at best_iteration)",
     "lgb-classifier": "LGBMClassifier on category columns, labels 'fraud'/'legit', tag positive_class=fraud",
     "lgb-booster": "raw lgb.train Booster trained on a numpy array (names Column_N), NaN present",
+    "lgb-booster-categorical": "raw lgb.train Booster on a DataFrame with category columns",
     "sklearn-pipeline": "Pipeline(ColumnTransformer(impute+scale by name, OneHotEncoder), LogisticRegression)",
     "sklearn-forest": "Pipeline(SimpleImputer, RandomForestClassifier), labels False/True",
     "sklearn-logistic": "bare LogisticRegression on complete numeric columns (cannot take NaN)",
@@ -223,6 +225,13 @@ def register_real_models(tracking_uri: str, workdir: Path) -> dict[str, str]:
             input_example=with_categories.head(5), pip_requirements=pins("xgboost-cpu", "numpy"),
         ))  # fmt: skip
 
+        model = xgb.XGBClassifier(n_estimators=40, max_depth=3, early_stopping_rounds=3, n_jobs=1)
+        model.fit(train, labels.iloc[:300], eval_set=[(valid, labels.iloc[300:])], verbose=False)
+        register("xgb-early-stopped", mlflow.xgboost.log_model(
+            model, name="xgb-early-stopped", signature=infer_signature(numeric), input_example=numeric.head(5),
+            pip_requirements=pins("xgboost-cpu", "numpy"),
+        ))  # fmt: skip
+
         text_labels = labels.map({1: "fraud", 0: "legit"})
         model = lgb.LGBMClassifier(n_estimators=8, num_leaves=7, min_child_samples=5, verbose=-1, n_jobs=1)
         model.fit(with_categories, text_labels)
@@ -239,6 +248,15 @@ def register_real_models(tracking_uri: str, workdir: Path) -> dict[str, str]:
         register("lgb-booster", mlflow.lightgbm.log_model(
             booster, name="lgb-booster", signature=infer_signature(numeric), input_example=numeric.head(5),
             pip_requirements=pins("lightgbm", "numpy"),
+        ))  # fmt: skip
+
+        booster = lgb.train(
+            {"objective": "binary", "num_leaves": 7, "min_data_in_leaf": 5, "verbose": -1, "num_threads": 1},
+            lgb.Dataset(with_categories, label=labels), num_boost_round=8,
+        )  # fmt: skip
+        register("lgb-booster-categorical", mlflow.lightgbm.log_model(
+            booster, name="lgb-booster-categorical", signature=infer_signature(with_categories),
+            input_example=with_categories.head(5), pip_requirements=pins("lightgbm", "numpy"),
         ))  # fmt: skip
 
         numbers = ["amount", "txn_count_24h", "account_age_days", "device_age_days", "distance_km"]

@@ -207,3 +207,56 @@ def test_the_early_stopped_booster_really_stopped_early_so_its_parity_means_ever
     booster.load_model(str(Path(artifacts["xgb-booster"].path) / artifacts["xgb-booster"].model_file.file))
     assert booster.best_iteration + 1 < booster.num_boosted_rounds()  # best_iteration trees would score otherwise
     assert check_parity(artifacts["xgb-booster"]).ok
+
+
+def test_the_early_stopped_classifier_stops_at_best_iteration_as_its_predict_proba(
+    artifacts: dict[str, ModelArtifact],
+) -> None:
+    import xgboost
+
+    from tests.real_models import NUMERIC, make_fraud_table
+
+    artifact = artifacts["xgb-early-stopped"]
+    model = xgboost.XGBClassifier()
+    model.load_model(str(Path(artifact.path) / artifact.model_file.file))
+    assert model.best_iteration + 1 < model.get_booster().num_boosted_rounds()
+    table, _labels = make_fraud_table(30, seed=6)
+    served = load_model(artifact).score(table[NUMERIC].to_json(orient="records").encode())
+    every_tree = model.get_booster().inplace_predict(table[NUMERIC], iteration_range=(0, 0))
+    np.testing.assert_allclose(served, model.predict_proba(table[NUMERIC])[:, 1], rtol=0, atol=1e-6)
+    assert np.abs(served - every_tree).max() > 1e-3  # the two readings differ: the parity above means something
+    assert check_parity(artifact).ok
+
+
+def test_with_parity_check_off_a_row_the_service_refuses_as_a_request_is_no_failure(
+    artifacts: dict[str, ModelArtifact],
+) -> None:
+    import msgspec
+
+    from fraud_inference.models.artifact import FeatureSpec
+
+    # The logistic model cannot take a missing amount; declared optional, the gate also sends rows without it.
+    artifact = artifacts["sklearn-logistic"]
+    optional_amount = tuple(FeatureSpec(f.name, f.type, required=f.name != "amount") for f in artifact.features)
+    artifact = msgspec.structs.replace(artifact, features=optional_amount)
+    off = check_parity(artifact, against_mlflow=False)
+    assert off.ok, off.failures
+    assert off.loaded
+    assert off.rows == 10
+    strict = check_parity(artifact)
+    assert strict.ok, strict.failures  # MLflow's loader cannot score those rows either
+
+
+@pytest.mark.slow
+def test_serve_exits_1_on_a_model_that_crashes_the_process_loading_it(private_registry: str, tmp_path: Path) -> None:
+    from tests.conftest import free_port, run_cli
+    from tests.e2e.test_crash_loop import log_crashing_champion
+
+    log_crashing_champion(private_registry)
+    env = {
+        "MLFLOW_TRACKING_URI": private_registry, "MODELS": "sklearn=fraud-sklearn", "SKLEARN_PICKLE": "allow",
+        "PORT": str(free_port()),
+    }  # fmt: skip
+    served = run_cli(["serve"], env, tmp_path, timeout_s=120)
+    assert served.returncode == 1
+    assert "the process loading the models for the parity gate died" in served.stderr

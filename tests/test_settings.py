@@ -163,3 +163,15 @@ def test_the_readme_table_lists_every_setting_with_its_default() -> None:
     for setting in settings_reference():
         assert setting.variable in rows, f"{setting.variable} is missing from the README's configuration table"
         assert rows[setting.variable].startswith(setting.shown_default.replace("`", "")), setting.variable
+
+
+def test_model_serving_policies_default_to_the_safe_side_and_are_validated() -> None:
+    settings = Settings.from_env({})
+    assert (settings.parity_check, settings.pyfunc, settings.extra_features) == ("strict", "refuse", "reject")
+    assert settings.model_trust().pyfunc == "refuse"
+    chosen = Settings.from_env({"PARITY_CHECK": "warn", "PYFUNC": "allow", "EXTRA_FEATURES": "ignore"})
+    assert (chosen.parity_check, chosen.pyfunc, chosen.extra_features) == ("warn", "allow", "ignore")
+    assert chosen.model_trust().pyfunc == "allow"
+    for variable in ("PARITY_CHECK", "PYFUNC", "EXTRA_FEATURES"):
+        with pytest.raises(SettingsError, match=variable):
+            Settings.from_env({variable: "sometimes"})

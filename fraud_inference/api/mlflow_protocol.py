@@ -23,7 +23,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import FromPath
 from litestar.response import Response
 
-from fraud_inference.api.protocol import JSON, note_scored, require_media_type, service_of
+from fraud_inference.api.protocol import JSON, note_scored, require_media_type, rows_of_columns, service_of
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
 from fraud_inference.models.signature import clip_names
@@ -208,12 +208,9 @@ def _rows_of_columns(raw: bytes) -> bytes:
         columns = _decode_columns(raw)
     except (msgspec.DecodeError, RecursionError) as error:
         raise _Refusal(400, "BAD_REQUEST", f"inputs: {clip_names(str(error))}") from None
-    lengths = {len(values) for values in columns.values()}
-    if len(lengths) > 1:
+    if len({len(values) for values in columns.values()}) > 1:
         raise _Refusal(400, "BAD_REQUEST", "inputs: every column must hold as many values as the others")
-    count = lengths.pop() if lengths else 0
-    names = list(columns)
-    return _encode([{name: columns[name][index] for name in names} for index in range(count)])
+    return rows_of_columns(columns)
 
 
 def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...]) -> bytes:
@@ -392,7 +389,7 @@ async def mlflow_version() -> str:
 _ERROR_CODES: dict[type[PredictionError], tuple[int, str]] = {
     NotReadyError: (503, "TEMPORARILY_UNAVAILABLE"),
     UnknownModelError: (404, "RESOURCE_DOES_NOT_EXIST"),
-    InvalidRowsError: (400, "BAD_REQUEST"),
+    InvalidRowsError: (400, "INVALID_PARAMETER_VALUE"),  # what MLflow answers when its schema check fails
     TooManyRowsError: (400, "INVALID_PARAMETER_VALUE"),
     OverloadedError: (503, "TEMPORARILY_UNAVAILABLE"),
     TimedOutError: (504, "DEADLINE_EXCEEDED"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -22,7 +23,7 @@ from litestar.params import FromPath
 from litestar.response import Response
 
 from fraud_inference import __version__
-from fraud_inference.api.protocol import JSON, note_scored, require_media_type, service_of
+from fraud_inference.api.protocol import JSON, note_scored, require_media_type, rows_of_columns, service_of
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
 from fraud_inference.models.signature import clip_names
@@ -237,14 +238,14 @@ def _from_binary(tensor: RequestInput, raw: bytes) -> list[Any]:
 
 
 def _flatten(data: Any) -> list[Any]:
-    """Row-major values of a tensor's `data`, flat or nested."""
+    """Row-major values of a tensor's `data`, flat or nested (each level evenly: lists of lists, or of values)."""
     if not isinstance(data, list):
         return [data]
-    if not any(isinstance(value, list) for value in data):
-        return data
-    flat: list[Any] = []
-    for value in data:
-        flat.extend(_flatten(value))
+    while data and isinstance(data[0], list):
+        if not all(isinstance(part, list) for part in data):
+            raise _BadRequest("tensor data must be nested evenly: lists of lists, or lists of values")
+        data = list(chain.from_iterable(data))
+    flat: list[Any] = data
     return flat
 
 
@@ -260,43 +261,36 @@ def _values(tensor: RequestInput) -> list[Any]:
     return values
 
 
-def _typed(value: Any, feature: FeatureSpec) -> Any:
-    """A boolean feature sent in a numeric tensor (0/1) as the boolean the signature asks for."""
-    if feature.type == "boolean" and value in (0, 1) and not isinstance(value, bool):
-        return bool(value)
-    return value
+def _as_booleans(values: list[Any]) -> list[Any]:
+    """A boolean feature sent in a numeric tensor (0/1) as the booleans the signature asks for."""
+    return [bool(v) if v in (0, 1) and not isinstance(v, bool) else v for v in values]
 
 
 def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...]) -> bytes:
     """The tensors as the pool takes rows (raw JSON: an array of row objects); names checked by the worker."""
     names = [feature.name for feature in features]
+    booleans = {feature.name for feature in features if feature.type == "boolean"}
     if len(infer.inputs) == 1 and infer.inputs[0].name not in names and len(infer.inputs[0].shape) == 2:
         tensor = infer.inputs[0]
-        count, width = tensor.shape
+        width = tensor.shape[1]
         if width != len(features):
             raise _BadRequest(f"input {tensor.name[:64]!r}: shape {tensor.shape} needs {len(features)} columns, "
                               f"one per feature in signature order: {', '.join(names)}")  # fmt: skip
         values = _values(tensor)
-        return _encode(
-            [
-                {f.name: _typed(v, f) for f, v in zip(features, values[i * width : (i + 1) * width], strict=True)}
-                for i in range(count)
-            ]
-        )
-    by_feature = {feature.name: feature for feature in features}
-    columns: dict[str, list[Any]] = {}
-    for tensor in infer.inputs:
-        if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-            raise _BadRequest(f"input {tensor.name[:64]!r}: shape {tensor.shape}: send one tensor per feature of "
-                              "shape [n] or [n, 1], or one [n, features] tensor in signature order")  # fmt: skip
-        feature = by_feature.get(tensor.name)
-        values = _values(tensor)
-        columns[tensor.name] = values if feature is None else [_typed(value, feature) for value in values]
-    counts = {len(values) for values in columns.values()}
-    if len(counts) > 1:
-        raise _BadRequest("every input tensor must hold one value per row, as many as the others")
-    count = counts.pop() if counts else 0
-    return _encode([{name: values[i] for name, values in columns.items()} for i in range(count)])
+        columns = {name: values[index::width] for index, name in enumerate(names)}
+    else:
+        columns = {}
+        for tensor in infer.inputs:
+            if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+                raise _BadRequest(f"input {tensor.name[:64]!r}: shape {tensor.shape}: send one tensor per feature "
+                                  "of shape [n] or [n, 1], or one [n, features] tensor in signature order")  # fmt: skip
+            columns[tensor.name] = _values(tensor)
+        counts = {len(values) for values in columns.values()}
+        if len(counts) > 1:
+            raise _BadRequest("every input tensor must hold one value per row, as many as the others")
+    for name in booleans.intersection(columns):
+        columns[name] = _as_booleans(columns[name])
+    return rows_of_columns(columns)
 
 
 # -- answers ---------------------------------------------------------------------------------------

@@ -5,13 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
 
 from fraud_inference.api.request_id import note_for_access_log
 from fraud_inference.service import FraudService, ScoredRows
 
-__all__ = ["JSON", "UnsupportedMediaTypeError", "media_type_of", "note_scored", "require_media_type", "service_of"]
+__all__ = [
+    "JSON",
+    "UnsupportedMediaTypeError",
+    "media_type_of",
+    "note_scored",
+    "require_media_type",
+    "rows_of_columns",
+    "service_of",
+]
 
 JSON = "application/json"
 
@@ -62,3 +71,13 @@ def note_scored(request: Request[Any, Any, Any], scored: ScoredRows, protocol: s
         generation=scored.selection.generation.number,
         rows=len(scored.probabilities),
     )
+
+
+def rows_of_columns(columns: dict[str, list[Any]]) -> bytes:
+    """Columns (name to one value per row, all as long) as the pool takes every protocol's rows: the raw JSON of
+    an array of row objects. Built with C-level zips: no Python call per value."""
+    names = list(columns)
+    return _encode([dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)])
+
+
+_encode = msgspec.json.encode

@@ -54,8 +54,16 @@ class _PredictOperation(Operation):
     def __post_init__(self) -> None:
         row = Schema(
             type=OpenAPIType.OBJECT,
-            description="One transaction: every feature of the model's signature (see GET /v1/version).",
-            additional_properties=Schema(one_of=[Schema(type=OpenAPIType.NUMBER), Schema(type=OpenAPIType.BOOLEAN)]),
+            description="One transaction: every feature of the model's signature (see GET /v1/version); null, or an "
+            "optional feature left out, is a missing value.",
+            additional_properties=Schema(
+                one_of=[
+                    Schema(type=OpenAPIType.NUMBER),
+                    Schema(type=OpenAPIType.BOOLEAN),
+                    Schema(type=OpenAPIType.STRING),
+                    Schema(type=OpenAPIType.NULL),
+                ]
+            ),
             examples=[{"amount": 120.5, "hour_of_day": 3}],
         )
         body = Schema(

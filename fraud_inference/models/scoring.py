@@ -14,7 +14,7 @@ from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
 from fraud_inference.models.flavors import Scorer
 from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, SignatureDecoder
 
-__all__ = ["ServedModel", "example_rows", "load_model", "load_scorer", "stack"]
+__all__ = ["ServedModel", "example_rows", "load_model", "load_scorer"]
 
 Matrix = npt.NDArray[np.float64]
 
@@ -69,17 +69,6 @@ def load_model(
         return served
     refused = [feature.name for feature in artifact.features if not _scores_missing(served, row, feature.name)]
     return ServedModel(scorer, decoder(refused)) if refused else served
-
-
-def stack(batches: list[Any]) -> Any:
-    """One batch of the rows of several requests: the matrices stacked, or the DataFrames concatenated."""
-    if len(batches) == 1:
-        return batches[0]
-    if isinstance(batches[0], np.ndarray):
-        return np.concatenate(batches)
-    import pandas as pd
-
-    return pd.concat(batches, ignore_index=True)
 
 
 def _scores_missing(served: ServedModel, row: dict[str, Any], name: str) -> bool:

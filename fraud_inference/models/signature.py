@@ -32,6 +32,7 @@ _PYTHON_TYPES: dict[str, Any] = {
     "string": str,
 }
 # What MLflow's schema enforcement gives each type when no value is missing; a missing value makes a number NaN.
+_WHOLE_TYPES = frozenset({"long", "integer", "boolean"})
 _FRAME_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
 _PATH = re.compile(r"`\$\[(\d+)\](?:\.([^`]*))?`")
 _QUOTED = re.compile(r"`([^`]*)`")
@@ -105,6 +106,11 @@ class SignatureDecoder:
         self._integer_columns = [i for i, spec in enumerate(self.features) if spec.type in _INTEGER_TYPES]
         self._numeric_columns = [i for i, spec in enumerate(self.features) if spec.type != "string"]
         self._refuse_missing = [i for i, spec in enumerate(self.features) if spec.name in set(refuse_missing)]
+        # Which positions of the checked matrix hold integer columns, and columns that may not miss a value:
+        # on the fast path the matrix holds every column, in a frame only the numeric ones.
+        self._all_columns = list(range(self._width))
+        self._matrix_checks = self._checks_for(self._all_columns)
+        self._frame_checks = self._checks_for(self._numeric_columns)
         import pandas as pd
 
         self._text = _text_dtype()
@@ -124,7 +130,7 @@ class SignatureDecoder:
             matrix = matrix.reshape(len(rows), self._width)
         except TypeError:  # a null or a left-out optional column (None): np.array makes it NaN
             matrix = np.array(list(map(self._astuple, rows)), dtype=np.float64).reshape(len(rows), self._width)
-        self._check_numbers(matrix, list(range(self._width)))
+        self._check_numbers(matrix, self._all_columns, self._matrix_checks)
         return matrix
 
     def dataframe(self, instances: bytes) -> pd.DataFrame:
@@ -136,13 +142,15 @@ class SignatureDecoder:
         numbers = np.array([columns[i] for i in self._numeric_columns], dtype=np.float64).T.reshape(
             len(rows), len(self._numeric_columns)
         )
-        self._check_numbers(numbers, self._numeric_columns)
+        self._check_numbers(numbers, self._numeric_columns, self._frame_checks)
         data: dict[str, Any] = {}
         numeric_index = {column: position for position, column in enumerate(self._numeric_columns)}
         for i, spec in enumerate(self.features):
             if spec.type != "string":
                 values = numbers[:, numeric_index[i]]
-                data[spec.name] = values if np.isnan(values).any() else values.astype(_FRAME_DTYPES[spec.type])
+                # A missing value makes an integer or boolean column float64 (NaN), as MLflow gives it.
+                whole = spec.type in _WHOLE_TYPES and bool(np.isnan(values).any())
+                data[spec.name] = values if whole else values.astype(_FRAME_DTYPES[spec.type])
                 continue
             if i in self._refuse_missing:
                 self._refuse_if_missing([value is None for value in columns[i]], i)
@@ -155,6 +163,25 @@ class SignatureDecoder:
                 codes = dtype.categories.get_indexer(pd.Index(columns[i], dtype=object))
                 data[spec.name] = pd.Categorical.from_codes(codes, dtype=dtype)
         return pd.DataFrame(data)
+
+    def stack(self, batches: Sequence[Any]) -> Any:
+        """One batch of the rows of several requests: the matrices stacked, or the DataFrames concatenated.
+
+        A number column that is bool or int in one request and NaN-holding float in another stays float64 (pandas
+        would make it object, which the libraries refuse).
+        """
+        if len(batches) == 1:
+            return batches[0]
+        if not self.frame:
+            return np.concatenate(batches)
+        import pandas as pd
+
+        frame = pd.concat(batches, ignore_index=True)
+        for index in self._numeric_columns:
+            name = self.features[index].name
+            if frame[name].dtype == object:
+                frame[name] = frame[name].astype("float64")
+        return frame
 
     def _rows(self, instances: bytes) -> list[Any]:
         try:
@@ -169,26 +196,34 @@ class SignatureDecoder:
             raise InstancesError("is empty: send at least one row")
         return rows
 
-    def _check_numbers(self, numbers: Matrix, columns: Sequence[int]) -> None:
-        """Refuse infinities, fractions in integer columns, and missing values the model cannot take."""
+    def _checks_for(self, columns: Sequence[int]) -> tuple[list[int], list[int]]:
+        """The positions, in a matrix of `columns`, of integer columns and of columns that may not miss a value."""
+        return (
+            [position for position, column in enumerate(columns) if column in self._integer_columns],
+            [position for position, column in enumerate(columns) if column in self._refuse_missing],
+        )
+
+    def _check_numbers(self, numbers: Matrix, columns: Sequence[int], checks: tuple[list[int], list[int]]) -> None:
+        """Refuse infinities, fractions in integer columns, and missing values the model cannot take.
+
+        `numbers` holds the feature columns `columns` (all of them on the fast path), in that order.
+        """
         if np.isinf(numbers).any():
             row, position = np.argwhere(np.isinf(numbers))[0]
             raise InstancesError("value is not a finite number", row=int(row), feature=self._feature(columns[position]))
-        for position, column in enumerate(columns):
-            if column in self._integer_columns:
-                values = numbers[:, position]
-                fractional = values != np.floor(values)
-                fractional &= ~np.isnan(values)
-                if fractional.any():
-                    spec = self.features[column]
-                    detail = "" if self._detail == "generic" else f" (the model expects type {spec.type})"
-                    raise InstancesError(
-                        f"Expected `int`, got a fraction{detail}",
-                        row=int(np.argmax(fractional)),
-                        feature=self._feature(column),
-                    )
-            if column in self._refuse_missing:
-                self._refuse_if_missing(np.isnan(numbers[:, position]), column)
+        integers, refused = checks
+        if integers:
+            values = numbers[:, integers]
+            fractional = values != np.floor(values)
+            if fractional.any() and (fractional := fractional & ~np.isnan(values)).any():  # NaN is a missing value
+                row, index = np.argwhere(fractional)[0]
+                column = columns[integers[index]]
+                detail = "" if self._detail == "generic" else f" (the model expects type {self.features[column].type})"
+                raise InstancesError(
+                    f"Expected `int`, got a fraction{detail}", row=int(row), feature=self._feature(column)
+                )
+        for position in refused:
+            self._refuse_if_missing(np.isnan(numbers[:, position]), columns[position])
 
     def _refuse_if_missing(self, missing: Any, column: int) -> None:
         missing = np.asarray(missing, dtype=bool)

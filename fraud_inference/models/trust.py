@@ -25,8 +25,18 @@ __all__ = [
 
 PicklePolicy = Literal["allow", "refuse"]
 
-BUILTIN_TRUSTED_TYPES: frozenset[str] = frozenset({"collections.OrderedDict"})
-"""Standard-library types that scikit-learn-API estimators hold (LightGBM's classifier keeps an OrderedDict)."""
+BUILTIN_TRUSTED_TYPES: frozenset[str] = frozenset(
+    {
+        "collections.OrderedDict",  # a standard-library type LightGBM's classifier holds
+        # The classes the usual models need, named so that checking them imports nothing into the HTTP process.
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.tree._tree.Tree",
+        "numpy.dtype",
+        "lightgbm.basic.Booster",
+        "lightgbm.sklearn.LGBMClassifier",
+    }
+)
+"""Types trusted without looking them up; any other class of the trusted packages is found by importing it."""
 
 # NOTE: classes only (and numpy ufuncs, which are pure arithmetic): a *function* from these packages can do
 # anything when a FunctionTransformer calls it (numpy.testing's `runstring` executes a string), so functions

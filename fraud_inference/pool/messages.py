@@ -9,8 +9,10 @@ import msgspec
 from fraud_inference.models.artifact import ModelArtifact
 
 __all__ = [
+    "Cancel",
     "DropGeneration",
     "GenerationLoaded",
+    "Heartbeat",
     "LoadGeneration",
     "Refused",
     "Score",
@@ -50,6 +52,24 @@ class Score(msgspec.Struct, tag="score", frozen=True, array_like=True):
     model: str
     bodies: tuple[bytes, ...]
     request_ids: tuple[str, ...]
+
+
+class Cancel(msgspec.Struct, tag="cancel", frozen=True, array_like=True):
+    """Every request of batch `seq` has given up (timed out, or its client left): skip what is not scored yet."""
+
+    seq: int
+
+
+class Heartbeat(msgspec.Struct, tag="beat", frozen=True, array_like=True):
+    """Sent by a thread of the worker every `heartbeat_s`, scoring or not: the process is alive.
+
+    `scoring` is the batch being scored (0 when idle) and `scoring_ns` how long it has been scored so far,
+    so the server can tell a slow batch (heartbeats go on) from a stuck process (they stop) or a call stuck
+    past HUNG_WORKER_S (they go on, `scoring_ns` grows).
+    """
+
+    scoring: int
+    scoring_ns: int
 
 
 class WorkerStarted(msgspec.Struct, tag="started", frozen=True, array_like=True):
@@ -104,8 +124,8 @@ class ScoreFailed(msgspec.Struct, tag="failed", frozen=True, array_like=True):
     error: str
 
 
-ToWorker = LoadGeneration | DropGeneration | Score
-ToServer = WorkerStarted | GenerationLoaded | Scored | ScoreFailed
+ToWorker = LoadGeneration | DropGeneration | Score | Cancel
+ToServer = WorkerStarted | GenerationLoaded | Scored | ScoreFailed | Heartbeat
 
 encode = msgspec.msgpack.Encoder().encode
 decode_to_worker = msgspec.msgpack.Decoder(ToWorker).decode

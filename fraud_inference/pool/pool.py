@@ -21,6 +21,7 @@ from fraud_inference.pool.errors import (
     WorkerLostError,
 )
 from fraud_inference.pool.messages import (
+    Cancel,
     DropGeneration,
     GenerationLoaded,
     LoadGeneration,
@@ -46,6 +47,12 @@ _MAX_ATTEMPTS = 2  # a request whose worker died is retried once: scoring is a p
 _BATCHES_PER_WORKER = 2
 _RESTART_BACKOFF_S = 1.0
 _RESTART_BACKOFF_MAX_S = 60.0
+# A worker's heartbeat thread writes every 0.5 s, scoring or not; silent this long while it holds work,
+# it is stopped or stuck holding the GIL: replaced. A batch merely slow goes on (see HUNG_WORKER_S).
+_HEARTBEAT_S = 0.5
+_SILENT_NS = 5_000_000_000
+# A worker busy with one batch this long (a large request, a slow model) gets no second batch behind it.
+_BUSY_LONG_NS = 50_000_000
 
 
 class PoolStatus(msgspec.Struct, frozen=True):
@@ -72,6 +79,7 @@ class InferencePool:
         worker_options: Callable[[int], WorkerOptions],
         *,
         timeout_s: float,
+        hung_worker_s: float = 120.0,
         batching: BatchPolicy | None = None,
         queue_limit: int = 1024,
         on_generation_loaded: Callable[[GenerationLoaded], None] | None = None,
@@ -80,6 +88,8 @@ class InferencePool:
         self._on_generation_loaded = on_generation_loaded
         self._worker_options = worker_options
         self._timeout_s = timeout_s
+        self._hung_ns = round(hung_worker_s * 1e9)
+        self._watchdog: asyncio.Task[None] | None = None
         self._workers: dict[int, WorkerProcess] = {}
         self._loads: dict[tuple[int, int], asyncio.Future[GenerationLoaded]] = {}
         self._artifacts: dict[int, tuple[ModelArtifact, ...]] = {}
@@ -103,16 +113,19 @@ class InferencePool:
         for index in range(1, self.size + 1):
             self._spawn(index)
         await asyncio.wait_for(asyncio.gather(*(worker.started for worker in self._workers.values())), _START_TIMEOUT_S)
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         log.info("pool.started", workers=self.size, pids=[w.pid for w in self._workers.values()])
 
     async def stop(self) -> None:
         """Stop every worker; requests still waiting fail."""
         self._stopping = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         workers = list(self._workers.values())
         for worker in workers:
             worker.close()
         await asyncio.gather(*(asyncio.to_thread(worker.join_or_kill) for worker in workers))
-        waiting = [request for worker in workers for batch in worker.inflight.values() for request in batch.requests]
+        waiting = [request for worker in workers for request in worker.inflight.drain()]
         for request in [*waiting, *self._queue]:
             if not request.future.done():
                 request.future.set_exception(WorkerLostError("the pool is shutting down"))
@@ -120,7 +133,7 @@ class InferencePool:
 
     def worker_pids(self) -> dict[int, int | None]:
         """The PID of each live worker, by worker index."""
-        return {index: worker.pid for index, worker in self._workers.items() if worker.alive}
+        return {index: worker.pid for index, worker in self._workers.items() if worker.is_alive()}
 
     @property
     def overloaded(self) -> bool:
@@ -132,7 +145,7 @@ class InferencePool:
         return overload_reason(len(self._queue))
 
     def status(self) -> PoolStatus:
-        live = [worker for worker in self._workers.values() if worker.alive]
+        live = [worker for worker in self._workers.values() if worker.is_alive()]
         active = self.active_generation
         ready = [worker for worker in live if active is not None and active in worker.generations]
         return PoolStatus(
@@ -140,7 +153,7 @@ class InferencePool:
             live_workers=len(live),
             ready_workers=len(ready),
             active_generation=active,
-            queued=len(self._queue) + sum(len(b.requests) for worker in live for b in worker.inflight.values()),
+            queued=len(self._queue) + sum(1 for worker in live for _ in worker.inflight.requests()),
             restarts=self.restarts,
             batches=self._batches_sent,
             batched_requests=self._requests_sent,
@@ -155,7 +168,7 @@ class InferencePool:
         All or nothing: when any worker fails to load any model, every worker drops the generation.
         """
         self._artifacts[generation] = tuple(artifacts)
-        workers = [worker for worker in self._workers.values() if worker.alive]
+        workers = [worker for worker in self._workers.values() if worker.is_alive()]
         if not workers:
             return {"*": "no live worker to load into"}
         outcomes = await asyncio.gather(
@@ -185,7 +198,7 @@ class InferencePool:
         self._retired.discard(generation)
         for worker in self._workers.values():
             worker.generations.discard(generation)
-            if worker.alive:
+            if worker.is_alive():
                 worker.send(DropGeneration(generation=generation))
 
     async def _load_in(self, worker: WorkerProcess, generation: int) -> GenerationLoaded:
@@ -223,19 +236,20 @@ class InferencePool:
             try:
                 return await asyncio.wait_for(future, self._timeout_s)
             except TimeoutError:
-                self._on_timeout(request)
                 raise InferenceTimeoutError(
                     f"no answer from the inference workers within {self._timeout_s:g} s"
                 ) from None
         finally:
-            # Timed out, or cancelled because the client went away: if it still waits, nobody needs it scored.
-            self._queue.discard(request)
+            # Timed out, or cancelled because the client went away: if it still waits, nobody needs it scored;
+            # if a worker has it, its rest is dropped when nobody else waits for its batch.
+            if not self._queue.discard(request) and future.cancelled():
+                self._drop_work(request)
             self._inflight_by_generation[generation] -= 1
             if generation in self._retired:
                 self._release_idle_generations()
 
     def _held_by_a_live_worker(self, generation: int) -> bool:
-        return any(worker.alive and generation in worker.generations for worker in self._workers.values())
+        return any(worker.is_alive() and generation in worker.generations for worker in self._workers.values())
 
     def _pump(self) -> None:
         """Send queued requests, as batches, to every worker with room: least busy first."""
@@ -243,7 +257,9 @@ class InferencePool:
             return
         now = self._queue.clock()
         for worker in sorted(self._workers.values(), key=lambda candidate: len(candidate.inflight)):
-            while worker.alive and len(worker.inflight) < _BATCHES_PER_WORKER:
+            while worker.is_alive() and worker.inflight.has_room(
+                now, most=_BATCHES_PER_WORKER, busy_long_ns=_BUSY_LONG_NS
+            ):
                 requests = self._queue.take(worker.generations, now)
                 if not requests:
                     break
@@ -264,7 +280,7 @@ class InferencePool:
     def _send_batch(self, worker: WorkerProcess, requests: list[PendingRequest]) -> None:
         head = requests[0]
         batch = Batch(next(self._sequence), requests, self._queue.clock())
-        worker.inflight[batch.seq] = batch
+        worker.inflight.add(batch)
         self._batches_sent += 1
         self._requests_sent += len(requests)
         worker.send(
@@ -277,19 +293,30 @@ class InferencePool:
             )
         )
 
-    def _on_timeout(self, request: PendingRequest) -> None:
-        """Kill the worker holding a timed-out request if it has been silent since the batch was sent."""
+    def _drop_work(self, request: PendingRequest) -> None:
+        """Drop a timed-out request's work if its worker can: once every request of its batch has given up,
+        the worker skips the rows it has not scored yet. The worker itself is not suspected: slow is not hung
+        (see `_watch`)."""
         batch = request.batch
-        if batch is None:
-            return  # it never left the queue: the workers are busy, not hung
+        if batch is None or any(not other.future.done() for other in batch.requests):
+            return  # others still wait for the batch
         for worker in self._workers.values():
-            if worker.inflight.get(batch.seq) is batch:
-                if worker.alive and worker.last_heard_ns < batch.sent_ns:
-                    # Silent for the whole timeout with work queued: hung (e.g. SIGSTOP). Kill it: its other
-                    # requests are retried elsewhere and a replacement starts, as for any dead worker.
-                    log.error("worker.hung", worker=worker.index, pid=worker.pid, silent_s=self._timeout_s)
-                    worker.process.kill()
+            if worker.inflight.holds(batch):
+                if worker.is_alive():
+                    worker.send(Cancel(seq=batch.seq))
                 return
+
+    async def _watch(self) -> None:
+        """Replace a worker only when it is really stuck: silent (no heartbeat) while it holds work, or one
+        batch scored past HUNG_WORKER_S. Its requests are retried elsewhere, as for any dead worker."""
+        while not self._stopping:
+            await asyncio.sleep(_HEARTBEAT_S)
+            now = self._queue.clock()
+            for worker in list(self._workers.values()):
+                reason = worker.stuck(now, silent_ns=_SILENT_NS, hung_ns=self._hung_ns)
+                if reason is not None:
+                    log.error("worker.hung", worker=worker.index, pid=worker.pid, reason=reason)
+                    worker.kill()
 
     def _answer(self, batch: Batch, scored: Scored) -> None:
         """Give each request of the batch its own rows' scores, or its refusal."""
@@ -307,13 +334,14 @@ class InferencePool:
     # -- worker events ---------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> WorkerProcess:
-        worker = WorkerProcess(self._worker_options(index), on_message=self._on_message, on_exit=self._on_exit)
+        options = msgspec.structs.replace(self._worker_options(index), heartbeat_s=_HEARTBEAT_S)
+        worker = WorkerProcess(options, on_message=self._on_message, on_exit=self._on_exit)
         self._workers[index] = worker
         return worker
 
     def _on_message(self, worker: WorkerProcess, message: ToServer) -> None:
         if isinstance(message, Scored | ScoreFailed):
-            batch = worker.inflight.pop(message.seq, None)
+            batch = worker.inflight.answered(message.seq, self._queue.clock())
             if batch is not None:
                 if isinstance(message, Scored):
                     self._answer(batch, message)
@@ -337,7 +365,7 @@ class InferencePool:
     def _on_exit(self, worker: WorkerProcess) -> None:
         if self._stopping:
             return
-        exitcode = worker.process.exitcode
+        exitcode = worker.exitcode
         log.error(
             "worker.died",
             worker=worker.index,
@@ -348,14 +376,16 @@ class InferencePool:
         for (index, generation), load in list(self._loads.items()):
             if index == worker.index and not load.done():
                 load.set_exception(PoolError(f"worker {index} died while loading generation {generation}"))
-        orphans = [request for batch in worker.inflight.values() for request in batch.requests]
-        worker.inflight.clear()
+        orphans = worker.inflight.drain()
         for request in reversed(orphans):  # put back in reverse, so they leave again in their order
             self._retry(request)
         self.restarts += 1
         self._crashes[worker.index] += 1
         self.last_worker_failure = (
-            f"worker {worker.index} exited with code {exitcode} "
+            f"worker {worker.index} exited with code {exitcode} while serving generation(s) "
+            f"{sorted(worker.generations)}"
+            if worker.generations
+            else f"worker {worker.index} exited with code {exitcode} "
             f"({self._crashes[worker.index]} time(s) in a row before loading its models)"
         )
         self._pump()

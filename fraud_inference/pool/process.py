@@ -1,4 +1,4 @@
-"""The server-side handle of one worker process: its pipe, readiness callbacks and in-flight batches."""
+"""The server-side handle of one worker process: its pipe, its liveness, the batches it holds."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from fraud_inference.pool.channel import FrameChannel
-from fraud_inference.pool.messages import ToServer, ToWorker, decode_to_server, encode
-from fraud_inference.pool.queue import Batch
+from fraud_inference.pool.inflight import InFlight
+from fraud_inference.pool.messages import Heartbeat, ToServer, ToWorker, decode_to_server, encode
 from fraud_inference.pool.worker import WorkerOptions, run_worker
 
 __all__ = ["WorkerProcess"]
@@ -31,52 +31,81 @@ class WorkerProcess:
         # OpenMP, and a forked child would inherit the server's sockets.
         context = multiprocessing.get_context("spawn")
         self.index = options.index
-        self.conn: Connection
-        self.conn, child_end = context.Pipe(duplex=True)
-        self.process: BaseProcess = context.Process(
+        self._conn: Connection
+        self._conn, child_end = context.Pipe(duplex=True)
+        self._process: BaseProcess = context.Process(
             target=run_worker, args=(child_end, options), name=f"fraud-inference-worker-{options.index}"
         )
-        self.process.start()
+        self._process.start()
         child_end.close()  # only the worker holds its end: it sees EOF the moment the server dies
-        self.inflight: dict[int, Batch] = {}  # batches sent and not answered, by sequence number
+        self.inflight = InFlight()
         self.generations: set[int] = set()
         self.started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.alive = True
-        self.last_heard_ns = time.monotonic_ns()
+        self._alive = True
+        self._last_heard_ns = time.monotonic_ns()
+        self._scoring = Heartbeat(scoring=0, scoring_ns=0)
         self._on_message = on_message
         self._on_exit = on_exit
-        self._channel = FrameChannel(self.conn.fileno(), asyncio.get_running_loop(), self._received, self._lost)
+        self._channel = FrameChannel(self._conn.fileno(), asyncio.get_running_loop(), self._received, self._lost)
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid
+        return self._process.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._process.exitcode
+
+    def is_alive(self) -> bool:
+        """Its pipe is open: it may be sent work (it may still be stuck; see `stuck`)."""
+        return self._alive
 
     def send(self, message: ToWorker) -> None:
         self._channel.send(encode(message))
 
+    def stuck(self, now_ns: int, *, silent_ns: int, hung_ns: int) -> str | None:
+        """Why this worker must be replaced, or None: silent for `silent_ns` while it holds work (stopped,
+        or stuck holding the GIL), or one batch scored for `hung_ns` (HUNG_WORKER_S) and counting."""
+        if not self._alive or not len(self.inflight):
+            return None
+        silent = now_ns - max(self._last_heard_ns, self.inflight.busy_since_ns() or 0)
+        if silent >= silent_ns:
+            return f"no heartbeat for {silent / 1e9:.1f} s while it holds {len(self.inflight)} batch(es)"
+        if self._scoring.scoring and self._scoring.scoring_ns >= hung_ns:
+            return f"one batch scored for {self._scoring.scoring_ns / 1e9:.1f} s (HUNG_WORKER_S)"
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL the process; its pipe's EOF then reports the exit like any other death."""
+        self._process.kill()
+
     def _received(self, payload: bytes) -> None:
-        self.last_heard_ns = time.monotonic_ns()
-        self._on_message(self, decode_to_server(payload))
+        self._last_heard_ns = time.monotonic_ns()
+        message = decode_to_server(payload)
+        if isinstance(message, Heartbeat):
+            self._scoring = message
+            return
+        self._on_message(self, message)
 
     def _lost(self) -> None:
-        if not self.alive:
+        if not self._alive:
             return
-        self.alive = False
+        self._alive = False
         self._channel.close()
-        self.conn.close()
-        self.process.join(timeout=1.0)
+        self._conn.close()
+        self._process.join(timeout=1.0)
         self._on_exit(self)
 
     def close(self) -> None:
         """Close the pipe: the worker exits on EOF. Call on the event loop."""
-        if self.alive:
-            self.alive = False
+        if self._alive:
+            self._alive = False
             self._channel.close()
-            self.conn.close()
+            self._conn.close()
 
     def join_or_kill(self, timeout_s: float = 5.0) -> None:
         """Wait for the process to exit, SIGKILL it if it does not. Blocks: run it off the event loop."""
-        self.process.join(timeout=timeout_s)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=timeout_s)
+        self._process.join(timeout=timeout_s)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=timeout_s)

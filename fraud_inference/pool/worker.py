@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import queue
 import signal
 import threading
 import time
@@ -16,16 +17,18 @@ import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
 from fraud_inference.lifetime import die_with_parent
-from fraud_inference.models.scoring import stack
 from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, InstancesError, SignatureDecoder
 from fraud_inference.pool.messages import (
+    Cancel,
     DropGeneration,
     GenerationLoaded,
+    Heartbeat,
     LoadGeneration,
     Refused,
     Score,
     Scored,
     ScoreFailed,
+    ToWorker,
     WorkerStarted,
     decode_to_worker,
     encode,
@@ -38,6 +41,17 @@ __all__ = ["WorkerOptions", "run_worker"]
 
 Matrix = npt.NDArray[np.float64]
 _EMPTY: Matrix = np.empty(0, dtype=np.float64)
+# A large batch is scored in chunks of about this long, so a cancelled one stops soon after its requests gave
+# up; the chunk's rows adapt to the model's speed (a fast model scores 10,000 rows in one or two calls, whose
+# fixed cost, ~100 us for XGBoost, is then nothing beside the rows' own).
+_CHUNK_NS = 50_000_000
+_FIRST_CHUNK_ROWS = 256
+_MAX_CHUNK_ROWS = 16_384
+
+
+def _row_slice(features: Any, start: int, stop: int) -> Any:
+    """Rows `start:stop` of a batch: a float64 matrix, or a DataFrame on the frame path."""
+    return features.iloc[start:stop] if hasattr(features, "iloc") else features[start:stop]
 
 
 class WorkerOptions(msgspec.Struct, frozen=True):
@@ -49,6 +63,7 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     max_rows: int = 10_000
     error_detail: ErrorDetail = "full"
     extra_features: ExtraFeatures = "reject"
+    heartbeat_s: float = 0.5
 
 
 def run_worker(conn: Connection, options: WorkerOptions) -> None:
@@ -77,21 +92,25 @@ class _Worker:
         self._max_rows = options.max_rows
         self._error_detail = options.error_detail
         self._extra_features = options.extra_features
+        self._heartbeat_s = options.heartbeat_s
         self._log = log
         self._send_lock = threading.Lock()
         self._generations: dict[int, dict[str, ServedModel]] = {}
         # The same files (same version, same download) load once and are shared between generations.
         self._models_by_path: dict[int, dict[str, ServedModel]] = {}
+        self._inbox: queue.SimpleQueue[ToWorker | None] = queue.SimpleQueue()
+        self._cancelled: set[int] = set()
+        self._scoring: tuple[int, int] = (0, 0)  # (batch seq, monotonic ns it started), 0 when idle
+        self._frozen = False
 
     def serve(self) -> None:
         self._preload()
         self._send(WorkerStarted(pid=os.getpid()))
-        while True:
-            try:
-                payload = self._conn.recv_bytes()
-            except (EOFError, OSError):
-                return  # the server is gone: nothing left to score for
-            message = decode_to_worker(payload)
+        # NOTE: the pipe is read by a thread of its own, so a Cancel reaches a batch while it is being scored,
+        # and heartbeats come from another: a slow batch is not a stuck worker (see Heartbeat).
+        threading.Thread(target=self._read, name="reader", daemon=True).start()
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+        while (message := self._inbox.get()) is not None:
             if isinstance(message, Score):
                 self._score(message)
             elif isinstance(message, LoadGeneration):
@@ -100,6 +119,24 @@ class _Worker:
             elif isinstance(message, DropGeneration):
                 self._generations.pop(message.generation, None)
                 self._models_by_path.pop(message.generation, None)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = decode_to_worker(self._conn.recv_bytes())
+            except (EOFError, OSError):
+                self._inbox.put(None)  # the server is gone: nothing left to score for
+                return
+            if isinstance(message, Cancel):
+                self._cancelled.add(message.seq)
+            else:
+                self._inbox.put(message)
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(self._heartbeat_s)
+            seq, started_ns = self._scoring
+            self._send(Heartbeat(scoring=seq, scoring_ns=time.monotonic_ns() - started_ns if seq else 0))
 
     def _preload(self) -> None:
         """Import the model libraries and pin their thread pools before the first load."""
@@ -113,6 +150,16 @@ class _Worker:
         threadpool_limits(1)
 
     def _score(self, request: Score) -> None:
+        self._scoring = (request.seq, time.monotonic_ns())
+        try:
+            self._score_batch(request)
+        finally:
+            self._scoring = (0, 0)
+            # Batches come in order: a Cancel for this one or an earlier one arrived too late to matter.
+            for seq in [seq for seq in self._cancelled if seq <= request.seq]:
+                self._cancelled.discard(seq)
+
+    def _score_batch(self, request: Score) -> None:
         served = self._generations.get(request.generation, {}).get(request.model)
         if served is None:
             self._send(
@@ -126,6 +173,9 @@ class _Worker:
         outcomes: list[int | Refused] = []
         batches: list[Any] = []
         for body in request.bodies:
+            if request.seq in self._cancelled:
+                self._dropped(request)
+                return
             outcome = self._decode(served.decoder, body)
             if isinstance(outcome, Refused):
                 outcomes.append(outcome)
@@ -133,13 +183,28 @@ class _Worker:
                 outcomes.append(len(outcome))
                 batches.append(outcome)
         try:
-            # One model call for the whole batch: its fixed cost (~100 us for XGBoost) is paid once.
-            probabilities = served.scorer.fraud_probability(stack(batches)) if batches else _EMPTY
+            # One model call per chunk of the whole batch: its fixed cost (~100 us for XGBoost) is paid once
+            # for a batch of small requests; a large one is scored chunk by chunk, and dropped between two
+            # when every request of the batch has given up.
+            features = served.decoder.stack(batches) if batches else None
+            total = 0 if features is None else len(features)
+            chunks: list[Matrix] = []
+            start, rows = 0, _FIRST_CHUNK_ROWS
+            while start < total:
+                if request.seq in self._cancelled:
+                    self._dropped(request, scored_rows=start)
+                    return
+                chunk_started = time.monotonic_ns()
+                chunks.append(served.scorer.fraud_probability(_row_slice(features, start, start + rows)))
+                start += rows
+                elapsed = max(time.monotonic_ns() - chunk_started, 1)
+                rows = max(1, min(_MAX_CHUNK_ROWS, rows * _CHUNK_NS // elapsed))
+            probabilities = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else _EMPTY
         except Exception as error:
             if len(batches) > 1:
                 # NOTE: rows the probes at load did not foresee (a custom model's own checks): score each request
                 # alone, so only the one the model cannot score fails, never the requests batched with it.
-                outcomes, probabilities = self._score_alone(served, outcomes, batches)
+                outcomes, probabilities = self._score_alone(request, served, outcomes, batches)
             else:
                 self._log.error(
                     "score.failed",
@@ -165,8 +230,9 @@ class _Worker:
         )
 
     def _score_alone(
-        self, served: ServedModel, outcomes: list[int | Refused], batches: list[Any]
+        self, request: Score, served: ServedModel, outcomes: list[int | Refused], batches: list[Any]
     ) -> tuple[list[int | Refused], Matrix]:
+        """Score each request of a batch the model failed on its own; the ones it still fails on are 422s."""
         scored: list[Matrix] = []
         pending = iter(batches)
         answered: list[int | Refused] = []
@@ -178,8 +244,17 @@ class _Worker:
                 scored.append(served.scorer.fraud_probability(next(pending)))
                 answered.append(outcome)
             except Exception as error:
+                self._log.warning(
+                    "score.refused_by_model", request_id=request.request_ids[len(answered)], model=request.model,
+                    generation=request.generation, error=repr(error)[:200],
+                )  # fmt: skip
                 answered.append(Refused(reason="invalid_rows", message=f"the model cannot score these rows: {error}"))
         return answered, np.concatenate(scored) if scored else _EMPTY
+
+    def _dropped(self, request: Score, *, scored_rows: int = 0) -> None:
+        """Answer a cancelled batch without scoring the rest: nobody waits for it, but its slot is freed."""
+        self._log.info("batch.cancelled", request_ids=request.request_ids, scored_rows=scored_rows)
+        self._send(ScoreFailed(seq=request.seq, error="cancelled: every request of the batch gave up"))
 
     def _decode(self, decoder: SignatureDecoder, body: bytes) -> Any:
         try:
@@ -231,7 +306,12 @@ class _Worker:
         if not errors:
             self._models_by_path[request.generation] = by_path
             self._generations[request.generation] = loaded
-            gc.freeze()  # the libraries and models stay: keep full collections from rescanning them (see service)
+            if not self._frozen:
+                # The libraries stay: keep full collections from rescanning them (see service). Once, after a
+                # collection: a frozen cycle is never freed, and every later generation's models are dropped.
+                gc.collect()
+                gc.freeze()
+                self._frozen = True
         classes = {key: served.scorer.positive_class for key, served in loaded.items()}
         self._send(
             GenerationLoaded(
@@ -239,7 +319,7 @@ class _Worker:
             )
         )
 
-    def _send(self, message: WorkerStarted | GenerationLoaded | Scored | ScoreFailed) -> None:
+    def _send(self, message: WorkerStarted | GenerationLoaded | Scored | ScoreFailed | Heartbeat) -> None:
         payload = encode(message)
         with self._send_lock:
             try:

@@ -90,7 +90,7 @@ def test_probes_and_version_answer_as_mlflow_does(client: TestClient, unready_cl
         ([{"amount": 1.0}], 400, "BAD_REQUEST", "Received a list"),
         ({"dataframe_split": {"columns": ["amount"], "data": [[1.0, 2.0]]}}, 400, "BAD_REQUEST", "data[0]"),
         ({"inputs": {"amount": [1.0], "hour_of_day": [1, 2]}}, 400, "BAD_REQUEST", "every column"),
-        ({"dataframe_records": [{"amount": 1.0}]}, 400, "BAD_REQUEST", "row 0"),
+        ({"dataframe_records": [{"amount": 1.0}]}, 400, "INVALID_PARAMETER_VALUE", "row 0"),
         ({"dataframe_records": [], "params": {"output_margin": True}}, 400, "INVALID_PARAMETER_VALUE", "output_margin"),
         ({"dataframe_records": [], "params": [1]}, 400, "BAD_REQUEST", "params"),
     ],
@@ -123,7 +123,7 @@ def test_an_invalid_row_names_row_and_column(client: TestClient, transactions: p
     records = rows(transactions, 3)
     records[2]["amount"] = "lots"  # type: ignore[assignment]
     answer = client.post("/invocations/sklearn", json={"dataframe_records": records}).json()
-    assert answer["error_code"] == "BAD_REQUEST"
+    assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
     assert "row 2, column 'amount'" in answer["message"], answer
 
 

@@ -169,3 +169,10 @@ def test_not_json_is_415_and_not_ready_is_503(client: TestClient, unready_client
     assert unready.status_code == 503
     assert unready.headers["retry-after"]
     assert unready_client.get("/v2/models/fraud/ready").status_code == 503
+
+
+def test_unevenly_nested_data_is_400(client: TestClient) -> None:  # type: ignore[type-arg]
+    tensor = {"name": "x", "datatype": "FP64", "shape": [2, 20], "data": [[0.0] * 20, 1.0]}
+    response = client.post("/v2/models/xgboost/infer", json={"inputs": [tensor]})
+    assert response.status_code == 400
+    assert "nested evenly" in response.json()["error"]

@@ -19,7 +19,8 @@ def test_version_lists_models_with_features_in_training_order(client: TestClient
         assert model["selected_by"] == "alias:champion"
         assert model["flavor"] == key
         assert model["run_id"]
-        assert model["features"] == [{"name": f.name, "type": f.kind} for f in FEATURES]
+        assert model["features"] == [{"name": f.name, "type": f.kind, "required": True} for f in FEATURES]
+        assert model["positive_class"] == "1"
 
 
 def test_probes_when_ready(client: TestClient) -> None:  # type: ignore[type-arg]

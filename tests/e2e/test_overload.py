@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.e2e.test_hot_swap import rows, worker_pids
+from tests.conftest import slow_xgboost_copy, use_registry
+from tests.e2e.test_hot_swap import promote, rows, worker_pids
 from tests.load import Answer, Load
 
 pytestmark = pytest.mark.slow
@@ -103,3 +105,36 @@ def test_a_stopped_worker_under_load_costs_at_most_its_own_requests_and_is_repla
     assert '"worker.hung"' in service.log()
     with httpx.Client(base_url=service.base_url) as client:
         assert client.post("/v1/predict", json=payload).status_code == 200
+
+
+def test_a_slow_request_answers_504_and_its_only_worker_answers_the_next_at_once(
+    service_factory, private_registry: str, transactions: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The public report: one request scored longer than INFERENCE_TIMEOUT_S got its 504, then its worker was
+    killed as hung, and with one worker everything answered 503 while the replacement loaded."""
+    import mlflow.artifacts
+
+    use_registry(private_registry)
+    champion = Path(mlflow.artifacts.download_artifacts("models:/fraud-xgboost/1", dst_path=str(tmp_path / "v1")))
+    model_dir = next(path.parent for path in champion.rglob("MLmodel"))
+    slow_model = slow_xgboost_copy(model_dir, tmp_path / "slow")
+    assert promote(private_registry, "fraud-xgboost", source=str(slow_model)) == "2"
+    service = service_factory(
+        ["serve"],
+        {"MLFLOW_TRACKING_URI": private_registry, "WORKERS": "1", "INFERENCE_TIMEOUT_S": "1",
+         "MODELS": "xgboost=fraud-xgboost"},
+    )  # fmt: skip
+    service.wait_ready()
+    worker = worker_pids(service)
+    large = json.loads(pd.concat([transactions] * 20).head(10_000).to_json(orient="records"))
+    with service.client() as client:
+        slow = client.post("/v1/predict", json={"instances": large})
+        following = [client.post("/v1/predict", json={"instances": rows(transactions, 5)}) for _ in range(5)]
+        ready = client.get("/readyz")
+    assert slow.status_code == 504, slow.text
+    assert [answer.status_code for answer in following] == [200] * 5, [answer.text for answer in following]
+    assert {answer.json()["model_version"] for answer in following} == {"2"}
+    assert ready.status_code == 200, ready.text
+    assert worker_pids(service) == worker
+    assert '"worker.hung"' not in service.log()
+    assert '"worker.died"' not in service.log()

@@ -102,7 +102,13 @@ def test_started_while_the_registry_is_down_it_is_alive_not_ready_and_becomes_re
                 except httpx.TransportError:
                     pass  # still starting (the preflight tries the registry first)
                 time.sleep(0.2)
-            alive, unready = client.get("/livez"), client.get("/readyz")
+            alive = client.get("/livez")
+            # Until its first attempt has failed the service only says it is starting: wait for that attempt.
+            deadline = time.monotonic() + 60
+            unready = client.get("/readyz")
+            while "starting" in unready.json()["reason"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+                unready = client.get("/readyz")
             time.sleep(3)  # a few failed attempts
             refused = client.post(
                 "/v1/predict", json={"instances": json.loads(transactions.head(1).to_json(orient="records"))}

@@ -140,3 +140,22 @@ def test_a_missing_value_the_model_cannot_take_names_row_and_feature() -> None:
     decoder = SignatureDecoder("test", OPTIONAL, refuse_missing=["device_age_days"])
     with pytest.raises(InstancesError, match=r"instances\[1\]\.device_age_days: missing \(null or left out\)"):
         decoder.matrix(b'[{"amount": 1, "txn_count": 2, "device_age_days": 1}, {"amount": 1, "txn_count": 2}]')
+
+
+def test_a_batch_of_frames_keeps_number_columns_numeric_whatever_each_request_held() -> None:
+    features = (FeatureSpec("is_foreign", "boolean", required=False), FeatureSpec("merchant", "string"))
+    decoder = SignatureDecoder("test", features)
+    with_null = decoder.decode(b'[{"is_foreign": null, "merchant": "a"}]')
+    with_value = decoder.decode(b'[{"is_foreign": true, "merchant": "b"}]')
+    batch = decoder.stack([with_value, with_null])
+    assert batch["is_foreign"].dtype == np.float64
+    assert batch["is_foreign"].tolist()[0] == 1.0
+    assert np.isnan(batch["is_foreign"].tolist()[1])
+    assert batch["merchant"].tolist() == ["b", "a"]
+
+
+def test_a_float_column_stays_float32_with_a_missing_value_as_mlflow_gives_it() -> None:
+    features = (FeatureSpec("ratio", "float", required=False), FeatureSpec("merchant", "string"))
+    frame = SignatureDecoder("test", features).decode(b'[{"merchant": "a"}, {"ratio": 0.5, "merchant": "b"}]')
+    assert frame["ratio"].dtype == np.float32
+    assert frame["ratio"].isna().tolist() == [True, False]

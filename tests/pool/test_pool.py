@@ -23,9 +23,11 @@ from fraud_inference.pool import (
     NoWorkerError,
     RequestRefusedError,
     Scores,
+    WorkerLostError,
     WorkerOptions,
 )
 from fraud_inference.registry import Registry
+from tests.conftest import slow_xgboost_copy
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +43,16 @@ def artifacts(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> d
     return found
 
 
+@pytest.fixture(scope="module")
+def slow_xgboost(artifacts: dict[str, ModelArtifact], tmp_path_factory: pytest.TempPathFactory) -> ModelArtifact:
+    """The demo XGBoost model with its trees repeated 100 times, served as "slow" (see `slow_xgboost_copy`)."""
+    import msgspec
+
+    source = artifacts["xgboost"]
+    directory = slow_xgboost_copy(Path(source.path), tmp_path_factory.mktemp("slow-xgboost") / "model")
+    return msgspec.structs.replace(source, path=str(directory), ref=msgspec.structs.replace(source.ref, key="slow"))
+
+
 def under_key(artifact: ModelArtifact, key: str) -> ModelArtifact:
     """The same artifact served under another model key."""
     import msgspec
@@ -49,13 +61,18 @@ def under_key(artifact: ModelArtifact, key: str) -> ModelArtifact:
 
 
 def run_with_pool(
-    size: int, scenario: Callable[[InferencePool], Awaitable[None]], *, timeout_s: float = 30.0, max_rows: int = 10_000
+    size: int,
+    scenario: Callable[[InferencePool], Awaitable[None]],
+    *,
+    timeout_s: float = 30.0,
+    max_rows: int = 10_000,
+    hung_worker_s: float = 120.0,
 ) -> None:
     def options(index: int) -> WorkerOptions:
         return WorkerOptions(index, "WARNING", "json", max_rows=max_rows)
 
     async def main() -> None:
-        pool = InferencePool(size, options, timeout_s=timeout_s)
+        pool = InferencePool(size, options, timeout_s=timeout_s, hung_worker_s=hung_worker_s)
         await pool.start()
         try:
             await scenario(pool)
@@ -252,26 +269,28 @@ def test_a_hung_worker_times_out_its_request_and_is_replaced(
         pool.activate(1)
         hung = pool.worker_pids()[1]
         assert hung is not None
-        os.kill(hung, signal.SIGSTOP)  # a worker stuck in a call: alive, silent
+        # A fault we cannot get from a healthy worker: one stuck, alive and silent (no heartbeat either).
+        # It stays stopped until the pool replaces it: a worker that comes back by itself is not hung.
+        os.kill(hung, signal.SIGSTOP)
         try:
             outcomes = await asyncio.gather(
                 *(pool.score(1, "xgboost", features, f"r{i}") for i in range(8)), return_exceptions=True
             )
+            timed_out = [o for o in outcomes if isinstance(o, InferenceTimeoutError)]
+            answered = [o for o in outcomes if isinstance(o, Scores)]
+            assert len(timed_out) + len(answered) == 8
+            assert timed_out, "the requests queued on the stopped worker should have timed out"
+            deadline = time.monotonic() + 60
+
+            def healed() -> bool:
+                return hung not in pool.worker_pids().values() and pool.status().ready_workers == 2
+
+            while not healed() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+            assert healed()
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(hung, signal.SIGCONT)
-        timed_out = [o for o in outcomes if isinstance(o, InferenceTimeoutError)]
-        answered = [o for o in outcomes if isinstance(o, Scores)]
-        assert len(timed_out) + len(answered) == 8
-        assert timed_out, "the requests queued on the stopped worker should have timed out"
-        deadline = time.monotonic() + 60
-
-        def healed() -> bool:
-            return hung not in pool.worker_pids().values() and pool.status().ready_workers == 2
-
-        while not healed() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-        assert healed()
         assert len((await pool.score(1, "xgboost", features, "after")).probabilities) == 5
 
     run_with_pool(2, scenario, timeout_s=1.0)
@@ -320,3 +339,49 @@ def test_a_batch_the_model_refuses_fails_only_the_request_it_cannot_score(
         assert pool.status().batches < len(bodies) / 2, "the burst should have been coalesced"
 
     run_with_pool(1, scenario)
+
+
+def test_a_slow_request_times_out_alone_and_no_worker_is_replaced(
+    artifacts: dict[str, ModelArtifact], slow_xgboost: ModelArtifact, transactions: pd.DataFrame
+) -> None:
+    """INFERENCE_TIMEOUT_S bounds the client's wait, nothing more: slow is not hung, and the other worker
+    goes on answering every other request meanwhile."""
+    large = instances(pd.concat([transactions] * 20), slice(0, 10_000))
+    small = instances(transactions, slice(0, 5))
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [artifacts["xgboost"], slow_xgboost]) == {}
+        pool.activate(1)
+        pids = pool.worker_pids()
+        slow = asyncio.ensure_future(pool.score(1, "slow", large, "large"))
+        others: list[Scores] = []
+        while not slow.done():  # requests one after another for as long as the large one waits
+            others.append(await pool.score(1, "xgboost", small, f"small-{len(others)}"))
+        with pytest.raises(InferenceTimeoutError):
+            slow.result()
+        others += await asyncio.gather(*(pool.score(1, "xgboost", small, f"after-{i}") for i in range(20)))
+        assert all(len(scores.probabilities) == 5 for scores in others)
+        assert len(others) > 20
+        status = pool.status()
+        assert (pool.restarts, pool.worker_pids(), status.ready_workers) == (0, pids, 2)
+
+    run_with_pool(2, scenario, timeout_s=1.0)
+
+
+def test_a_batch_scored_past_hung_worker_s_gets_its_worker_replaced(
+    slow_xgboost: ModelArtifact, transactions: pd.DataFrame
+) -> None:
+    """Heartbeats go on while a call runs (the worker is alive), yet one batch past HUNG_WORKER_S is stuck."""
+    large = instances(pd.concat([transactions] * 20), slice(0, 10_000))
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [slow_xgboost]) == {}
+        pool.activate(1)
+        first = pool.worker_pids()[1]
+        with pytest.raises(WorkerLostError):  # killed while scoring it; no other worker holds the model
+            await pool.score(1, "slow", large, "stuck")
+        assert pool.restarts == 1
+        assert first not in pool.worker_pids().values()
+        assert "while serving generation(s) [1]" in (pool.last_worker_failure or "")
+
+    run_with_pool(1, scenario, timeout_s=60.0, hung_worker_s=1.0)

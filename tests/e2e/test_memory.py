@@ -1,0 +1,72 @@
+"""Memory across refreshes: a long-running replica that swaps versions again and again must not grow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import descendants, use_registry
+
+pytestmark = pytest.mark.slow
+
+ADMIN_KEY = "memory-admin-key-0123456789"
+REFRESHES = 30
+
+
+def rss_mib(pid: int) -> float:
+    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def parent_of(pid: int) -> int:
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def test_thirty_refreshes_between_two_versions_leave_server_and_worker_memory_bounded(
+    service_factory, private_registry: str
+) -> None:
+    use_registry(private_registry)
+    client = MlflowClient(tracking_uri=private_registry, registry_uri=private_registry)
+    names = ("fraud-xgboost", "fraud-lightgbm", "fraud-sklearn")
+    # A second version of each model, from the same files: each swap loads every model again, from its own folder.
+    for name in names:
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert client.create_model_version(name, source=champion.source, run_id=champion.run_id).version == 2
+    service = service_factory(
+        ["serve"],
+        {"MLFLOW_TRACKING_URI": private_registry, "WORKERS": "2", "API_KEYS": ADMIN_KEY, "LOG_LEVEL": "WARNING"},
+    )
+    service.wait_ready()
+    workers = {
+        pid: title for pid, title in descendants(service.process.pid).items() if "fraud-inference worker" in title
+    }
+    assert len(workers) == 2, workers
+    server = {parent_of(pid) for pid in workers}.pop()
+    watched = {server: "server", **{pid: "worker " + title.rsplit(" ", 1)[-1] for pid, title in workers.items()}}
+
+    samples: list[dict[int, float]] = []
+    with service.client() as admin:
+        for n in range(1, REFRESHES + 1):
+            for name in names:
+                client.set_registered_model_alias(name, "champion", "2" if n % 2 else "1")
+            answer = admin.post("/admin/refresh-models", headers={"X-API-Key": ADMIN_KEY})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["generation"] == n + 1
+            samples.append({pid: rss_mib(pid) for pid in watched})
+    # From refresh 6 (warm: both versions loaded and freed a few times) to refresh 30, both serving version 1.
+    first, last = samples[5], samples[-1]
+    growth = {name: last[pid] - first[pid] for pid, name in watched.items()}
+    shown = (f"{name} {first[pid]:.1f} -> {last[pid]:.1f} ({growth[name]:+.1f})" for pid, name in watched.items())
+    print(f"\nRSS over refreshes 6 -> {REFRESHES} (MiB): " + ", ".join(shown))
+    assert set(workers) <= set(descendants(service.process.pid)), "no worker may have been replaced"
+    # Measured here: with gc.freeze() after every generation each worker grew ~1.7 MiB over these refreshes
+    # (~280 objects of each generation's cyclic garbage frozen for good), the server 0.5-1.5 MiB; frozen once,
+    # workers +0.1 MiB. RSS moves by a MiB or two for reasons of its own (allocator arenas): the server's bound
+    # is that slack, the workers' is what a generation's frozen garbage cannot stay under.
+    assert growth["server"] < 8, growth
+    assert all(delta < 1.0 for name, delta in growth.items() if name != "server"), growth
