@@ -9,7 +9,7 @@ import os
 import shutil
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,16 +144,7 @@ class Registry:
         return [model.name for model in found]
 
     def _pinned(self, name: str, version: str) -> ModelVersion | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self._client.get_model_version(name, version)
-        except MlflowException as error:
-            if _is_not_found(error):
-                return None
-            raise RegistryUnavailableError(f"registry error looking up {name} v{version}: {error}") from error
-        except Exception as error:
-            raise RegistryUnavailableError(f"registry unreachable looking up {name} v{version}: {error}") from error
+        return _found_or_none(f"{name} v{version}", lambda: self._client.get_model_version(name, version))
 
     def download_once(self, ref: ModelRef, downloads: Path) -> Path:
         """The version's files under `downloads/<name>/<version>`, downloaded only if no complete copy is there.
@@ -191,16 +182,7 @@ class Registry:
         return Path(local)
 
     def _by_alias(self, name: str, alias: str) -> ModelVersion | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self._client.get_model_version_by_alias(name, alias)
-        except MlflowException as error:
-            if _is_not_found(error):
-                return None
-            raise RegistryUnavailableError(f"registry error looking up {name}@{alias}: {error}") from error
-        except Exception as error:
-            raise RegistryUnavailableError(f"registry unreachable looking up {name}@{alias}: {error}") from error
+        return _found_or_none(f"{name}@{alias}", lambda: self._client.get_model_version_by_alias(name, alias))
 
     def _newest_in_stage(self, name: str, stage: str) -> ModelVersion | None:
         from mlflow.exceptions import MlflowException
@@ -273,6 +255,20 @@ def _bound_http_calls(timeout_s: int) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+
+
+def _found_or_none(what: str, lookup: Callable[[], ModelVersion]) -> ModelVersion | None:
+    """The version `lookup` finds; None when the registry says there is none; `RegistryUnavailableError` else."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return lookup()
+    except MlflowException as error:
+        if _is_not_found(error):
+            return None
+        raise RegistryUnavailableError(f"registry error looking up {what}: {error}") from error
+    except Exception as error:
+        raise RegistryUnavailableError(f"registry unreachable looking up {what}: {error}") from error
 
 
 def _is_not_found(error: Exception) -> bool:
