@@ -238,6 +238,10 @@ def _run_server(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
+    # NOTE: granian forks the HTTP process from this one: MLflow imported here (~2.5 s, no model library, no OpenMP)
+    # is inherited, so the HTTP process asks the registry at once; the preflight above ran in its own process.
+    from mlflow import MlflowClient  # noqa: F401
+
     if report.registry_unavailable:
         # Not fatal: the server starts unready and retries with backoff until the registry answers.
         log.warning("registry.unavailable_at_startup", error=report.registry_unavailable)

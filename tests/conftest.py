@@ -80,7 +80,8 @@ class RunningService:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def wait_ready(self, timeout_s: float = 90.0) -> None:
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        # A bound, not a timing: `serve` loads and gates every model before it listens (seconds on a busy machine).
         deadline = time.monotonic() + timeout_s
         with self.client() as client:
             while time.monotonic() < deadline:

@@ -127,8 +127,8 @@ def positive_column(classes: Sequence[Any], tag: str | None, where: str) -> tupl
         return index, labels[index]
     raise ValueError(
         f"{where}: its classes are {labels}, so the fraud class cannot be guessed; set the version tag "
-        "positive_class to the fraud label, e.g. MlflowClient().set_model_version_tag(name, version, "
-        f"'positive_class', {labels[1]!r})"
+        "positive_class to the fraud label: MlflowClient().set_model_version_tag(name, version, 'positive_class', "
+        "'<fraud label>')"
     )
 
 
