@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from tests.conftest import MlflowServer, RunningService, free_port, use_registry
 from tests.load import Answer, Load
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 REFRESH_INTERVAL_S = 3.0
 CLIENTS = 4

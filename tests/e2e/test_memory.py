@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import descendants, use_registry
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 ADMIN_KEY = "memory-admin-key-0123456789"
 REFRESHES = 30

@@ -37,6 +37,7 @@ from tests.conftest import RunningService, free_port, start_service, use_registr
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.soak,
     pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer column:UserWarning"),
 ]
 
