@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from fraud_inference.models.artifact import ModelArtifact
+from fraud_inference.models.signature import on_training_categories, text_dtype
 
 __all__ = ["PARITY_POLICIES", "TOLERANCE", "ParityPolicy", "ParityReport", "check_parity", "check_parity_isolated"]
 
@@ -152,7 +153,7 @@ def _mlflow_scores(artifact: ModelArtifact, served: Any, row: dict[str, Any]) ->
     import pandas as pd
 
     frame = pd.DataFrame([row], columns=[feature.name for feature in artifact.features])
-    text = pd.Series(["text"]).dtype  # the string dtype pandas infers here (object before pandas 3)
+    text = text_dtype()
     for feature in artifact.features:
         column = frame[feature.name]
         if feature.type == "string" and column.isna().all():  # left out (float NaN) or null (None): text
@@ -160,9 +161,7 @@ def _mlflow_scores(artifact: ModelArtifact, served: Any, row: dict[str, Any]) ->
         elif column.dtype == object:  # a number sent as null: NaN, as a client's float column holds it
             frame[feature.name] = column.astype("float64")
     for name, categories in served.scorer.categories.items():
-        known = pd.Index(categories)
-        codes = known.get_indexer(pd.Index(frame[name], dtype=object))
-        frame[name] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(known))
+        frame[name] = on_training_categories(frame[name], pd.CategoricalDtype(pd.Index(categories)))
     return artifact.model_flavor.mlflow_scores(artifact, frame, served.scorer.positive_class)
 
 

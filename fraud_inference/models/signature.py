@@ -16,7 +16,16 @@ from fraud_inference.models.artifact import FeatureSpec
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ErrorDetail", "ExtraFeatures", "InstancesError", "SignatureDecoder", "clip_names", "instances_message"]
+__all__ = [
+    "ErrorDetail",
+    "ExtraFeatures",
+    "InstancesError",
+    "SignatureDecoder",
+    "clip_names",
+    "instances_message",
+    "on_training_categories",
+    "text_dtype",
+]
 
 # Integers beyond 2**53 cannot reach the model exactly as float64; refuse them rather than round silently.
 # Decoded as float so that `3.0` (what many clients write for an integer) is accepted; fractions are refused
@@ -113,7 +122,7 @@ class SignatureDecoder:
         self._frame_checks = self._checks_for(self._numeric_columns)
         import pandas as pd
 
-        self._text = _text_dtype()
+        self._text = text_dtype()
         self._categories = {name: pd.CategoricalDtype(pd.Index(values)) for name, values in (categories or {}).items()}
 
     def decode(self, instances: bytes) -> Matrix | pd.DataFrame:
@@ -160,8 +169,7 @@ class SignatureDecoder:
                 # column of only nulls would otherwise be object None, which a OneHotEncoder scores differently.
                 data[spec.name] = pd.Series(columns[i], dtype=self._text)
             else:
-                codes = dtype.categories.get_indexer(pd.Index(columns[i], dtype=object))
-                data[spec.name] = pd.Categorical.from_codes(codes, dtype=dtype)
+                data[spec.name] = on_training_categories(columns[i], dtype)
         return pd.DataFrame(data)
 
     def stack(self, batches: Sequence[Any]) -> Any:
@@ -241,7 +249,15 @@ class SignatureDecoder:
         return None if self._detail == "generic" else self.features[column].name
 
 
-def _text_dtype() -> Any:
+def on_training_categories(values: Any, dtype: pd.CategoricalDtype) -> pd.Categorical:
+    """`values` as a categorical on the training categories `dtype`: a value never seen in training is missing,
+    never re-coded from the batch's own values."""
+    import pandas as pd
+
+    return pd.Categorical.from_codes(dtype.categories.get_indexer(pd.Index(values, dtype=object)), dtype=dtype)
+
+
+def text_dtype() -> Any:
     """The dtype pandas gives a column of strings (object before pandas 3, `str` from pandas 3)."""
     import pandas as pd
 
