@@ -18,7 +18,7 @@ from fraud_inference.api.docs import DOCS_PATH, docs_static_router, openapi_conf
 from fraud_inference.api.mlflow_protocol import mlflow_router
 from fraud_inference.api.oip import oip_router
 from fraud_inference.api.ready import announce_ready
-from fraud_inference.api.request_id import RequestIdMiddleware, add_request_id_header
+from fraud_inference.api.request_id import RequestEdge
 from fraud_inference.api.routes import v1_router
 from fraud_inference.lifetime import die_with_parent
 from fraud_inference.observability.logging import configure_logging, get_logger
@@ -61,14 +61,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[v1_router(), mlflow_router(), oip_router(), *admin_routers(), docs_static_router()],
         lifespan=[lifespan],
-        middleware=[RequestIdMiddleware()],
-        before_send=[add_request_id_header],
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         openapi_config=openapi_config(__version__),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
     )
-    app.state.metrics = Metrics()
+    app.state.metrics = metrics = Metrics()
+    # Outside Litestar's own layers (exception handlers, CORS), so 404s, 405s and errors get the id and a count.
+    app.asgi_handler = RequestEdge(app.asgi_handler, metrics)
     return app
 
 
