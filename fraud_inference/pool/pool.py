@@ -98,6 +98,7 @@ class InferencePool:
         self._sequence = itertools.count(1)
         self._queue = RequestQueue(batching or BatchPolicy(), queue_limit)
         self._pump_timer: asyncio.TimerHandle | None = None
+        self._pump_scheduled = False
         self._batches_sent = 0
         self._requests_sent = 0  # over batches: how many requests each model call served on average
         self._stopping = False
@@ -227,22 +228,22 @@ class InferencePool:
         """
         if not self._held_by_a_live_worker(generation):
             raise NoWorkerError(f"no live worker holds generation {generation}")
-        future: asyncio.Future[Scores] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Scores] = loop.create_future()
         request = PendingRequest(next(self._sequence), generation, model, body, request_id, future)
         self._queue.put(request)
         self._inflight_by_generation[generation] += 1
+        # NOTE: a timer that fails the future, not asyncio.wait_for: that wraps every request in another future
+        # and callback (~10 us of the HTTP process per request here).
+        deadline = loop.call_later(self._timeout_s, _time_out, future, self._timeout_s)
         try:
-            self._pump()
-            try:
-                return await asyncio.wait_for(future, self._timeout_s)
-            except TimeoutError:
-                raise InferenceTimeoutError(
-                    f"no answer from the inference workers within {self._timeout_s:g} s"
-                ) from None
+            self._pump_soon()
+            return await future
         finally:
+            deadline.cancel()
             # Timed out, or cancelled because the client went away: if it still waits, nobody needs it scored;
             # if a worker has it, its rest is dropped when nobody else waits for its batch.
-            if not self._queue.discard(request) and future.cancelled():
+            if not self._queue.discard(request) and _gave_up(future):
                 self._drop_work(request)
             self._inflight_by_generation[generation] -= 1
             if generation in self._retired:
@@ -272,6 +273,18 @@ class InferencePool:
                 # Rounded up to the microsecond: waking early would only find nothing due and wait again.
                 delay_s = max(0, -(-(due - now) // 1000)) / 1e6
                 self._pump_timer = asyncio.get_running_loop().call_later(delay_s, self._pump_after_wait)
+
+    def _pump_soon(self) -> None:
+        """Pump once the requests that arrived in this turn of the event loop are queued, so that they leave in
+        one batch: granian hands the loop several requests at a time under load, and each batch costs a pipe
+        write, a worker wake-up and a model call."""
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump_scheduled_now)
+
+    def _pump_scheduled_now(self) -> None:
+        self._pump_scheduled = False
+        self._pump()
 
     def _pump_after_wait(self) -> None:
         self._pump_timer = None
@@ -431,3 +444,13 @@ class InferencePool:
             log.info("worker.replaced", worker=index, pid=replacement.pid, generations=generations)
         except Exception as error:
             log.error("worker.replace_failed", worker=index, error=repr(error))
+
+
+def _gave_up(future: asyncio.Future[Scores]) -> bool:
+    """Cancelled (the client went away) or timed out: nobody waits for these rows any more."""
+    return future.cancelled() or (future.done() and isinstance(future.exception(), InferenceTimeoutError))
+
+
+def _time_out(future: asyncio.Future[Scores], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(InferenceTimeoutError(f"no answer from the inference workers within {timeout_s:g} s"))
