@@ -38,7 +38,7 @@ def metrics_cost_us(rows: int) -> float:
         metrics.record_scores("xgboost", "1", probabilities, 0.5, 0.0002)
         metrics.http_in_flight.dec()
         metrics.http_requests.labels("POST", "/v1/predict", "200").inc()
-        metrics.http_duration.labels("/v1/predict").observe(0.001)
+        metrics.http_duration.observe("/v1/predict", 0.001)
 
     loops = 20_000
     seconds = min(timeit.repeat(one_request, number=loops, repeat=3))

@@ -9,7 +9,7 @@ import uuid
 import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
@@ -55,7 +55,6 @@ class RequestEdge:
         self._app = app
         self._metrics = metrics
         self._requests: dict[tuple[str, str, int], Counter] = {}
-        self._durations: dict[str, Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -95,10 +94,7 @@ class RequestEdge:
         if handler is None:
             return
         seconds = duration_ns / 1e9
-        histogram = self._durations.get(route)
-        if histogram is None:
-            histogram = self._durations[route] = self._metrics.http_duration.labels(route)
-        histogram.observe(seconds)
+        self._metrics.http_duration.observe(route, seconds)
         if not handler.opt.get("skip_access_log"):
             log.info(
                 "http.request",

@@ -6,7 +6,9 @@ need no multiprocess files, cannot go backwards when a worker is replaced, and c
 
 from __future__ import annotations
 
+import itertools
 import os
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from fraud_inference.pool.pool import PoolStatus
 
@@ -41,23 +44,20 @@ class Metrics:
         self.http_requests = Counter(
             f"{_PREFIX}_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=r
         )
-        self.http_duration = Histogram(
-            f"{_PREFIX}_http_request_duration_seconds", "HTTP request duration", ["route"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        self.http_duration = BucketHistogram(
+            f"{_PREFIX}_http_request_duration_seconds", "HTTP request duration", "route", _LATENCY_BUCKETS
+        )
         self.http_in_flight = Gauge(f"{_PREFIX}_http_requests_in_flight", "HTTP requests being handled", registry=r)
         self.predictions = Counter(f"{_PREFIX}_predictions", "Requests scored", ["model", "version"], registry=r)
         self.rows_scored = Counter(f"{_PREFIX}_rows_scored", "Rows scored", ["model", "version"], registry=r)
         self.fraud_flagged = Counter(
             f"{_PREFIX}_fraud_flagged", "Rows at or over the model's threshold", ["model", "version"], registry=r
         )
-        self.inference_duration = Histogram(
-            f"{_PREFIX}_inference_duration_seconds", "Model scoring time, measured in the worker", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+        self.inference_duration = BucketHistogram(
+            f"{_PREFIX}_inference_duration_seconds", "Model scoring time, measured in the worker", "model",
+            _LATENCY_BUCKETS,
         )  # fmt: skip
-        self.batch_rows = Histogram(
-            f"{_PREFIX}_batch_rows", "Rows per scored request", ["model"], buckets=_ROW_BUCKETS, registry=r
-        )
+        self.batch_rows = BucketHistogram(f"{_PREFIX}_batch_rows", "Rows per scored request", "model", _ROW_BUCKETS)
         self.model_loads = Counter(f"{_PREFIX}_model_loads", "Model loads in workers", ["model", "outcome"], registry=r)
         self.model_load_duration = Histogram(
             f"{_PREFIX}_model_load_duration_seconds", "Model load time in a worker", ["model"],
@@ -69,8 +69,12 @@ class Metrics:
             ["model", "name", "version", "selected_by", "flavor"], registry=r,
         )  # fmt: skip
         self.refreshes = Counter(f"{_PREFIX}_refreshes", "Model refreshes", ["outcome"], registry=r)
-        self.fraud_score = _ScoreHistograms(f"{_PREFIX}_fraud_score", "Fraud probabilities served", _SCORE_BUCKETS)
-        self._read_at_scrape = _ReadAtScrape(self.fraud_score)
+        self.fraud_score = BucketHistogram(
+            f"{_PREFIX}_fraud_score", "Fraud probabilities served", "model", _SCORE_BUCKETS
+        )
+        self._read_at_scrape = _ReadAtScrape(
+            (self.http_duration, self.inference_duration, self.batch_rows, self.fraud_score)
+        )
         self._scored_series: dict[tuple[str, str], _ScoredSeries] = {}
         r.register(self._read_at_scrape)
 
@@ -90,14 +94,12 @@ class Metrics:
                 requests=self.predictions.labels(model, version),
                 rows=self.rows_scored.labels(model, version),
                 flagged=self.fraud_flagged.labels(model, version),
-                seconds=self.inference_duration.labels(model),
-                batch_rows=self.batch_rows.labels(model),
             )
         series.requests.inc()
         series.rows.inc(rows)
         series.flagged.inc(int(np.count_nonzero(probabilities >= threshold)))
-        series.seconds.observe(seconds)
-        series.batch_rows.observe(rows)
+        self.inference_duration.observe(model, seconds)
+        self.batch_rows.observe(model, rows)
         self.fraud_score.observe_many(model, probabilities)
 
     def record_loads(self, errors: Mapping[str, str], seconds: Mapping[str, float]) -> None:
@@ -113,35 +115,55 @@ class _ScoredSeries:
     requests: Counter
     rows: Counter
     flagged: Counter
-    seconds: Histogram
-    batch_rows: Histogram
 
 
-class _ScoreHistograms:
-    """A histogram per model that takes a whole batch of values in one numpy pass.
+class BucketHistogram:
+    """A Prometheus histogram with one label, exported by the scrape collector; every update is on the event loop.
 
-    NOTE: prometheus-client has no bulk observe: one `observe` per row cost a 1,000-row batch ~1.5 ms.
+    NOTE: not prometheus-client's `Histogram`: its `observe` walks the buckets in Python and takes a lock per
+    update (~3 us; three a request were ~10% of the HTTP process's own time per 1-row request, measured with
+    `python -m benchmarks.http_process`), and it has no bulk observe (one call per row cost a 1,000-row batch
+    ~1.5 ms). Here one value is one `bisect`, and a batch one numpy pass.
     """
 
-    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+    def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...]) -> None:
         self.name = name
         self.documentation = documentation
-        self._bounds = np.array([*buckets, np.inf], dtype=np.float64)
-        self._labels = [*(repr(float(bound)) for bound in buckets), "+Inf"]  # as prometheus-client writes `le`
-        self._counts: dict[str, npt.NDArray[np.int64]] = {}
+        self._label = label
+        self._bounds = [float(bound) for bound in buckets]
+        self._bounds_array = np.array([*self._bounds, np.inf], dtype=np.float64)
+        # As prometheus-client writes `le`.
+        self._les = [*(floatToGoString(bound) for bound in self._bounds), "+Inf"]  # type: ignore[no-untyped-call]
+        self._counts: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
 
-    def observe_many(self, model: str, values: npt.NDArray[np.float64]) -> None:
-        # A value goes to the first bucket whose upper bound is >= it; exported cumulatively.
-        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._bounds))
-        self._counts[model] = self._counts.get(model, 0) + counts
-        self._sums[model] = self._sums.get(model, 0.0) + float(values.sum())
+    def observe(self, label: str, value: float) -> None:
+        """Count `value` in the first bucket whose upper bound is >= it (exported cumulatively)."""
+        counts = self._counts.get(label)
+        if counts is None:
+            counts = self._counts[label] = [0] * (len(self._bounds) + 1)
+            self._sums[label] = 0.0
+        counts[bisect_left(self._bounds, value)] += 1
+        self._sums[label] += value
+
+    def observe_many(self, label: str, values: npt.NDArray[np.float64]) -> None:
+        """`observe` each of `values`, in one numpy pass."""
+        if len(values) == 1:
+            self.observe(label, float(values[0]))
+            return
+        added = np.bincount(np.searchsorted(self._bounds_array, values, side="left"), minlength=len(self._les))
+        counts = self._counts.get(label)
+        if counts is None:
+            counts = self._counts[label] = [0] * (len(self._bounds) + 1)
+            self._sums[label] = 0.0
+        self._counts[label] = [held + new for held, new in zip(counts, added.tolist(), strict=True)]
+        self._sums[label] += float(values.sum())
 
     def family(self) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=["model"])
-        for model, counts in self._counts.items():
-            cumulative = np.cumsum(counts).tolist()
-            family.add_metric([model], list(zip(self._labels, cumulative, strict=True)), self._sums[model])
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self._label])
+        for label, counts in self._counts.items():
+            cumulative = list(itertools.accumulate(counts))
+            family.add_metric([label], list(zip(self._les, cumulative, strict=True)), self._sums[label])
         return family
 
 
@@ -149,9 +171,9 @@ class _ReadAtScrape(Collector):
     """What is read when Prometheus scrapes: the pool's state and running totals, the score histograms, and the
     CPU and resident memory of the HTTP process and of each inference worker (from /proc)."""
 
-    def __init__(self, scores: _ScoreHistograms) -> None:
+    def __init__(self, histograms: tuple[BucketHistogram, ...]) -> None:
         self.pool: PoolStatus | None = None
-        self._scores = scores
+        self._histograms = histograms
 
     def collect(self) -> Iterator[Metric]:
         pool = self.pool or PoolStatus(
@@ -174,7 +196,8 @@ class _ReadAtScrape(Collector):
             "Requests in those batches: over batches, the coalescing",
             value=pool.batched_requests,
         )
-        yield self._scores.family()
+        for histogram in self._histograms:
+            yield histogram.family()
         cpu = CounterMetricFamily(
             f"{_PREFIX}_process_cpu_seconds", "CPU time (user and system) of each process", labels=["process"]
         )
