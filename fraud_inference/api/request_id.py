@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
 import structlog
 from litestar.enums import ScopeType
@@ -31,7 +31,7 @@ def request_id_of(scope: Scope) -> str:
     request_id: str | None = state.get(_STATE_KEY)
     if request_id is None:
         sent = next((value for name, value in scope.get("headers", ()) if name == _HEADER_BYTES), None)
-        request_id = sent.decode() if sent is not None and _SANE.fullmatch(sent) else uuid.uuid4().hex
+        request_id = sent.decode() if sent is not None and _SANE.fullmatch(sent) else os.urandom(16).hex()
         state[_STATE_KEY] = request_id
     return request_id
 

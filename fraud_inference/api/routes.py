@@ -11,10 +11,11 @@ from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.response import Response
+from litestar.types import ASGIApp
 
 from fraud_inference import __version__
 from fraud_inference.api.errors import error_responses
-from fraud_inference.api.protocol import note_scored, require_media_type, service_of
+from fraud_inference.api.protocol import JsonAnswer, note_scored, require_media_type, service_of
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.api.schemas import (
     DependencyInfo,
@@ -44,6 +45,7 @@ from fraud_inference.service import (
 __all__ = ["livez", "metrics", "model_infos", "predict", "readyz", "v1_router", "version"]
 
 _decode_request = msgspec.json.Decoder(PredictRequest).decode
+_encode = msgspec.json.Encoder().encode
 _RETRY_AFTER = {"Retry-After": "1"}
 
 
@@ -110,10 +112,13 @@ def _render_error(_request: Request[Any, Any, Any], error: PredictionError) -> R
     operation_class=_PredictOperation,
     summary="Score transactions",
     raises=[],
-    responses=error_responses(400, 404, 413, 415, 422, 503, 504),
+    responses={
+        200: ResponseSpec(PredictResponse, description="One prediction per instance, in request order."),
+        **error_responses(400, 404, 413, 415, 422, 503, 504),
+    },
     tags=["prediction"],
 )
-async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
+async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
     """Score each instance with the served model; predictions come back in request order."""
     service = service_of(request)
     service.check_capacity()
@@ -131,7 +136,7 @@ async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
     scored = await service.predict(parsed.model, bytes(parsed.instances), request_id)
     note_scored(request, scored, "v1")
     ref = scored.ref
-    return PredictResponse(
+    answer = PredictResponse(
         model=scored.selection.key,
         model_name=ref.name,
         model_version=ref.version,
@@ -144,6 +149,7 @@ async def predict(request: Request[Any, Any, Any]) -> PredictResponse:
             for p, f in zip(scored.probabilities.tolist(), scored.flagged.tolist(), strict=True)
         ],
     )
+    return JsonAnswer(_encode(answer))
 
 
 @get("/v1/version", tags=["service"], summary="Served model versions")
