@@ -310,7 +310,8 @@ class MlflowScoringServer:
         return server
 
     def cpu(self) -> CpuSeconds:
-        """The `mlflow` CLI as `supervisor`, uvicorn's workers (HTTP and scoring) as `workers`."""
+        """The `mlflow` CLI and uvicorn's supervisor as `supervisor`, uvicorn's workers (HTTP and scoring) as
+        `workers`."""
         return cpu_by_role(self.process.pid, _mlflow_role)
 
     def memory(self, models: str) -> ServerMemory:
@@ -392,9 +393,11 @@ def _role(root_pid: int, pid: int, title: str) -> Role:
 
 
 def _mlflow_role(root_pid: int, pid: int, title: str) -> Role:
-    if pid == root_pid:
-        return "supervisor"
-    return "workers" if "multiprocessing" in title else "other"
+    if "spawn_main" in title:
+        return "workers"  # uvicorn's workers: HTTP and scoring
+    if pid == root_pid or "uvicorn" in title:
+        return "supervisor"  # the `mlflow` CLI and uvicorn's supervisor
+    return "other"  # multiprocessing's resource tracker
 
 
 def process_tree(root_pid: int) -> dict[int, str]:
