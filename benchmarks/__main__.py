@@ -44,7 +44,7 @@ from benchmarks.scenarios import (
     with_protocols,
     workload,
 )
-from benchmarks.service import CpuSeconds, MlflowScoringServer, OurService, ServiceStartError
+from benchmarks.service import CpuSeconds, Measured, MlflowScoringServer, OurService, ServiceStartError
 
 _WARM_UP_S = 5.0
 """Load before each server's first scenario: MLServer still ran at half its rate 4 s into its load."""
@@ -258,7 +258,7 @@ def _mlflow(
 
     model_uri = f"models:/{DEMO_MODELS['xgboost']}@{CHAMPION_ALIAS}"
     try:
-        server = MlflowScoringServer.start(model_uri, tracking_uri, workers=2, log_dir=home)
+        server = MlflowScoringServer.start(model_uri, tracking_uri, model_key="xgboost", workers=2, log_dir=home)
         _say(f"mlflow models serve is ready at {server.base_url} ({server.ready_s:.1f} s after its start)")
     except ServiceStartError as failure:
         run.notes.append(f"MLflow's scoring server did not start: {failure}")
@@ -273,8 +273,7 @@ def _mlflow(
             loadgen,
             seconds,
         )
-        run.memory.append(server.memory("xgboost"))
-        run.ready += [ready] if (ready := server.time_to_ready("xgboost")) else []
+        _footprint(run, server)
         return results
     except LoadgenError as failure:
         run.notes.append(f"MLflow's scoring server could not be measured: {failure}")
@@ -283,11 +282,11 @@ def _mlflow(
         server.stop()
 
 
-def _footprint(run: BenchmarkRun, service: OurService) -> None:
-    """Record a service's time to ready and its processes' memory (nothing for one we did not start)."""
-    if (memory := service.memory()) is not None:
+def _footprint(run: BenchmarkRun, server: Measured) -> None:
+    """Record a server's time to ready and its processes' memory (nothing for one we did not start)."""
+    if (memory := server.memory()) is not None:
         run.memory.append(memory)
-    if (ready := service.time_to_ready()) is not None:
+    if (ready := server.time_to_ready()) is not None:
         run.ready.append(ready)
 
 
@@ -344,7 +343,7 @@ def _mlserver(
 
     try:
         executable = mlserver_environment(say=_say)
-        model = model_file(tracking_uri, DEMO_MODELS["xgboost"], CHAMPION_ALIAS, home / "mlserver-model")
+        model = model_file(tracking_uri, "xgboost", DEMO_MODELS["xgboost"], CHAMPION_ALIAS, home / "mlserver-model")
         server = MLServer.start(executable, model, workers=2, log_dir=home)
     except ServiceStartError as failure:
         run.notes.append(f"MLServer did not start: {failure}")
@@ -368,8 +367,7 @@ def _mlserver(
             loadgen,
             seconds,
         )
-        run.memory.append(server.memory("xgboost"))
-        run.ready += [ready] if (ready := server.time_to_ready("xgboost")) else []
+        _footprint(run, server)
         return results
     except (LoadgenError, ServiceStartError, OSError) as failure:
         run.notes.append(f"MLServer could not be measured: {failure}")

@@ -63,6 +63,8 @@ class _InferenceResponse(msgspec.Struct):
 class ModelFile(msgspec.Struct, frozen=True):
     """One registered version's native model file, downloaded from the registry."""
 
+    key: str
+    """What our service calls the model (`xgboost`)."""
     name: str
     version: int
     path: Path
@@ -130,8 +132,9 @@ def mlserver_environment(
     return executable
 
 
-def model_file(tracking_uri: str, name: str, alias: str, destination: Path) -> ModelFile:
-    """Download the native file of `name@alias` (its MLmodel's `xgboost.data`) into `destination`."""
+def model_file(tracking_uri: str, key: str, name: str, alias: str, destination: Path) -> ModelFile:
+    """Download the native file of `name@alias` (its MLmodel's `xgboost.data`) into `destination`; `key` is
+    what our service calls the model."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.models import Model
@@ -148,6 +151,7 @@ def model_file(tracking_uri: str, name: str, alias: str, destination: Path) -> M
     if "xgboost" not in flavors:
         raise ServiceStartError(f"{name} v{version.version} is not an XGBoost model: MLServer's baseline needs one")
     return ModelFile(
+        key=key,
         name=name,
         version=int(version.version),
         path=local / flavors["xgboost"]["data"],
@@ -232,14 +236,14 @@ class MLServer:
         """MLServer's main process (HTTP, batching, dispatch) as `http`, its inference workers as `workers`."""
         return cpu_by_role(self.process.pid, _role)
 
-    def memory(self, models: str) -> ServerMemory:
-        return server_memory(f"MLServer {MLSERVER_VERSION}", models, self.process.pid, _role)
+    def memory(self) -> ServerMemory:
+        return server_memory(f"MLServer {MLSERVER_VERSION}", self.model.key, self.process.pid, _role)
 
-    def time_to_ready(self, models: str) -> TimeToReady | None:
+    def time_to_ready(self) -> TimeToReady | None:
         if self.ready_s is None:
             return None
         return TimeToReady(
-            server=f"MLServer {MLSERVER_VERSION}", models=models, seconds=self.ready_s,
+            server=f"MLServer {MLSERVER_VERSION}", models=self.model.key, seconds=self.ready_s,
             ready_when="/v2/health/ready and /v2/models/NAME/ready 200",
         )  # fmt: skip
 

@@ -19,12 +19,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
 __all__ = [
     "CpuSeconds",
+    "Measured",
     "MlflowScoringServer",
     "OurService",
     "ProcessMemory",
@@ -117,6 +118,14 @@ class TimeToReady(msgspec.Struct, frozen=True):
     seconds: float
     ready_when: str
     """What was polled, e.g. `/readyz 200`."""
+
+
+class Measured(Protocol):
+    """A server whose footprint the report shows: its processes' memory and its time to ready."""
+
+    def memory(self) -> ServerMemory | None: ...
+
+    def time_to_ready(self) -> TimeToReady | None: ...
 
 
 class _ServedModel(msgspec.Struct):
@@ -271,9 +280,10 @@ class OurService:
 class MlflowScoringServer:
     """`mlflow models serve --env-manager local` of one registered model, in its own session."""
 
-    def __init__(self, process: subprocess.Popen[bytes], base_url: str) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, models: str) -> None:
         self.process = process
         self.base_url = base_url
+        self.models = models
         self.ready_s: float | None = None
 
     @property
@@ -282,8 +292,16 @@ class MlflowScoringServer:
 
     @classmethod
     def start(
-        cls, model_uri: str, tracking_uri: str, *, workers: int, log_dir: Path, timeout_s: float = 180
+        cls,
+        model_uri: str,
+        tracking_uri: str,
+        *,
+        model_key: str,
+        workers: int,
+        log_dir: Path,
+        timeout_s: float = 180,
     ) -> MlflowScoringServer:
+        """Serve `model_uri` (the model our service calls `model_key`) and wait for /ping."""
         port = free_port()
         env = {
             **_without_mlflow(os.environ),
@@ -299,7 +317,7 @@ class MlflowScoringServer:
         with log.open("wb") as sink:
             # Its own session: uvicorn's workers are stopped with the group, and only that group.
             process = subprocess.Popen(command, env=env, stdout=sink, stderr=sink, start_new_session=True)
-        server = cls(process, f"http://127.0.0.1:{port}")
+        server = cls(process, f"http://127.0.0.1:{port}", model_key)
         try:
             # NOTE: each uvicorn worker builds its app (and so answers /ping) only after loading the model:
             # the first 200 means one of the workers holds it; they load side by side.
@@ -314,14 +332,14 @@ class MlflowScoringServer:
         `workers`."""
         return cpu_by_role(self.process.pid, _mlflow_role)
 
-    def memory(self, models: str) -> ServerMemory:
-        return server_memory("mlflow models serve", models, self.process.pid, _mlflow_role)
+    def memory(self) -> ServerMemory:
+        return server_memory("mlflow models serve", self.models, self.process.pid, _mlflow_role)
 
-    def time_to_ready(self, models: str) -> TimeToReady | None:
+    def time_to_ready(self) -> TimeToReady | None:
         if self.ready_s is None:
             return None
         return TimeToReady(
-            server="mlflow models serve", models=models, seconds=self.ready_s,
+            server="mlflow models serve", models=self.models, seconds=self.ready_s,
             ready_when="/ping 200 (a worker has loaded the model)",
         )  # fmt: skip
 
