@@ -1,6 +1,6 @@
 """Load-test fraud-inference against MLflow's own scoring server and the in-process ceiling.
 
-    uv run python -m benchmarks                # full run, ~6 minutes on 2 cores
+    uv run python -m benchmarks                # full run, ~5-7 minutes on 2 cores
     uv run python -m benchmarks --quick        # smoke test, well under a minute (CI)
     uv run python -m benchmarks --url http://127.0.0.1:8000   # a running service (demo models)
     uv run python -m benchmarks --mlserver     # MLServer 1.7.1 beside MLflow (its environment built once)
