@@ -1,17 +1,20 @@
 """Load-test fraud-inference against MLflow's own scoring server and the in-process ceiling.
 
-    uv run python -m benchmarks                # full run, ~6 minutes on 2 cores
+    uv run python -m benchmarks                # full run, ~5-7 minutes on 2 cores
     uv run python -m benchmarks --quick        # smoke test, well under a minute (CI)
     uv run python -m benchmarks --url http://127.0.0.1:8000   # a running service (demo models)
+    uv run python -m benchmarks --mlserver     # MLServer 1.7.1 beside MLflow (its environment built once)
 
 Seeds a demo registry in a temporary home, serves it with `fraud-inference serve` (WORKERS=2), and
-drives each scenario with wrk, checking every answer. Exits 1 when any request to fraud-inference
+drives each scenario with wrk, checking every answer. Each server's time to ready and its processes'
+memory (USS and PSS, by role) are reported side by side. Exits 1 when any request to fraud-inference
 failed (or 2 when it did not start); never because of a timing. Results go to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -21,8 +24,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import msgspec
+
 from benchmarks.baselines import NativeBaseline, native_baselines
 from benchmarks.loadgen import Loadgen, LoadgenError, find_loadgen, run_load
+from benchmarks.mlserver import MLSERVER_VERSION, MLServer, mlserver_environment, model_file
 from benchmarks.report import BenchmarkRun, ScenarioResult, markdown, write_results
 from benchmarks.scenarios import (
     PROTOCOLS,
@@ -31,13 +37,20 @@ from benchmarks.scenarios import (
     Target,
     mlflow_bodies,
     mlflow_scenarios,
+    mlserver_bodies,
+    mlserver_scenarios,
     our_requests,
     our_scenarios,
     with_protocols,
+    workload,
 )
-from benchmarks.service import CpuSeconds, MlflowScoringServer, OurService, ServiceStartError
+from benchmarks.service import CpuSeconds, Measured, MlflowScoringServer, OurService, ServiceStartError
 
-_WARM_UP_S = 2.0
+_WARM_UP_S = 5.0
+"""Load before each server's first scenario: MLServer still ran at half its rate 4 s into its load."""
+_PROBE_ROWS = (1, 100)
+"""The batch sizes whose first batch another server must score as ours does (MLServer)."""
+_PARITY = 1e-6
 _STARTED = time.monotonic()
 
 
@@ -76,30 +89,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"benchmarks: fraud-inference is not ready: {failure}", file=sys.stderr)
             return 2
         run.model_versions = service.model_versions()
-        _say(f"fraud-inference is ready at {service.base_url}, serving {run.model_versions}")
+        _say(f"fraud-inference is ready at {service.base_url}, serving {run.model_versions}"
+             + (f" ({service.ready_s:.1f} s after its start)" if service.ready_s is not None else ""))  # fmt: skip
+        references: dict[int, list[float]] = {}
         try:
             scenarios = with_protocols(
                 _only(our_scenarios(quick=args.quick), args.only), tuple(args.protocol or ["v1"])
             )
             run.ours = _run_scenarios("fraud-inference", scenarios, lambda s: our_requests(s, service.base_url),
                                       service.cpu, loadgen, seconds)  # fmt: skip
-            run.memory = service.memory()
+            _footprint(run, service)
+            if args.mlserver:
+                references = _our_answers(service, run)
         except LoadgenError as failure:
             print(f"benchmarks: {failure}", file=sys.stderr)
             return 1
         finally:
             service.stop()
+        if tracking_uri is not None and not args.url and _wanted(args.memory_xgboost_only, quick=args.quick):
+            _xgboost_only(tracking_uri, run, home, loadgen)
         if tracking_uri is None:
             run.notes.append("No registry to load from (--url without --tracking-uri): baselines skipped.")
         else:
-            if args.native if args.native is not None else not args.quick:
+            if _wanted(args.native, quick=args.quick):
                 run.native = _native(tracking_uri, quick=args.quick, run=run)
             else:
                 run.notes.append("In-process scoring skipped (quick mode; --native to include it).")
-            if args.mlflow if args.mlflow is not None else not args.quick:
+            if _wanted(args.mlflow, quick=args.quick):
                 run.mlflow = _mlflow(tracking_uri, run, home, loadgen, seconds, quick=args.quick, only=args.only)
             else:
                 run.notes.append("MLflow's scoring server skipped (quick mode; --mlflow to include it).")
+            if args.mlserver:
+                run.mlserver = _mlserver(tracking_uri, run, home, loadgen, seconds, args=args, references=references)
         run.wall_time_s = time.monotonic() - started
         print(markdown(run))
         for path in write_results(run, out):
@@ -138,7 +159,27 @@ def _parser() -> argparse.ArgumentParser:
     native = parser.add_mutually_exclusive_group()
     native.add_argument("--native", dest="native", action="store_true", default=None, help="score in-process")
     native.add_argument("--no-native", dest="native", action="store_false", help="skip in-process scoring")
+    parser.add_argument(
+        "--mlserver",
+        action="store_true",
+        help=f"also run MLServer {MLSERVER_VERSION} on the XGBoost champion's model file (adaptive batching, 2 "
+        "parallel workers), in a virtual environment the harness builds once in ~/.cache/fraud-inference",
+    )
+    alone = parser.add_mutually_exclusive_group()
+    alone.add_argument(
+        "--memory-xgboost-only",
+        dest="memory_xgboost_only",
+        action="store_true",
+        default=None,
+        help="also start ours serving the XGBoost model alone, for its time to ready and memory (full runs do)",
+    )
+    alone.add_argument("--no-memory-xgboost-only", dest="memory_xgboost_only", action="store_false")
     return parser
+
+
+def _wanted(option: bool | None, *, quick: bool) -> bool:
+    """An on/off option: as given, else on in full runs and off in quick ones."""
+    return option if option is not None else not quick
 
 
 def _seed(home: Path, run: BenchmarkRun, *, quick: bool) -> str:
@@ -217,14 +258,14 @@ def _mlflow(
 
     model_uri = f"models:/{DEMO_MODELS['xgboost']}@{CHAMPION_ALIAS}"
     try:
-        server = MlflowScoringServer.start(model_uri, tracking_uri, workers=2, log_dir=home)
-        _say(f"mlflow models serve is ready at {server.base_url}")
+        server = MlflowScoringServer.start(model_uri, tracking_uri, model_key="xgboost", workers=2, log_dir=home)
+        _say(f"mlflow models serve is ready at {server.base_url} ({server.ready_s:.1f} s after its start)")
     except ServiceStartError as failure:
         run.notes.append(f"MLflow's scoring server did not start: {failure}")
         return []
     try:
         scenarios = _only(mlflow_scenarios(quick=quick), only)
-        return _run_scenarios(
+        results = _run_scenarios(
             "mlflow",
             scenarios,
             lambda s: Requests(server.invocations_url, mlflow_bodies(s)),
@@ -232,11 +273,122 @@ def _mlflow(
             loadgen,
             seconds,
         )
+        _footprint(run, server)
+        return results
     except LoadgenError as failure:
         run.notes.append(f"MLflow's scoring server could not be measured: {failure}")
         return []
     finally:
         server.stop()
+
+
+def _footprint(run: BenchmarkRun, server: Measured) -> None:
+    """Record a server's time to ready and its processes' memory (nothing for one we did not start)."""
+    if (memory := server.memory()) is not None:
+        run.memory.append(memory)
+    if (ready := server.time_to_ready()) is not None:
+        run.ready.append(ready)
+
+
+def _xgboost_only(tracking_uri: str, run: BenchmarkRun, home: Path, loadgen: Loadgen) -> None:
+    """Start ours serving the XGBoost champion alone (as the peers do), warm it up, and record its footprint."""
+    from fraud_inference.demo.seeding import CHAMPION_ALIAS, DEMO_MODELS
+
+    try:
+        service = OurService.start(
+            tracking_uri, workers=2, log_dir=home, models={"xgboost": f"{DEMO_MODELS['xgboost']}@{CHAMPION_ALIAS}"}
+        )
+    except ServiceStartError as failure:
+        run.notes.append(f"fraud-inference serving the XGBoost model alone did not start: {failure}")
+        return
+    try:
+        _say(f"fraud-inference (XGBoost alone) is ready ({service.ready_s or 0:.1f} s after its start)")
+        warm_up = our_requests(Scenario("warm-up", ("xgboost",), 1, 16), service.base_url)
+        load = run_load(loadgen, warm_up.url, warm_up.bodies, connections=16, seconds=_WARM_UP_S, expect=warm_up.expect)
+        if load.errors:
+            run.notes.append(
+                f"fraud-inference serving the XGBoost model alone failed {load.errors} warm-up request(s)."
+            )
+        _footprint(run, service)
+    except LoadgenError as failure:
+        run.notes.append(f"fraud-inference serving the XGBoost model alone could not be measured: {failure}")
+    finally:
+        service.stop()
+
+
+def _our_answers(service: OurService, run: BenchmarkRun) -> dict[int, list[float]]:
+    """Our XGBoost probabilities for the first batch of each probe size: what MLServer must answer too."""
+    try:
+        return {
+            rows: service.fraud_probabilities("xgboost", json.loads(workload(rows)[0].to_json(orient="records")))
+            for rows in _PROBE_ROWS
+        }
+    except (OSError, msgspec.DecodeError) as failure:
+        run.notes.append(f"Our reference answers for MLServer's check could not be read: {failure}")
+        return {}
+
+
+def _mlserver(
+    tracking_uri: str,
+    run: BenchmarkRun,
+    home: Path,
+    loadgen: Loadgen,
+    seconds: float,
+    *,
+    args: argparse.Namespace,
+    references: dict[int, list[float]],
+) -> list[ScenarioResult]:
+    """Serve the XGBoost champion's model file with MLServer, check its answers against ours, run its scenarios."""
+    from fraud_inference.demo.seeding import CHAMPION_ALIAS, DEMO_MODELS
+
+    try:
+        executable = mlserver_environment(say=_say)
+        model = model_file(tracking_uri, "xgboost", DEMO_MODELS["xgboost"], CHAMPION_ALIAS, home / "mlserver-model")
+        server = MLServer.start(executable, model, workers=2, log_dir=home)
+    except ServiceStartError as failure:
+        run.notes.append(f"MLServer did not start: {failure}")
+        return []
+    _say(f"MLServer is ready at {server.base_url} ({server.ready_s or 0:.1f} s after its start; "
+         f"model file downloaded in {model.download_s:.1f} s before)")  # fmt: skip
+    run.notes.append(
+        f"MLServer has no registry client: the harness downloaded {model.name} v{model.version}'s model file in "
+        f"{model.download_s:.1f} s before starting it, outside its time to ready."
+    )
+    if model.version != run.model_versions.get("xgboost"):
+        run.notes.append(f"MLServer serves {model.name} v{model.version}, ours served {run.model_versions}.")
+    try:
+        run.notes.append(_parity(server, references))
+        scenarios = _only(mlserver_scenarios(quick=args.quick), args.only)
+        results = _run_scenarios(
+            "mlserver",
+            scenarios,
+            lambda s: Requests(server.infer_url, mlserver_bodies(s), expect='"predict_proba"'),
+            server.cpu,
+            loadgen,
+            seconds,
+        )
+        _footprint(run, server)
+        return results
+    except (LoadgenError, ServiceStartError, OSError) as failure:
+        run.notes.append(f"MLServer could not be measured: {failure}")
+        return []
+    finally:
+        server.stop()
+
+
+def _parity(server: MLServer, references: dict[int, list[float]]) -> str:
+    """Whether MLServer's fraud probabilities equal ours on the probe batches: a note for the report."""
+    if not references:
+        return "MLServer's answers were not compared with ours (no reference answers from ours)."
+    worst = 0.0
+    for rows, ours in references.items():
+        theirs = server.fraud_probabilities(mlserver_bodies(Scenario("probe", ("xgboost",), rows, 1))[0])
+        if len(theirs) != len(ours):
+            return f"MLServer answered {len(theirs)} probabilities for {rows} rows, ours {len(ours)}."
+        worst = max(worst, *(abs(a - b) for a, b in zip(ours, theirs, strict=True)))
+    verdict = "equal ours within" if worst <= _PARITY else "DIFFER from ours by more than"
+    return (f"MLServer's fraud probabilities on the first {' and '.join(map(str, references))}-row batches "
+            f"{verdict} {_PARITY:g} (largest difference {worst:.2g}).")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import msgspec
 from benchmarks.baselines import NativeBaseline
 from benchmarks.loadgen import LoadResult
 from benchmarks.scenarios import Scenario, Target
-from benchmarks.service import CpuSeconds, ProcessMemory
+from benchmarks.service import CpuSeconds, ServerMemory, TimeToReady
 
 __all__ = ["BenchmarkRun", "ScenarioResult", "markdown", "plot_latency_throughput", "write_results"]
 
@@ -53,7 +53,10 @@ class BenchmarkRun(msgspec.Struct):
     ours: list[ScenarioResult]
     mlflow: list[ScenarioResult]
     native: list[NativeBaseline]
-    memory: list[ProcessMemory]
+    memory: list[ServerMemory]
+    """Each server's processes, read once after its scenarios (ours also serving the XGBoost model alone)."""
+    mlserver: list[ScenarioResult] = msgspec.field(default_factory=list)
+    ready: list[TimeToReady] = msgspec.field(default_factory=list)
     wall_time_s: float = 0.0
     notes: list[str] = msgspec.field(default_factory=list)
 
@@ -82,7 +85,11 @@ def _curves(run: BenchmarkRun) -> dict[str, list[ScenarioResult]]:
     """The latency-versus-throughput series with two points or more, by server, in order of concurrency."""
     curves = {
         label: sorted((r for r in results if r.scenario.curve), key=lambda r: r.scenario.connections)
-        for label, results in (("fraud-inference", run.ours), ("mlflow models serve", run.mlflow))
+        for label, results in (
+            ("fraud-inference", run.ours),
+            ("mlflow models serve", run.mlflow),
+            ("MLServer", run.mlserver),
+        )
     }
     return {label: curve for label, curve in curves.items() if len(curve) >= 2}
 
@@ -127,6 +134,21 @@ def markdown(run: BenchmarkRun) -> str:
             f"{_cpu(result.server_cpu_s.total if result.server_cpu_s else None)} | {result.loadgen_core_share:.0%} |"
             for result in run.mlflow
         ]
+    if run.mlserver:
+        lines += [
+            "",
+            "## MLServer (same model file, adaptive batching: 64 requests / 2 ms, 2 parallel workers, OIP V2 REST)",
+            "",
+            "| scenario | req/s | rows/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU s main (HTTP) "
+            "| CPU s workers | loadgen % core |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {result.scenario.name} | {_latency_cells(result)} | {result.errors} | "
+            f"{_cpu(result.server_cpu_s.http if result.server_cpu_s else None)} | "
+            f"{_cpu(result.server_cpu_s.workers if result.server_cpu_s else None)} | {result.loadgen_core_share:.0%} |"
+            for result in run.mlserver
+        ]
     lines += _comparison(run)
     if run.native:
         lines += [
@@ -141,39 +163,92 @@ def markdown(run: BenchmarkRun) -> str:
             f"{base.rows_per_cpu_s:,.0f} |"
             for base in run.native
         ]
-    if run.memory:
-        lines += ["", "## Resident memory, three models loaded", "", "| process | pid | RSS MiB |", "|---|---:|---:|"]
-        lines += [f"| {process.role} | {process.pid} | {process.rss_mib:,.0f} |" for process in run.memory]
+    lines += _footprints(run)
     if run.notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in run.notes)]
     return "\n".join(lines) + "\n"
 
 
 def _comparison(run: BenchmarkRun) -> list[str]:
-    mlflow = {result.scenario.name: result for result in run.mlflow}
+    peers = [("MLflow", {result.scenario.name: result for result in run.mlflow})]
+    if run.mlserver:
+        peers.append(("MLServer", {result.scenario.name: result for result in run.mlserver}))
     native = {(base.model, base.rows): base for base in run.native}
+    header = "| scenario | ours req/s | " + "".join(f"{peer} req/s | ours / {peer} | " for peer, _ in peers)
+    header += "ours p99 ms | " + "".join(f"{peer} p99 ms | " for peer, _ in peers)
     lines = [
         "",
         "## Side by side: same rows, same concurrency, same model version",
         "",
-        "| scenario | ours req/s | MLflow req/s | ours / MLflow | ours p99 ms | MLflow p99 ms "
-        "| in-process rows/s, one core | ours rows/s / in-process |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        header + "in-process rows/s, one core | ours rows/s / in-process |",
+        "|---|" + "---:|" * (4 + 3 * len(peers)),
     ]
     for result in run.ours:
-        theirs = mlflow.get(result.scenario.name)
         ceiling = native.get((result.scenario.models[0], result.scenario.rows))
         if len(result.scenario.models) > 1:
             ceiling = None  # a mixed run has no single in-process counterpart
+        theirs = [results.get(result.scenario.name) for _, results in peers]
+        rates = "".join(
+            f"{f'{peer.load.requests_per_s:,.0f}' if peer else '-'} | "
+            f"{_ratio(result.load.requests_per_s, peer.load.requests_per_s) if peer else '-'} | "
+            for peer in theirs
+        )
+        tails = "".join(f"{f'{peer.load.p99_ms:,.1f}' if peer else '-'} | " for peer in theirs)
         lines.append(
-            f"| {result.scenario.name} | {result.load.requests_per_s:,.0f} | "
-            f"{f'{theirs.load.requests_per_s:,.0f}' if theirs else '-'} | "
-            f"{_ratio(result.load.requests_per_s, theirs.load.requests_per_s) if theirs else '-'} | "
-            f"{result.load.p99_ms:,.1f} | {f'{theirs.load.p99_ms:,.1f}' if theirs else '-'} | "
-            f"{f'{ceiling.rows_per_cpu_s:,.0f}' if ceiling else '-'} | "
+            f"| {result.scenario.name} | {result.load.requests_per_s:,.0f} | {rates}{result.load.p99_ms:,.1f} | "
+            f"{tails}{f'{ceiling.rows_per_cpu_s:,.0f}' if ceiling else '-'} | "
             f"{_ratio(result.rows_per_s, ceiling.rows_per_cpu_s) if ceiling else '-'} |"
         )
     return lines
+
+
+def _footprints(run: BenchmarkRun) -> list[str]:
+    """Each server's time to ready and memory side by side, then its memory by role."""
+    if not run.memory and not run.ready:
+        return []
+    ready = {(entry.server, entry.models): entry for entry in run.ready}
+    memory = {(entry.server, entry.models): entry for entry in run.memory}
+    lines = [
+        "",
+        "## Time to ready and memory, side by side",
+        "",
+        "Seconds from the process start to ready, the models already in the registry. Memory of all the "
+        "server's processes after its scenarios, from /proc/PID/smaps_rollup: USS sums the private pages, PSS "
+        "counts each page shared between them once (RSS sums would count shared pages once per process).",
+        "",
+        "| server | models | seconds to ready | ready when | processes | USS MiB | PSS MiB | RSS MiB, summed |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for key in [*memory, *(key for key in ready if key not in memory)]:
+        started, used = ready.get(key), memory.get(key)
+        lines.append(
+            f"| {key[0]} | {key[1]} | {f'{started.seconds:.1f}' if started else '-'} | "
+            f"{started.ready_when if started else '-'} | {len(used.processes) if used else '-'} | "
+            f"{_mib(used.uss_mib if used else None)} | {_mib(used.pss_mib if used else None)} | "
+            f"{_mib(used.rss_mib if used else None)} |"
+        )
+    if run.memory:
+        lines += [
+            "",
+            "### Memory by role",
+            "",
+            "| server | models | role | processes | USS MiB | PSS MiB | RSS MiB, summed |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for used in run.memory:
+            roles: dict[str, list[float]] = {}
+            for process in used.processes:
+                count, uss, pss, rss = roles.setdefault(process.role, [0, 0.0, 0.0, 0.0])
+                roles[process.role] = [count + 1, uss + process.uss_mib, pss + process.pss_mib, rss + process.rss_mib]
+            lines += [
+                f"| {used.server} | {used.models} | {role} | {count:.0f} | {_mib(uss)} | {_mib(pss)} | {_mib(rss)} |"
+                for role, (count, uss, pss, rss) in roles.items()
+            ]
+    return lines
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _latency_cells(result: ScenarioResult) -> str:
@@ -193,14 +268,14 @@ def _ratio(ours: float, theirs: float) -> str:
 
 
 def plot_latency_throughput(run: BenchmarkRun, path: Path) -> None:
-    """p50 and p99 latency against requests/s, one point per concurrency, ours beside MLflow's server."""
+    """p50 and p99 latency against requests/s, one point per concurrency, ours beside the other servers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5))
-    colors = {"fraud-inference": "tab:blue", "mlflow models serve": "tab:orange"}
+    colors = {"fraud-inference": "tab:blue", "mlflow models serve": "tab:orange", "MLServer": "tab:green"}
     for label, curve in _curves(run).items():
         color = colors[label]
         rates = [r.load.requests_per_s for r in curve]

@@ -24,13 +24,15 @@ __all__ = [
     "Target",
     "mlflow_bodies",
     "mlflow_scenarios",
+    "mlserver_bodies",
+    "mlserver_scenarios",
     "our_requests",
     "our_scenarios",
     "with_protocols",
     "workload",
 ]
 
-Target = Literal["fraud-inference", "mlflow"]
+Target = Literal["fraud-inference", "mlflow", "mlserver"]
 Protocol = Literal["v1", "mlflow", "oip"]
 PROTOCOLS: tuple[Protocol, ...] = ("v1", "mlflow", "oip")
 """The protocols fraud-inference speaks: /v1/predict, MLflow's /invocations/{model}, OIP's /v2/.../infer."""
@@ -40,6 +42,7 @@ MODEL_KEYS: tuple[str, ...] = ("xgboost", "lightgbm", "sklearn")
 
 _CURVE_FULL = (1, 4, 16, 32, 64, 128)
 _MLFLOW_CURVE_FULL = (1, 4, 16, 64)
+_MLSERVER_CURVE_FULL = (16, 64)
 _DISTINCT_ROWS = 4_000
 """About how many different rows a scenario cycles through (at least 2 and at most 64 bodies)."""
 
@@ -92,6 +95,7 @@ def our_scenarios(*, quick: bool) -> list[Scenario]:
     return [
         *(Scenario(f"xgboost 1 row c{c}", ("xgboost",), 1, c, curve=True) for c in _CURVE_FULL),
         Scenario("xgboost 100 rows c8", ("xgboost",), 100, 8),
+        Scenario("xgboost 100 rows c64", ("xgboost",), 100, 64),
         Scenario("xgboost 1000 rows c8", ("xgboost",), 1000, 8),
         Scenario("lightgbm 1 row c16", ("lightgbm",), 1, 16),
         Scenario("sklearn 1 row c16", ("sklearn",), 1, 16),
@@ -106,7 +110,22 @@ def mlflow_scenarios(*, quick: bool) -> list[Scenario]:
     return [
         *(Scenario(f"xgboost 1 row c{c}", ("xgboost",), 1, c, curve=True) for c in _MLFLOW_CURVE_FULL),
         Scenario("xgboost 100 rows c8", ("xgboost",), 100, 8),
+        Scenario("xgboost 100 rows c64", ("xgboost",), 100, 64),
         Scenario("xgboost 1000 rows c8", ("xgboost",), 1000, 8),
+    ]
+
+
+def mlserver_scenarios(*, quick: bool) -> list[Scenario]:
+    """The scenarios run against MLServer serving the XGBoost champion (same names as ours)."""
+    if quick:
+        return [
+            Scenario("xgboost 1 row c16", ("xgboost",), 1, 16, curve=True),
+            Scenario("xgboost 100 rows c8", ("xgboost",), 100, 8),
+        ]
+    return [
+        *(Scenario(f"xgboost 1 row c{c}", ("xgboost",), 1, c, curve=True) for c in _MLSERVER_CURVE_FULL),
+        Scenario("xgboost 100 rows c8", ("xgboost",), 100, 8),
+        Scenario("xgboost 100 rows c64", ("xgboost",), 100, 64),
     ]
 
 
@@ -144,6 +163,15 @@ def _tensor(batch: pd.DataFrame) -> dict[str, object]:
 def mlflow_bodies(scenario: Scenario) -> list[bytes]:
     """Request bodies for MLflow's `POST /invocations` (one model per server)."""
     return [json.dumps({"dataframe_records": _records(batch)}).encode() for batch in workload(scenario.rows)]
+
+
+def mlserver_bodies(scenario: Scenario) -> list[bytes]:
+    """OIP V2 bodies for MLServer's XGBoost runtime: one FP64 tensor, asking for `predict_proba` (its default
+    output is the class label)."""
+    return [
+        json.dumps({"inputs": [_tensor(batch)], "outputs": [{"name": "predict_proba"}]}).encode()
+        for batch in workload(scenario.rows)
+    ]
 
 
 def _records(batch: pd.DataFrame) -> list[dict[str, float | int]]:

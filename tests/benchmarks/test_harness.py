@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.loadgen import Loadgen, parse_wrk_output, run_load, wrk_script
+from benchmarks.loadgen import Loadgen, LoadResult, parse_wrk_output, run_load, wrk_script
+from benchmarks.report import BenchmarkRun, ScenarioResult, markdown
+from benchmarks.scenarios import Scenario, Target
+from benchmarks.service import CpuSeconds, ProcessMemory, ServerMemory, TimeToReady
 from tests.conftest import REPO
 
 WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000/v1/predict
@@ -45,6 +48,70 @@ def test_wrk_script_cycles_through_every_body() -> None:
     assert '[==[{"model": "xgboost"}]==]' in script
     assert '[==[{"model": "sklearn"}]==]' in script
     assert "function response(status, headers, body)" in script
+
+
+def _result(target: Target, scenario: Scenario, requests_per_s: float, p99_ms: float) -> ScenarioResult:
+    load = LoadResult(
+        tool="wrk", requests=int(requests_per_s * 10), duration_s=10.0, requests_per_s=requests_per_s, p50_ms=1.0,
+        p90_ms=2.0, p99_ms=p99_ms, max_ms=p99_ms * 2, non_2xx=0, bad_body=0, connect_errors=0, read_errors=0,
+        write_errors=0, timeouts=0, loadgen_cpu_s=1.0,
+    )  # fmt: skip
+    return ScenarioResult.of(target, scenario, load, CpuSeconds(http=3.0, workers=5.0))
+
+
+def _process(role: str, pid: int, uss: float, pss: float, rss: float) -> ProcessMemory:
+    return ProcessMemory(role=role, title=f"python {role}", pid=pid, rss_mib=rss, uss_mib=uss, pss_mib=pss)
+
+
+def _run(*, mlserver: bool) -> BenchmarkRun:
+    one_row = Scenario("xgboost 1 row c64", ("xgboost",), 1, 64, curve=True)
+    hundred = Scenario("xgboost 100 rows c8", ("xgboost",), 100, 8)
+    return BenchmarkRun(
+        started_at="2026-11-30 14:00:00", command="python -m benchmarks", quick=False, seconds_per_scenario=10,
+        loadgen="wrk", cpu_count=2, model_versions={"xgboost": 1}, native=[],
+        ours=[_result("fraud-inference", one_row, 3000, 20.0), _result("fraud-inference", hundred, 1000, 9.0)],
+        mlflow=[_result("mlflow", one_row, 100, 500.0)],
+        mlserver=[_result("mlserver", one_row, 1500, 40.0), _result("mlserver", hundred, 800, 30.0)] * mlserver,
+        memory=[
+            ServerMemory(server="fraud-inference", models="xgboost", processes=[
+                _process("http", 10, 100, 120, 200), _process("workers", 11, 150, 170, 260),
+                _process("workers", 12, 150, 170, 260),
+            ]),
+            ServerMemory(server="MLServer 1.7.1", models="xgboost", processes=[_process("http", 20, 140, 150, 210)]),
+        ],
+        ready=[
+            TimeToReady(server="fraud-inference", models="xgboost", seconds=12.34, ready_when="/readyz 200"),
+            TimeToReady(server="mlflow models serve", models="xgboost", seconds=19.0, ready_when="/ping 200"),
+        ],
+    )  # fmt: skip
+
+
+def test_report_puts_mlserver_beside_mlflow_with_ours_over_theirs() -> None:
+    report = markdown(_run(mlserver=True))
+
+    assert "| MLServer req/s | ours / MLServer |" in report
+    # ours 3,000 req/s against MLflow's 100 and MLServer's 1,500; MLflow did not run 100-row c8.
+    assert "| xgboost 1 row c64 | 3,000 | 100 | 30.00x | 1,500 | 2.00x | 20.0 | 500.0 | 40.0 |" in report
+    assert "| xgboost 100 rows c8 | 1,000 | - | - | 800 | 1.25x | 9.0 | - | 30.0 |" in report
+    assert "## MLServer (" in report
+
+
+def test_report_without_mlserver_keeps_the_mlflow_comparison_alone() -> None:
+    report = markdown(_run(mlserver=False))
+
+    assert "MLServer req/s" not in report
+    assert "| xgboost 1 row c64 | 3,000 | 100 | 30.00x | 20.0 | 500.0 |" in report
+
+
+def test_report_sums_memory_by_server_and_role_beside_time_to_ready() -> None:
+    report = markdown(_run(mlserver=True))
+
+    # USS, PSS and summed RSS of all three processes; the time to ready of the same server and models.
+    assert "| fraud-inference | xgboost | 12.3 | /readyz 200 | 3 | 400 | 460 | 720 |" in report
+    assert "| fraud-inference | xgboost | workers | 2 | 300 | 340 | 520 |" in report
+    assert "| MLServer 1.7.1 | xgboost | - | - | 1 | 140 | 150 | 210 |" in report
+    # A server that was timed but whose memory was not read still gets its row.
+    assert "| mlflow models serve | xgboost | 19.0 | /ping 200 | - | - | - | - |" in report
 
 
 class _StubModelServer(BaseHTTPRequestHandler):
@@ -113,10 +180,10 @@ def test_quick_run_scores_every_request_and_writes_json_and_markdown(demo_regist
             scenario["load"]["requests_per_s"] * scenario["scenario"]["rows"]
         )
         assert scenario["server_cpu_s"]["workers"] > 0
-    assert {process["role"] for process in results["memory"]} >= {
-        "fraud-inference worker 1",
-        "fraud-inference worker 2",
-    }
+    [ours] = results["memory"]
+    assert [process["role"] for process in ours["processes"]].count("workers") == 2
+    assert all(0 < process["uss_mib"] <= process["pss_mib"] <= process["rss_mib"] for process in ours["processes"])
+    assert [ready["ready_when"] for ready in results["ready"]] == ["/readyz 200"]
     assert "| xgboost 1 row c16 |" in (out / "results.md").read_text()
     # One concurrency level draws no curve: the plot is skipped, and the report says so.
     assert not (out / "latency_vs_throughput.png").exists()
