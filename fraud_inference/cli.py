@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-_APP_FACTORY = "fraud_inference.api.app:create_app"
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     choose_bytecode_cache()
@@ -217,13 +215,11 @@ def _progress(line: str) -> None:
     print(f"seed-demo: {line}", flush=True)
 
 
-def _run_server(settings: Settings) -> int:
-    """Check the registry resolves, then run the app under granian (one HTTP process, WORKERS in its pool)."""
-    from granian.constants import Interfaces, Loops
-    from granian.server import Server
-
+def _run_server(settings: Settings) -> int:  # noqa: RET503 (execv does not return)
+    """Check the registry resolves, then become granian's supervisor (`fraud_inference.supervisor`); 1 when a
+    check fails."""
     from fraud_inference.checks import render
-    from fraud_inference.observability.logging import configure_logging, get_logger, granian_log_config
+    from fraud_inference.observability.logging import configure_logging, get_logger
 
     configure_logging(settings.log_level, settings.log_format, role="supervisor")
     log = get_logger("fraud_inference.cli")
@@ -238,10 +234,6 @@ def _run_server(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
-    # NOTE: granian forks the HTTP process from this one: MLflow imported here (~2.5 s, no model library, no OpenMP)
-    # is inherited, so the HTTP process asks the registry at once; the preflight above ran in its own process.
-    from mlflow import MlflowClient  # noqa: F401
-
     if report.registry_unavailable:
         # Not fatal: the server starts unready and retries with backoff until the registry answers.
         log.warning("registry.unavailable_at_startup", error=report.registry_unavailable)
@@ -257,20 +249,7 @@ def _run_server(settings: Settings) -> int:
         for key, check in report.models.items():
             for warning in check.warnings:  # PARITY_CHECK=warn
                 log.warning("model.parity_mismatch", model=key, detail=warning)
-    server = Server(
-        _APP_FACTORY,
-        address=settings.host,
-        port=settings.port,
-        interface=Interfaces.ASGI,
-        # uvloop: +15% requests/s here (granian hands each request to the loop from its own threads, and
-        # uvloop's thread-safe wake-up is far cheaper than asyncio's self-pipe).
-        loop=Loops.uvloop,
-        workers=1,
-        factory=True,
-        log_access=False,
-        log_dictconfig=granian_log_config(settings.log_format, role="supervisor"),
-        # granian's own process; the HTTP process it starts titles itself `fraud-inference http` (see the app).
-        process_name="fraud-inference supervisor",
-    )
-    server.serve()
-    return 0
+    # A fresh interpreter for granian's supervisor, in this process: it keeps none of what the checks imported.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "fraud_inference.supervisor"])
