@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -11,6 +12,9 @@ from fraud_inference.consistency import DependencyCheck, DependencyPolicy, check
 from fraud_inference.models.flavors import FLAVORS, ModelFile, ModelFlavor, flavor_named, flavor_of
 from fraud_inference.models.trust import ModelTrust, UntrustedModelError
 from fraud_inference.registry import ModelRef, Registry
+
+if TYPE_CHECKING:
+    from mlflow.models import Model
 
 __all__ = [
     "FEATURE_TYPES",
@@ -51,6 +55,9 @@ class ModelArtifact(msgspec.Struct, frozen=True, kw_only=True):
     model_file: ModelFile
     """Which file loads, in which format, decided from the MLmodel keys MLflow's own loader reads."""
     dependencies: tuple[DependencyCheck, ...] = ()
+    input_example: tuple[dict[str, Any], ...] = ()
+    """The logged input example's rows as JSON records (at most 1,000), read here so that the workers, which
+    warm up on it, never import MLflow (~190 MiB each)."""
 
     @property
     def model_flavor(self) -> ModelFlavor:
@@ -114,12 +121,25 @@ def read_artifact(
         raise UnservableModelError(f"{where}: {error}") from None
     artifact = ModelArtifact(
         ref=ref, path=str(path), flavor=flavor.name, features=tuple(features), model_file=model_file,
-        dependencies=dependencies,
+        dependencies=dependencies, input_example=_input_example(mlmodel, path),
     )  # fmt: skip
     violations = artifact.dependency_violations()
     if violations and dependency_policy in {"strict", "compatible"}:
         raise DependencyMismatchError(artifact)
     return artifact
+
+
+_EXAMPLE_ROWS = 1_000
+
+
+def _input_example(mlmodel: Model, path: Path) -> tuple[dict[str, Any], ...]:
+    """The logged input example's rows as JSON records; none when there is none or it is not a table."""
+    try:
+        example: Any = mlmodel.load_input_example(str(path))
+        records: list[dict[str, Any]] = json.loads(example.to_json(orient="records"))
+    except Exception:  # no example, or one that is not a table: the signature gives the warm-up row
+        return ()
+    return tuple(records[:_EXAMPLE_ROWS])
 
 
 def fetch_artifact(

@@ -102,14 +102,7 @@ def _warm_up_row(artifact: ModelArtifact, scorer: Scorer) -> dict[str, Any]:
 
 
 def _input_example(artifact: ModelArtifact) -> list[dict[str, Any]]:
-    try:
-        from mlflow.models import Model
-
-        example: Any = Model.load(artifact.path).load_input_example(artifact.path)
-        records: list[dict[str, Any]] = json.loads(example.to_json(orient="records"))
-    except Exception:  # no example, or one that is not a table: the signature gives the row
-        return []
-    return records
+    return list(artifact.input_example)
 
 
 def _placeholder(feature: FeatureSpec, scorer: Scorer) -> Any:
