@@ -23,10 +23,18 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import FromPath
 from litestar.response import Response
 
-from fraud_inference.api.protocol import JSON, note_scored, require_media_type, rows_of_columns, service_of
+from fraud_inference.api.protocol import (
+    JSON,
+    OverflowAsInfinityDecoder,
+    encode_rows,
+    note_scored,
+    require_media_type,
+    rows_of_columns,
+    service_of,
+)
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
-from fraud_inference.models.signature import clip_names
+from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.service import (
     InferenceFailedError,
     InvalidRowsError,
@@ -89,9 +97,8 @@ class _Invocation(msgspec.Struct):
 
 
 _decode_invocation = msgspec.json.Decoder(_Invocation).decode
-_decode_split = msgspec.json.Decoder(_Split).decode
-_decode_columns = msgspec.json.Decoder(dict[str, list[Any]]).decode
-_encode = msgspec.json.encode
+_decode_split = OverflowAsInfinityDecoder(_Split).decode
+_decode_columns = OverflowAsInfinityDecoder(dict[str, list[Any]]).decode
 
 
 class _Output(enum.Enum):
@@ -157,7 +164,7 @@ class _Refusal(HTTPException):
         self.error_code = error_code
 
 
-def _rows_of_json(body: bytes) -> tuple[bytes, dict[str, Any] | None]:
+def _rows_of_json(body: bytes, detail: ErrorDetail) -> tuple[bytes, dict[str, Any] | None]:
     """The rows of a JSON body as the pool takes them (raw JSON: an array of row objects), and its params.
 
     Row-oriented bodies (`dataframe_records`, or `instances`/`inputs` holding an array) pass through untouched;
@@ -180,13 +187,13 @@ def _rows_of_json(body: bytes) -> tuple[bytes, dict[str, Any] | None]:
     name = present[0]
     raw = bytes(getattr(invocation, name))
     if name == "dataframe_split":
-        return _rows_of_split(raw), invocation.params
+        return _rows_of_split(raw, detail), invocation.params
     if name != "dataframe_records" and raw.lstrip()[:1] == b"{":
-        return _rows_of_columns(raw), invocation.params
+        return _rows_of_columns(raw, name, detail), invocation.params
     return raw, invocation.params
 
 
-def _rows_of_split(raw: bytes) -> bytes:
+def _rows_of_split(raw: bytes, detail: ErrorDetail) -> bytes:
     try:
         split = _decode_split(raw)
     except (msgspec.DecodeError, RecursionError) as error:
@@ -200,20 +207,20 @@ def _rows_of_split(raw: bytes) -> bytes:
                 400, "BAD_REQUEST", f"dataframe_split: data[{index}] has {len(row)} values for {width} columns"
             )
     columns = split.columns
-    return _encode([dict(zip(columns, row, strict=True)) for row in split.data])
+    return encode_rows([dict(zip(columns, row, strict=True)) for row in split.data], detail=detail)
 
 
-def _rows_of_columns(raw: bytes) -> bytes:
+def _rows_of_columns(raw: bytes, name: str, detail: ErrorDetail) -> bytes:
     try:
         columns = _decode_columns(raw)
     except (msgspec.DecodeError, RecursionError) as error:
-        raise _Refusal(400, "BAD_REQUEST", f"inputs: {clip_names(str(error))}") from None
+        raise _Refusal(400, "BAD_REQUEST", f"{name}: {clip_names(str(error))}") from None
     if len({len(values) for values in columns.values()}) > 1:
-        raise _Refusal(400, "BAD_REQUEST", "inputs: every column must hold as many values as the others")
-    return rows_of_columns(columns)
+        raise _Refusal(400, "BAD_REQUEST", f"{name}: every column must hold as many values as the others")
+    return rows_of_columns(columns, detail=detail)
 
 
-def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...]) -> bytes:
+def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...], detail: ErrorDetail) -> bytes:
     """CSV with a header row, as `pandas.DataFrame.to_csv(index=False)` writes it; cells typed by the signature."""
     try:
         text = body.decode("utf-8")
@@ -233,11 +240,14 @@ def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...]) -> bytes:
         if len(record) != len(header):
             raise _Refusal(400, "BAD_REQUEST", f"CSV row {number}: {len(record)} values for {len(header)} columns")
         rows.append({name: _cell(cell, types.get(name)) for name, cell in zip(header, record, strict=True)})
-    return _encode(rows)
+    return encode_rows(rows, detail=detail)
 
 
 def _cell(cell: str, kind: str | None) -> Any:
-    """One CSV cell as the signature's type; left as text when it is not one (the worker then says so)."""
+    """One CSV cell as the signature's type; left as text when it is not one (the worker then says so).
+
+    `inf` and `1e999` become infinities, which `encode_rows` refuses; `nan`, like an empty cell, is missing.
+    """
     if cell == "":
         return None
     try:
@@ -270,10 +280,11 @@ async def _invoke(request: Request[Any, Any, Any], model: str | None) -> MlflowP
     _charset_and_parameters(request)
     body = await request.body()
     selection = service.select(model)
+    detail = service.settings.error_detail
     if media_type == CSV:
-        rows, params = _rows_of_csv(body, selection.artifact.features), None
+        rows, params = _rows_of_csv(body, selection.artifact.features, detail), None
     else:
-        rows, params = _rows_of_json(body)
+        rows, params = _rows_of_json(body, detail)
     _check_servable(selection, params)
     scored = await service.predict(selection, rows, request_id_of(request.scope))
     note_scored(request, scored, "mlflow")

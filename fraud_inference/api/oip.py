@@ -23,10 +23,17 @@ from litestar.params import FromPath
 from litestar.response import Response
 
 from fraud_inference import __version__
-from fraud_inference.api.protocol import JSON, note_scored, require_media_type, rows_of_columns, service_of
+from fraud_inference.api.protocol import (
+    JSON,
+    OverflowAsInfinityDecoder,
+    note_scored,
+    require_media_type,
+    rows_of_columns,
+    service_of,
+)
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
-from fraud_inference.models.signature import clip_names
+from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.service import (
     FraudService,
     InferenceFailedError,
@@ -150,7 +157,7 @@ class InferResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     parameters: dict[str, Any] | None = None
 
 
-_decode_infer = msgspec.json.Decoder(InferRequest).decode
+_decode_infer = OverflowAsInfinityDecoder(InferRequest).decode
 _encode = msgspec.json.encode
 
 
@@ -266,7 +273,7 @@ def _as_booleans(values: list[Any]) -> list[Any]:
     return [bool(v) if v in (0, 1) and not isinstance(v, bool) else v for v in values]
 
 
-def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...]) -> bytes:
+def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...], detail: ErrorDetail) -> bytes:
     """The tensors as the pool takes rows (raw JSON: an array of row objects); names checked by the worker."""
     names = [feature.name for feature in features]
     booleans = {feature.name for feature in features if feature.type == "boolean"}
@@ -290,7 +297,7 @@ def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...]) -> bytes:
             raise _BadRequest("every input tensor must hold one value per row, as many as the others")
     for name in booleans.intersection(columns):
         columns[name] = _as_booleans(columns[name])
-    return rows_of_columns(columns)
+    return rows_of_columns(columns, detail=detail)
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -344,7 +351,8 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str | Non
     selection = _select(service, model, version)
     infer = _parse(request, body)
     request_id = request_id_of(request.scope)
-    scored = await service.predict(selection, _rows(infer, selection.artifact.features), request_id)
+    rows = _rows(infer, selection.artifact.features, service.settings.error_detail)
+    scored = await service.predict(selection, rows, request_id)
     note_scored(request, scored, "oip")
     return _answer(infer, scored, request_id)
 

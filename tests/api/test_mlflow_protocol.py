@@ -6,6 +6,7 @@ The end-to-end comparison with a real `mlflow models serve` and MLflow's own cli
 from __future__ import annotations
 
 import json
+import math
 
 import mlflow.pyfunc
 import pandas as pd
@@ -145,3 +146,69 @@ def test_not_ready_is_503_in_mlflow_shape(unready_client: TestClient) -> None:  
     assert response.status_code == 503
     assert response.headers["retry-after"]
     assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+def json_forms(records: list[dict[str, object]]) -> dict[str, bytes]:
+    """`records` in every JSON form of /invocations; an infinity is written `1e999`, as JSON can only carry it."""
+    names = list(records[0])
+    forms: dict[str, object] = {
+        "dataframe_split": {"dataframe_split": {"columns": names, "data": [list(r.values()) for r in records]}},
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs_records": {"inputs": records},
+        "instances_columns": {"instances": {name: [r[name] for r in records] for name in names}},
+        "inputs_columns": {"inputs": {name: [r[name] for r in records] for name in names}},
+    }
+    return {form: json.dumps(body).replace("Infinity", "1e999").encode() for form, body in forms.items()}
+
+
+@pytest.mark.parametrize("column", ["amount", "hour_of_day"])
+@pytest.mark.parametrize("infinity", [math.inf, -math.inf])
+def test_an_infinity_in_any_json_form_is_refused_naming_row_and_column(
+    client: TestClient,
+    transactions: pd.DataFrame,
+    column: str,
+    infinity: float,  # type: ignore[type-arg]
+) -> None:
+    records: list[dict[str, object]] = rows(transactions, 3)  # type: ignore[assignment]
+    records[2][column] = infinity
+    for form, body in json_forms(records).items():
+        response = client.post("/invocations/lightgbm", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, (form, response.text)
+        answer = response.json()
+        assert answer["error_code"] == "INVALID_PARAMETER_VALUE", (form, answer)
+        assert f"row 2, column '{column}'" in answer["message"], (form, answer)
+        assert "not a finite number" in answer["message"], (form, answer)
+
+
+@pytest.mark.parametrize("spelling", ["inf", "-inf", "Infinity", "-Infinity", "1e999", "-1E400"])
+@pytest.mark.parametrize("column", ["amount", "hour_of_day"])
+def test_an_infinity_in_csv_is_refused_naming_row_and_column(
+    client: TestClient,
+    transactions: pd.DataFrame,
+    column: str,
+    spelling: str,  # type: ignore[type-arg]
+) -> None:
+    frame = transactions.head(3).copy()
+    frame[column] = frame[column].astype(object)
+    frame.loc[frame.index[1], column] = spelling
+    response = client.post("/invocations", content=frame.to_csv(index=False), headers={"content-type": "text/csv"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert f"row 1, column '{column}'" in response.json()["message"]
+    assert "not a finite number" in response.json()["message"]
+
+
+def test_an_empty_csv_cell_or_nan_is_still_a_missing_value(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    frame = transactions.head(2).copy()
+    frame["amount"] = frame["amount"].astype(object)
+    frame.loc[frame.index[0], "amount"] = ""
+    frame.loc[frame.index[1], "amount"] = "nan"
+    response = client.post(
+        "/invocations/xgboost", content=frame.to_csv(index=False), headers={"content-type": "text/csv"}
+    )
+    assert response.status_code == 200, response.text
+    missing = rows(transactions, 2)
+    for record in missing:
+        record["amount"] = None  # type: ignore[assignment]
+    assert response.json() == client.post("/invocations/xgboost", json={"dataframe_records": missing}).json()

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import struct
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import tritonclient.http as triton
 from litestar.testing import TestClient
 
 from fraud_inference.demo.dataset import FEATURES
@@ -176,3 +178,97 @@ def test_unevenly_nested_data_is_400(client: TestClient) -> None:  # type: ignor
     response = client.post("/v2/models/xgboost/infer", json={"inputs": [tensor]})
     assert response.status_code == 400
     assert "nested evenly" in response.json()["error"]
+
+
+def post_triton(client: TestClient, model: str, inputs: list[triton.InferInput]) -> httpx.Response:  # type: ignore[type-arg]
+    """Send `inputs` as tritonclient's HTTP client encodes them (binary tensors after the JSON part)."""
+    body, json_size = triton.InferenceServerClient.generate_request_body(inputs)
+    headers = {"content-type": "application/octet-stream" if json_size else "application/json"}
+    if json_size is not None:
+        headers["Inference-Header-Content-Length"] = str(json_size)
+    return client.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+
+
+def infinite_bodies(frame: pd.DataFrame, row: int, column: int, infinity: float) -> dict[str, bytes]:
+    """Every JSON tensor layout with `infinity` (written `1e999`, as JSON can only carry it) at `row`, `column`."""
+    matrix = frame[[f.name for f in FEATURES]].to_numpy(dtype=np.float64)
+    matrix[row, column] = infinity
+    per_feature = [
+        {"name": f.name, "datatype": "FP64", "shape": [len(matrix)], "data": matrix[:, i].tolist()}
+        for i, f in enumerate(FEATURES)
+    ]
+    column_vectors = [
+        {**tensor, "shape": [len(matrix), 1], "data": [[v] for v in tensor["data"]]} for tensor in per_feature
+    ]  # type: ignore[attr-defined]
+    layouts = {
+        "per-feature": per_feature,
+        "per-feature-[n,1]": column_vectors,
+        "matrix-flat": [
+            {"name": "x", "datatype": "FP64", "shape": list(matrix.shape), "data": matrix.ravel().tolist()}
+        ],
+        "matrix-nested": [{"name": "x", "datatype": "FP64", "shape": list(matrix.shape), "data": matrix.tolist()}],
+    }
+    return {
+        name: json.dumps({"inputs": inputs}).replace("Infinity", "1e999").encode() for name, inputs in layouts.items()
+    }
+
+
+@pytest.mark.parametrize("infinity", [np.inf, -np.inf])
+def test_an_infinity_in_any_json_layout_is_refused_naming_input_and_row(
+    client: TestClient,
+    transactions: pd.DataFrame,
+    infinity: float,  # type: ignore[type-arg]
+) -> None:
+    for column in (0, 1):
+        for layout, body in infinite_bodies(transactions.head(4), 2, column, infinity).items():
+            response = client.post(
+                "/v2/models/xgboost/infer", content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 400, (layout, response.text)
+            error = response.json()["error"]
+            assert error.startswith(f"input '{FEATURES[column].name}', row 2: value {infinity} is not a finite"), (
+                layout,
+                error,
+            )
+
+
+@pytest.mark.parametrize("datatype", ["FP64", "FP32", "FP16"])
+def test_an_infinity_in_a_binary_tensor_is_refused_naming_input_and_row(
+    client: TestClient,
+    transactions: pd.DataFrame,
+    datatype: str,  # type: ignore[type-arg]
+) -> None:
+    frame = transactions.head(5)
+    numpy_type = {"FP64": np.float64, "FP32": np.float32, "FP16": np.float16}[datatype]
+    matrix = frame[[f.name for f in FEATURES]].to_numpy(dtype=numpy_type)
+    matrix[3, 0] = np.inf
+    tensor = triton.InferInput("transactions", list(matrix.shape), datatype)
+    tensor.set_data_from_numpy(matrix, binary_data=True)
+    response = post_triton(client, "lightgbm", [tensor])
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(f"input '{FEATURES[0].name}', row 3: value inf is not a finite")
+    per_feature = []
+    for i, feature in enumerate(FEATURES):
+        column = triton.InferInput(feature.name, [len(matrix)], datatype)
+        column.set_data_from_numpy(-matrix[:, i] if i == 0 else matrix[:, i], binary_data=True)
+        per_feature.append(column)
+    response = post_triton(client, "lightgbm", per_feature)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(f"input '{FEATURES[0].name}', row 3: value -inf is not a finite")
+
+
+def test_nan_in_a_binary_tensor_is_a_missing_value(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    frame = transactions.head(3)
+    matrix = frame[[f.name for f in FEATURES]].to_numpy(dtype=np.float64)
+    matrix[1, 0] = np.nan
+    tensor = triton.InferInput("transactions", list(matrix.shape), "FP64")
+    tensor.set_data_from_numpy(matrix, binary_data=True)
+    response = post_triton(client, "xgboost", [tensor])
+    assert response.status_code == 200, response.text
+    instances = rows(frame, 3)
+    instances[1][FEATURES[0].name] = None  # type: ignore[assignment]
+    v1 = client.post("/v1/predict", json={"model": "xgboost", "instances": instances}).json()
+    length = int(response.headers["inference-header-content-length"])
+    result = triton.InferenceServerClient.parse_response_body(response.content, header_length=length)
+    probabilities = result.as_numpy("fraud_probability")
+    np.testing.assert_allclose(probabilities, [p["fraud_probability"] for p in v1["predictions"]], rtol=0, atol=1e-6)
