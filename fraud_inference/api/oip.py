@@ -75,6 +75,12 @@ _NUMPY = {
     "INT64": np.dtype("<i8"), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
     "UINT64": np.dtype("<u8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }  # fmt: skip
+_INTEGER_RANGES = {
+    **{f"INT{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) for bits in (8, 16, 32, 64)},
+    **{f"UINT{bits}": (0, 2**bits - 1) for bits in (8, 16, 32, 64)},
+}
+_FLOAT_MAX = {"FP16": 65504.0, "FP32": float(np.finfo(np.float32).max), "FP64": float(np.finfo(np.float64).max)}
+_DATATYPE_NAMES = ", ".join(sorted({*_NUMPY, "BYTES"}))
 OUTPUTS = ("fraud_probability", "is_fraud")
 _RETRY_AFTER = {"Retry-After": "1"}
 
@@ -219,6 +225,9 @@ def _parse(request: Request[Any, Any, Any], body: bytes) -> InferRequest:
         raise _BadRequest(f"malformed JSON: {error}") from None
     offset = 0
     for tensor in infer.inputs:
+        if tensor.datatype not in _NUMPY and tensor.datatype != "BYTES":
+            raise _BadRequest(f"input {tensor.name[:64]!r}: datatype {tensor.datatype[:64]!r} is not an OIP datatype; "
+                              f"send one of {_DATATYPE_NAMES}")  # fmt: skip
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is None:
             continue
@@ -265,7 +274,54 @@ def _values(tensor: RequestInput) -> list[Any]:
     if len(values) != math.prod(tensor.shape):
         raise _BadRequest(f"input {tensor.name[:64]!r}: shape {tensor.shape} needs {math.prod(tensor.shape)} values, "
                           f"data holds {len(values)}")  # fmt: skip
+    misfit = None if _fit(tensor.datatype, values) else _first_misfit(tensor.datatype, values)
+    if misfit is not None:
+        index, value = misfit
+        raise _BadRequest(f"input {tensor.name[:64]!r}: data[{index}] = {repr(value)[:64]} does not fit datatype "
+                          f"{tensor.datatype}; send values of the declared datatype")  # fmt: skip
     return values
+
+
+def _fit(datatype: str, values: list[Any]) -> bool:
+    """Whether every value surely fits `datatype` (null, a missing value, fits any), in C-level passes; False when
+    unsure (`3.0` in an integer tensor, NaN), for `_first_misfit` to decide value by value."""
+    kinds = set(map(type, values))
+    if type(None) in kinds:
+        kinds.discard(type(None))
+        values = [value for value in values if value is not None]
+    if not values:
+        return True
+    if datatype == "BOOL":
+        return kinds == {bool}
+    if datatype == "BYTES":
+        return kinds == {str}
+    if not kinds <= {int, float}:
+        return False
+    if datatype in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[datatype]
+        return kinds == {int} and bool(low <= min(values) and max(values) <= high)
+    # An infinity or NaN lands here; `_fits` lets both through (encode_rows refuses infinity at its row and column).
+    return bool(-_FLOAT_MAX[datatype] <= min(values) and max(values) <= _FLOAT_MAX[datatype])
+
+
+def _first_misfit(datatype: str, values: list[Any]) -> tuple[int, Any] | None:
+    return next(((i, v) for i, v in enumerate(values) if v is not None and not _fits(datatype, v)), None)
+
+
+def _fits(datatype: str, value: Any) -> bool:
+    """Whether one (non-null) value fits `datatype`: a JSON boolean for BOOL, a string for BYTES, a whole number in
+    range for an integer type (`3.0` is 3), a number within range for a floating-point type."""
+    kind = type(value)
+    if datatype == "BOOL":
+        return kind is bool
+    if datatype == "BYTES":
+        return kind is str
+    if kind is not int and kind is not float:
+        return False
+    if datatype in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[datatype]
+        return (kind is int or bool(value.is_integer())) and bool(low <= value <= high)
+    return not abs(value) > _FLOAT_MAX[datatype] or math.isinf(value)
 
 
 def _as_booleans(values: list[Any]) -> list[Any]:
@@ -277,6 +333,8 @@ def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...], detail: ErrorD
     """The tensors as the pool takes rows (raw JSON: an array of row objects); names checked by the worker."""
     names = [feature.name for feature in features]
     booleans = {feature.name for feature in features if feature.type == "boolean"}
+    if not infer.inputs:
+        raise _BadRequest("inputs is empty: send one tensor per feature, or one [n, features] tensor")
     if len(infer.inputs) == 1 and infer.inputs[0].name not in names and len(infer.inputs[0].shape) == 2:
         tensor = infer.inputs[0]
         width = tensor.shape[1]
@@ -291,10 +349,15 @@ def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...], detail: ErrorD
             if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
                 raise _BadRequest(f"input {tensor.name[:64]!r}: shape {tensor.shape}: send one tensor per feature "
                                   "of shape [n] or [n, 1], or one [n, features] tensor in signature order")  # fmt: skip
+            if tensor.name in columns:
+                raise _BadRequest(f"input {tensor.name[:64]!r} is sent more than once: send one tensor per feature")
             columns[tensor.name] = _values(tensor)
-        counts = {len(values) for values in columns.values()}
-        if len(counts) > 1:
-            raise _BadRequest("every input tensor must hold one value per row, as many as the others")
+        counts = {name: len(values) for name, values in columns.items()}
+        first = infer.inputs[0].name
+        other = next((name for name, count in counts.items() if count != counts[first]), None)
+        if other is not None:
+            raise _BadRequest(f"input {other[:64]!r} holds {counts[other]} values and input {first[:64]!r} "
+                              f"{counts[first]}: every input tensor must hold one value per row")  # fmt: skip
     for name in booleans.intersection(columns):
         columns[name] = _as_booleans(columns[name])
     return rows_of_columns(columns, detail=detail)

@@ -158,26 +158,72 @@ def test_bad_requests_are_400_with_an_error(client: TestClient, body: object, st
 
 def test_a_wrong_value_names_input_and_row(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
     inputs = per_feature(transactions.head(3))
-    inputs[0]["data"] = [1.0, "lots", 2.0]
+    inputs[1].update(datatype="FP64", data=[1.0, 2.5, 3.0])  # a fraction for a `long` feature
     error = client.post("/v2/models/sklearn/infer", json={"inputs": inputs}).json()["error"]
-    assert error.startswith(f"input '{FEATURES[0].name}', row 1: "), error
+    assert error.startswith(f"input '{FEATURES[1].name}', row 1: "), error
 
 
-def test_not_json_is_415_and_not_ready_is_503(client: TestClient, unready_client: TestClient) -> None:  # type: ignore[type-arg]
-    refused = client.post("/v2/models/xgboost/infer", content=b"inputs", headers={"content-type": "text/plain"})
-    assert refused.status_code == 415
-    assert "application/json" in refused.json()["error"]
-    unready = unready_client.post("/v2/models/fraud/infer", json={"inputs": []})
-    assert unready.status_code == 503
-    assert unready.headers["retry-after"]
-    assert unready_client.get("/v2/models/fraud/ready").status_code == 503
+@pytest.mark.parametrize(
+    ("datatype", "data", "says"),
+    [
+        ("FOO", [1.0, 2.0, 3.0], "datatype 'FOO' is not an OIP datatype; send one of BOOL, BYTES, FP16"),
+        ("INT64", [1, 912.4, 3], "data[1] = 912.4 does not fit datatype INT64"),
+        ("INT64", [1, 2, True], "data[2] = True does not fit datatype INT64"),
+        ("INT8", [1, 300, 3], "data[1] = 300 does not fit datatype INT8"),
+        ("UINT32", [1, -1, 3], "data[1] = -1 does not fit datatype UINT32"),
+        ("BOOL", [True, 3, False], "data[1] = 3 does not fit datatype BOOL"),
+        ("FP32", [1.0, 1e39, 3.0], "data[1] = 1e+39 does not fit datatype FP32"),
+        ("FP64", [1.0, "2.0", 3.0], "data[1] = '2.0' does not fit datatype FP64"),
+        ("BYTES", ["a", 2, "c"], "data[1] = 2 does not fit datatype BYTES"),
+    ],
+)
+def test_data_that_does_not_fit_its_datatype_is_400_naming_the_input(
+    client: TestClient,
+    transactions: pd.DataFrame,
+    datatype: str,
+    data: list[object],
+    says: str,  # type: ignore[type-arg]
+) -> None:
+    inputs = per_feature(transactions.head(3))
+    inputs[1].update(datatype=datatype, data=data)
+    response = client.post("/v2/models/xgboost/infer", json={"inputs": inputs})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(f"input '{FEATURES[1].name}': {says}"), response.json()
 
 
-def test_unevenly_nested_data_is_400(client: TestClient) -> None:  # type: ignore[type-arg]
-    tensor = {"name": "x", "datatype": "FP64", "shape": [2, 20], "data": [[0.0] * 20, 1.0]}
-    response = client.post("/v2/models/xgboost/infer", json={"inputs": [tensor]})
-    assert response.status_code == 400
-    assert "nested evenly" in response.json()["error"]
+def test_whole_numbers_written_as_floats_fit_integer_datatypes(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    inputs = per_feature(transactions.head(3))
+    expected = client.post("/v2/models/xgboost/infer", json={"inputs": inputs}).json()["outputs"]
+    inputs[1]["data"] = [float(v) for v in inputs[1]["data"]]  # type: ignore[attr-defined]
+    response = client.post("/v2/models/xgboost/infer", json={"inputs": inputs})
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"] == expected
+
+
+def test_a_shape_that_disagrees_with_the_data_is_400_naming_the_input(
+    client: TestClient, transactions: pd.DataFrame
+) -> None:  # type: ignore[type-arg]
+    for shape in ([2], [4], [3, 2], [1, 3]):
+        inputs = per_feature(transactions.head(3))
+        inputs[2]["shape"] = shape
+        response = client.post("/v2/models/xgboost/infer", json={"inputs": inputs})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"].startswith(f"input '{FEATURES[2].name}': shape {shape}"), response.json()
+
+
+def test_tensors_of_different_lengths_are_400_naming_them(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    inputs = per_feature(transactions.head(3))
+    inputs[4].update(shape=[2], data=inputs[4]["data"][:2])  # type: ignore[index]
+    error = client.post("/v2/models/xgboost/infer", json={"inputs": inputs}).json()["error"]
+    assert error.startswith(f"input '{FEATURES[4].name}' holds 2 values and input '{FEATURES[0].name}' 3"), error
+
+
+def test_a_duplicated_input_name_is_400_saying_so(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    inputs = per_feature(transactions.head(3))
+    inputs[3] = {**inputs[2]}
+    response = client.post("/v2/models/xgboost/infer", json={"inputs": inputs})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == f"input '{FEATURES[2].name}' is sent more than once: send one tensor per feature"
 
 
 def post_triton(client: TestClient, model: str, inputs: list[triton.InferInput]) -> httpx.Response:  # type: ignore[type-arg]
