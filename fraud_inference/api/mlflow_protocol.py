@@ -12,6 +12,7 @@ import csv
 import enum
 import functools
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from fraud_inference.api.protocol import (
     OverflowAsInfinityDecoder,
     encode_rows,
     note_scored,
+    refuse_empty,
     require_media_type,
     rows_of_columns,
     service_of,
@@ -62,6 +64,7 @@ _REQUIRED_INPUT_FORMAT = (
 # numbers, and this service scores on the native path without them, so they are refused, not ignored.
 _XGBOOST_PREDICT_PARAMS = frozenset({"output_margin", "base_margin", "iteration_range", "validate_features"})
 _RETRY_AFTER = {"Retry-After": "1"}
+_EMPTY_ARRAY = re.compile(rb"\s*\[\s*\]\s*")
 
 
 class MlflowError(msgspec.Struct, kw_only=True):
@@ -79,7 +82,7 @@ class MlflowPredictions(msgspec.Struct):
 
 
 class _Split(msgspec.Struct):
-    """pandas' `orient="split"`: `columns`, then `data` row by row; `index` is ignored, as MLflow does."""
+    """pandas' `orient="split"`: `columns`, then `data` row by row; `index` (one label per row) is ignored."""
 
     data: list[list[Any]]
     columns: list[str] | None = None
@@ -164,12 +167,8 @@ class _Refusal(HTTPException):
         self.error_code = error_code
 
 
-def _rows_of_json(body: bytes, detail: ErrorDetail) -> tuple[bytes, dict[str, Any] | None]:
-    """The rows of a JSON body as the pool takes them (raw JSON: an array of row objects), and its params.
-
-    Row-oriented bodies (`dataframe_records`, or `instances`/`inputs` holding an array) pass through untouched;
-    columnar ones (`dataframe_split`, `inputs`/`instances` as an object of columns) become row objects here.
-    """
+def _parse_invocation(body: bytes) -> tuple[str, bytes, dict[str, Any] | None]:
+    """A JSON body's input form (`dataframe_split`, ...), the raw JSON of its input, and its params."""
     try:
         invocation = _decode_invocation(body)
     except msgspec.ValidationError as error:
@@ -184,13 +183,22 @@ def _rows_of_json(body: bytes, detail: ErrorDetail) -> tuple[bytes, dict[str, An
     present = [name for name in _FORMATS if getattr(invocation, name) is not msgspec.UNSET]
     if len(present) != 1:
         raise _Refusal(400, "BAD_REQUEST", f"{_REQUIRED_INPUT_FORMAT}. Received input fields: {present}")
-    name = present[0]
-    raw = bytes(getattr(invocation, name))
+    return present[0], bytes(getattr(invocation, present[0])), invocation.params
+
+
+def _rows_of_json(name: str, raw: bytes, detail: ErrorDetail) -> bytes:
+    """The rows of the input form `name` as the pool takes them (raw JSON: an array of row objects).
+
+    Row-oriented inputs (`dataframe_records`, or `instances`/`inputs` holding an array) pass through untouched;
+    columnar ones (`dataframe_split`, `inputs`/`instances` as an object of columns) become row objects here.
+    """
     if name == "dataframe_split":
-        return _rows_of_split(raw, detail), invocation.params
+        return _rows_of_split(raw, detail)
     if name != "dataframe_records" and raw.lstrip()[:1] == b"{":
-        return _rows_of_columns(raw, name, detail), invocation.params
-    return raw, invocation.params
+        return _rows_of_columns(raw, name, detail)
+    if _EMPTY_ARRAY.fullmatch(raw):
+        raise refuse_empty(name)
+    return raw
 
 
 def _rows_of_split(raw: bytes, detail: ErrorDetail) -> bytes:
@@ -200,6 +208,16 @@ def _rows_of_split(raw: bytes, detail: ErrorDetail) -> bytes:
         raise _Refusal(400, "BAD_REQUEST", f"dataframe_split: {clip_names(str(error))}") from None
     if split.columns is None:
         raise _Refusal(400, "BAD_REQUEST", "dataframe_split: name the columns in `columns`")
+    if split.index is not None and (not isinstance(split.index, list) or len(split.index) != len(split.data)):
+        labels = f"{len(split.index)} labels" if isinstance(split.index, list) else "not a list"
+        raise _Refusal(
+            400,
+            "BAD_REQUEST",
+            f"dataframe_split: index is {labels} for {len(split.data)} rows of data: send one label per row, "
+            "or leave index out",
+        )
+    if not split.data:
+        raise refuse_empty("dataframe_split.data")
     width = len(split.columns)
     for index, row in enumerate(split.data):
         if len(row) != width:
@@ -215,8 +233,11 @@ def _rows_of_columns(raw: bytes, name: str, detail: ErrorDetail) -> bytes:
         columns = _decode_columns(raw)
     except (msgspec.DecodeError, RecursionError) as error:
         raise _Refusal(400, "BAD_REQUEST", f"{name}: {clip_names(str(error))}") from None
-    if len({len(values) for values in columns.values()}) > 1:
+    counts = {len(values) for values in columns.values()}
+    if len(counts) > 1:
         raise _Refusal(400, "BAD_REQUEST", f"{name}: every column must hold as many values as the others")
+    if counts in (set(), {0}):
+        raise refuse_empty(name)
     return rows_of_columns(columns, detail=detail)
 
 
@@ -240,6 +261,8 @@ def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...], detail: ErrorDe
         if len(record) != len(header):
             raise _Refusal(400, "BAD_REQUEST", f"CSV row {number}: {len(record)} values for {len(header)} columns")
         rows.append({name: _cell(cell, types.get(name)) for name, cell in zip(header, record, strict=True)})
+    if not rows:
+        raise refuse_empty("the CSV input under its header row")
     return encode_rows(rows, detail=detail)
 
 
@@ -282,10 +305,12 @@ async def _invoke(request: Request[Any, Any, Any], model: str | None) -> MlflowP
     selection = service.select(model)
     detail = service.settings.error_detail
     if media_type == CSV:
-        rows, params = _rows_of_csv(body, selection.artifact.features, detail), None
+        _check_servable(selection, None)
+        rows = _rows_of_csv(body, selection.artifact.features, detail)
     else:
-        rows, params = _rows_of_json(body, detail)
-    _check_servable(selection, params)
+        form, raw, params = _parse_invocation(body)
+        _check_servable(selection, params)
+        rows = _rows_of_json(form, raw, detail)
     scored = await service.predict(selection, rows, request_id_of(request.scope))
     note_scored(request, scored, "mlflow")
     return _predictions(scored)

@@ -27,6 +27,7 @@ from fraud_inference.api.protocol import (
     JSON,
     OverflowAsInfinityDecoder,
     note_scored,
+    refuse_empty,
     require_media_type,
     rows_of_columns,
     service_of,
@@ -358,6 +359,8 @@ def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...], detail: ErrorD
         if other is not None:
             raise _BadRequest(f"input {other[:64]!r} holds {counts[other]} values and input {first[:64]!r} "
                               f"{counts[first]}: every input tensor must hold one value per row")  # fmt: skip
+    if not next(iter(columns.values())):
+        raise refuse_empty(f"input {infer.inputs[0].name[:64]!r}")
     for name in booleans.intersection(columns):
         columns[name] = _as_booleans(columns[name])
     return rows_of_columns(columns, detail=detail)

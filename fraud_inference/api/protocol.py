@@ -23,6 +23,7 @@ __all__ = [
     "encode_rows",
     "media_type_of",
     "note_scored",
+    "refuse_empty",
     "require_media_type",
     "rows_of_columns",
     "service_of",
@@ -155,6 +156,11 @@ class OverflowAsInfinityDecoder(Generic[T]):
                 raise
         # NOTE: float_hook costs a Python call per number (~6x slower): only for the rare body that needs it.
         return self._decode_overflowing(raw)
+
+
+def refuse_empty(subject: str) -> InvalidRowsError:
+    """The error for a request without rows, naming what is empty (`dataframe_split.data`, `input 'amount'`)."""
+    return InvalidRowsError(f"{subject} is empty: send at least one row")
 
 
 _encode = msgspec.json.encode

@@ -212,3 +212,35 @@ def test_an_empty_csv_cell_or_nan_is_still_a_missing_value(client: TestClient, t
     for record in missing:
         record["amount"] = None  # type: ignore[assignment]
     assert response.json() == client.post("/invocations/xgboost", json={"dataframe_records": missing}).json()
+
+
+@pytest.mark.parametrize(
+    ("body", "subject"),
+    [
+        ({"dataframe_split": {"columns": ["amount"], "data": []}}, "dataframe_split.data is empty"),
+        ({"dataframe_records": []}, "dataframe_records is empty"),
+        ({"instances": []}, "instances is empty"),
+        ({"inputs": []}, "inputs is empty"),
+        ({"inputs": {"amount": [], "hour_of_day": []}}, "inputs is empty"),
+        ({"instances": {}}, "instances is empty"),
+    ],
+)
+def test_a_body_without_rows_names_what_is_empty(client: TestClient, body: object, subject: str) -> None:  # type: ignore[type-arg]
+    response = client.post("/invocations", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert f"{subject}: send at least one row" in response.json()["message"]
+    csv = client.post("/invocations", content="amount,hour_of_day\n", headers={"content-type": "text/csv"})
+    assert csv.status_code == 400, csv.text
+    assert "the CSV input under its header row is empty" in csv.json()["message"]
+
+
+def test_a_split_index_must_label_each_row(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    split = json.loads(transactions.head(3).to_json(orient="split"))
+    for index in (split["index"][:2], split["index"] + [3], 7):
+        response = client.post("/invocations", json={"dataframe_split": {**split, "index": index}})
+        assert response.status_code == 400, response.text
+        assert response.json()["error_code"] == "BAD_REQUEST"
+        assert "index is" in response.json()["message"]
+        assert "for 3 rows of data" in response.json()["message"]
+    assert client.post("/invocations", json={"dataframe_split": split}).status_code == 200

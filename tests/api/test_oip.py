@@ -226,6 +226,38 @@ def test_a_duplicated_input_name_is_400_saying_so(client: TestClient, transactio
     assert response.json()["error"] == f"input '{FEATURES[2].name}' is sent more than once: send one tensor per feature"
 
 
+def test_no_rows_names_what_is_empty(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    no_inputs = client.post("/v2/models/xgboost/infer", json={"inputs": []})
+    assert (no_inputs.status_code, no_inputs.json()["error"]) == (
+        400, "inputs is empty: send one tensor per feature, or one [n, features] tensor"
+    )  # fmt: skip
+    no_rows = client.post("/v2/models/xgboost/infer", json={"inputs": per_feature(transactions.head(0))})
+    assert (no_rows.status_code, no_rows.json()["error"]) == (
+        400, f"input '{FEATURES[0].name}' is empty: send at least one row"
+    )  # fmt: skip
+    empty_matrix = {"name": "x", "datatype": "FP64", "shape": [0, len(FEATURES)], "data": []}
+    assert client.post("/v2/models/xgboost/infer", json={"inputs": [empty_matrix]}).json()["error"] == (
+        "input 'x' is empty: send at least one row"
+    )
+
+
+def test_not_json_is_415_and_not_ready_is_503(client: TestClient, unready_client: TestClient) -> None:  # type: ignore[type-arg]
+    refused = client.post("/v2/models/xgboost/infer", content=b"inputs", headers={"content-type": "text/plain"})
+    assert refused.status_code == 415
+    assert "application/json" in refused.json()["error"]
+    unready = unready_client.post("/v2/models/fraud/infer", json={"inputs": []})
+    assert unready.status_code == 503
+    assert unready.headers["retry-after"]
+    assert unready_client.get("/v2/models/fraud/ready").status_code == 503
+
+
+def test_unevenly_nested_data_is_400(client: TestClient) -> None:  # type: ignore[type-arg]
+    tensor = {"name": "x", "datatype": "FP64", "shape": [2, 20], "data": [[0.0] * 20, 1.0]}
+    response = client.post("/v2/models/xgboost/infer", json={"inputs": [tensor]})
+    assert response.status_code == 400
+    assert "nested evenly" in response.json()["error"]
+
+
 def post_triton(client: TestClient, model: str, inputs: list[triton.InferInput]) -> httpx.Response:  # type: ignore[type-arg]
     """Send `inputs` as tritonclient's HTTP client encodes them (binary tensors after the JSON part)."""
     body, json_size = triton.InferenceServerClient.generate_request_body(inputs)
