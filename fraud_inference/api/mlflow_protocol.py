@@ -285,22 +285,20 @@ def _cell(cell: str, kind: str | None) -> Any:
     return cell
 
 
-def _charset_and_parameters(request: Request[Any, Any, Any]) -> None:
-    """MLflow reads UTF-8 only, and no content-type parameter but `charset` (415 otherwise)."""
+def _only_charset(request: Request[Any, Any, Any]) -> None:
+    """MLflow takes no content-type parameter but `charset` (415 otherwise; `require_media_type` checks it)."""
     _type, *parameters = (part.strip() for part in request.headers.get("content-type", "").split(";"))
     for parameter in parameters:
-        key, _, value = parameter.partition("=")
-        if key.strip().lower() != "charset":
-            raise _Refusal(415, "BAD_REQUEST", f"Unrecognized content type parameters: {key.strip()[:64]}")
-        if value.strip().strip('"').lower() != "utf-8":
-            raise _Refusal(415, "BAD_REQUEST", "The scoring server only supports UTF-8")
+        key = parameter.partition("=")[0].strip()
+        if key.lower() != "charset":
+            raise _Refusal(415, "BAD_REQUEST", f"Unrecognized content type parameters: {key[:64]}")
 
 
 async def _invoke(request: Request[Any, Any, Any], model: str | None) -> MlflowPredictions:
     service = service_of(request)
     service.check_capacity()
     media_type = require_media_type(request, (JSON, CSV))
-    _charset_and_parameters(request)
+    _only_charset(request)
     body = await request.body()
     selection = service.select(model)
     detail = service.settings.error_detail

@@ -431,7 +431,7 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
         400: "The body is not an inference request, or its tensors do not fit the model's signature.",
         404: "Unknown model, or a version that is not served.",
         413: "More rows than MAX_BATCH_ROWS, or a body over MAX_BODY_BYTES.",
-        415: "Not JSON (or application/octet-stream with Triton's binary tensor extension).",
+        415: "Not JSON (or application/octet-stream with Triton's binary tensor extension), or not UTF-8.",
         503: "Not ready, or overloaded (see Retry-After).",
         504: "No answer from the inference pool within INFERENCE_TIMEOUT_S.",
     }

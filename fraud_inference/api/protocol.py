@@ -34,13 +34,13 @@ T = TypeVar("T")
 
 
 class UnsupportedMediaTypeError(HTTPException):
-    """A body whose content type the route does not read: 415, naming the types it does."""
+    """A body whose content type (or charset: UTF-8 only) the route does not read: 415, naming what it reads."""
 
     status_code = 415
 
     def __init__(self, sent: str, accepted: Sequence[str]) -> None:
         super().__init__(
-            detail=f"content type {sent[:100]!r} is not accepted here; send {' or '.join(accepted)}",
+            detail=f"content type {sent[:100]!r} is not accepted here; send {' or '.join(accepted)}, in UTF-8",
         )
         self.sent = sent[:100]
         self.accepted = tuple(accepted)
@@ -68,13 +68,26 @@ def _content_type(request: Request[Any, Any, Any]) -> str:
 
 
 def require_media_type(request: Request[Any, Any, Any], accepted: Sequence[str] = (JSON,)) -> str:
-    """The request's media type when the route reads it (`application/*+json` counts as JSON), else 415."""
+    """The request's media type when the route reads it (`application/*+json` counts as JSON) in UTF-8, else 415.
+
+    Every route reads UTF-8 only: a `charset` parameter other than utf-8 is refused, not decoded as UTF-8 anyway.
+    """
+    sent = _content_type(request)
     media_type = media_type_of(request)
-    if media_type in accepted:
-        return media_type
     if JSON in accepted and media_type.startswith("application/") and media_type.endswith("+json"):
-        return JSON
-    raise UnsupportedMediaTypeError(_content_type(request), accepted)
+        media_type = JSON
+    if media_type not in accepted or _charset_of(sent) not in ("utf-8", "utf8"):
+        raise UnsupportedMediaTypeError(sent, accepted)
+    return media_type
+
+
+def _charset_of(content_type: str) -> str:
+    """The `charset` parameter of a content type, lower case; utf-8 when there is none."""
+    for parameter in content_type.split(";")[1:]:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return "utf-8"
 
 
 class JsonAnswer:

@@ -138,7 +138,8 @@ def test_unknown_model_not_json_and_not_utf8(client: TestClient, transactions: p
         assert "application/json" in refused.json()["message"]
         assert "text/csv" in refused.json()["message"]
     latin = client.post("/invocations", content=b"{}", headers={"content-type": "application/json; charset=latin-1"})
-    assert (latin.status_code, latin.json()["message"]) == (415, "The scoring server only supports UTF-8")
+    assert (latin.status_code, latin.json()["error_code"]) == (415, "BAD_REQUEST")
+    assert "send application/json or text/csv, in UTF-8" in latin.json()["message"]
 
 
 def test_not_ready_is_503_in_mlflow_shape(unready_client: TestClient) -> None:  # type: ignore[type-arg]

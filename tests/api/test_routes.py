@@ -93,3 +93,13 @@ def test_a_body_that_is_not_json_is_415_naming_json(client: TestClient, content_
         "/v1/predict", content=b'{"instances": []}', headers={"content-type": "application/json; charset=utf-8"}
     )
     assert json_variant.status_code == 422  # read as JSON: empty instances
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v2/models/xgboost/infer"])
+def test_a_body_in_another_charset_than_utf8_is_415(client: TestClient, path: str) -> None:  # type: ignore[type-arg]
+    latin = client.post(path, content='{"instances": []}'.encode("latin-1"),
+                        headers={"content-type": "application/json; charset=latin-1"})  # fmt: skip
+    assert latin.status_code == 415, latin.text
+    message = latin.json().get("detail") or latin.json()["error"]
+    assert "send application/json" in message
+    assert "in UTF-8" in message
