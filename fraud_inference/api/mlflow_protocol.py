@@ -28,6 +28,7 @@ from fraud_inference.api.protocol import (
     JSON,
     OverflowAsInfinityDecoder,
     encode_rows,
+    non_finite_hint,
     note_scored,
     refuse_empty,
     require_media_type,
@@ -178,7 +179,9 @@ def _parse_invocation(body: bytes) -> tuple[str, bytes, dict[str, Any] | None]:
         raise _Refusal(400, "BAD_REQUEST", message) from None
     except (msgspec.DecodeError, RecursionError) as error:
         raise _Refusal(
-            400, "BAD_REQUEST", f"Ensure that input is a valid JSON formatted string. Error: {error}"
+            400,
+            "BAD_REQUEST",
+            f"Ensure that input is a valid JSON formatted string. Error: {error}{non_finite_hint(body)}",
         ) from None
     present = [name for name in _FORMATS if getattr(invocation, name) is not msgspec.UNSET]
     if len(present) != 1:

@@ -26,6 +26,7 @@ from fraud_inference import __version__
 from fraud_inference.api.protocol import (
     JSON,
     OverflowAsInfinityDecoder,
+    non_finite_hint,
     note_scored,
     refuse_empty,
     require_media_type,
@@ -223,7 +224,7 @@ def _parse(request: Request[Any, Any, Any], body: bytes) -> InferRequest:
     except msgspec.ValidationError as error:
         raise _BadRequest(f"request body: {clip_names(str(error))}") from None
     except (msgspec.DecodeError, RecursionError) as error:
-        raise _BadRequest(f"malformed JSON: {error}") from None
+        raise _BadRequest(f"malformed JSON: {error}{non_finite_hint(header)}") from None
     offset = 0
     for tensor in infer.inputs:
         if tensor.datatype not in _NUMPY and tensor.datatype != "BYTES":

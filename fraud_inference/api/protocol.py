@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +23,7 @@ __all__ = [
     "UnsupportedMediaTypeError",
     "encode_rows",
     "media_type_of",
+    "non_finite_hint",
     "note_scored",
     "refuse_empty",
     "require_media_type",
@@ -171,9 +173,18 @@ class OverflowAsInfinityDecoder(Generic[T]):
         return self._decode_overflowing(raw)
 
 
+def non_finite_hint(body: bytes) -> str:
+    """What to add to a JSON syntax error when the body holds `NaN` or `Infinity`, which JSON has not but Python's
+    `json.dumps` and tritonclient write for non-finite floats; else nothing. Only on the error path."""
+    if _NON_FINITE_TOKEN.search(body):
+        return "; JSON has no NaN or Infinity: send null for a missing value (an infinite value is refused)"
+    return ""
+
+
 def refuse_empty(subject: str) -> InvalidRowsError:
     """The error for a request without rows, naming what is empty (`dataframe_split.data`, `input 'amount'`)."""
     return InvalidRowsError(f"{subject} is empty: send at least one row")
 
 
 _encode = msgspec.json.encode
+_NON_FINITE_TOKEN = re.compile(rb"[\[,:]\s*-?(?:Infinity|NaN)\b")
