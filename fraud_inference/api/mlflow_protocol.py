@@ -212,11 +212,11 @@ def _rows_of_split(raw: bytes, detail: ErrorDetail) -> bytes:
     if split.columns is None:
         raise _Refusal(400, "BAD_REQUEST", "dataframe_split: name the columns in `columns`")
     if split.index is not None and (not isinstance(split.index, list) or len(split.index) != len(split.data)):
-        labels = f"{len(split.index)} labels" if isinstance(split.index, list) else "not a list"
+        labels = f"index length {len(split.index)}" if isinstance(split.index, list) else "an index that is not a list"
         raise _Refusal(
             400,
             "BAD_REQUEST",
-            f"dataframe_split: index is {labels} for {len(split.data)} rows of data: send one label per row, "
+            f"dataframe_split: {labels} does not match the {len(split.data)} rows of data: send one label per row, "
             "or leave index out",
         )
     if not split.data:

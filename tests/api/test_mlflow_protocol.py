@@ -242,6 +242,6 @@ def test_a_split_index_must_label_each_row(client: TestClient, transactions: pd.
         response = client.post("/invocations", json={"dataframe_split": {**split, "index": index}})
         assert response.status_code == 400, response.text
         assert response.json()["error_code"] == "BAD_REQUEST"
-        assert "index is" in response.json()["message"]
-        assert "for 3 rows of data" in response.json()["message"]
+        assert "index" in response.json()["message"]
+        assert "does not match the 3 rows of data" in response.json()["message"]
     assert client.post("/invocations", json={"dataframe_split": split}).status_code == 200
