@@ -18,7 +18,7 @@ _WHY: dict[int, str] = {
     404: "Unknown model: the detail lists the served keys.",
     409: "Another refresh is running.",
     413: "More rows than MAX_BATCH_ROWS, or a body over MAX_BODY_BYTES.",
-    415: "The body's content type is not one the route reads: the detail names the accepted types.",
+    415: "The body's content type is not one the route reads, or not UTF-8: the detail names the accepted types.",
     422: "The body does not fit the model's signature: the detail names the row and the feature.",
     502: "The registry cannot be asked; the current models keep serving.",
     503: "Not ready yet, or no worker could score (see Retry-After).",

@@ -12,6 +12,7 @@ import csv
 import enum
 import functools
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +24,20 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import FromPath
 from litestar.response import Response
 
-from fraud_inference.api.protocol import JSON, note_scored, require_media_type, rows_of_columns, service_of
+from fraud_inference.api.protocol import (
+    JSON,
+    OverflowAsInfinityDecoder,
+    encode_rows,
+    non_finite_hint,
+    note_scored,
+    refuse_empty,
+    require_media_type,
+    rows_of_columns,
+    service_of,
+)
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
-from fraud_inference.models.signature import clip_names
+from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.service import (
     InferenceFailedError,
     InvalidRowsError,
@@ -54,6 +65,7 @@ _REQUIRED_INPUT_FORMAT = (
 # numbers, and this service scores on the native path without them, so they are refused, not ignored.
 _XGBOOST_PREDICT_PARAMS = frozenset({"output_margin", "base_margin", "iteration_range", "validate_features"})
 _RETRY_AFTER = {"Retry-After": "1"}
+_EMPTY_ARRAY = re.compile(rb"\s*\[\s*\]\s*")
 
 
 class MlflowError(msgspec.Struct, kw_only=True):
@@ -71,7 +83,7 @@ class MlflowPredictions(msgspec.Struct):
 
 
 class _Split(msgspec.Struct):
-    """pandas' `orient="split"`: `columns`, then `data` row by row; `index` is ignored, as MLflow does."""
+    """pandas' `orient="split"`: `columns`, then `data` row by row; `index` (one label per row) is ignored."""
 
     data: list[list[Any]]
     columns: list[str] | None = None
@@ -89,9 +101,8 @@ class _Invocation(msgspec.Struct):
 
 
 _decode_invocation = msgspec.json.Decoder(_Invocation).decode
-_decode_split = msgspec.json.Decoder(_Split).decode
-_decode_columns = msgspec.json.Decoder(dict[str, list[Any]]).decode
-_encode = msgspec.json.encode
+_decode_split = OverflowAsInfinityDecoder(_Split).decode
+_decode_columns = OverflowAsInfinityDecoder(dict[str, list[Any]]).decode
 
 
 class _Output(enum.Enum):
@@ -157,12 +168,8 @@ class _Refusal(HTTPException):
         self.error_code = error_code
 
 
-def _rows_of_json(body: bytes) -> tuple[bytes, dict[str, Any] | None]:
-    """The rows of a JSON body as the pool takes them (raw JSON: an array of row objects), and its params.
-
-    Row-oriented bodies (`dataframe_records`, or `instances`/`inputs` holding an array) pass through untouched;
-    columnar ones (`dataframe_split`, `inputs`/`instances` as an object of columns) become row objects here.
-    """
+def _parse_invocation(body: bytes) -> tuple[str, bytes, dict[str, Any] | None]:
+    """A JSON body's input form (`dataframe_split`, ...), the raw JSON of its input, and its params."""
     try:
         invocation = _decode_invocation(body)
     except msgspec.ValidationError as error:
@@ -172,27 +179,48 @@ def _rows_of_json(body: bytes) -> tuple[bytes, dict[str, Any] | None]:
         raise _Refusal(400, "BAD_REQUEST", message) from None
     except (msgspec.DecodeError, RecursionError) as error:
         raise _Refusal(
-            400, "BAD_REQUEST", f"Ensure that input is a valid JSON formatted string. Error: {error}"
+            400,
+            "BAD_REQUEST",
+            f"Ensure that input is a valid JSON formatted string. Error: {error}{non_finite_hint(body)}",
         ) from None
     present = [name for name in _FORMATS if getattr(invocation, name) is not msgspec.UNSET]
     if len(present) != 1:
         raise _Refusal(400, "BAD_REQUEST", f"{_REQUIRED_INPUT_FORMAT}. Received input fields: {present}")
-    name = present[0]
-    raw = bytes(getattr(invocation, name))
+    return present[0], bytes(getattr(invocation, present[0])), invocation.params
+
+
+def _rows_of_json(name: str, raw: bytes, detail: ErrorDetail) -> bytes:
+    """The rows of the input form `name` as the pool takes them (raw JSON: an array of row objects).
+
+    Row-oriented inputs (`dataframe_records`, or `instances`/`inputs` holding an array) pass through untouched;
+    columnar ones (`dataframe_split`, `inputs`/`instances` as an object of columns) become row objects here.
+    """
     if name == "dataframe_split":
-        return _rows_of_split(raw), invocation.params
+        return _rows_of_split(raw, detail)
     if name != "dataframe_records" and raw.lstrip()[:1] == b"{":
-        return _rows_of_columns(raw), invocation.params
-    return raw, invocation.params
+        return _rows_of_columns(raw, name, detail)
+    if _EMPTY_ARRAY.fullmatch(raw):
+        raise refuse_empty(name)
+    return raw
 
 
-def _rows_of_split(raw: bytes) -> bytes:
+def _rows_of_split(raw: bytes, detail: ErrorDetail) -> bytes:
     try:
         split = _decode_split(raw)
     except (msgspec.DecodeError, RecursionError) as error:
         raise _Refusal(400, "BAD_REQUEST", f"dataframe_split: {clip_names(str(error))}") from None
     if split.columns is None:
         raise _Refusal(400, "BAD_REQUEST", "dataframe_split: name the columns in `columns`")
+    if split.index is not None and (not isinstance(split.index, list) or len(split.index) != len(split.data)):
+        labels = f"index length {len(split.index)}" if isinstance(split.index, list) else "an index that is not a list"
+        raise _Refusal(
+            400,
+            "BAD_REQUEST",
+            f"dataframe_split: {labels} does not match the {len(split.data)} rows of data: send one label per row, "
+            "or leave index out",
+        )
+    if not split.data:
+        raise refuse_empty("dataframe_split.data")
     width = len(split.columns)
     for index, row in enumerate(split.data):
         if len(row) != width:
@@ -200,20 +228,23 @@ def _rows_of_split(raw: bytes) -> bytes:
                 400, "BAD_REQUEST", f"dataframe_split: data[{index}] has {len(row)} values for {width} columns"
             )
     columns = split.columns
-    return _encode([dict(zip(columns, row, strict=True)) for row in split.data])
+    return encode_rows([dict(zip(columns, row, strict=True)) for row in split.data], detail=detail)
 
 
-def _rows_of_columns(raw: bytes) -> bytes:
+def _rows_of_columns(raw: bytes, name: str, detail: ErrorDetail) -> bytes:
     try:
         columns = _decode_columns(raw)
     except (msgspec.DecodeError, RecursionError) as error:
-        raise _Refusal(400, "BAD_REQUEST", f"inputs: {clip_names(str(error))}") from None
-    if len({len(values) for values in columns.values()}) > 1:
-        raise _Refusal(400, "BAD_REQUEST", "inputs: every column must hold as many values as the others")
-    return rows_of_columns(columns)
+        raise _Refusal(400, "BAD_REQUEST", f"{name}: {clip_names(str(error))}") from None
+    counts = {len(values) for values in columns.values()}
+    if len(counts) > 1:
+        raise _Refusal(400, "BAD_REQUEST", f"{name}: every column must hold as many values as the others")
+    if counts in (set(), {0}):
+        raise refuse_empty(name)
+    return rows_of_columns(columns, detail=detail)
 
 
-def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...]) -> bytes:
+def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...], detail: ErrorDetail) -> bytes:
     """CSV with a header row, as `pandas.DataFrame.to_csv(index=False)` writes it; cells typed by the signature."""
     try:
         text = body.decode("utf-8")
@@ -233,11 +264,16 @@ def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...]) -> bytes:
         if len(record) != len(header):
             raise _Refusal(400, "BAD_REQUEST", f"CSV row {number}: {len(record)} values for {len(header)} columns")
         rows.append({name: _cell(cell, types.get(name)) for name, cell in zip(header, record, strict=True)})
-    return _encode(rows)
+    if not rows:
+        raise refuse_empty("the CSV input under its header row")
+    return encode_rows(rows, detail=detail)
 
 
 def _cell(cell: str, kind: str | None) -> Any:
-    """One CSV cell as the signature's type; left as text when it is not one (the worker then says so)."""
+    """One CSV cell as the signature's type; left as text when it is not one (the worker then says so).
+
+    `inf` and `1e999` become infinities, which `encode_rows` refuses; `nan`, like an empty cell, is missing.
+    """
     if cell == "":
         return None
     try:
@@ -252,29 +288,30 @@ def _cell(cell: str, kind: str | None) -> Any:
     return cell
 
 
-def _charset_and_parameters(request: Request[Any, Any, Any]) -> None:
-    """MLflow reads UTF-8 only, and no content-type parameter but `charset` (415 otherwise)."""
+def _only_charset(request: Request[Any, Any, Any]) -> None:
+    """MLflow takes no content-type parameter but `charset` (415 otherwise; `require_media_type` checks it)."""
     _type, *parameters = (part.strip() for part in request.headers.get("content-type", "").split(";"))
     for parameter in parameters:
-        key, _, value = parameter.partition("=")
-        if key.strip().lower() != "charset":
-            raise _Refusal(415, "BAD_REQUEST", f"Unrecognized content type parameters: {key.strip()[:64]}")
-        if value.strip().strip('"').lower() != "utf-8":
-            raise _Refusal(415, "BAD_REQUEST", "The scoring server only supports UTF-8")
+        key = parameter.partition("=")[0].strip()
+        if key.lower() != "charset":
+            raise _Refusal(415, "BAD_REQUEST", f"Unrecognized content type parameters: {key[:64]}")
 
 
 async def _invoke(request: Request[Any, Any, Any], model: str | None) -> MlflowPredictions:
     service = service_of(request)
     service.check_capacity()
     media_type = require_media_type(request, (JSON, CSV))
-    _charset_and_parameters(request)
+    _only_charset(request)
     body = await request.body()
     selection = service.select(model)
+    detail = service.settings.error_detail
     if media_type == CSV:
-        rows, params = _rows_of_csv(body, selection.artifact.features), None
+        _check_servable(selection, None)
+        rows = _rows_of_csv(body, selection.artifact.features, detail)
     else:
-        rows, params = _rows_of_json(body)
-    _check_servable(selection, params)
+        form, raw, params = _parse_invocation(body)
+        _check_servable(selection, params)
+        rows = _rows_of_json(form, raw, detail)
     scored = await service.predict(selection, rows, request_id_of(request.scope))
     note_scored(request, scored, "mlflow")
     return _predictions(scored)

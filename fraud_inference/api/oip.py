@@ -23,10 +23,19 @@ from litestar.params import FromPath
 from litestar.response import Response
 
 from fraud_inference import __version__
-from fraud_inference.api.protocol import JSON, note_scored, require_media_type, rows_of_columns, service_of
+from fraud_inference.api.protocol import (
+    JSON,
+    OverflowAsInfinityDecoder,
+    non_finite_hint,
+    note_scored,
+    refuse_empty,
+    require_media_type,
+    rows_of_columns,
+    service_of,
+)
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
-from fraud_inference.models.signature import clip_names
+from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.service import (
     FraudService,
     InferenceFailedError,
@@ -68,6 +77,12 @@ _NUMPY = {
     "INT64": np.dtype("<i8"), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
     "UINT64": np.dtype("<u8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }  # fmt: skip
+_INTEGER_RANGES = {
+    **{f"INT{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) for bits in (8, 16, 32, 64)},
+    **{f"UINT{bits}": (0, 2**bits - 1) for bits in (8, 16, 32, 64)},
+}
+_FLOAT_MAX = {"FP16": 65504.0, "FP32": float(np.finfo(np.float32).max), "FP64": float(np.finfo(np.float64).max)}
+_DATATYPE_NAMES = ", ".join(sorted({*_NUMPY, "BYTES"}))
 OUTPUTS = ("fraud_probability", "is_fraud")
 _RETRY_AFTER = {"Retry-After": "1"}
 
@@ -150,7 +165,7 @@ class InferResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     parameters: dict[str, Any] | None = None
 
 
-_decode_infer = msgspec.json.Decoder(InferRequest).decode
+_decode_infer = OverflowAsInfinityDecoder(InferRequest).decode
 _encode = msgspec.json.encode
 
 
@@ -209,9 +224,12 @@ def _parse(request: Request[Any, Any, Any], body: bytes) -> InferRequest:
     except msgspec.ValidationError as error:
         raise _BadRequest(f"request body: {clip_names(str(error))}") from None
     except (msgspec.DecodeError, RecursionError) as error:
-        raise _BadRequest(f"malformed JSON: {error}") from None
+        raise _BadRequest(f"malformed JSON: {error}{non_finite_hint(header)}") from None
     offset = 0
     for tensor in infer.inputs:
+        if tensor.datatype not in _NUMPY and tensor.datatype != "BYTES":
+            raise _BadRequest(f"input {tensor.name[:64]!r}: datatype {tensor.datatype[:64]!r} is not an OIP datatype; "
+                              f"send one of {_DATATYPE_NAMES}")  # fmt: skip
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is None:
             continue
@@ -258,7 +276,54 @@ def _values(tensor: RequestInput) -> list[Any]:
     if len(values) != math.prod(tensor.shape):
         raise _BadRequest(f"input {tensor.name[:64]!r}: shape {tensor.shape} needs {math.prod(tensor.shape)} values, "
                           f"data holds {len(values)}")  # fmt: skip
+    misfit = None if _fit(tensor.datatype, values) else _first_misfit(tensor.datatype, values)
+    if misfit is not None:
+        index, value = misfit
+        raise _BadRequest(f"input {tensor.name[:64]!r}: data[{index}] = {repr(value)[:64]} does not fit datatype "
+                          f"{tensor.datatype}; send values of the declared datatype")  # fmt: skip
     return values
+
+
+def _fit(datatype: str, values: list[Any]) -> bool:
+    """Whether every value surely fits `datatype` (null, a missing value, fits any), in C-level passes; False when
+    unsure (`3.0` in an integer tensor, NaN), for `_first_misfit` to decide value by value."""
+    kinds = set(map(type, values))
+    if type(None) in kinds:
+        kinds.discard(type(None))
+        values = [value for value in values if value is not None]
+    if not values:
+        return True
+    if datatype == "BOOL":
+        return kinds == {bool}
+    if datatype == "BYTES":
+        return kinds == {str}
+    if not kinds <= {int, float}:
+        return False
+    if datatype in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[datatype]
+        return kinds == {int} and bool(low <= min(values) and max(values) <= high)
+    # An infinity or NaN lands here; `_fits` lets both through (encode_rows refuses infinity at its row and column).
+    return bool(-_FLOAT_MAX[datatype] <= min(values) and max(values) <= _FLOAT_MAX[datatype])
+
+
+def _first_misfit(datatype: str, values: list[Any]) -> tuple[int, Any] | None:
+    return next(((i, v) for i, v in enumerate(values) if v is not None and not _fits(datatype, v)), None)
+
+
+def _fits(datatype: str, value: Any) -> bool:
+    """Whether one (non-null) value fits `datatype`: a JSON boolean for BOOL, a string for BYTES, a whole number in
+    range for an integer type (`3.0` is 3), a number within range for a floating-point type."""
+    kind = type(value)
+    if datatype == "BOOL":
+        return kind is bool
+    if datatype == "BYTES":
+        return kind is str
+    if kind is not int and kind is not float:
+        return False
+    if datatype in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[datatype]
+        return (kind is int or bool(value.is_integer())) and bool(low <= value <= high)
+    return not abs(value) > _FLOAT_MAX[datatype] or math.isinf(value)
 
 
 def _as_booleans(values: list[Any]) -> list[Any]:
@@ -266,10 +331,12 @@ def _as_booleans(values: list[Any]) -> list[Any]:
     return [bool(v) if v in (0, 1) and not isinstance(v, bool) else v for v in values]
 
 
-def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...]) -> bytes:
+def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...], detail: ErrorDetail) -> bytes:
     """The tensors as the pool takes rows (raw JSON: an array of row objects); names checked by the worker."""
     names = [feature.name for feature in features]
     booleans = {feature.name for feature in features if feature.type == "boolean"}
+    if not infer.inputs:
+        raise _BadRequest("inputs is empty: send one tensor per feature, or one [n, features] tensor")
     if len(infer.inputs) == 1 and infer.inputs[0].name not in names and len(infer.inputs[0].shape) == 2:
         tensor = infer.inputs[0]
         width = tensor.shape[1]
@@ -284,13 +351,20 @@ def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...]) -> bytes:
             if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
                 raise _BadRequest(f"input {tensor.name[:64]!r}: shape {tensor.shape}: send one tensor per feature "
                                   "of shape [n] or [n, 1], or one [n, features] tensor in signature order")  # fmt: skip
+            if tensor.name in columns:
+                raise _BadRequest(f"input {tensor.name[:64]!r} is sent more than once: send one tensor per feature")
             columns[tensor.name] = _values(tensor)
-        counts = {len(values) for values in columns.values()}
-        if len(counts) > 1:
-            raise _BadRequest("every input tensor must hold one value per row, as many as the others")
+        counts = {name: len(values) for name, values in columns.items()}
+        first = infer.inputs[0].name
+        other = next((name for name, count in counts.items() if count != counts[first]), None)
+        if other is not None:
+            raise _BadRequest(f"input {other[:64]!r} holds {counts[other]} values and input {first[:64]!r} "
+                              f"{counts[first]}: every input tensor must hold one value per row")  # fmt: skip
+    if not next(iter(columns.values())):
+        raise refuse_empty(f"input {infer.inputs[0].name[:64]!r}")
     for name in booleans.intersection(columns):
         columns[name] = _as_booleans(columns[name])
-    return rows_of_columns(columns)
+    return rows_of_columns(columns, detail=detail)
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -344,7 +418,8 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str | Non
     selection = _select(service, model, version)
     infer = _parse(request, body)
     request_id = request_id_of(request.scope)
-    scored = await service.predict(selection, _rows(infer, selection.artifact.features), request_id)
+    rows = _rows(infer, selection.artifact.features, service.settings.error_detail)
+    scored = await service.predict(selection, rows, request_id)
     note_scored(request, scored, "oip")
     return _answer(infer, scored, request_id)
 
@@ -357,7 +432,7 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
         400: "The body is not an inference request, or its tensors do not fit the model's signature.",
         404: "Unknown model, or a version that is not served.",
         413: "More rows than MAX_BATCH_ROWS, or a body over MAX_BODY_BYTES.",
-        415: "Not JSON (or application/octet-stream with Triton's binary tensor extension).",
+        415: "Not JSON (or application/octet-stream with Triton's binary tensor extension), or not UTF-8.",
         503: "Not ready, or overloaded (see Retry-After).",
         504: "No answer from the inference pool within INFERENCE_TIMEOUT_S.",
     }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from litestar import Request
@@ -11,30 +13,36 @@ from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
 
 from fraud_inference.api.request_id import note_for_access_log
-from fraud_inference.service import FraudService, ScoredRows
+from fraud_inference.models.signature import ErrorDetail
+from fraud_inference.service import FraudService, InvalidRowsError, ScoredRows
 
 __all__ = [
     "JSON",
     "JsonAnswer",
+    "OverflowAsInfinityDecoder",
     "UnsupportedMediaTypeError",
+    "encode_rows",
     "media_type_of",
+    "non_finite_hint",
     "note_scored",
+    "refuse_empty",
     "require_media_type",
     "rows_of_columns",
     "service_of",
 ]
 
 JSON = "application/json"
+T = TypeVar("T")
 
 
 class UnsupportedMediaTypeError(HTTPException):
-    """A body whose content type the route does not read: 415, naming the types it does."""
+    """A body whose content type (or charset: UTF-8 only) the route does not read: 415, naming what it reads."""
 
     status_code = 415
 
     def __init__(self, sent: str, accepted: Sequence[str]) -> None:
         super().__init__(
-            detail=f"content type {sent[:100]!r} is not accepted here; send {' or '.join(accepted)}",
+            detail=f"content type {sent[:100]!r} is not accepted here; send {' or '.join(accepted)}, in UTF-8",
         )
         self.sent = sent[:100]
         self.accepted = tuple(accepted)
@@ -62,13 +70,26 @@ def _content_type(request: Request[Any, Any, Any]) -> str:
 
 
 def require_media_type(request: Request[Any, Any, Any], accepted: Sequence[str] = (JSON,)) -> str:
-    """The request's media type when the route reads it (`application/*+json` counts as JSON), else 415."""
+    """The request's media type when the route reads it (`application/*+json` counts as JSON) in UTF-8, else 415.
+
+    Every route reads UTF-8 only: a `charset` parameter other than utf-8 is refused, not decoded as UTF-8 anyway.
+    """
+    sent = _content_type(request)
     media_type = media_type_of(request)
-    if media_type in accepted:
-        return media_type
     if JSON in accepted and media_type.startswith("application/") and media_type.endswith("+json"):
-        return JSON
-    raise UnsupportedMediaTypeError(_content_type(request), accepted)
+        media_type = JSON
+    if media_type not in accepted or _charset_of(sent) not in ("utf-8", "utf8"):
+        raise UnsupportedMediaTypeError(sent, accepted)
+    return media_type
+
+
+def _charset_of(content_type: str) -> str:
+    """The `charset` parameter of a content type, lower case; utf-8 when there is none."""
+    for parameter in content_type.split(";")[1:]:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return "utf-8"
 
 
 class JsonAnswer:
@@ -103,11 +124,67 @@ def note_scored(request: Request[Any, Any, Any], scored: ScoredRows, protocol: s
     )
 
 
-def rows_of_columns(columns: dict[str, list[Any]]) -> bytes:
+def rows_of_columns(columns: dict[str, list[Any]], *, detail: ErrorDetail = "full") -> bytes:
     """Columns (name to one value per row, all as long) as the pool takes every protocol's rows: the raw JSON of
-    an array of row objects. Built with C-level zips: no Python call per value."""
+    an array of row objects. Built with C-level zips: no Python call per value. Infinities are refused
+    (`InvalidRowsError` naming the row and column), as `encode_rows` does."""
     names = list(columns)
-    return _encode([dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)])
+    rows = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    return encode_rows(rows, detail=detail)
+
+
+def encode_rows(rows: list[dict[str, Any]], *, detail: ErrorDetail = "full") -> bytes:
+    """Row objects as the pool takes them (raw JSON), refusing an infinite value with `InvalidRowsError` at its
+    row and column (the column left out under ERROR_DETAIL=generic). NaN stays a missing value, as null is.
+
+    Every protocol that builds rows itself (CSV, columns, tensors) encodes them here: JSON has no infinity, and
+    msgspec writes one as null, which the model would score as a missing value.
+    """
+    encoded = _encode(rows)
+    # NOTE: only a body holding null can hide an infinity (msgspec writes inf and NaN as null): look only then.
+    if b"null" in encoded:
+        for index, row in enumerate(rows):
+            for name, value in row.items():
+                if type(value) is float and math.isinf(value):
+                    raise InvalidRowsError(
+                        f"value {value} is not a finite number: send a finite number, or leave it empty (null) "
+                        "for a missing value",
+                        row=index,
+                        feature=None if detail == "generic" else name,
+                    )
+    return encoded
+
+
+class OverflowAsInfinityDecoder(Generic[T]):
+    """A JSON decoder of `target` that reads a number beyond float64 (`1e999`) as infinity, so that `encode_rows`
+    refuses it naming its row and column (msgspec alone refuses it naming only a JSON path)."""
+
+    def __init__(self, target: type[T]) -> None:
+        self._decode = msgspec.json.Decoder(target).decode
+        self._decode_overflowing = msgspec.json.Decoder(target, float_hook=float).decode
+
+    def decode(self, raw: bytes) -> T:
+        try:
+            return self._decode(raw)
+        except msgspec.ValidationError as error:
+            if not str(error).startswith("Number out of range"):
+                raise
+        # NOTE: float_hook costs a Python call per number (~6x slower): only for the rare body that needs it.
+        return self._decode_overflowing(raw)
+
+
+def non_finite_hint(body: bytes) -> str:
+    """What to add to a JSON syntax error when the body holds `NaN` or `Infinity`, which JSON has not but Python's
+    `json.dumps` and tritonclient write for non-finite floats; else nothing. Only on the error path."""
+    if _NON_FINITE_TOKEN.search(body):
+        return "; JSON has no NaN or Infinity: send null for a missing value (an infinite value is refused)"
+    return ""
+
+
+def refuse_empty(subject: str) -> InvalidRowsError:
+    """The error for a request without rows, naming what is empty (`dataframe_split.data`, `input 'amount'`)."""
+    return InvalidRowsError(f"{subject} is empty: send at least one row")
 
 
 _encode = msgspec.json.encode
+_NON_FINITE_TOKEN = re.compile(rb"[\[,:]\s*-?(?:Infinity|NaN)\b")

@@ -15,7 +15,7 @@ from litestar.types import ASGIApp
 
 from fraud_inference import __version__
 from fraud_inference.api.errors import error_responses
-from fraud_inference.api.protocol import JsonAnswer, note_scored, require_media_type, service_of
+from fraud_inference.api.protocol import JsonAnswer, non_finite_hint, note_scored, require_media_type, service_of
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.api.schemas import (
     DependencyInfo,
@@ -129,7 +129,7 @@ async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
     except msgspec.ValidationError as error:
         raise HTTPException(status_code=422, detail=f"request body: {clip_names(str(error))}") from None
     except msgspec.DecodeError as error:
-        raise HTTPException(status_code=400, detail=f"malformed JSON: {error}") from None
+        raise HTTPException(status_code=400, detail=f"malformed JSON: {error}{non_finite_hint(body)}") from None
     except RecursionError:
         raise HTTPException(status_code=400, detail="malformed JSON: nested too deeply") from None
     request_id = request_id_of(request.scope)

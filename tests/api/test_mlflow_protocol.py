@@ -6,6 +6,7 @@ The end-to-end comparison with a real `mlflow models serve` and MLflow's own cli
 from __future__ import annotations
 
 import json
+import math
 
 import mlflow.pyfunc
 import pandas as pd
@@ -137,7 +138,8 @@ def test_unknown_model_not_json_and_not_utf8(client: TestClient, transactions: p
         assert "application/json" in refused.json()["message"]
         assert "text/csv" in refused.json()["message"]
     latin = client.post("/invocations", content=b"{}", headers={"content-type": "application/json; charset=latin-1"})
-    assert (latin.status_code, latin.json()["message"]) == (415, "The scoring server only supports UTF-8")
+    assert (latin.status_code, latin.json()["error_code"]) == (415, "BAD_REQUEST")
+    assert "send application/json or text/csv, in UTF-8" in latin.json()["message"]
 
 
 def test_not_ready_is_503_in_mlflow_shape(unready_client: TestClient) -> None:  # type: ignore[type-arg]
@@ -145,3 +147,101 @@ def test_not_ready_is_503_in_mlflow_shape(unready_client: TestClient) -> None:  
     assert response.status_code == 503
     assert response.headers["retry-after"]
     assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+def json_forms(records: list[dict[str, object]]) -> dict[str, bytes]:
+    """`records` in every JSON form of /invocations; an infinity is written `1e999`, as JSON can only carry it."""
+    names = list(records[0])
+    forms: dict[str, object] = {
+        "dataframe_split": {"dataframe_split": {"columns": names, "data": [list(r.values()) for r in records]}},
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs_records": {"inputs": records},
+        "instances_columns": {"instances": {name: [r[name] for r in records] for name in names}},
+        "inputs_columns": {"inputs": {name: [r[name] for r in records] for name in names}},
+    }
+    return {form: json.dumps(body).replace("Infinity", "1e999").encode() for form, body in forms.items()}
+
+
+@pytest.mark.parametrize("column", ["amount", "hour_of_day"])
+@pytest.mark.parametrize("infinity", [math.inf, -math.inf])
+def test_an_infinity_in_any_json_form_is_refused_naming_row_and_column(
+    client: TestClient,
+    transactions: pd.DataFrame,
+    column: str,
+    infinity: float,  # type: ignore[type-arg]
+) -> None:
+    records: list[dict[str, object]] = rows(transactions, 3)  # type: ignore[assignment]
+    records[2][column] = infinity
+    for form, body in json_forms(records).items():
+        response = client.post("/invocations/lightgbm", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, (form, response.text)
+        answer = response.json()
+        assert answer["error_code"] == "INVALID_PARAMETER_VALUE", (form, answer)
+        assert f"row 2, column '{column}'" in answer["message"], (form, answer)
+        assert "not a finite number" in answer["message"], (form, answer)
+
+
+@pytest.mark.parametrize("spelling", ["inf", "-inf", "Infinity", "-Infinity", "1e999", "-1E400"])
+@pytest.mark.parametrize("column", ["amount", "hour_of_day"])
+def test_an_infinity_in_csv_is_refused_naming_row_and_column(
+    client: TestClient,
+    transactions: pd.DataFrame,
+    column: str,
+    spelling: str,  # type: ignore[type-arg]
+) -> None:
+    frame = transactions.head(3).copy()
+    frame[column] = frame[column].astype(object)
+    frame.loc[frame.index[1], column] = spelling
+    response = client.post("/invocations", content=frame.to_csv(index=False), headers={"content-type": "text/csv"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert f"row 1, column '{column}'" in response.json()["message"]
+    assert "not a finite number" in response.json()["message"]
+
+
+def test_an_empty_csv_cell_or_nan_is_still_a_missing_value(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    frame = transactions.head(2).copy()
+    frame["amount"] = frame["amount"].astype(object)
+    frame.loc[frame.index[0], "amount"] = ""
+    frame.loc[frame.index[1], "amount"] = "nan"
+    response = client.post(
+        "/invocations/xgboost", content=frame.to_csv(index=False), headers={"content-type": "text/csv"}
+    )
+    assert response.status_code == 200, response.text
+    missing = rows(transactions, 2)
+    for record in missing:
+        record["amount"] = None  # type: ignore[assignment]
+    assert response.json() == client.post("/invocations/xgboost", json={"dataframe_records": missing}).json()
+
+
+@pytest.mark.parametrize(
+    ("body", "subject"),
+    [
+        ({"dataframe_split": {"columns": ["amount"], "data": []}}, "dataframe_split.data is empty"),
+        ({"dataframe_records": []}, "dataframe_records is empty"),
+        ({"instances": []}, "instances is empty"),
+        ({"inputs": []}, "inputs is empty"),
+        ({"inputs": {"amount": [], "hour_of_day": []}}, "inputs is empty"),
+        ({"instances": {}}, "instances is empty"),
+    ],
+)
+def test_a_body_without_rows_names_what_is_empty(client: TestClient, body: object, subject: str) -> None:  # type: ignore[type-arg]
+    response = client.post("/invocations", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert f"{subject}: send at least one row" in response.json()["message"]
+    csv = client.post("/invocations", content="amount,hour_of_day\n", headers={"content-type": "text/csv"})
+    assert csv.status_code == 400, csv.text
+    assert "the CSV input under its header row is empty" in csv.json()["message"]
+
+
+def test_a_split_index_must_label_each_row(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    split = json.loads(transactions.head(3).to_json(orient="split"))
+    for index in (split["index"][:2], split["index"] + [3], 7):
+        response = client.post("/invocations", json={"dataframe_split": {**split, "index": index}})
+        assert response.status_code == 400, response.text
+        assert response.json()["error_code"] == "BAD_REQUEST"
+        assert "index" in response.json()["message"]
+        assert "does not match the 3 rows of data" in response.json()["message"]
+    assert client.post("/invocations", json={"dataframe_split": split}).status_code == 200

@@ -93,3 +93,35 @@ def test_a_body_that_is_not_json_is_415_naming_json(client: TestClient, content_
         "/v1/predict", content=b'{"instances": []}', headers={"content-type": "application/json; charset=utf-8"}
     )
     assert json_variant.status_code == 422  # read as JSON: empty instances
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/predict", '{"instances": [{"amount": NaN}]}'),
+        ("/invocations", '{"dataframe_split": {"columns": ["amount"], "data": [[-Infinity]]}}'),
+        (
+            "/v2/models/xgboost/infer",
+            '{"inputs": [{"name": "amount", "shape": [1], "datatype": "FP64", "data": [Infinity]}]}',
+        ),
+    ],
+)
+def test_nan_or_infinity_written_into_json_is_400_saying_json_has_none(
+    client: TestClient, path: str, body: str
+) -> None:  # type: ignore[type-arg]
+    response = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert "JSON has no NaN or Infinity: send null for a missing value" in (
+        answer.get("detail") or answer.get("message") or answer["error"]
+    )
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v2/models/xgboost/infer"])
+def test_a_body_in_another_charset_than_utf8_is_415(client: TestClient, path: str) -> None:  # type: ignore[type-arg]
+    latin = client.post(path, content='{"instances": []}'.encode("latin-1"),
+                        headers={"content-type": "application/json; charset=latin-1"})  # fmt: skip
+    assert latin.status_code == 415, latin.text
+    message = latin.json().get("detail") or latin.json()["error"]
+    assert "send application/json" in message
+    assert "in UTF-8" in message

@@ -120,3 +120,18 @@ def test_refusals_reach_the_client_as_errors(triton_client: triton.InferenceServ
     with pytest.raises(InferenceServerException, match="unknown model") as unknown:
         triton_client.infer("catboost", [tensor])
     assert unknown.value.status() == "404"
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_an_infinity_reaches_the_client_as_a_refusal_not_a_score(
+    triton_client: triton.InferenceServerClient, transactions: pd.DataFrame, binary: bool
+) -> None:
+    matrix = transactions.head(3)[[f.name for f in FEATURES]].to_numpy(dtype=np.float64)
+    matrix[1, 0] = np.inf  # tritonclient writes it as JSON `inf`, which no JSON parser reads, or as binary
+    tensor = triton.InferInput("transactions", list(matrix.shape), "FP64")
+    tensor.set_data_from_numpy(matrix, binary_data=binary)
+    with pytest.raises(InferenceServerException) as refused:
+        triton_client.infer("xgboost", [tensor])
+    assert refused.value.status() == "400"
+    said = "JSON has no NaN or Infinity" if not binary else f"input '{FEATURES[0].name}', row 1: value inf is not a"
+    assert said in str(refused.value)
