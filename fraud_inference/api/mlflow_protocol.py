@@ -23,9 +23,11 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath
 from litestar.response import Response
+from litestar.types import ASGIApp
 
 from fraud_inference.api.protocol import (
     JSON,
+    EncodedAnswer,
     OverflowAsInfinityDecoder,
     encode_rows,
     non_finite_hint,
@@ -101,6 +103,7 @@ class _Invocation(msgspec.Struct):
 
 
 _decode_invocation = msgspec.json.Decoder(_Invocation).decode
+_encode = msgspec.json.Encoder().encode
 _decode_split = OverflowAsInfinityDecoder(_Split).decode
 _decode_columns = OverflowAsInfinityDecoder(dict[str, list[Any]]).decode
 
@@ -297,7 +300,7 @@ def _only_charset(request: Request[Any, Any, Any]) -> None:
             raise _Refusal(415, "BAD_REQUEST", f"Unrecognized content type parameters: {key[:64]}")
 
 
-async def _invoke(request: Request[Any, Any, Any], model: str | None) -> MlflowPredictions:
+async def _invoke(request: Request[Any, Any, Any], model: str | None) -> ASGIApp:
     service = service_of(request)
     service.check_capacity()
     media_type = require_media_type(request, (JSON, CSV))
@@ -314,7 +317,7 @@ async def _invoke(request: Request[Any, Any, Any], model: str | None) -> MlflowP
         rows = _rows_of_json(form, raw, detail)
     scored = await service.predict(selection, rows, request_id_of(request.scope))
     note_scored(request, scored, "mlflow")
-    return _predictions(scored)
+    return EncodedAnswer(_encode(_predictions(scored)))
 
 
 @dataclass
@@ -372,19 +375,22 @@ _OPERATION: dict[str, Any] = {
     "status_code": 200,
     "operation_class": _InvocationsOperation,
     "raises": [],
-    "responses": _RESPONSES,
+    "responses": {
+        200: ResponseSpec(MlflowPredictions, description="What `mlflow models serve` answers for these rows."),
+        **_RESPONSES,
+    },
     "tags": ["mlflow"],
 }
 
 
 @post("/invocations", summary="Score with MLflow's scoring protocol (DEFAULT_MODEL)", **_OPERATION)
-async def invocations(request: Request[Any, Any, Any]) -> MlflowPredictions:
+async def invocations(request: Request[Any, Any, Any]) -> ASGIApp:
     """`mlflow models serve`'s /invocations, scored by DEFAULT_MODEL: the same bodies, the same answers."""
     return await _invoke(request, None)
 
 
 @post("/invocations/{model:str}", summary="Score with MLflow's scoring protocol (a named model)", **_OPERATION)
-async def invocations_for_model(request: Request[Any, Any, Any], model: FromPath[str]) -> MlflowPredictions:
+async def invocations_for_model(request: Request[Any, Any, Any], model: FromPath[str]) -> ASGIApp:
     """/invocations for the served model `model` (a key of MODELS)."""
     return await _invoke(request, model)
 

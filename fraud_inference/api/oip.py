@@ -21,10 +21,12 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath
 from litestar.response import Response
+from litestar.types import ASGIApp
 
 from fraud_inference import __version__
 from fraud_inference.api.protocol import (
     JSON,
+    EncodedAnswer,
     OverflowAsInfinityDecoder,
     non_finite_hint,
     note_scored,
@@ -370,7 +372,7 @@ def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...], detail: ErrorD
 # -- answers ---------------------------------------------------------------------------------------
 
 
-def _answer(infer: InferRequest, scored: ScoredRows, request_id: str) -> Response[Any]:
+def _answer(infer: InferRequest, scored: ScoredRows, request_id: str) -> ASGIApp:
     requested = {output.name: output for output in infer.outputs or ()}
     unknown = [name for name in requested if name not in OUTPUTS]
     if unknown:
@@ -401,16 +403,16 @@ def _answer(infer: InferRequest, scored: ScoredRows, request_id: str) -> Respons
                     "registered_model": ref.name, "selected_by": ref.selected_by},
     )  # fmt: skip
     if not blobs:
-        return Response(answer)
+        return EncodedAnswer(_encode(answer))
     header = _encode(answer)
-    return Response(
+    return EncodedAnswer(
         b"".join((header, *blobs)),
-        media_type=OCTET_STREAM,
-        headers={"Inference-Header-Content-Length": str(len(header))},
+        media_type=OCTET_STREAM.encode(),
+        headers=[(b"inference-header-content-length", b"%d" % len(header))],
     )
 
 
-async def _infer(request: Request[Any, Any, Any], model: str, version: str | None) -> Response[Any]:
+async def _infer(request: Request[Any, Any, Any], model: str, version: str | None) -> ASGIApp:
     service = service_of(request)
     service.check_capacity()
     require_media_type(request, (JSON, OCTET_STREAM))
@@ -552,20 +554,21 @@ _INFER: dict[str, Any] = {
     "status_code": 200,
     "tags": ["oip"],
     "raises": [],
-    "responses": _errors(400, 404, 413, 415, 503, 504),
+    "responses": {
+        200: ResponseSpec(InferResponse, description="`fraud_probability` (FP64) and `is_fraud` (BOOL), one per row."),
+        **_errors(400, 404, 413, 415, 503, 504),
+    },
 }
 
 
 @post("/models/{model:str}/infer", summary="OIP inference", **_INFER)
-async def infer(request: Request[Any, Any, Any], model: FromPath[str]) -> Response[InferResponse]:
+async def infer(request: Request[Any, Any, Any], model: FromPath[str]) -> ASGIApp:
     """Score the rows the input tensors hold: `fraud_probability` (FP64) and `is_fraud` (BOOL) per row."""
     return await _infer(request, model, None)
 
 
 @post("/models/{model:str}/versions/{version:str}/infer", summary="OIP inference (a version)", **_INFER)
-async def version_infer(
-    request: Request[Any, Any, Any], model: FromPath[str], version: FromPath[str]
-) -> Response[InferResponse]:
+async def version_infer(request: Request[Any, Any, Any], model: FromPath[str], version: FromPath[str]) -> ASGIApp:
     """As the model's inference, when `version` is the one served (else 404)."""
     return await _infer(request, model, version)
 

@@ -18,7 +18,7 @@ from fraud_inference.service import FraudService, InvalidRowsError, ScoredRows
 
 __all__ = [
     "JSON",
-    "JsonAnswer",
+    "EncodedAnswer",
     "OverflowAsInfinityDecoder",
     "UnsupportedMediaTypeError",
     "encode_rows",
@@ -92,22 +92,26 @@ def _charset_of(content_type: str) -> str:
     return "utf-8"
 
 
-class JsonAnswer:
-    """A 200 answer whose JSON body is already encoded, as the ASGI app a route handler annotated `-> ASGIApp`
-    returns: Litestar passes it through as it is.
+_Header = tuple[bytes, bytes]
+
+
+class EncodedAnswer:
+    """A 200 answer whose body is already encoded (JSON unless said), as the ASGI app a route handler annotated
+    `-> ASGIApp` returns: Litestar passes it through as it is.
 
     NOTE: Litestar's own answer of a returned Struct (data handler, `Response`, `ASGIResponse`, header and cookie
     merging) was ~40% of the HTTP process's cost of a 1-row /v1/predict (`python -m benchmarks.http_process`).
     Document the body with `responses={200: ResponseSpec(...)}` on the route.
     """
 
-    __slots__ = ("_body",)
+    __slots__ = ("_body", "_headers")
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, media_type: bytes = b"application/json", headers: Sequence[_Header] = ()) -> None:
         self._body = body
+        self._headers = [(b"content-type", media_type), *headers]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(self._body))]
+        headers = [*self._headers, (b"content-length", b"%d" % len(self._body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": self._body, "more_body": False})
 

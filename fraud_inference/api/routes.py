@@ -15,7 +15,7 @@ from litestar.types import ASGIApp
 
 from fraud_inference import __version__
 from fraud_inference.api.errors import error_responses
-from fraud_inference.api.protocol import JsonAnswer, non_finite_hint, note_scored, require_media_type, service_of
+from fraud_inference.api.protocol import EncodedAnswer, non_finite_hint, note_scored, require_media_type, service_of
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.api.schemas import (
     DependencyInfo,
@@ -149,7 +149,7 @@ async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
             for p, f in zip(scored.probabilities.tolist(), scored.flagged.tolist(), strict=True)
         ],
     )
-    return JsonAnswer(_encode(answer))
+    return EncodedAnswer(_encode(answer))
 
 
 @get("/v1/version", tags=["service"], summary="Served model versions")
