@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -162,3 +164,13 @@ def class_column(probabilities: Any, classes: Sequence[Any] | None, positive_cla
 def model_path(artifact: ModelArtifact) -> Path:
     """The local path of the version's model file."""
     return Path(artifact.path) / artifact.model_file.file
+
+
+@functools.lru_cache(maxsize=8)
+def mlflow_loaded(loader_module: str, path: str) -> Any:
+    """MLflow's own flavour loader (`mlflow.xgboost`, ...) on the model directory `path`, once per directory.
+
+    NOTE: the parity gate scores each example row on its own (a row MLflow cannot score is that row's failure);
+    loading the model again for each was most of the gate's time (0.08-0.86 s per model, at startup and refresh).
+    """
+    return importlib.import_module(loader_module).load_model(path)

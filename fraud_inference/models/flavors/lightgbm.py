@@ -16,6 +16,7 @@ from fraud_inference.models.flavors._base import (
     PackageRule,
     check_feature_names,
     class_column,
+    mlflow_loaded,
     model_path,
     positive_column,
 )
@@ -61,9 +62,8 @@ class LightGBMFlavor:
         return LightGBMScorer(model, artifact)
 
     def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
-        import mlflow.lightgbm
 
-        model = mlflow.lightgbm.load_model(artifact.path)
+        model = mlflow_loaded("mlflow.lightgbm", artifact.path)
         if not hasattr(model, "predict_proba"):
             return class_column(model.predict(frame), None, positive_class)
         return class_column(model.predict_proba(frame), list(model.classes_), positive_class)

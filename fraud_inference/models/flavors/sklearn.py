@@ -15,6 +15,7 @@ from fraud_inference.models.flavors._base import (
     PackageRule,
     check_feature_names,
     class_column,
+    mlflow_loaded,
     model_path,
     positive_column,
 )
@@ -49,9 +50,8 @@ class SklearnFlavor:
         return SklearnScorer(load_serialized(model_path(artifact), model_file.format, model_file.skops_types), artifact)
 
     def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
-        import mlflow.sklearn
 
-        model = mlflow.sklearn.load_model(artifact.path)
+        model = mlflow_loaded("mlflow.sklearn", artifact.path)
         return class_column(model.predict_proba(frame), list(model.classes_), positive_class)
 
 

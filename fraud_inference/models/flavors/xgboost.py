@@ -17,6 +17,7 @@ from fraud_inference.models.flavors._base import (
     PackageRule,
     check_feature_names,
     class_column,
+    mlflow_loaded,
     model_path,
     positive_column,
 )
@@ -59,10 +60,9 @@ class XGBoostFlavor:
         return XGBoostScorer(model, artifact)
 
     def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
-        import mlflow.xgboost
         import xgboost
 
-        model = mlflow.xgboost.load_model(artifact.path)
+        model = mlflow_loaded("mlflow.xgboost", artifact.path)
         if isinstance(model, xgboost.Booster):
             return class_column(model.predict(xgboost.DMatrix(frame, enable_categorical=True)), None, positive_class)
         return class_column(model.predict_proba(frame), list(model.classes_), positive_class)
