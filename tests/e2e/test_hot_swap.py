@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from tests.conftest import alive, descendants, use_registry
 from tests.load import Load
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 ADMIN_KEY = "test-admin-key-0123456789"
 

@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from fraud_inference.demo.dataset import FEATURES
 from tests.conftest import RunningService, start_service
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 NUMPY = {"double": np.float64, "long": np.int64}
 DATATYPE = {"double": "FP64", "long": "INT64"}
