@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import os
-import queue
 import signal
 import threading
 import time
@@ -98,7 +98,8 @@ class _Worker:
         self._generations: dict[int, dict[str, ServedModel]] = {}
         # The same files (same version, same download) load once and are shared between generations.
         self._models_by_path: dict[int, dict[str, ServedModel]] = {}
-        self._inbox: queue.SimpleQueue[ToWorker | None] = queue.SimpleQueue()
+        self._held: collections.deque[ToWorker | None] = collections.deque()  # read while scoring, for later
+        self._server_gone = False
         self._cancelled: set[int] = set()
         self._scoring: tuple[int, int] = (0, 0)  # (batch seq, monotonic ns it started), 0 when idle
         self._frozen = False
@@ -106,11 +107,11 @@ class _Worker:
     def serve(self) -> None:
         self._preload()
         self._send(WorkerStarted(pid=os.getpid()))
-        # NOTE: the pipe is read by a thread of its own, so a Cancel reaches a batch while it is being scored,
-        # and heartbeats come from another: a slow batch is not a stuck worker (see Heartbeat).
-        threading.Thread(target=self._read, name="reader", daemon=True).start()
+        # NOTE: heartbeats come from a thread of their own: a slow batch is not a stuck worker (see Heartbeat).
+        # The pipe is read here, on the scoring thread, and polled between a batch's chunks for a Cancel: a
+        # reader thread handing messages over through a queue cost a second thread wake-up per batch.
         threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
-        while (message := self._inbox.get()) is not None:
+        while (message := self._next()) is not None:
             if isinstance(message, Score):
                 self._score(message)
             elif isinstance(message, LoadGeneration):
@@ -120,17 +121,37 @@ class _Worker:
                 self._generations.pop(message.generation, None)
                 self._models_by_path.pop(message.generation, None)
 
-    def _read(self) -> None:
-        while True:
-            try:
-                message = decode_to_worker(self._conn.recv_bytes())
-            except (EOFError, OSError):
-                self._inbox.put(None)  # the server is gone: nothing left to score for
-                return
+    def _next(self) -> ToWorker | None:
+        """The next message to act on, waiting for it; None once the server is gone."""
+        if self._held:
+            return self._held.popleft()
+        while (message := self._receive()) is not None:
             if isinstance(message, Cancel):
                 self._cancelled.add(message.seq)
             else:
-                self._inbox.put(message)
+                return message
+        return None
+
+    def _receive(self) -> ToWorker | None:
+        try:
+            message: ToWorker = decode_to_worker(self._conn.recv_bytes())
+        except (EOFError, OSError):
+            return None  # the server is gone: nothing left to score for
+        return message
+
+    def _is_cancelled(self, seq: int) -> bool:
+        """Whether every request of batch `seq` has given up, reading the Cancels sent meanwhile; other messages
+        wait their turn (batches come in order)."""
+        while seq not in self._cancelled and not self._server_gone and self._conn.poll(0):
+            message = self._receive()
+            if message is None:
+                self._server_gone = True
+                self._held.append(None)
+            elif isinstance(message, Cancel):
+                self._cancelled.add(message.seq)
+            else:
+                self._held.append(message)
+        return seq in self._cancelled
 
     def _beat(self) -> None:
         while True:
@@ -172,10 +193,10 @@ class _Worker:
         started = time.perf_counter()
         outcomes: list[int | Refused] = []
         batches: list[Any] = []
+        if self._is_cancelled(request.seq):
+            self._dropped(request)
+            return
         for body in request.bodies:
-            if request.seq in self._cancelled:
-                self._dropped(request)
-                return
             outcome = self._decode(served.decoder, body)
             if isinstance(outcome, Refused):
                 outcomes.append(outcome)
@@ -191,7 +212,7 @@ class _Worker:
             chunks: list[Matrix] = []
             start, rows = 0, _FIRST_CHUNK_ROWS
             while start < total:
-                if request.seq in self._cancelled:
+                if self._is_cancelled(request.seq):
                     self._dropped(request, scored_rows=start)
                     return
                 chunk_started = time.monotonic_ns()
