@@ -11,6 +11,7 @@ cannot read, keeps the native path for that version, with a log line saying why.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import hashlib
@@ -47,6 +48,9 @@ _GCC_OPTIONS = ("-O1",)
 and scored them as fast or faster (benchmarks/compiled_trees.py); -O0 was slower on 100 rows."""
 _UNSEEN = "\x00unseen category"
 
+_DTYPES: dict[str, Any] = {"float32": np.float32, "float64": np.float64}
+_C_TYPES = {"float32": "float", "float64": "double"}
+
 log = get_logger("fraud_inference.compiled_trees")
 
 
@@ -61,17 +65,23 @@ class _TreeScorer(Scorer, Protocol):
 class CompiledTreesScorer:
     """Scores through the compiled library; everything else (decoding, categories, the fraud class) is the native's.
 
-    `library` is the cached shared library it loaded.
+    `library` is the cached shared library it loaded. One ctypes call per batch (the GIL released), into the
+    loop this service adds to the generated code: no per-call object of tl2cgen's runtime.
     """
 
-    def __init__(self, native: _TreeScorer, library: Path) -> None:
-        import tl2cgen
-
+    def __init__(self, native: _TreeScorer, library: Path, width: int) -> None:
         self._native = native
-        self._predictor = tl2cgen.Predictor(str(library), nthread=1)
-        self._dtype = np.float32 if self._predictor.threshold_type == "float32" else np.float64
-        self._dtype_name = self._predictor.threshold_type
-        self._matrix = tl2cgen.DMatrix
+        loaded = ctypes.CDLL(str(library))
+        loaded.get_threshold_type.restype = ctypes.c_char_p
+        loaded.get_leaf_output_type.restype = ctypes.c_char_p
+        self._dtype = _DTYPES[loaded.get_threshold_type().decode()]
+        self._leaf_dtype = _DTYPES[loaded.get_leaf_output_type().decode()]
+        if loaded.get_num_feature() > width:
+            raise ValueError(f"the compiled trees take {loaded.get_num_feature()} features, the signature {width}")
+        self._outputs = int(loaded.fraud_inference_outputs())
+        self._predict = loaded.fraud_inference_predict
+        self._predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        self._predict.restype = None
         self.library = library
         self.needs_frame = native.needs_frame
         self.categories = native.categories
@@ -80,11 +90,12 @@ class CompiledTreesScorer:
 
     def fraud_probability(self, batch: Any) -> Matrix:
         # NOTE: XGBoost compares float32 features with float32 thresholds: the batch is cast as XGBoost casts it.
-        # An exact-dtype C-contiguous matrix also spares tl2cgen a copy (its copy=False fails under numpy 2).
         matrix = np.ascontiguousarray(_as_matrix(batch), dtype=self._dtype)
-        scores = self._predictor.predict(self._matrix(matrix, dtype=self._dtype_name))
-        scores = np.asarray(scores, dtype=np.float64).reshape(len(matrix), -1)
-        return self._native.fraud_column(scores[:, 0] if scores.shape[1] == 1 else scores)
+        rows, width = matrix.shape
+        scores = np.empty((rows, self._outputs), dtype=self._leaf_dtype)
+        self._predict(matrix.ctypes.data, rows, width, scores.ctypes.data)
+        scores = scores.astype(np.float64, copy=False)
+        return self._native.fraud_column(scores[:, 0] if self._outputs == 1 else scores)
 
 
 def compile_trees(artifact: ModelArtifact, native: Scorer, cache: Path) -> Scorer:
@@ -99,7 +110,7 @@ def compile_trees(artifact: ModelArtifact, native: Scorer, cache: Path) -> Score
     started = time.perf_counter()
     try:
         library, compiled_now = _cached_library(artifact, tree_scorer, cache)
-        compiled = CompiledTreesScorer(tree_scorer, library)
+        compiled = CompiledTreesScorer(tree_scorer, library, len(artifact.features))
         worst = _worst_probe_difference(artifact, tree_scorer, compiled)
     except _RefusedBeforeError as reason:
         _fall_back(artifact, str(reason))
@@ -190,21 +201,49 @@ def _cached_library(artifact: ModelArtifact, native: _TreeScorer, cache: Path) -
 
 # A leaf value the generated C adds: `result[0] += 0.0953083;`.
 _LEAF_SUM = re.compile(r"(result\[[^\]]+\] \+= )(-?[0-9][0-9.eE+-]*);")
+# How the generated C asks whether a feature is present: the int member of the value's union.
+_PRESENT = re.compile(r"data\[(\d+)\]\.missing != -1")
+_MATRIX_LOOP = """
+#include "header.h"
+/* Added by fraud-inference: score a C-contiguous row-major matrix in one call; NaN is a missing value. */
+int32_t fraud_inference_outputs(void) { return N_TARGET * MAX_N_CLASS; }
+void fraud_inference_predict(const FEATURE_T* rows, int64_t count, int64_t width, LEAF_T* out) {
+  union Entry entries[width];
+  for (int64_t row = 0; row < count; ++row) {
+    for (int64_t column = 0; column < width; ++column) {
+      entries[column].fvalue = rows[row * width + column];
+    }
+    LEAF_T* result = out + row * N_TARGET * MAX_N_CLASS;
+    for (int i = 0; i < N_TARGET * MAX_N_CLASS; ++i) {
+      result[i] = 0;
+    }
+    predict(entries, 0, result);
+  }
+}
+"""
 
 
 def _generate(model: Any, source: Path) -> Path:
     """Generate the model's C code in `source`.
 
-    NOTE: tl2cgen writes a float32 leaf as a bare literal, a double in C, so `float += double` rounds once in
-    double and again to float: not XGBoost's float32 sum. Cast to float, the literal (its shortest round-trip
-    form) is the leaf exactly and every addition is float32, as XGBoost's.
+    NOTE: two rewrites of tl2cgen's code. It writes a float32 leaf as a bare literal, a double in C, so
+    `float += double` rounds in double, then to float: not XGBoost's float32 sum; cast to float, the literal (its
+    shortest round-trip form) is the leaf exactly. And it tests presence by the int alias of the value's union
+    (`missing != -1`), which a double whose low 32 bits are all ones would fail; NaN is tested instead.
     """
     import tl2cgen
 
     tl2cgen.generate_c_code(model, dirpath=str(source), params={"parallel_comp": 4})
-    if model.output_type == "float32":
-        for file in source.glob("*.c"):
-            file.write_text(_LEAF_SUM.sub(r"\1(float)\2;", file.read_text()))
+    for file in source.glob("*.c"):
+        code = _PRESENT.sub(r"!isnan(data[\1].fvalue)", file.read_text())
+        if "missing" in code:
+            raise RuntimeError(f"the generated {file.name} tests missing values in a form this service does not know")
+        file.write_text(_LEAF_SUM.sub(r"\1(float)\2;", code) if model.output_type == "float32" else code)
+    loop = _MATRIX_LOOP.replace("FEATURE_T", _C_TYPES[model.input_type]).replace("LEAF_T", _C_TYPES[model.output_type])
+    (source / "fraud_inference_matrix.c").write_text(loop)
+    recipe = json.loads((source / "recipe.json").read_text())
+    recipe["sources"].append({"name": "fraud_inference_matrix", "length": loop.count("\n")})
+    (source / "recipe.json").write_text(json.dumps(recipe))
     return source
 
 

@@ -147,16 +147,18 @@ def test_two_loads_at_once_compile_the_version_once(registry: Registry, tmp_path
 
 def test_a_cached_library_that_scores_differently_is_never_served(registry: Registry, tmp_path: Path) -> None:
     """A library in the cache that is not this version's trees (here: another model's) fails the probe rows."""
+    downloads = tmp_path / "downloads"
+    load_model(artifact_of(registry, "xgb-numeric", downloads, tmp_path / "built"))
+    (other,) = (tmp_path / "built").glob("*.so")
     cache = tmp_path / "cache"
-    booster = artifact_of(registry, "xgb-booster", tmp_path / "downloads", cache)
-    numeric = artifact_of(registry, "xgb-numeric", tmp_path / "downloads", cache)
+    booster = artifact_of(registry, "xgb-booster", downloads, cache)
     load_model(booster)
-    load_model(numeric)
-    libraries = {path.name: path for path in cache.glob("*.so")}
-    (wrong,) = [name for name in libraries if name.startswith("real-xgb-booster-")]
-    (other,) = [name for name in libraries if name.startswith("real-xgb-numeric-")]
-    shutil.copyfile(libraries[other], cache / "swap.tmp")
-    (cache / "swap.tmp").replace(libraries[wrong])
+    (library,) = cache.glob("*.so")
+    # A fresh cache under another path: a process never reloads a path it has loaded (dlopen keeps it).
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    shutil.copyfile(other, swapped / library.name)
+    booster = artifact_of(registry, "xgb-booster", downloads, swapped)
     with capture_logs() as logs:
         served = load_model(booster)
     assert not isinstance(served.scorer, CompiledTreesScorer)
@@ -167,4 +169,4 @@ def test_a_cached_library_that_scores_differently_is_never_served(registry: Regi
         load_model(booster)
     (remembered,) = [line for line in again if line["event"] == "compiled_trees.native_fallback"]
     assert remembered["reason"].startswith("not exact")
-    assert not (cache / wrong).exists()
+    assert not (swapped / library.name).exists()
