@@ -14,16 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from fraud_inference.models.artifact import ModelArtifact, fetch_artifact
+from fraud_inference.models.artifact import ModelArtifact, fetch_artifact, read_artifact
 from fraud_inference.models.compiled import CompiledTreesScorer
 from fraud_inference.models.scoring import ServedModel, load_model
 from fraud_inference.models.trust import ModelTrust
 from fraud_inference.parity import check_parity
 from fraud_inference.registry import Registry
+from tests.conftest import slow_xgboost_copy
 from tests.models.test_real_models import reference
 from tests.real_models import make_fraud_table, request_rows
 
@@ -170,3 +172,15 @@ def test_a_cached_library_that_scores_differently_is_never_served(registry: Regi
     (remembered,) = [line for line in again if line["event"] == "compiled_trees.native_fallback"]
     assert remembered["reason"].startswith("not exact")
     assert not (swapped / library.name).exists()
+
+
+def test_trees_too_large_to_compile_at_load_are_served_natively(registry: Registry, tmp_path: Path) -> None:
+    small = artifact_of(registry, "xgb-numeric", tmp_path / "downloads", tmp_path / "cache")
+    big_dir = slow_xgboost_copy(Path(small.path), tmp_path / "big", repeat=2000)  # 16,000 trees
+    big = msgspec.structs.replace(read_artifact(small.ref, big_dir), compiled_trees=str(tmp_path / "cache"))
+    with capture_logs() as logs:
+        served = load_model(big)
+    assert not isinstance(served.scorer, CompiledTreesScorer)
+    (fallback,) = [line for line in logs if line["event"] == "compiled_trees.native_fallback"]
+    assert fallback["reason"].startswith("too large to compile at load: 1600")  # and the base margin's leaf
+    assert not list((tmp_path / "cache").glob("*.so"))
