@@ -144,7 +144,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """PYFUNC: allow serves custom mlflow.pyfunc models (loading one runs the code it carries); refuse serves none."""
     extra_features: Literal["reject", "ignore"] = "reject"
     """EXTRA_FEATURES: reject answers 422 to a key outside the model's signature; ignore drops it."""
-    compiled_trees: Literal["off", "on"] = "off"
+    compiled_trees: Literal["off", "on"] = "on"
     """COMPILED_TREES: on compiles XGBoost and LightGBM trees to native code (treelite, gcc) once per version,
     cached under FRAUD_INFERENCE_HOME, and serves them where they score as the library does (within 1e-6 on probe
     rows); a version that cannot compile exactly is served natively, and the log says why. off: always native."""

@@ -33,11 +33,10 @@ from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
 from fraud_inference.models.flavors import Scorer
 from fraud_inference.models.flavors._base import Matrix, model_path
 from fraud_inference.observability.logging import get_logger
+from fraud_inference.parity import TOLERANCE
 
-__all__ = ["TOLERANCE", "CompiledTreesScorer", "compile_trees", "compiler_versions"]
+__all__ = ["CompiledTreesScorer", "compile_trees", "compiler_versions"]
 
-TOLERANCE = 1e-6
-"""The parity gate's: a compiled model farther than this from the native path on any probe row is not served."""
 _SCHEME = "1"
 """Bump when the probe rows or the library layout change: entries cached by an older service are not reused."""
 _MAX_PROBE_ROWS = 20_000
