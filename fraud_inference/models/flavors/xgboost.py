@@ -73,6 +73,9 @@ class XGBoostScorer:
     """`Booster.inplace_predict`: no DMatrix, one thread; a DataFrame only for categorical features."""
 
     takes_missing: bool = True
+    native_from_rows: int = 256
+    """COMPILED_TREES: batches this large score natively. NOTE: XGBoost's own predictor walks blocks of rows and
+    beats the compiled trees past ~250 rows (demo model, 1,000 rows: 2.2 ms native, 3.2 ms compiled)."""
 
     def __init__(self, model: Any, artifact: ModelArtifact) -> None:
         is_booster = not hasattr(model, "get_booster")
