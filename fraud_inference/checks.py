@@ -82,8 +82,9 @@ def _check_model(
     check.version, check.selected_by = ref.version, ref.selected_by
     try:
         artifact = fetch_artifact(
-            registry, ref, downloads, dependency_policy=settings.dependency_check, trust=settings.model_trust()
-        )
+            registry, ref, downloads, dependency_policy=settings.dependency_check, trust=settings.model_trust(),
+            compiled_trees=settings.compiled_trees_cache(),
+        )  # fmt: skip
     except DependencyMismatchError as error:
         artifact = error.artifact
         check.errors.extend(artifact.dependency_violations())

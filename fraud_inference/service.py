@@ -462,6 +462,7 @@ class FraudService:
             self._downloads,
             dependency_policy=self.settings.dependency_check,
             trust=self.settings.model_trust(),
+            compiled_trees=self.settings.compiled_trees_cache(),
         )
         for violation in artifact.dependency_violations():  # only under DEPENDENCY_CHECK=warn
             log.warning("model.dependency_mismatch", model=ref.key, version=ref.version, detail=violation)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -101,6 +104,13 @@ class RunningService:
         return self.process.wait(timeout=timeout_s)
 
 
+# Compiled trees (COMPILED_TREES=on) are cached under FRAUD_INFERENCE_HOME. Every `serve` of the session that names
+# no home of its own shares this one, as the restarts of one deployment do: each model compiles once per session
+# (~3 s of gcc), not once per test.
+_SHARED_HOME = Path(tempfile.mkdtemp(prefix="fraud-inference-test-home-"))
+atexit.register(shutil.rmtree, _SHARED_HOME, True)
+
+
 def start_service(
     command: list[str], env: Mapping[str, str], log_dir: Path, *, port: int | None = None
 ) -> RunningService:
@@ -109,6 +119,8 @@ def start_service(
     log_path = log_dir / f"service-{port}.log"
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # tests set MLflow globals
     full_env = {**inherited, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "INFO", **env}
+    if command[:1] == ["serve"] and "FRAUD_INFERENCE_HOME" not in env:
+        full_env["FRAUD_INFERENCE_HOME"] = str(_SHARED_HOME)
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
             [FRAUD_INFERENCE, *command],

@@ -58,6 +58,9 @@ class ModelArtifact(msgspec.Struct, frozen=True, kw_only=True):
     input_example: tuple[dict[str, Any], ...] = ()
     """The logged input example's rows as JSON records (at most 1,000), read here so that the workers, which
     warm up on it, never import MLflow (~190 MiB each)."""
+    compiled_trees: str | None = None
+    """COMPILED_TREES=on: the directory caching compiled trees, where XGBoost and LightGBM versions compile; None
+    scores every version through its library."""
 
     @property
     def model_flavor(self) -> ModelFlavor:
@@ -149,13 +152,18 @@ def fetch_artifact(
     *,
     dependency_policy: DependencyPolicy,
     trust: ModelTrust = ModelTrust(),  # noqa: B008 - frozen, never mutated
+    compiled_trees: Path | None = None,
 ) -> ModelArtifact:
-    """Download the version under `downloads` (once, shared by every key served from it) and read it."""
+    """Download the version under `downloads` (once, shared by every key served from it) and read it.
+
+    With `compiled_trees` (a cache directory) its XGBoost or LightGBM trees are scored compiled where exact.
+    """
     destination = registry.download_once(ref, downloads)
     model_dir = next((path.parent for path in destination.rglob("MLmodel")), destination)
     try:
-        return read_artifact(ref, model_dir, dependency_policy=dependency_policy, trust=trust)
+        artifact = read_artifact(ref, model_dir, dependency_policy=dependency_policy, trust=trust)
     except UnservableModelError:
         raise
     except Exception as error:  # a malformed MLmodel: the version is unservable, not the registry down
         raise UnservableModelError(f"{ref.name} v{ref.version} (model {ref.key!r}): {error}") from error
+    return artifact if compiled_trees is None else msgspec.structs.replace(artifact, compiled_trees=str(compiled_trees))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,8 +39,16 @@ class ServedModel:
 
 
 def load_scorer(artifact: ModelArtifact) -> Scorer:
-    """Load the version with its flavour's rules (the file and format decided when it was fetched)."""
-    return artifact.model_flavor.load(artifact)
+    """Load the version with its flavour's rules (the file and format decided when it was fetched).
+
+    Under COMPILED_TREES=on (`artifact.compiled_trees`) XGBoost and LightGBM trees score compiled, where exact.
+    """
+    scorer = artifact.model_flavor.load(artifact)
+    if artifact.compiled_trees is None:
+        return scorer
+    from fraud_inference.models.compiled import compile_trees
+
+    return compile_trees(artifact, scorer, Path(artifact.compiled_trees))
 
 
 def load_model(

@@ -25,6 +25,7 @@ __all__ = [
     "ModelFlavor",
     "PackageRule",
     "Scorer",
+    "binary_scores",
     "check_feature_names",
     "class_column",
     "positive_column",
@@ -159,6 +160,15 @@ def class_column(probabilities: Any, classes: Sequence[Any] | None, positive_cla
     if scores.ndim == 2:
         return np.ascontiguousarray(scores[:, index])
     return scores if index == 1 else 1.0 - scores
+
+
+def binary_scores(scores: Matrix, column: int) -> Matrix:
+    """The fraud class's probabilities from a booster's raw output: one column per class, or 1-D P(label 1)."""
+    if scores.ndim == 2:
+        if scores.shape[1] != 2:
+            raise ValueError(f"expected two classes, the model gives {scores.shape[1]} scores per row")
+        return np.ascontiguousarray(scores[:, column])
+    return scores if column == 1 else 1.0 - scores
 
 
 def model_path(artifact: ModelArtifact) -> Path:

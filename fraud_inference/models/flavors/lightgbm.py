@@ -14,6 +14,7 @@ from fraud_inference.models.flavors._base import (
     Matrix,
     ModelFile,
     PackageRule,
+    binary_scores,
     check_feature_names,
     class_column,
     mlflow_loaded,
@@ -92,11 +93,17 @@ class LightGBMScorer:
 
     def fraud_probability(self, batch: Any) -> Matrix:
         scores = np.asarray(self._booster.predict(batch, num_threads=1), dtype=np.float64)
-        if scores.ndim == 2:
-            if scores.shape[1] != 2:
-                raise ValueError(f"expected two classes, the model gives {scores.shape[1]} scores per row")
-            return np.ascontiguousarray(scores[:, self._column])
-        return scores if self._column == 1 else 1.0 - scores
+        return binary_scores(scores, self._column)
+
+    def fraud_column(self, scores: Matrix) -> Matrix:
+        """The fraud probabilities from output shaped as `Booster.predict`'s (for COMPILED_TREES)."""
+        return binary_scores(scores, self._column)
+
+    def treelite_model(self) -> Any:
+        """The trees `fraud_probability` uses, as treelite reads them (for COMPILED_TREES)."""
+        import treelite
+
+        return treelite.frontend.from_lightgbm(self._booster)
 
 
 def _training_categories(booster: Any, artifact: ModelArtifact) -> dict[str, Sequence[Any]]:

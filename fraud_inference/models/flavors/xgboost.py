@@ -15,6 +15,7 @@ from fraud_inference.models.flavors._base import (
     Matrix,
     ModelFile,
     PackageRule,
+    binary_scores,
     check_feature_names,
     class_column,
     mlflow_loaded,
@@ -72,6 +73,9 @@ class XGBoostScorer:
     """`Booster.inplace_predict`: no DMatrix, one thread; a DataFrame only for categorical features."""
 
     takes_missing: bool = True
+    native_from_rows: int = 256
+    """COMPILED_TREES: batches this large score natively. NOTE: XGBoost's own predictor walks blocks of rows and
+    beats the compiled trees past ~250 rows (demo model, 1,000 rows: 2.2 ms native, 3.2 ms compiled)."""
 
     def __init__(self, model: Any, artifact: ModelArtifact) -> None:
         is_booster = not hasattr(model, "get_booster")
@@ -95,16 +99,71 @@ class XGBoostScorer:
 
     def fraud_probability(self, batch: Any) -> Matrix:
         scores = np.asarray(self._booster.inplace_predict(batch, iteration_range=self._iteration_range), np.float64)
-        if scores.ndim == 2:
-            if scores.shape[1] != 2:
-                raise ValueError(f"expected two classes, the model gives {scores.shape[1]} scores per row")
-            return np.ascontiguousarray(scores[:, self._column])
-        return scores if self._column == 1 else 1.0 - scores
+        return binary_scores(scores, self._column)
+
+    def fraud_column(self, scores: Matrix) -> Matrix:
+        """The fraud probabilities from output shaped as `Booster.predict`'s (for COMPILED_TREES)."""
+        return binary_scores(scores, self._column)
+
+    def treelite_model(self) -> Any:
+        """The trees `fraud_probability` uses, as treelite reads them (for COMPILED_TREES)."""
+        import treelite
+
+        start, stop = self._iteration_range
+        booster = self._booster[start:stop] if stop else self._booster
+        if _objective(booster) != "binary:logistic":
+            return treelite.frontend.from_xgboost(booster)
+        return treelite.frontend.from_xgboost_json(_base_margin_first(booster))
 
 
 def _objective(booster: Any) -> str:
     config = json.loads(booster.save_config())
     return str(config["learner"]["objective"]["name"])
+
+
+def _base_margin_first(booster: Any) -> str:
+    """The model's JSON with its base margin moved into a first one-leaf tree, and base_score 0.5 (margin 0).
+
+    NOTE: XGBoost sums in float32 from the base margin, tree after tree; treelite adds the base margin after the
+    trees, which rounds differently (up to ~1e-6 in probability over 200 trees). As the first tree's leaf, the
+    base margin (read from XGBoost itself, not recomputed) is added first, as XGBoost adds it.
+    """
+    import xgboost
+
+    model = json.loads(booster.save_raw(raw_format="json"))
+    trees_model = model["learner"]["gradient_booster"]["model"]
+    template = trees_model["trees"][0]
+
+    def one_leaf(value: float) -> dict[str, Any]:
+        tree = {key: value[:1] if isinstance(value, list) else value for key, value in template.items()}
+        return tree | {
+            "left_children": [-1], "right_children": [-1], "parents": [2147483647], "split_indices": [0],
+            "split_conditions": [value], "base_weights": [value], "default_left": [0], "split_type": [0],
+            "sum_hessian": [1.0], "loss_changes": [0.0], "categories": [], "categories_nodes": [],
+            "categories_segments": [], "categories_sizes": [],
+            "tree_param": {**template["tree_param"], "num_nodes": "1", "num_deleted": "0"},
+        }  # fmt: skip
+
+    def with_trees(trees: list[dict[str, Any]], base_score: str | None) -> dict[str, Any]:
+        changed: dict[str, Any] = json.loads(json.dumps(model))
+        part = changed["learner"]["gradient_booster"]["model"]
+        part["trees"] = [{**tree, "id": index} for index, tree in enumerate(trees)]
+        part["tree_info"] = [0] * len(trees)
+        part["iteration_indptr"] = list(range(len(trees) + 1))
+        part["gbtree_model_param"]["num_trees"] = str(len(trees))
+        if base_score is not None:
+            recorded = changed["learner"]["learner_model_param"]["base_score"]
+            changed["learner"]["learner_model_param"]["base_score"] = (
+                f"[{base_score}]" if recorded.startswith("[") else base_score
+            )
+        return changed
+
+    # The base margin as XGBoost computes it: its margin for any row with one tree of a zero leaf.
+    empty = xgboost.Booster()
+    empty.load_model(bytearray(json.dumps(with_trees([one_leaf(0.0)], None)).encode()))
+    row = np.full((1, booster.num_features()), np.nan, dtype=np.float32)
+    base_margin = float(np.asarray(empty.inplace_predict(row, predict_type="margin")).reshape(-1)[0])
+    return json.dumps(with_trees([one_leaf(base_margin), *trees_model["trees"]], "5E-1"))
 
 
 def _training_categories(booster: Any, artifact: ModelArtifact) -> dict[str, Sequence[Any]]:

@@ -1,0 +1,186 @@
+"""COMPILED_TREES=on: compiled XGBoost and LightGBM trees score MLflow's own numbers, or the version stays native.
+
+Real models of every tree shape (tests/real_models.py: NaN in numeric columns, pandas category columns, raw
+Boosters, early stopping) are fetched from a real SQLite registry and loaded as the workers load them, with a
+compiled-trees cache; their scores are compared with `mlflow.<flavour>.load_model` on rows with missing values
+and unseen categories.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from fraud_inference.models.artifact import ModelArtifact, fetch_artifact, read_artifact
+from fraud_inference.models.compiled import CompiledTreesScorer
+from fraud_inference.models.scoring import ServedModel, load_model
+from fraud_inference.models.trust import ModelTrust
+from fraud_inference.parity import check_parity
+from fraud_inference.registry import Registry
+from tests.conftest import slow_xgboost_copy
+from tests.models.test_real_models import reference
+from tests.real_models import make_fraud_table, request_rows
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+COMPILED = [
+    "xgb-numeric",
+    "xgb-booster",
+    "xgb-early-stopped",
+    "lgb-classifier",
+    "lgb-booster",
+    "lgb-booster-categorical",
+]
+"""Shapes whose trees compile exactly: NaN, LightGBM categorical splits, raw Boosters, early stopping."""
+NATIVE = ["xgb-classifier", "xgb-booster-categorical"]
+"""XGBoost models that record their categories (an encoder in the model): treelite 4.8 cannot read them."""
+
+
+@pytest.fixture(scope="module")
+def registry(real_models: tuple[str, dict[str, str]]) -> Registry:
+    return Registry(real_models[0], alias="champion", stages=(), timeout_s=10)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compiled-trees cache for the module, as FRAUD_INFERENCE_HOME keeps one across restarts."""
+    return tmp_path_factory.mktemp("compiled-trees")
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict[str, Any]]:
+    table, _labels = make_fraud_table(80, seed=21)
+    return request_rows(table)
+
+
+def artifact_of(registry: Registry, key: str, downloads: Path, cache: Path) -> ModelArtifact:
+    ref = registry.resolve(key, f"real-{key}")
+    return fetch_artifact(
+        registry, ref, downloads, dependency_policy="compatible", trust=ModelTrust(), compiled_trees=cache
+    )
+
+
+def served_scores(served: ServedModel, rows: list[dict[str, Any]]) -> np.ndarray:
+    return np.concatenate(
+        [served.score(json.dumps([row]).encode()) for row in rows] + [served.score(json.dumps(rows).encode())]
+    )
+
+
+@pytest.mark.parametrize("key", COMPILED)
+def test_compiled_trees_score_as_mlflow_flavor_loader(
+    registry: Registry,
+    real_models: tuple[str, dict[str, str]],
+    cache: Path,
+    tmp_path: Path,
+    rows: list[dict[str, Any]],
+    key: str,
+) -> None:
+    tracking_uri, names = real_models
+    artifact = artifact_of(registry, key, tmp_path, cache)
+    served = load_model(artifact, extra="ignore")
+    assert isinstance(served.scorer, CompiledTreesScorer)
+    assert any(row.get("device_age_days") is None for row in rows), "some rows must miss a value"
+    expected = reference(tracking_uri, names[key], key, rows)
+    np.testing.assert_allclose(served_scores(served, rows), np.concatenate([expected, expected]), rtol=0, atol=1e-6)
+    report = check_parity(artifact)
+    assert report.ok, report.failures
+
+
+@pytest.mark.parametrize("key", NATIVE)
+def test_trees_treelite_cannot_read_are_served_natively_and_the_log_says_why(
+    registry: Registry,
+    real_models: tuple[str, dict[str, str]],
+    cache: Path,
+    tmp_path: Path,
+    rows: list[dict[str, Any]],
+    key: str,
+) -> None:
+    tracking_uri, names = real_models
+    with capture_logs() as logs:
+        served = load_model(artifact_of(registry, key, tmp_path, cache), extra="ignore")
+    assert not isinstance(served.scorer, CompiledTreesScorer)
+    (fallback,) = [line for line in logs if line["event"] == "compiled_trees.native_fallback"]
+    assert fallback["version"] == "1"
+    assert "treelite cannot read it" in fallback["reason"]
+    assert "categorical encoder" in fallback["reason"]
+    expected = reference(tracking_uri, names[key], key, rows)
+    np.testing.assert_allclose(served_scores(served, rows), np.concatenate([expected, expected]), rtol=0, atol=1e-6)
+
+
+def test_a_second_load_reuses_the_compiled_library(registry: Registry, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    artifact = artifact_of(registry, "lgb-booster", tmp_path / "downloads", cache)
+    with capture_logs() as first:
+        load_model(artifact)
+    (library,) = cache.glob("*.so")
+    built = library.stat().st_mtime_ns
+    with capture_logs() as second:
+        served = load_model(artifact)
+    assert [line["event"] for line in first].count("compiled_trees.compiled") == 1
+    assert [line["event"] for line in second].count("compiled_trees.compiled") == 0
+    (serving,) = [line for line in second if line["event"] == "compiled_trees.serving"]
+    assert serving["compiled_now"] is False
+    assert isinstance(served.scorer, CompiledTreesScorer)
+    assert served.scorer.library == library
+    assert library.stat().st_mtime_ns == built
+
+
+def test_two_loads_at_once_compile_the_version_once(registry: Registry, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    artifact = artifact_of(registry, "xgb-numeric", tmp_path / "downloads", cache)
+    with capture_logs() as logs, ThreadPoolExecutor(2) as loads:
+        served = list(loads.map(lambda _: load_model(artifact), range(2)))
+    assert len(served) == 2
+    assert all(isinstance(model.scorer, CompiledTreesScorer) for model in served)
+    assert [line["event"] for line in logs].count("compiled_trees.compiled") == 1
+    assert len(list(cache.glob("*.so"))) == 1
+
+
+def test_a_cached_library_that_scores_differently_is_never_served(registry: Registry, tmp_path: Path) -> None:
+    """A library in the cache that is not this version's trees (here: another model's) fails the probe rows."""
+    downloads = tmp_path / "downloads"
+    load_model(artifact_of(registry, "xgb-numeric", downloads, tmp_path / "built"))
+    (other,) = (tmp_path / "built").glob("*.so")
+    cache = tmp_path / "cache"
+    booster = artifact_of(registry, "xgb-booster", downloads, cache)
+    load_model(booster)
+    (library,) = cache.glob("*.so")
+    # A fresh cache under another path: a process never reloads a path it has loaded (dlopen keeps it).
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    shutil.copyfile(other, swapped / library.name)
+    booster = artifact_of(registry, "xgb-booster", downloads, swapped)
+    with capture_logs() as logs:
+        served = load_model(booster)
+    assert not isinstance(served.scorer, CompiledTreesScorer)
+    (fallback,) = [line for line in logs if line["event"] == "compiled_trees.native_fallback"]
+    assert fallback["reason"].startswith("not exact: on probe row")
+    assert "> 1e-06" in fallback["reason"]
+    with capture_logs() as again:
+        load_model(booster)
+    (remembered,) = [line for line in again if line["event"] == "compiled_trees.native_fallback"]
+    assert remembered["reason"].startswith("not exact")
+    assert not (swapped / library.name).exists()
+
+
+def test_trees_too_large_to_compile_at_load_are_served_natively(registry: Registry, tmp_path: Path) -> None:
+    small = artifact_of(registry, "xgb-numeric", tmp_path / "downloads", tmp_path / "cache")
+    big_dir = slow_xgboost_copy(Path(small.path), tmp_path / "big", repeat=2000)  # 16,000 trees
+    big = msgspec.structs.replace(read_artifact(small.ref, big_dir), compiled_trees=str(tmp_path / "cache"))
+    with capture_logs() as logs:
+        served = load_model(big)
+    assert not isinstance(served.scorer, CompiledTreesScorer)
+    (fallback,) = [line for line in logs if line["event"] == "compiled_trees.native_fallback"]
+    assert fallback["reason"].startswith("too large to compile at load: 1600")  # and the base margin's leaf
+    assert not list((tmp_path / "cache").glob("*.so"))
