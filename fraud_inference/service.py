@@ -22,6 +22,7 @@ from fraud_inference.observability.metrics import Metrics
 from fraud_inference.parity import check_parity_isolated
 from fraud_inference.pool import (
     BatchPolicy,
+    Columns,
     InferencePool,
     InferenceTimeoutError,
     PoolError,
@@ -327,6 +328,18 @@ class FraudService:
     async def predict(self, model: str | Selection | None, rows: bytes, request_id: str) -> ScoredRows:
         """Score `rows` (raw JSON: an array of row objects) with `model`, a key or a `Selection` made earlier.
 
+        See `_predict`, the one scoring path of every protocol.
+        """
+        return await self._predict(model, rows, request_id)
+
+    async def predict_columns(self, model: str | Selection | None, columns: Columns, request_id: str) -> ScoredRows:
+        """Score rows sent as `columns` (`dataframe_split`, OIP tensors), as `predict` scores rows: the worker
+        decodes them straight into the model's batch, with the same checks and refusals."""
+        return await self._predict(model, columns, request_id)
+
+    async def _predict(self, model: str | Selection | None, rows: bytes | Columns, request_id: str) -> ScoredRows:
+        """Score `rows` with `model`, a key or a `Selection` made earlier.
+
         The one scoring path of every protocol: which model, ready or not, which generation, counted in the
         metrics. Raises the `PredictionError`s: `NotReadyError`, `UnknownModelError`, `InvalidRowsError`,
         `TooManyRowsError`, `OverloadedError`, `TimedOutError`, `InferenceFailedError`.
@@ -348,9 +361,10 @@ class FraudService:
             raise InferenceFailedError(f"inference failed: {error}") from None
         return ScoredRows(selection=selection, probabilities=scores.probabilities)
 
-    async def score(self, generation: Generation, model: str, instances: bytes, request_id: str) -> Scores:
-        """Fraud probabilities of `generation`'s `model` for each row of `instances` (raw JSON), counted in the
-        metrics. The worker checks the rows against the model's signature (`RequestRefusedError` if they fail)."""
+    async def score(self, generation: Generation, model: str, instances: bytes | Columns, request_id: str) -> Scores:
+        """Fraud probabilities of `generation`'s `model` for each row of `instances` (raw JSON, or `Columns`),
+        counted in the metrics. The worker checks the rows against the model's signature (`RequestRefusedError` if
+        they fail)."""
         scores: Scores = await self.pool.score(generation.number, model, instances, request_id)
         ref = generation.models[model].ref
         self.metrics.record_scores(model, ref.version, scores.probabilities, ref.threshold, scores.seconds)

@@ -29,17 +29,19 @@ from fraud_inference.api.protocol import (
     JSON,
     EncodedAnswer,
     OverflowAsInfinityDecoder,
+    columns_body,
     encode_rows,
     non_finite_hint,
     note_scored,
     refuse_empty,
     require_media_type,
-    rows_of_columns,
+    score,
     service_of,
 )
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
 from fraud_inference.models.signature import ErrorDetail, clip_names
+from fraud_inference.pool import Columns
 from fraud_inference.service import (
     InferenceFailedError,
     InvalidRowsError,
@@ -192,11 +194,11 @@ def _parse_invocation(body: bytes) -> tuple[str, bytes, dict[str, Any] | None]:
     return present[0], bytes(getattr(invocation, present[0])), invocation.params
 
 
-def _rows_of_json(name: str, raw: bytes, detail: ErrorDetail) -> bytes:
-    """The rows of the input form `name` as the pool takes them (raw JSON: an array of row objects).
+def _rows_of_json(name: str, raw: bytes, detail: ErrorDetail) -> bytes | Columns:
+    """The rows of the input form `name` as the pool takes them.
 
-    Row-oriented inputs (`dataframe_records`, or `instances`/`inputs` holding an array) pass through untouched;
-    columnar ones (`dataframe_split`, `inputs`/`instances` as an object of columns) become row objects here.
+    Row-oriented inputs (`dataframe_records`, or `instances`/`inputs` holding an array) pass through untouched, as
+    raw JSON; columnar ones (`dataframe_split`, `inputs`/`instances` as an object of columns) go as `Columns`.
     """
     if name == "dataframe_split":
         return _rows_of_split(raw, detail)
@@ -207,7 +209,7 @@ def _rows_of_json(name: str, raw: bytes, detail: ErrorDetail) -> bytes:
     return raw
 
 
-def _rows_of_split(raw: bytes, detail: ErrorDetail) -> bytes:
+def _rows_of_split(raw: bytes, detail: ErrorDetail) -> bytes | Columns:
     try:
         split = _decode_split(raw)
     except (msgspec.DecodeError, RecursionError) as error:
@@ -225,16 +227,14 @@ def _rows_of_split(raw: bytes, detail: ErrorDetail) -> bytes:
     if not split.data:
         raise refuse_empty("dataframe_split.data")
     width = len(split.columns)
-    for index, row in enumerate(split.data):
-        if len(row) != width:
-            raise _Refusal(
-                400, "BAD_REQUEST", f"dataframe_split: data[{index}] has {len(row)} values for {width} columns"
-            )
-    columns = split.columns
-    return encode_rows([dict(zip(columns, row, strict=True)) for row in split.data], detail=detail)
+    if set(map(len, split.data)) != {width}:
+        index, row = next((index, row) for index, row in enumerate(split.data) if len(row) != width)
+        raise _Refusal(400, "BAD_REQUEST", f"dataframe_split: data[{index}] has {len(row)} values for {width} columns")
+    # Transposed in C; a repeated column name keeps its last column, as a row object keeps its last value.
+    return columns_body(dict(zip(split.columns, zip(*split.data, strict=True), strict=True)), detail=detail)
 
 
-def _rows_of_columns(raw: bytes, name: str, detail: ErrorDetail) -> bytes:
+def _rows_of_columns(raw: bytes, name: str, detail: ErrorDetail) -> bytes | Columns:
     try:
         columns = _decode_columns(raw)
     except (msgspec.DecodeError, RecursionError) as error:
@@ -244,7 +244,7 @@ def _rows_of_columns(raw: bytes, name: str, detail: ErrorDetail) -> bytes:
         raise _Refusal(400, "BAD_REQUEST", f"{name}: every column must hold as many values as the others")
     if counts in (set(), {0}):
         raise refuse_empty(name)
-    return rows_of_columns(columns, detail=detail)
+    return columns_body(columns, detail=detail)
 
 
 def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...], detail: ErrorDetail) -> bytes:
@@ -308,6 +308,7 @@ async def _invoke(request: Request[Any, Any, Any], model: str | None) -> ASGIApp
     body = await request.body()
     selection = service.select(model)
     detail = service.settings.error_detail
+    rows: bytes | Columns
     if media_type == CSV:
         _check_servable(selection, None)
         rows = _rows_of_csv(body, selection.artifact.features, detail)
@@ -315,7 +316,7 @@ async def _invoke(request: Request[Any, Any, Any], model: str | None) -> ASGIApp
         form, raw, params = _parse_invocation(body)
         _check_servable(selection, params)
         rows = _rows_of_json(form, raw, detail)
-    scored = await service.predict(selection, rows, request_id_of(request.scope))
+    scored = await score(service, selection, rows, request_id_of(request.scope))
     note_scored(request, scored, "mlflow")
     return EncodedAnswer(_encode(_predictions(scored)))
 

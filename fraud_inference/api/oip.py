@@ -28,16 +28,18 @@ from fraud_inference.api.protocol import (
     JSON,
     EncodedAnswer,
     OverflowAsInfinityDecoder,
+    columns_body,
     non_finite_hint,
     note_scored,
     refuse_empty,
     require_media_type,
-    rows_of_columns,
+    score,
     service_of,
 )
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
 from fraud_inference.models.signature import ErrorDetail, clip_names
+from fraud_inference.pool import Columns
 from fraud_inference.service import (
     FraudService,
     InferenceFailedError,
@@ -333,8 +335,8 @@ def _as_booleans(values: list[Any]) -> list[Any]:
     return [bool(v) if v in (0, 1) and not isinstance(v, bool) else v for v in values]
 
 
-def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...], detail: ErrorDetail) -> bytes:
-    """The tensors as the pool takes rows (raw JSON: an array of row objects); names checked by the worker."""
+def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...], detail: ErrorDetail) -> bytes | Columns:
+    """The tensors as the pool takes them, as columns (one per feature); names and types checked by the worker."""
     names = [feature.name for feature in features]
     booleans = {feature.name for feature in features if feature.type == "boolean"}
     if not infer.inputs:
@@ -366,7 +368,7 @@ def _rows(infer: InferRequest, features: tuple[FeatureSpec, ...], detail: ErrorD
         raise refuse_empty(f"input {infer.inputs[0].name[:64]!r}")
     for name in booleans.intersection(columns):
         columns[name] = _as_booleans(columns[name])
-    return rows_of_columns(columns, detail=detail)
+    return columns_body(columns, detail=detail)
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -421,7 +423,7 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str | Non
     infer = _parse(request, body)
     request_id = request_id_of(request.scope)
     rows = _rows(infer, selection.artifact.features, service.settings.error_detail)
-    scored = await service.predict(selection, rows, request_id)
+    scored = await score(service, selection, rows, request_id)
     note_scored(request, scored, "oip")
     return _answer(infer, scored, request_id)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -13,14 +12,16 @@ from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
 
 from fraud_inference.api.request_id import note_for_access_log
-from fraud_inference.models.signature import ErrorDetail
-from fraud_inference.service import FraudService, InvalidRowsError, ScoredRows
+from fraud_inference.models.signature import ErrorDetail, first_infinity
+from fraud_inference.pool.messages import Columns
+from fraud_inference.service import FraudService, InvalidRowsError, ScoredRows, Selection
 
 __all__ = [
     "JSON",
     "EncodedAnswer",
     "OverflowAsInfinityDecoder",
     "UnsupportedMediaTypeError",
+    "columns_body",
     "encode_rows",
     "media_type_of",
     "non_finite_hint",
@@ -28,6 +29,7 @@ __all__ = [
     "refuse_empty",
     "require_media_type",
     "rows_of_columns",
+    "score",
     "service_of",
 ]
 
@@ -51,6 +53,13 @@ class UnsupportedMediaTypeError(HTTPException):
 def service_of(request: Request[Any, Any, Any]) -> FraudService:
     service: FraudService = request.app.state.service
     return service
+
+
+async def score(service: FraudService, selection: Selection, rows: bytes | Columns, request_id: str) -> ScoredRows:
+    """Score a protocol's rows, raw JSON row objects or `Columns`, with the service."""
+    if isinstance(rows, bytes):
+        return await service.predict(selection, rows, request_id)
+    return await service.predict_columns(selection, rows, request_id)
 
 
 def media_type_of(request: Request[Any, Any, Any]) -> str:
@@ -128,10 +137,21 @@ def note_scored(request: Request[Any, Any, Any], scored: ScoredRows, protocol: s
     )
 
 
-def rows_of_columns(columns: dict[str, list[Any]], *, detail: ErrorDetail = "full") -> bytes:
-    """Columns (name to one value per row, all as long) as the pool takes every protocol's rows: the raw JSON of
-    an array of row objects. Built with C-level zips: no Python call per value. Infinities are refused
-    (`InvalidRowsError` naming the row and column), as `encode_rows` does."""
+def columns_body(columns: Mapping[str, Sequence[Any]], *, detail: ErrorDetail = "full") -> bytes | Columns:
+    """Columns (name to one value per row, all as long, each name once) as the pool takes them: `Columns`, each
+    column msgpack-encoded in C, which the worker decodes straight into the model's batch and checks as rows
+    (infinities refused naming the row and column). No Python call per value here.
+
+    A whole number beyond 64 bits, which msgpack cannot carry, sends the rows instead: the worker refuses it.
+    """
+    try:
+        return Columns(names=tuple(columns), values=tuple(map(_encode_msgpack, columns.values())))
+    except OverflowError:
+        return rows_of_columns(columns, detail=detail)
+
+
+def rows_of_columns(columns: Mapping[str, Sequence[Any]], *, detail: ErrorDetail = "full") -> bytes:
+    """Columns as the raw JSON of an array of row objects (see `encode_rows`), built with C-level zips."""
     names = list(columns)
     rows = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
     return encode_rows(rows, detail=detail)
@@ -141,21 +161,18 @@ def encode_rows(rows: list[dict[str, Any]], *, detail: ErrorDetail = "full") -> 
     """Row objects as the pool takes them (raw JSON), refusing an infinite value with `InvalidRowsError` at its
     row and column (the column left out under ERROR_DETAIL=generic). NaN stays a missing value, as null is.
 
-    Every protocol that builds rows itself (CSV, columns, tensors) encodes them here: JSON has no infinity, and
-    msgspec writes one as null, which the model would score as a missing value.
+    CSV rows, and columns that `columns_body` cannot send, are encoded here: JSON has no infinity, and msgspec
+    writes one as null, which the model would score as a missing value.
     """
     encoded = _encode(rows)
     # NOTE: only a body holding null can hide an infinity (msgspec writes inf and NaN as null): look only then.
-    if b"null" in encoded:
-        for index, row in enumerate(rows):
-            for name, value in row.items():
-                if type(value) is float and math.isinf(value):
-                    raise InvalidRowsError(
-                        f"value {value} is not a finite number: send a finite number, or leave it empty (null) "
-                        "for a missing value",
-                        row=index,
-                        feature=None if detail == "generic" else name,
-                    )
+    if b"null" in encoded and (infinity := first_infinity(rows)) is not None:
+        row, name, value = infinity
+        raise InvalidRowsError(
+            f"value {value} is not a finite number: send a finite number, or leave it empty (null) for a missing value",
+            row=row,
+            feature=None if detail == "generic" else name,
+        )
     return encoded
 
 
@@ -191,4 +208,5 @@ def refuse_empty(subject: str) -> InvalidRowsError:
 
 
 _encode = msgspec.json.encode
+_encode_msgpack = msgspec.msgpack.encode
 _NON_FINITE_TOKEN = re.compile(rb"[\[,:]\s*-?(?:Infinity|NaN)\b")

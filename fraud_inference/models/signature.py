@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from itertools import chain
@@ -22,6 +23,7 @@ __all__ = [
     "InstancesError",
     "SignatureDecoder",
     "clip_names",
+    "first_infinity",
     "instances_message",
     "on_training_categories",
     "text_dtype",
@@ -110,6 +112,13 @@ class SignatureDecoder:
             gc=False,
         )
         self._decode = msgspec.json.Decoder(list[row_type]).decode  # type: ignore[valid-type]
+        # One typed msgpack decoder per feature, for a request sent as columns: the same types as a row's fields.
+        self._column_decoders = [
+            msgspec.msgpack.Decoder(list[_PYTHON_TYPES[spec.type] | None]).decode  # type: ignore[valid-type,name-defined]
+            for spec in self.features
+        ]
+        self._positions = {spec.name: i for i, spec in enumerate(self.features)}
+        self._extra = extra
         self._astuple = msgspec.structs.astuple
         self._width = len(self.features)
         self._integer_columns = [i for i, spec in enumerate(self.features) if spec.type in _INTEGER_TYPES]
@@ -144,14 +153,59 @@ class SignatureDecoder:
 
     def dataframe(self, instances: bytes) -> pd.DataFrame:
         """Decode `instances` into a DataFrame with MLflow's dtypes, categorical columns on training categories."""
+        rows = self._rows(instances)
+        return self._frame(list(zip(*map(self._astuple, rows), strict=True)), len(rows))
+
+    def columns(self, names: Sequence[str], values: Sequence[bytes]) -> Matrix | pd.DataFrame:
+        """The batch for one request sent as columns: `values[i]` is column `names[i]`, a msgpack array of one
+        value per row (None: missing), each name once. The same checks, refusals and numbers as `decode` of
+        the same rows, without building them: each column is decoded by its feature's type in C.
+        """
+        unknown = self._extra == "reject" and any(name not in self._positions for name in names)
+        given = dict(zip(names, values, strict=True))
+        if unknown or any(spec.required and spec.name not in given for spec in self.features):
+            return self._as_rows(names, values)
+        decoded: list[list[Any] | None] = []
+        try:
+            for spec, decode in zip(self.features, self._column_decoders, strict=True):
+                value = given.get(spec.name)
+                decoded.append(None if value is None else decode(value))
+        except msgspec.ValidationError:
+            return self._as_rows(names, values)
+        counts = {len(column) for column in decoded if column is not None}
+        if len(counts) != 1:
+            raise InstancesError("columns of different lengths: send one value per row in every column")
+        (count,) = counts
+        if not count:
+            raise InstancesError("is empty: send at least one row")
+        columns = [[None] * count if column is None else column for column in decoded]
+        if self.frame:
+            return self._frame(columns, count, columnar=True)
+        matrix = np.array(columns, dtype=np.float64).T.copy()
+        self._check_numbers(matrix, self._all_columns, self._matrix_checks, columnar=True)
+        return matrix
+
+    def _as_rows(self, names: Sequence[str], values: Sequence[bytes]) -> Matrix | pd.DataFrame:
+        """The batch of columns that do not decode as columns (a problem, or NaN in an integer or boolean
+        column), taken as the same rows: refused exactly as rows are (the first problem in row order), else
+        decoded as rows. Only on this rare path are row objects built.
+        """
+        columns = [msgspec.msgpack.decode(value) for value in values]
+        rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+        infinity = first_infinity(rows)
+        if infinity is not None:  # JSON has none: the rows would carry it as null, a missing value
+            row, name, value = infinity
+            raise InstancesError(_infinite(value), row=row, feature=None if self._detail == "generic" else name)
+        return self.decode(msgspec.json.encode(rows))
+
+    def _frame(self, columns: Sequence[Sequence[Any]], count: int, *, columnar: bool = False) -> pd.DataFrame:
+        """The DataFrame of `columns` (one sequence of values per feature, in the signature's order)."""
         import pandas as pd
 
-        rows = self._rows(instances)
-        columns = list(zip(*map(self._astuple, rows), strict=True))
         numbers = np.array([columns[i] for i in self._numeric_columns], dtype=np.float64).T.reshape(
-            len(rows), len(self._numeric_columns)
+            count, len(self._numeric_columns)
         )
-        self._check_numbers(numbers, self._numeric_columns, self._frame_checks)
+        self._check_numbers(numbers, self._numeric_columns, self._frame_checks, columnar=columnar)
         data: dict[str, Any] = {}
         numeric_index = {column: position for position, column in enumerate(self._numeric_columns)}
         for i, spec in enumerate(self.features):
@@ -211,14 +265,18 @@ class SignatureDecoder:
             [position for position, column in enumerate(columns) if column in self._refuse_missing],
         )
 
-    def _check_numbers(self, numbers: Matrix, columns: Sequence[int], checks: tuple[list[int], list[int]]) -> None:
+    def _check_numbers(
+        self, numbers: Matrix, columns: Sequence[int], checks: tuple[list[int], list[int]], *, columnar: bool = False
+    ) -> None:
         """Refuse infinities, fractions in integer columns, and missing values the model cannot take.
 
-        `numbers` holds the feature columns `columns` (all of them on the fast path), in that order.
+        `numbers` holds the feature columns `columns` (all of them on the fast path), in that order. A columnar
+        request's infinity is refused in the words the HTTP process used when it built rows of columns.
         """
         if np.isinf(numbers).any():
             row, position = np.argwhere(np.isinf(numbers))[0]
-            raise InstancesError("value is not a finite number", row=int(row), feature=self._feature(columns[position]))
+            problem = _infinite(float(numbers[row, position])) if columnar else "value is not a finite number"
+            raise InstancesError(problem, row=int(row), feature=self._feature(columns[position]))
         integers, refused = checks
         if integers:
             values = numbers[:, integers]
@@ -247,6 +305,19 @@ class SignatureDecoder:
     def _feature(self, column: int) -> str | None:
         """The feature's name for an error, or None under ERROR_DETAIL=generic."""
         return None if self._detail == "generic" else self.features[column].name
+
+
+def first_infinity(rows: Sequence[Mapping[str, Any]]) -> tuple[int, str, float] | None:
+    """The first infinite value of row objects, in row order: (row, feature, value); None when there is none."""
+    for index, row in enumerate(rows):
+        for name, value in row.items():
+            if type(value) is float and math.isinf(value):
+                return index, name, value
+    return None
+
+
+def _infinite(value: float) -> str:
+    return f"value {value} is not a finite number: send a finite number, or leave it empty (null) for a missing value"
 
 
 def on_training_categories(values: Any, dtype: pd.CategoricalDtype) -> pd.Categorical:

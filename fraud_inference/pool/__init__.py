@@ -9,12 +9,14 @@ from fraud_inference.pool.errors import (
     ScoringError,
     WorkerLostError,
 )
+from fraud_inference.pool.messages import Columns
 from fraud_inference.pool.pool import InferencePool, PoolStatus
 from fraud_inference.pool.queue import BatchPolicy, Scores
 from fraud_inference.pool.worker import WorkerOptions
 
 __all__ = [
     "BatchPolicy",
+    "Columns",
     "InferencePool",
     "InferenceTimeoutError",
     "NoWorkerError",

@@ -10,6 +10,7 @@ from fraud_inference.models.artifact import ModelArtifact
 
 __all__ = [
     "Cancel",
+    "Columns",
     "DropGeneration",
     "GenerationLoaded",
     "Heartbeat",
@@ -40,8 +41,25 @@ class DropGeneration(msgspec.Struct, tag="drop", frozen=True, array_like=True):
     generation: int
 
 
+class Columns(msgspec.Struct, tag="columns", frozen=True, array_like=True):
+    """One request's rows as columns, as the columnar protocols (`dataframe_split`, OIP tensors) send them.
+
+    `values[i]` is column `names[i]` as a msgpack array, one value per row (None: missing), each name once. The
+    worker decodes each column straight into the model's batch and refuses exactly what it refuses in rows.
+    """
+
+    names: tuple[str, ...]
+    values: tuple[bytes, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes of values, as a batch counts a request's size (BATCH_MAX_BYTES)."""
+        return sum(map(len, self.values))
+
+
 class Score(msgspec.Struct, tag="score", frozen=True, array_like=True):
-    """Score a batch: one or more requests' `instances` (raw JSON arrays of rows) for the same model.
+    """Score a batch: one or more requests' rows for the same model, each the raw JSON array of its row objects
+    or its `Columns`.
 
     The worker decodes each against the model's signature, scores every valid row in one model call and
     answers per request, so requests coalesced into one batch never see each other's rows or errors.
@@ -50,7 +68,7 @@ class Score(msgspec.Struct, tag="score", frozen=True, array_like=True):
     seq: int
     generation: int
     model: str
-    bodies: tuple[bytes, ...]
+    bodies: tuple[bytes | Columns, ...]
     request_ids: tuple[str, ...]
 
 

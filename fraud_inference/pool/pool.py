@@ -22,6 +22,7 @@ from fraud_inference.pool.errors import (
 )
 from fraud_inference.pool.messages import (
     Cancel,
+    Columns,
     DropGeneration,
     GenerationLoaded,
     LoadGeneration,
@@ -218,8 +219,8 @@ class InferencePool:
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    async def score(self, generation: int, model: str, body: bytes, request_id: str) -> Scores:
-        """Score one request's rows (its raw JSON `instances`) with exactly `generation`'s `model`.
+    async def score(self, generation: int, model: str, body: bytes | Columns, request_id: str) -> Scores:
+        """Score one request's rows (its raw JSON `instances`, or its `Columns`) with exactly `generation`'s `model`.
 
         The request waits in the queue while every worker is busy and may share a batch with other
         requests for the same model and generation; its answer holds exactly its own rows' scores.

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fraud_inference.pool.errors import PoolOverloadedError
+from fraud_inference.pool.messages import Columns
 
 __all__ = ["Batch", "BatchPolicy", "PendingRequest", "RequestQueue", "Scores"]
 
@@ -43,17 +44,24 @@ class Scores(msgspec.Struct, frozen=True):
 
 
 class PendingRequest:
-    """One request's rows (raw JSON) on its way to a worker, and the future its scores resolve."""
+    """One request's rows (raw JSON, or `Columns`) on its way to a worker, and the future its scores resolve."""
 
-    __slots__ = ("attempts", "batch", "body", "due_ns", "future", "generation", "model", "request_id", "seq")
+    __slots__ = ("attempts", "batch", "body", "due_ns", "future", "generation", "model", "request_id", "seq", "size")
 
     def __init__(
-        self, seq: int, generation: int, model: str, body: bytes, request_id: str, future: asyncio.Future[Scores]
+        self,
+        seq: int,
+        generation: int,
+        model: str,
+        body: bytes | Columns,
+        request_id: str,
+        future: asyncio.Future[Scores],
     ) -> None:
         self.seq = seq
         self.generation = generation
         self.model = model
         self.body = body
+        self.size = len(body) if isinstance(body, bytes) else body.size
         self.request_id = request_id
         self.future = future
         self.attempts = 1
@@ -145,10 +153,10 @@ class RequestQueue:
         if best is None:
             return []
         batch = [best.popleft()]
-        size = len(batch[0].body)
-        while best and len(batch) < policy.max_requests and size + len(best[0].body) <= policy.max_bytes:
+        size = batch[0].size
+        while best and len(batch) < policy.max_requests and size + best[0].size <= policy.max_bytes:
             request = best.popleft()
-            size += len(request.body)
+            size += request.size
             batch.append(request)
         self._count -= len(batch)
         if not best:

@@ -20,6 +20,7 @@ from fraud_inference.lifetime import die_with_parent
 from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, InstancesError, SignatureDecoder
 from fraud_inference.pool.messages import (
     Cancel,
+    Columns,
     DropGeneration,
     GenerationLoaded,
     Heartbeat,
@@ -277,9 +278,9 @@ class _Worker:
         self._log.info("batch.cancelled", request_ids=request.request_ids, scored_rows=scored_rows)
         self._send(ScoreFailed(seq=request.seq, error="cancelled: every request of the batch gave up"))
 
-    def _decode(self, decoder: SignatureDecoder, body: bytes) -> Any:
+    def _decode(self, decoder: SignatureDecoder, body: bytes | Columns) -> Any:
         try:
-            matrix = decoder.decode(body)
+            matrix = decoder.decode(body) if isinstance(body, bytes) else decoder.columns(body.names, body.values)
         except InstancesError as error:
             return Refused(reason="invalid_rows", message=error.problem, row=error.row, feature=error.feature)
         except Exception as error:  # whatever a hostile body does, it fails alone and the worker lives on

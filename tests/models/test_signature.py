@@ -159,3 +159,84 @@ def test_a_float_column_stays_float32_with_a_missing_value_as_mlflow_gives_it() 
     frame = SignatureDecoder("test", features).decode(b'[{"merchant": "a"}, {"ratio": 0.5, "merchant": "b"}]')
     assert frame["ratio"].dtype == np.float32
     assert frame["ratio"].isna().tolist() == [True, False]
+
+
+def _as_columns(rows: list[dict[str, object]]) -> tuple[list[str], list[bytes]]:
+    """The rows as a columnar request carries them: each column msgpack-encoded, a left-out key as null."""
+    import msgspec
+
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return names, [msgspec.msgpack.encode([row.get(name) for row in rows]) for name in names]
+
+
+_MIXED = (
+    FeatureSpec("amount", "double"),
+    FeatureSpec("hour_of_day", "long"),
+    FeatureSpec("is_foreign", "boolean"),
+    FeatureSpec("country", "string", required=False),
+    FeatureSpec("distance", "float", required=False),
+)
+
+
+@pytest.mark.parametrize("features", [FEATURES, _MIXED], ids=["matrix", "frame"])
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [
+            {"amount": 12.5, "hour_of_day": 3, "is_foreign": True},
+            {"amount": None, "hour_of_day": 4.0, "is_foreign": False},
+        ],
+        [{"amount": 1, "hour_of_day": None, "is_foreign": None, "country": "DE", "distance": 2.5}],
+        [{"amount": 1.0, "hour_of_day": 1, "is_foreign": True}, {"amount": "1", "hour_of_day": 1, "is_foreign": True}],
+        [{"amount": 1.0, "hour_of_day": 1.5, "is_foreign": True}],
+        [{"amount": 1.0, "hour_of_day": 2**60, "is_foreign": True}],
+        [{"amount": 1.0, "is_foreign": True}],
+        [{"amount": 1.0, "hour_of_day": 1, "is_foreign": True, "x": 1}],
+        [{"amount": 1.0, "hour_of_day": 1, "is_foreign": 1}],
+        [{"amount": 1.0, "hour_of_day": 1, "is_foreign": True, "country": 3}],
+    ],
+)
+def test_columns_decode_and_refuse_exactly_as_the_same_rows(
+    features: tuple[FeatureSpec, ...], rows: list[dict[str, object]]
+) -> None:
+    import msgspec
+
+    decoder = SignatureDecoder("test", features)
+    outcome: object
+    try:
+        outcome = decoder.decode(msgspec.json.encode(rows))
+    except InstancesError as refused:
+        outcome = (str(refused), refused.row, refused.feature)
+    try:
+        got: object = decoder.columns(*_as_columns(rows))
+    except InstancesError as refused:
+        got = (str(refused), refused.row, refused.feature)
+    if isinstance(outcome, pd.DataFrame):
+        assert isinstance(got, pd.DataFrame)
+        pd.testing.assert_frame_equal(got, outcome)
+    elif isinstance(outcome, np.ndarray):
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, outcome)
+        assert got.dtype == np.float64
+        assert got.flags.c_contiguous
+    else:
+        assert got == outcome
+
+
+def test_an_infinite_column_value_is_refused_naming_row_and_feature() -> None:
+    import msgspec
+
+    rows = [
+        {"amount": 1.0, "hour_of_day": 1, "is_foreign": True},
+        {"amount": -np.inf, "hour_of_day": 1, "is_foreign": True},
+    ]
+    names, values = _as_columns(rows)
+    with pytest.raises(InstancesError) as raised:
+        SignatureDecoder("test", FEATURES).columns(names, values)
+    assert (raised.value.row, raised.value.feature) == (1, "amount")
+    assert raised.value.problem.startswith("value -inf is not a finite number")
+    with pytest.raises(InstancesError) as generic:
+        SignatureDecoder("test", FEATURES, detail="generic").columns(
+            names, [msgspec.msgpack.encode([1, "x"]), *values[1:]]
+        )
+    assert (generic.value.row, generic.value.feature) == (1, None)
