@@ -32,6 +32,7 @@ from benchmarks.scenarios import Scenario, our_requests
 from fraud_inference.api.app import create_app
 from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
 from fraud_inference.models.flavors._base import ModelFile
+from fraud_inference.pool.messages import Columns
 from fraud_inference.registry import ModelRef
 from fraud_inference.service import FraudService, Generation, ScoredRows, Selection
 from fraud_inference.settings import Settings
@@ -130,16 +131,18 @@ def _artifact(features: tuple[FeatureSpec, ...]) -> ModelArtifact:
 
 
 class _InstantService(FraudService):
-    """The real scoring core's selection and metrics; FAKE: the pool, which answers 0.25 for every row at once."""
+    """The real scoring core's protocols, selection and metrics; FAKE: the pool, which answers 0.25 for every row
+    at once (rows or columns)."""
 
     def __init__(self, settings: Settings, metrics: Any, generation: Generation) -> None:
         super().__init__(settings, metrics)
         self.active = generation
         self._rows_of = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
-    async def predict(self, model: str | Selection | None, rows: bytes, request_id: str) -> ScoredRows:
+    async def _predict(self, model: str | Selection | None, rows: bytes | Columns, request_id: str) -> ScoredRows:
         selection = model if isinstance(model, Selection) else self.select(model)
-        probabilities = np.full(len(self._rows_of(rows)), 0.25)
+        count = len(self._rows_of(rows)) if isinstance(rows, bytes) else len(msgspec.msgpack.decode(rows.values[0]))
+        probabilities = np.full(count, 0.25)
         ref = selection.artifact.ref
         self.metrics.record_scores(selection.key, ref.version, probabilities, ref.threshold, 0.0001)
         return ScoredRows(selection=selection, probabilities=probabilities)
