@@ -11,7 +11,9 @@ NOTE: before this, the supervisor kept everything the checks had imported: ~140 
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 from granian.constants import Interfaces, Loops
 from granian.server import Server
@@ -28,6 +30,7 @@ def main() -> int:
     """Serve the app under granian (one HTTP process, WORKERS in its pool) until a signal stops it."""
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format, role="supervisor")
+    _reap_children_from_before_exec()
     server = Server(
         APP_FACTORY,
         address=settings.host,
@@ -45,6 +48,24 @@ def main() -> int:
     )
     server.serve()
     return 0
+
+
+def _reap_children_from_before_exec(timeout_s: float = 1.0) -> None:
+    """Wait for the children the process had before `exec` (multiprocessing's resource tracker, started for the
+    spawned preflight, exits once `exec` closes its pipe), so none lingers as a zombie of the supervisor.
+
+    Runs before granian starts any process of its own; gives up after `timeout_s` on one that stays alive.
+    """
+    deadline_ns = time.monotonic_ns() + round(timeout_s * 1e9)
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no child left
+        if pid == 0:
+            if time.monotonic_ns() >= deadline_ns:
+                return
+            time.sleep(0.01)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def _parse_invocation(body: bytes) -> tuple[str, bytes, dict[str, Any] | None]:
         if "got `array`" in message and "$" not in message.partition(" - at ")[2]:
             message = f"{_REQUIRED_INPUT_FORMAT}. Received a list."
         raise _Refusal(400, "BAD_REQUEST", message) from None
-    except (msgspec.DecodeError, RecursionError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise _Refusal(
             400,
             "BAD_REQUEST",
@@ -212,7 +212,7 @@ def _rows_of_json(name: str, raw: bytes, detail: ErrorDetail) -> bytes | Columns
 def _rows_of_split(raw: bytes, detail: ErrorDetail) -> bytes | Columns:
     try:
         split = _decode_split(raw)
-    except (msgspec.DecodeError, RecursionError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise _Refusal(400, "BAD_REQUEST", f"dataframe_split: {clip_names(str(error))}") from None
     if split.columns is None:
         raise _Refusal(400, "BAD_REQUEST", "dataframe_split: name the columns in `columns`")
@@ -230,14 +230,15 @@ def _rows_of_split(raw: bytes, detail: ErrorDetail) -> bytes | Columns:
     if set(map(len, split.data)) != {width}:
         index, row = next((index, row) for index, row in enumerate(split.data) if len(row) != width)
         raise _Refusal(400, "BAD_REQUEST", f"dataframe_split: data[{index}] has {len(row)} values for {width} columns")
-    # Transposed in C; a repeated column name keeps its last column, as a row object keeps its last value.
+    _refuse_repeated("dataframe_split: column", split.columns)
+    # Transposed in C.
     return columns_body(dict(zip(split.columns, zip(*split.data, strict=True), strict=True)), detail=detail)
 
 
 def _rows_of_columns(raw: bytes, name: str, detail: ErrorDetail) -> bytes | Columns:
     try:
         columns = _decode_columns(raw)
-    except (msgspec.DecodeError, RecursionError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise _Refusal(400, "BAD_REQUEST", f"{name}: {clip_names(str(error))}") from None
     counts = {len(values) for values in columns.values()}
     if len(counts) > 1:
@@ -259,6 +260,7 @@ def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...], detail: ErrorDe
     header = next(reader, None)
     if not header:
         raise _Refusal(400, "BAD_REQUEST", "CSV input needs a header row naming the columns")
+    _refuse_repeated("CSV header: column", header)
     types = {spec.name: spec.type for spec in features}
     rows = []
     for number, record in enumerate(reader):
@@ -270,6 +272,17 @@ def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...], detail: ErrorDe
     if not rows:
         raise refuse_empty("the CSV input under its header row")
     return encode_rows(rows, detail=detail)
+
+
+def _refuse_repeated(subject: str, names: list[str]) -> None:
+    """400 when a column is named twice: which of its values would score is a guess (OIP refuses it too)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise _Refusal(
+                400, "BAD_REQUEST", f"{subject} {name[:64]!r} is named more than once: send each column once"
+            )
+        seen.add(name)
 
 
 def _cell(cell: str, kind: str | None) -> Any:

@@ -216,7 +216,7 @@ def _split_body(request: Request[Any, Any, Any], body: bytes) -> tuple[bytes, by
     length = request.headers.get(_HEADER_LENGTH)
     if length is None:
         return body, b""
-    if not length.isdigit() or int(length) > len(body):
+    if not (length.isascii() and length.isdigit()) or int(length) > len(body):  # isdigit() alone takes '²'
         raise _BadRequest(f"{_HEADER_LENGTH} must be the length of the JSON part of the body, at most {len(body)}")
     return body[: int(length)], body[int(length) :]
 
@@ -227,7 +227,7 @@ def _parse(request: Request[Any, Any, Any], body: bytes) -> InferRequest:
         infer = _decode_infer(header)
     except msgspec.ValidationError as error:
         raise _BadRequest(f"request body: {clip_names(str(error))}") from None
-    except (msgspec.DecodeError, RecursionError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise _BadRequest(f"malformed JSON: {error}{non_finite_hint(header)}") from None
     offset = 0
     for tensor in infer.inputs:

@@ -1,4 +1,4 @@
-"""X-Request-ID on every response and in every log line a request causes, and one access-log line per request."""
+"""X-Request-ID on every response and in every log line a request causes, and an access-log line per routed request."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ _SANE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 _STATE_KEY = "request_id"
 _ACCESS_KEY = "access_log"
 UNMATCHED_ROUTE = "<unmatched>"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 log = get_logger("fraud_inference.access")
 
 
@@ -44,11 +45,13 @@ def note_for_access_log(scope: Scope, **fields: object) -> None:
 class RequestEdge:
     """The outermost ASGI layer: the request id, the X-Request-ID header, the HTTP metrics and the access-log line.
 
-    Plain ASGI around Litestar's own handler (routing, exception handlers, CORS), so it sees every request,
-    404s and 405s included, for one function call per request and one per message sent.
+    Plain ASGI around Litestar's own handler (routing, exception handlers, CORS), so every answer, 404s and 405s
+    included, gets the request id and a count, for one function call per request and one per message sent. The
+    access log has a line for each request that matched a route (not for 404s and 405s of unknown paths).
     NOTE: not a Litestar middleware and `before_send` hook: those cost ~60 us per request on the hot path here
     (a wrapped `send` per layer, a hook call per message; py-spy of the HTTP process, `benchmarks/`).
-    Requests that matched no route are counted under one route label, so random paths cannot grow the series.
+    Requests that matched no route are counted under one route label, and methods outside HTTP's own under one
+    method label, so clients cannot grow the number of series.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -85,7 +88,7 @@ class RequestEdge:
     def _account(self, scope: HTTPScope, status: int, duration_ns: int) -> None:
         handler = scope.get("route_handler")
         route = scope.get("path_template", scope["path"]) if handler is not None else UNMATCHED_ROUTE
-        method = scope["method"]
+        method = scope["method"] if scope["method"] in _METHODS else "other"
         key = (method, route, status)
         counter = self._requests.get(key)
         if counter is None:  # NOTE: prometheus-client's labels() costs ~3 us a call: one lookup per series, once

@@ -128,7 +128,7 @@ async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
         parsed = _decode_request(body)
     except msgspec.ValidationError as error:
         raise HTTPException(status_code=422, detail=f"request body: {clip_names(str(error))}") from None
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:  # a string that is not UTF-8: msgspec's own error
         raise HTTPException(status_code=400, detail=f"malformed JSON: {error}{non_finite_hint(body)}") from None
     except RecursionError:
         raise HTTPException(status_code=400, detail="malformed JSON: nested too deeply") from None

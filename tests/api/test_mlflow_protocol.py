@@ -245,3 +245,19 @@ def test_a_split_index_must_label_each_row(client: TestClient, transactions: pd.
         assert "index" in response.json()["message"]
         assert "does not match the 3 rows of data" in response.json()["message"]
     assert client.post("/invocations", json={"dataframe_split": split}).status_code == 200
+
+
+def test_a_column_named_twice_is_refused_in_a_split_and_in_csv(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    split = json.loads(transactions.head(2).to_json(orient="split"))
+    split["columns"].append("amount")
+    for row in split["data"]:
+        row.append(912.4)  # the second `amount`: which one would score is a guess
+    response = client.post("/invocations", json={"dataframe_split": split})
+    assert response.status_code == 400, response.text
+    assert "'amount' is named more than once" in response.json()["message"]
+    frame = transactions.head(2).copy()
+    csv = frame.to_csv(index=False).splitlines()
+    doubled = "\n".join([f"{csv[0]},amount", *(f"{line},912.4" for line in csv[1:])])
+    response = client.post("/invocations", content=doubled, headers={"content-type": "text/csv"})
+    assert response.status_code == 400, response.text
+    assert "'amount' is named more than once" in response.json()["message"]

@@ -350,3 +350,12 @@ def test_nan_in_a_binary_tensor_is_a_missing_value(client: TestClient, transacti
     result = triton.InferenceServerClient.parse_response_body(response.content, header_length=length)
     probabilities = result.as_numpy("fraud_probability")
     np.testing.assert_allclose(probabilities, [p["fraud_probability"] for p in v1["predictions"]], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", ["x", "-1", "99999"])
+def test_a_binary_header_length_that_is_not_a_length_of_the_body_is_400(client: TestClient, length: str) -> None:  # type: ignore[type-arg]
+    body = b'{"inputs": []}'
+    headers = {"Inference-Header-Content-Length": length, "content-type": "application/octet-stream"}
+    response = client.post("/v2/models/xgboost/infer", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "error" in response.json()

@@ -125,3 +125,30 @@ def test_a_body_in_another_charset_than_utf8_is_415(client: TestClient, path: st
     message = latin.json().get("detail") or latin.json()["error"]
     assert "send application/json" in message
     assert "in UTF-8" in message
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/predict", b'{"model": "\xff", "instances": []}'),
+        ("/invocations", b'{"dataframe_split": {"columns": ["am\xffount"], "data": [[1]]}}'),
+        ("/invocations", b'{"dataframe_records": [{"amount": 1}], "params": {"k\xff": 1}}'),
+        ("/v2/models/xgboost/infer", b'{"id": "\xff", "inputs": []}'),
+    ],
+)
+def test_bytes_that_are_not_utf8_inside_a_json_string_are_400_in_each_protocols_format(
+    client: TestClient, path: str, body: bytes
+) -> None:  # type: ignore[type-arg]
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert "utf-8" in (answer.get("detail") or answer.get("message") or answer["error"])
+    assert set(answer) & {"detail", "message", "error"}  # the protocol's own shape, never a bare 500
+
+
+def test_a_method_http_does_not_define_is_counted_under_one_label(client: TestClient) -> None:  # type: ignore[type-arg]
+    for method in ("FOOBAR1", "FOOBAR2"):
+        assert client.request(method, "/no/such/path").status_code in {404, 405}
+    exposition = client.get("/metrics").text
+    assert "FOOBAR" not in exposition
+    assert 'method="other",route="<unmatched>"' in exposition

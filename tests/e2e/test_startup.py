@@ -99,3 +99,18 @@ def test_ps_tells_the_supervisor_the_http_process_and_each_worker_apart(service_
     supervisor = (Path("/proc") / str(service.process.pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     assert supervisor.strip() == "fraud-inference supervisor"
     assert titles == ["fraud-inference http", "fraud-inference worker 1", "fraud-inference worker 2"]
+    # The processes from before the supervisor's exec (multiprocessing's resource tracker) were reaped.
+    assert not _zombie_children(service.process.pid)
+
+
+def _zombie_children(pid: int) -> list[int]:
+    zombies = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split() if stat else []
+        if fields and fields[0] == "Z" and int(fields[1]) == pid:
+            zombies.append(int(entry.name))
+    return zombies
