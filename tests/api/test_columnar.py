@@ -290,11 +290,12 @@ def test_nan_in_a_binary_tensor_of_an_integer_feature_is_a_missing_value(
     np.testing.assert_allclose(probabilities, v1_probabilities(client, "xgboost", records), rtol=0, atol=1e-12)
 
 
-def test_repeated_split_columns_keep_the_last_as_rows_do(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+def test_a_split_column_named_twice_is_refused_as_an_oip_input_sent_twice_is(
+    client: TestClient,
+    transactions: pd.DataFrame,  # type: ignore[type-arg]
+) -> None:
     records = demo_records(transactions)
     split = {"columns": [*NAMES, "amount"], "data": [[row[n] for n in NAMES] + [1.0] for row in records]}
     response = client.post("/invocations/xgboost", json={"dataframe_split": split})
-    assert response.status_code == 200, response.text
-    as_rows = [{**row, "amount": 1.0} for row in records]
-    assert response.json() == client.post("/invocations/xgboost", json={"dataframe_records": as_rows}).json()
-    assert json.dumps(response.json())  # the answer is JSON
+    assert response.status_code == 400, response.text
+    assert "'amount' is named more than once" in response.json()["message"]
