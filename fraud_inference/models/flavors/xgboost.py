@@ -73,9 +73,10 @@ class XGBoostScorer:
     """`Booster.inplace_predict`: no DMatrix, one thread; a DataFrame only for categorical features."""
 
     takes_missing: bool = True
-    native_from_rows: int = 256
+    native_from_rows: int = 160
     """COMPILED_TREES: batches this large score natively. NOTE: XGBoost's own predictor walks blocks of rows and
-    beats the compiled trees past ~250 rows (demo model, 1,000 rows: 2.2 ms native, 3.2 ms compiled)."""
+    beats the compiled trees past ~170 rows (demo model on distinct rows, `python -m benchmarks.compiled_trees`:
+    100 rows 409 us native, 335 compiled; 200 rows 620 and 653; 1,000 rows 2.3 ms and 3.3 ms)."""
 
     def __init__(self, model: Any, artifact: ModelArtifact) -> None:
         is_booster = not hasattr(model, "get_booster")
