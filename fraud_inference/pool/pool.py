@@ -258,16 +258,23 @@ class InferencePool:
         if not self._queue:
             return
         now = self._queue.clock()
-        for worker in sorted(self._workers.values(), key=lambda candidate: len(candidate.inflight)):
-            while worker.is_alive() and worker.inflight.has_room(
-                now, most=_BATCHES_PER_WORKER, busy_long_ns=_BUSY_LONG_NS
-            ):
-                requests = self._queue.take(worker.generations, now)
-                if not requests:
-                    break
-                self._send_batch(worker, requests)
-            if not self._queue:
-                return
+        # In rounds, one batch per worker with room in each, the least busy first: what waits is shared between
+        # them, so a burst of large requests is scored by every free worker at once, not queued behind one.
+        while ready := [
+            worker
+            for worker in sorted(self._workers.values(), key=lambda candidate: len(candidate.inflight))
+            if worker.is_alive() and worker.inflight.has_room(now, most=_BATCHES_PER_WORKER, busy_long_ns=_BUSY_LONG_NS)
+        ]:
+            sent = False
+            for position, worker in enumerate(ready):
+                requests = self._queue.take(worker.generations, now, share=len(ready) - position)
+                if requests:
+                    self._send_batch(worker, requests)
+                    sent = True
+                if not self._queue:
+                    return
+            if not sent:
+                break
         if self._queue.policy.wait_ns and self._pump_timer is None:
             due = self._queue.next_due()
             if due is not None:

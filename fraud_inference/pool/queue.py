@@ -132,11 +132,13 @@ class RequestQueue:
         self._count -= 1
         return True
 
-    def take(self, generations: set[int], now_ns: int) -> list[PendingRequest]:
+    def take(self, generations: set[int], now_ns: int, *, share: int = 1) -> list[PendingRequest]:
         """The next batch a worker holding `generations` can score; empty when nothing is due for it.
 
         With `wait_ns` > 0 a key whose oldest request is not yet due (`now_ns` < its `due_ns`) is held back
-        unless its batch is already full, so a lone request waits at most `wait_ns`.
+        unless its batch is already full, so a lone request waits at most `wait_ns`. With `share` > 1 the
+        batch takes at most that share of the key's waiting requests (rounded up), leaving the rest to the
+        `share - 1` other workers with room.
         """
         policy = self.policy
         best: deque[PendingRequest] | None = None
@@ -152,9 +154,10 @@ class RequestQueue:
                 best, best_key = requests, key
         if best is None:
             return []
+        most = min(policy.max_requests, -(-len(best) // share))
         batch = [best.popleft()]
         size = batch[0].size
-        while best and len(batch) < policy.max_requests and size + best[0].size <= policy.max_bytes:
+        while best and len(batch) < most and size + best[0].size <= policy.max_bytes:
             request = best.popleft()
             size += request.size
             batch.append(request)
