@@ -131,6 +131,29 @@ def test_concurrent_batches_get_exactly_their_own_rows_back(
     run_with_pool(2, scenario)
 
 
+def test_a_burst_is_shared_between_the_idle_workers(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
+) -> None:
+    """Eight 40-row requests arriving in one event-loop turn leave as one batch per idle worker, four requests
+    each, not as one batch of eight for a single worker while the other idles."""
+    scorer = load_scorer(artifacts["xgboost"])
+    slices = [slice(start, start + 40) for start in range(0, 320, 40)]
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [artifacts["xgboost"]]) == {}
+        pool.activate(1)
+        before = pool.status()
+        results = await asyncio.gather(
+            *(pool.score(1, "xgboost", instances(transactions, rows), f"r{i}") for i, rows in enumerate(slices))
+        )
+        after = pool.status()
+        assert (after.batches - before.batches, after.batched_requests - before.batched_requests) == (2, 8)
+        for rows, result in zip(slices, results, strict=True):
+            np.testing.assert_allclose(result.probabilities, scorer.fraud_probability(matrix(transactions, rows)))
+
+    run_with_pool(2, scenario)
+
+
 def test_coalesced_requests_get_exactly_their_own_rows_scores_and_errors(
     artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
 ) -> None:

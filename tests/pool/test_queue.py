@@ -55,6 +55,17 @@ def test_a_batch_never_mixes_models_or_generations_and_the_oldest_key_goes_first
     assert len(queue) == 0
 
 
+def test_a_share_takes_its_part_of_what_waits_rounded_up() -> None:
+    queue = RequestQueue(BatchPolicy(max_requests=10), limit=100)
+    waiting = [request(1, "m") for _ in range(5)]
+    for pending in waiting:
+        queue.put(pending)
+    now = queue.clock()
+    assert queue.take({1}, now, share=2) == waiting[:3]  # two workers with room: 3 of 5 for the first
+    assert queue.take({1}, now, share=1) == waiting[3:]  # the last takes the rest
+    assert len(queue) == 0
+
+
 def test_batches_are_bounded_by_request_count_and_body_bytes_but_the_first_always_goes() -> None:
     queue = RequestQueue(BatchPolicy(max_requests=3, max_bytes=100), limit=100)
     small = [request(1, "m", b"x" * 30) for _ in range(5)]
