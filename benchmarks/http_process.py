@@ -56,7 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1_000, help="per route and round")
     parser.add_argument("--profile", metavar="PATH", help="cProfile this route (e.g. /v1/predict) after timing")
     args = parser.parse_args(argv)
-    app, routes = _app_and_routes()
+    with tempfile.TemporaryDirectory(prefix="fraud-inference-http-bench-") as model_directory:
+        timings = _measure(args, Path(model_directory))
+    print(f"CPU us per request in this process, median (min-max) of {args.rounds} rounds of {args.requests}:")
+    for name, values in timings.items():
+        print(f"  {name:34} {statistics.median(values):7.1f}  ({min(values):.1f}-{max(values):.1f})")
+    return 0
+
+
+def _measure(args: argparse.Namespace, model_directory: Path) -> dict[str, list[float]]:
+    """Each route's CPU microseconds per request, one figure a round; the app's model files in `model_directory`."""
+    app, routes = _app_and_routes(model_directory)
     timings: dict[str, list[float]] = {route.name: [] for route in routes}
 
     async def drive() -> None:
@@ -75,14 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             profiler.disable()
             pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(25)
 
-    asyncio.run(drive())
-    print(f"CPU us per request in this process, median (min-max) of {args.rounds} rounds of {args.requests}:")
-    for name, values in timings.items():
-        print(f"  {name:34} {statistics.median(values):7.1f}  ({min(values):.1f}-{max(values):.1f})")
-    return 0
+    async def drive_then_stop() -> None:
+        try:
+            await drive()
+        finally:
+            await app.state.service.stop()  # removes the service's downloads directory (its pool never started)
+
+    asyncio.run(drive_then_stop())
+    return timings
 
 
-def _app_and_routes() -> tuple[Any, list[_Route]]:
+def _app_and_routes(model_directory: Path) -> tuple[Any, list[_Route]]:
     settings = Settings.from_env({"MLFLOW_TRACKING_URI": "sqlite:///unused.db", "LOG_LEVEL": "WARNING"})
     app = create_app(settings)
     rows: dict[int, list[dict[str, Any]]] = {}
@@ -90,7 +103,7 @@ def _app_and_routes() -> tuple[Any, list[_Route]]:
         body = our_requests(Scenario(name="x", models=(_MODEL,), rows=n, connections=1), "http://x").bodies[0]
         rows[n] = msgspec.json.decode(body)["instances"]
     features = tuple(FeatureSpec(name=name, type="double") for name in rows[1][0])
-    generation = Generation(number=1, models={_MODEL: _artifact(features)})
+    generation = Generation(number=1, models={_MODEL: _artifact(features, model_directory)})
     app.state.service = _InstantService(settings, app.state.metrics, generation)
     routes = []
     for n, instances in rows.items():
@@ -120,9 +133,8 @@ flavors:
 """
 
 
-def _artifact(features: tuple[FeatureSpec, ...]) -> ModelArtifact:
-    """A model directory holding only its MLmodel: what /invocations reads to answer as MLflow's server would."""
-    directory = Path(tempfile.mkdtemp(prefix="fraud-inference-http-bench-"))
+def _artifact(features: tuple[FeatureSpec, ...], directory: Path) -> ModelArtifact:
+    """A model `directory` holding only its MLmodel: what /invocations reads to answer as MLflow's server would."""
     (directory / "MLmodel").write_text(_MLMODEL)
     ref = ModelRef(key=_MODEL, name="fraud-xgboost", version="1", selected_by="alias:champion", run_id=None,
                    threshold=0.5)  # fmt: skip

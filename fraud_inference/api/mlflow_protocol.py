@@ -292,6 +292,10 @@ def _cell(cell: str, kind: str | None) -> Any:
     """
     if cell == "":
         return None
+    # NOTE: ASCII without `_` only: Python's int() and float() also read full-width (any Unicode) digits and
+    # `1_000`, which pandas.read_csv (MLflow's server) leaves as text, so a numeric column refuses them.
+    if not cell.isascii() or "_" in cell:
+        return cell
     try:
         if kind in ("double", "float"):
             return float(cell)

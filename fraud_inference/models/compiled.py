@@ -121,10 +121,11 @@ def compile_trees(artifact: ModelArtifact, native: Scorer, cache: Path) -> Score
         compiled = CompiledTreesScorer(tree_scorer, library, len(artifact.features))
         worst = _worst_probe_difference(artifact, tree_scorer, compiled)
     except _RefusedBeforeError as reason:
-        _fall_back(artifact, str(reason))
+        _fall_back(artifact, str(reason), recorded=True)
         return native
-    except Exception as error:  # a compiler missing or failing, an unreadable model: never worse than native
-        _fall_back(artifact, f"{type(error).__name__}: {error}")
+    except Exception as error:  # gcc missing or failing, a fault reading the trees: never worse than native
+        # NOTE: not recorded in the cache (the fault may pass): the next load of the version tries again.
+        _fall_back(artifact, f"{type(error).__name__}: {error}", recorded=False)
         return native
     if worst is not None:
         _refuse(artifact, cache, worst)
@@ -137,7 +138,8 @@ def compile_trees(artifact: ModelArtifact, native: Scorer, cache: Path) -> Score
 
 
 class _RefusedBeforeError(Exception):
-    """A version whose trees cannot compile exactly (recorded in the cache: no process tries again)."""
+    """A version whose trees cannot compile exactly, for a reason of the model's own (treelite cannot read it, too
+    large, not exact): recorded in the cache, so no process tries again."""
 
 
 @functools.cache
@@ -171,8 +173,12 @@ def _cached_library(artifact: ModelArtifact, native: _TreeScorer, cache: Path) -
     """The version's library, compiled now (True) or found in `cache` (False); `_RefusedBeforeError` if refused before.
 
     NOTE: one compiler per key at a time (an flock), and the library appears under its final name only by a rename
-    of a complete file: two workers loading the same version never read a half-written library.
+    of a complete file: two workers loading the same version never read a half-written library. Only a refusal of
+    the model's own is recorded; any other exception (a fault that may pass) leaves no trace, so the next load
+    tries again.
     """
+    import treelite
+
     cache.mkdir(parents=True, exist_ok=True)
     key = _cache_key(artifact)
     library = cache / f"{key}.so"
@@ -187,7 +193,7 @@ def _cached_library(artifact: ModelArtifact, native: _TreeScorer, cache: Path) -
         started = time.perf_counter()
         try:
             model = native.treelite_model()
-        except Exception as error:  # e.g. XGBoost's categorical encoder, which treelite 4.8 does not read
+        except treelite.TreeliteError as error:  # e.g. XGBoost's categorical encoder, which treelite 4.8 does not read
             refused.write_text(f"treelite cannot read it: {type(error).__name__}: {str(error).strip()[-300:]}")
             raise _RefusedBeforeError(refused.read_text()) from None
         size = len(model.serialize_bytes())
@@ -272,21 +278,25 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _fall_back(artifact: ModelArtifact, reason: str) -> None:
+def _fall_back(artifact: ModelArtifact, reason: str, *, recorded: bool) -> None:
+    """Log that the version is served natively; `recorded`: in the cache for good, else tried again next load."""
     ref = artifact.ref
     log.warning(
-        "compiled_trees.native_fallback", model=ref.key, name=ref.name, version=ref.version, reason=reason[:500]
-    )
+        "compiled_trees.native_fallback", model=ref.key, name=ref.name, version=ref.version, reason=reason[:500],
+        recorded=recorded,
+    )  # fmt: skip
 
 
 def _refuse(artifact: ModelArtifact, cache: Path, worst: str) -> None:
     """Record that the version's compiled trees are not exact, so no process compiles it again; then fall back."""
     reason = f"not exact: {worst}"
     key = _cache_key(artifact)
+    recorded = False
     with contextlib.suppress(OSError), _locked(cache / f"{key}.lock"):
         (cache / f"{key}.refused").write_text(reason)
+        recorded = True
         (cache / f"{key}.so").unlink(missing_ok=True)
-    _fall_back(artifact, reason)
+    _fall_back(artifact, reason, recorded=recorded)
 
 
 def _worst_probe_difference(artifact: ModelArtifact, native: _TreeScorer, compiled: CompiledTreesScorer) -> str | None:

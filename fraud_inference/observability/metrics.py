@@ -139,11 +139,7 @@ class BucketHistogram:
 
     def observe(self, label: str, value: float) -> None:
         """Count `value` in the first bucket whose upper bound is >= it (exported cumulatively)."""
-        counts = self._counts.get(label)
-        if counts is None:
-            counts = self._counts[label] = [0] * (len(self._bounds) + 1)
-            self._sums[label] = 0.0
-        counts[bisect_left(self._bounds, value)] += 1
+        self._series(label)[bisect_left(self._bounds, value)] += 1
         self._sums[label] += value
 
     def observe_many(self, label: str, values: npt.NDArray[np.float64]) -> None:
@@ -152,12 +148,17 @@ class BucketHistogram:
             self.observe(label, float(values[0]))
             return
         added = np.bincount(np.searchsorted(self._bounds_array, values, side="left"), minlength=len(self._les))
-        counts = self._counts.get(label)
-        if counts is None:
-            counts = self._counts[label] = [0] * (len(self._bounds) + 1)
-            self._sums[label] = 0.0
+        counts = self._series(label)
         self._counts[label] = [held + new for held, new in zip(counts, added.tolist(), strict=True)]
         self._sums[label] += float(values.sum())
+
+    def _series(self, label: str) -> list[int]:
+        """The per-bucket counts of `label`: empty ones, and a zero sum, the first time it is seen."""
+        counts = self._counts.get(label)
+        if counts is None:
+            counts = self._counts[label] = [0] * len(self._les)
+            self._sums[label] = 0.0
+        return counts
 
     def family(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.documentation, labels=[self._label])

@@ -223,21 +223,7 @@ class _Worker:
                 rows = max(1, min(_MAX_CHUNK_ROWS, rows * _CHUNK_NS // elapsed))
             probabilities = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else _EMPTY
         except Exception as error:
-            if len(batches) > 1:
-                # NOTE: rows the probes at load did not foresee (a custom model's own checks): score each request
-                # alone, so only the one the model cannot score fails, never the requests batched with it.
-                outcomes, probabilities = self._score_alone(request, served, outcomes, batches)
-            else:
-                self._log.error(
-                    "score.failed",
-                    request_ids=request.request_ids,
-                    model=request.model,
-                    generation=request.generation,
-                    error=repr(error),
-                )
-                index = next(i for i, outcome in enumerate(outcomes) if not isinstance(outcome, Refused))
-                outcomes[index] = Refused(reason="invalid_rows", message=f"the model cannot score these rows: {error}")
-                probabilities = _EMPTY
+            outcomes, probabilities = self._score_alone(request, served, outcomes, batches, error)
         seconds = time.perf_counter() - started
         self._log.debug(
             "batch.scored",
@@ -252,25 +238,42 @@ class _Worker:
         )
 
     def _score_alone(
-        self, request: Score, served: ServedModel, outcomes: list[int | Refused], batches: list[Any]
+        self,
+        request: Score,
+        served: ServedModel,
+        outcomes: list[int | Refused],
+        batches: list[Any],
+        error: Exception,
     ) -> tuple[list[int | Refused], Matrix]:
-        """Score each request of a batch the model failed on its own; the ones it still fails on are 422s."""
+        """Answer a batch the model failed on with `error`: each request is scored on its own, and each one the
+        model still fails on is a 422 (`invalid_rows`), so it never fails the requests batched with it.
+
+        NOTE: rows the probes at load did not foresee (a custom model's own checks): this is the one place that
+        turns the model's failure into a request's 422, for a batch of one request or of many.
+        """
+        self._log.error(
+            "score.failed", request_ids=request.request_ids, model=request.model, generation=request.generation,
+            requests=len(batches), error=repr(error)[:200],
+        )  # fmt: skip
         scored: list[Matrix] = []
         pending = iter(batches)
         answered: list[int | Refused] = []
-        for outcome in outcomes:
+        for request_id, outcome in zip(request.request_ids, outcomes, strict=True):
             if isinstance(outcome, Refused):
                 answered.append(outcome)
                 continue
             try:
+                if len(batches) == 1:
+                    raise error  # alone in its batch: the error is its own, no need to score it again
                 scored.append(served.scorer.fraud_probability(next(pending)))
-                answered.append(outcome)
-            except Exception as error:
+            except Exception as refusal:
                 self._log.warning(
-                    "score.refused_by_model", request_id=request.request_ids[len(answered)], model=request.model,
-                    generation=request.generation, error=repr(error)[:200],
+                    "score.refused_by_model", request_id=request_id, model=request.model,
+                    generation=request.generation, error=repr(refusal)[:200],
                 )  # fmt: skip
-                answered.append(Refused(reason="invalid_rows", message=f"the model cannot score these rows: {error}"))
+                answered.append(Refused(reason="invalid_rows", message=f"the model cannot score these rows: {refusal}"))
+            else:
+                answered.append(outcome)
         return answered, np.concatenate(scored) if scored else _EMPTY
 
     def _dropped(self, request: Score, *, scored_rows: int = 0) -> None:

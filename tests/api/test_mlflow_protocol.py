@@ -182,6 +182,18 @@ def test_an_infinity_in_any_json_form_is_refused_naming_row_and_column(
         assert "not a finite number" in answer["message"], (form, answer)
 
 
+def csv_refusal(client: TestClient, transactions: pd.DataFrame, column: str, row: int, cell: str) -> str:  # type: ignore[type-arg]
+    """The message of the 400 `/invocations` answers for three rows of CSV holding `cell` at `row` in `column`."""
+    frame = transactions.head(3).copy()
+    frame[column] = frame[column].astype(object)
+    frame.loc[frame.index[row], column] = cell
+    response = client.post("/invocations", content=frame.to_csv(index=False), headers={"content-type": "text/csv"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    message: str = response.json()["message"]
+    return message
+
+
 @pytest.mark.parametrize("spelling", ["inf", "-inf", "Infinity", "-Infinity", "1e999", "-1E400"])
 @pytest.mark.parametrize("column", ["amount", "hour_of_day"])
 def test_an_infinity_in_csv_is_refused_naming_row_and_column(
@@ -190,14 +202,24 @@ def test_an_infinity_in_csv_is_refused_naming_row_and_column(
     column: str,
     spelling: str,  # type: ignore[type-arg]
 ) -> None:
-    frame = transactions.head(3).copy()
-    frame[column] = frame[column].astype(object)
-    frame.loc[frame.index[1], column] = spelling
-    response = client.post("/invocations", content=frame.to_csv(index=False), headers={"content-type": "text/csv"})
-    assert response.status_code == 400, response.text
-    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
-    assert f"row 1, column '{column}'" in response.json()["message"]
-    assert "not a finite number" in response.json()["message"]
+    message = csv_refusal(client, transactions, column, 1, spelling)
+    assert f"row 1, column '{column}'" in message
+    assert "not a finite number" in message
+
+
+@pytest.mark.parametrize("spelling", ["\uff11\uff12", "1_000", "\u0663", "twelve"])
+@pytest.mark.parametrize("column", ["amount", "hour_of_day"])
+def test_a_csv_cell_pandas_reads_as_text_is_refused_in_a_numeric_column(
+    client: TestClient,
+    transactions: pd.DataFrame,
+    column: str,
+    spelling: str,  # type: ignore[type-arg]
+) -> None:
+    """Full-width (U+FF11 U+FF12) or Arabic-Indic (U+0663) digits and `1_000` are numbers to Python's int() and
+    float(), text to pandas.read_csv (MLflow's server): refused as any other text in a numeric column is
+    (`twelve`), naming row and column."""
+    message = csv_refusal(client, transactions, column, 2, spelling)
+    assert f"row 2, column '{column}': Expected `float`, got `str`" in message
 
 
 def test_an_empty_csv_cell_or_nan_is_still_a_missing_value(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]

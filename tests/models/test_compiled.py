@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from fraud_inference.models.artifact import ModelArtifact, fetch_artifact, read_artifact
 from fraud_inference.models.compiled import CompiledTreesScorer
+from fraud_inference.models.flavors.xgboost import XGBoostScorer
 from fraud_inference.models.scoring import ServedModel, load_model
 from fraud_inference.models.trust import ModelTrust
 from fraud_inference.parity import check_parity
@@ -114,6 +115,7 @@ def test_trees_treelite_cannot_read_are_served_natively_and_the_log_says_why(
     assert fallback["version"] == "1"
     assert "treelite cannot read it" in fallback["reason"]
     assert "categorical encoder" in fallback["reason"]
+    assert fallback["recorded"] is True, "treelite refusing the model is the model's own: no process tries again"
     expected = reference(tracking_uri, names[key], key, rows)
     np.testing.assert_allclose(served_scores(served, rows), np.concatenate([expected, expected]), rtol=0, atol=1e-6)
 
@@ -184,3 +186,35 @@ def test_trees_too_large_to_compile_at_load_are_served_natively(registry: Regist
     (fallback,) = [line for line in logs if line["event"] == "compiled_trees.native_fallback"]
     assert fallback["reason"].startswith("too large to compile at load: 1600")  # and the base margin's leaf
     assert not list((tmp_path / "cache").glob("*.so"))
+
+
+def test_a_transient_fault_reading_the_trees_is_served_natively_once_and_the_next_load_compiles(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAKE: the first `treelite_model()` raises an OSError. A transient fault (a full disk, memory short for a
+    moment) cannot be produced for real here, so the scorer's method is wrapped to fail once, then read the trees."""
+    cache = tmp_path / "cache"
+    artifact = artifact_of(registry, "xgb-numeric", tmp_path / "downloads", cache)
+    read_trees = XGBoostScorer.treelite_model
+    calls = 0
+
+    def fails_once(scorer: XGBoostScorer) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError(28, "No space left on device")
+        return read_trees(scorer)
+
+    monkeypatch.setattr(XGBoostScorer, "treelite_model", fails_once)
+    with capture_logs() as first:
+        served = load_model(artifact)
+    assert not isinstance(served.scorer, CompiledTreesScorer)
+    (fallback,) = [line for line in first if line["event"] == "compiled_trees.native_fallback"]
+    assert fallback["reason"].startswith("OSError: [Errno 28] No space left on device")
+    assert fallback["recorded"] is False
+    assert not list(cache.glob("*.refused"))
+    with capture_logs() as second:
+        served = load_model(artifact)
+    assert isinstance(served.scorer, CompiledTreesScorer)
+    (serving,) = [line for line in second if line["event"] == "compiled_trees.serving"]
+    assert serving["compiled_now"] is True

@@ -322,8 +322,8 @@ def test_a_hung_worker_times_out_its_request_and_is_replaced(
 def test_a_batch_the_model_refuses_fails_only_the_request_it_cannot_score(
     real_models: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
-    """The custom model raises on a negative amount (its own check): coalesced with valid requests, only that
-    request is a 422 with the model's reason; every other gets exactly its own rows' scores."""
+    """The custom model raises on a negative amount (its own check): sent alone or coalesced with valid requests,
+    only that request is a 422 with the model's reason; every other gets exactly its own rows' scores."""
     import json
 
     from fraud_inference.models.artifact import fetch_artifact
@@ -348,6 +348,10 @@ def test_a_batch_the_model_refuses_fails_only_the_request_it_cannot_score(
     async def scenario(pool: InferencePool) -> None:
         assert await pool.load(1, [artifact]) == {}
         pool.activate(1)
+        with pytest.raises(RequestRefusedError) as alone:
+            await pool.score(1, "custom", bodies[4], "alone")  # a batch of one request
+        assert alone.value.refusal.reason == "invalid_rows"
+        assert "a negative amount is not a transaction" in alone.value.refusal.message
         outcomes = await asyncio.gather(
             *(pool.score(1, "custom", body, f"r{i}") for i, body in enumerate(bodies)), return_exceptions=True
         )
