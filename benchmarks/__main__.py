@@ -4,11 +4,13 @@
     uv run python -m benchmarks --quick        # smoke test, well under a minute (CI)
     uv run python -m benchmarks --url http://127.0.0.1:8000   # a running service (demo models)
     uv run python -m benchmarks --mlserver     # MLServer 1.7.1 beside MLflow (its environment built once)
+    uv run python -m benchmarks --pyfunc       # also a custom mlflow.pyfunc model, served by a second service
 
 Seeds a demo registry in a temporary home, serves it with `fraud-inference serve` (WORKERS=2), and
 drives each scenario with wrk, checking every answer. Each server's time to ready and its processes'
 memory (USS and PSS, by role) are reported side by side. Exits 1 when any request to fraud-inference
-failed (or 2 when it did not start); never because of a timing. Results go to --out.
+failed or one of its answers checked differed from the reference (or 2 when it did not start); never because
+of a timing. Results go to --out.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,10 +29,11 @@ from pathlib import Path
 
 import msgspec
 
-from benchmarks.baselines import NativeBaseline, native_baselines
+from benchmarks.baselines import NativeBaseline, native_baselines, pyfunc_baseline
 from benchmarks.loadgen import Loadgen, LoadgenError, find_loadgen, run_load
 from benchmarks.mlserver import MLSERVER_VERSION, MLServer, mlserver_environment, model_file
-from benchmarks.report import BenchmarkRun, ScenarioResult, markdown, write_results
+from benchmarks.pyfunc import PYFUNC_KEY, register_pyfunc_model
+from benchmarks.report import AnswerCheck, BenchmarkRun, ScenarioResult, markdown, write_results
 from benchmarks.scenarios import (
     PROTOCOLS,
     Requests,
@@ -41,6 +45,7 @@ from benchmarks.scenarios import (
     mlserver_scenarios,
     our_requests,
     our_scenarios,
+    pyfunc_scenarios,
     with_protocols,
     workload,
 )
@@ -49,7 +54,7 @@ from benchmarks.service import CpuSeconds, Measured, MlflowScoringServer, OurSer
 _WARM_UP_S = 5.0
 """Load before each server's first scenario: MLServer still ran at half its rate 4 s into its load."""
 _PROBE_ROWS = (1, 100)
-"""The batch sizes whose first batch another server must score as ours does (MLServer)."""
+"""The batch sizes whose first batch two scorers must score alike (MLServer and ours; ours and in-process)."""
 _PARITY = 1e-6
 _STARTED = time.monotonic()
 
@@ -79,33 +84,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.notes.append("The multi-process Python client generated the load (no wrk): it costs more CPU than wrk.")
     try:
         tracking_uri: str | None = args.tracking_uri
-        try:
-            if args.url:
-                service = OurService.attach(args.url)
-            else:
-                tracking_uri = tracking_uri or _seed(home, run, quick=args.quick)
-                service = OurService.start(tracking_uri, workers=2, log_dir=home)
-        except ServiceStartError as failure:
-            print(f"benchmarks: fraud-inference is not ready: {failure}", file=sys.stderr)
-            return 2
-        run.model_versions = service.model_versions()
-        _say(f"fraud-inference is ready at {service.base_url}, serving {run.model_versions}"
-             + (f" ({service.ready_s:.1f} s after its start)" if service.ready_s is not None else ""))  # fmt: skip
+        protocols = tuple(args.protocol or ["v1"])
+        scenarios = with_protocols(_only(our_scenarios(quick=args.quick), args.only), protocols)
         references: dict[int, list[float]] = {}
-        try:
-            scenarios = with_protocols(
-                _only(our_scenarios(quick=args.quick), args.only), tuple(args.protocol or ["v1"])
-            )
-            run.ours = _run_scenarios("fraud-inference", scenarios, lambda s: our_requests(s, service.base_url),
-                                      service.cpu, loadgen, seconds)  # fmt: skip
-            _footprint(run, service)
-            if args.mlserver:
-                references = _our_answers(service, run)
-        except LoadgenError as failure:
-            print(f"benchmarks: {failure}", file=sys.stderr)
-            return 1
-        finally:
-            service.stop()
+        if not args.url:
+            tracking_uri = tracking_uri or _seed(home, run, quick=args.quick)
+        if scenarios:
+            try:
+                service = _start_ours(args.url, tracking_uri, home)
+            except ServiceStartError as failure:
+                print(f"benchmarks: fraud-inference is not ready: {failure}", file=sys.stderr)
+                return 2
+            run.model_versions = service.model_versions()
+            _say(f"fraud-inference is ready at {service.base_url}, serving {run.model_versions}"
+                 + (f" ({service.ready_s:.1f} s after its start)" if service.ready_s is not None else ""))  # fmt: skip
+            try:
+                run.ours = _run_scenarios("fraud-inference", scenarios, lambda s: our_requests(s, service.base_url),
+                                          service.cpu, loadgen, seconds)  # fmt: skip
+                _footprint(run, service)
+                if args.mlserver:
+                    references = _answers_for_mlserver(service, "xgboost", run)
+            except LoadgenError as failure:
+                print(f"benchmarks: {failure}", file=sys.stderr)
+                return 1
+            finally:
+                service.stop()
+        else:
+            run.notes.append("No scenario of the demo models was selected (--only): ours serving them did not start.")
         if tracking_uri is not None and not args.url and _wanted(args.memory_xgboost_only, quick=args.quick):
             _xgboost_only(tracking_uri, run, home, loadgen)
         if tracking_uri is None:
@@ -114,13 +119,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             if _wanted(args.native, quick=args.quick):
                 run.native = _native(tracking_uri, quick=args.quick, run=run)
             else:
-                run.notes.append("In-process scoring skipped (quick mode; --native to include it).")
+                run.notes.append("In-process scoring of the demo models skipped (quick mode; --native to include it).")
             if _wanted(args.mlflow, quick=args.quick):
-                run.mlflow = _mlflow(tracking_uri, run, home, loadgen, seconds, quick=args.quick, only=args.only)
+                from fraud_inference.demo.seeding import CHAMPION_ALIAS, DEMO_MODELS
+
+                xgboost_uri = f"models:/{DEMO_MODELS['xgboost']}@{CHAMPION_ALIAS}"
+                run.mlflow = _mlflow(xgboost_uri, "xgboost", _only(mlflow_scenarios(quick=args.quick), args.only),
+                                     tracking_uri, run, home, loadgen, seconds)  # fmt: skip
             else:
-                run.notes.append("MLflow's scoring server skipped (quick mode; --mlflow to include it).")
+                run.notes.append("MLflow's scoring server skipped (quick mode; --mlflow to include it, --pyfunc too).")
             if args.mlserver:
                 run.mlserver = _mlserver(tracking_uri, run, home, loadgen, seconds, args=args, references=references)
+        if args.pyfunc:
+            if tracking_uri is None:
+                run.notes.append("--pyfunc needs a registry to log its model into (--tracking-uri with --url).")
+            else:
+                try:
+                    _pyfunc(tracking_uri, run, home, loadgen, seconds, args=args)
+                except ServiceStartError as failure:
+                    print(f"benchmarks: fraud-inference serving the pyfunc model is not ready: {failure}",
+                          file=sys.stderr)  # fmt: skip
+                    return 2
+                except LoadgenError as failure:
+                    print(f"benchmarks: {failure}", file=sys.stderr)
+                    return 1
         run.wall_time_s = time.monotonic() - started
         print(markdown(run))
         for path in write_results(run, out):
@@ -129,8 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(home, ignore_errors=True)
     if run.our_errors:
         print(f"benchmarks: {run.our_errors} request(s) to fraud-inference failed", file=sys.stderr)
-        return 1
-    return 0
+    for check in run.our_wrong_answers:
+        print(f"benchmarks: fraud-inference's {check.model} answers were not those of {check.reference}: "
+              f"{check.problem or f'largest difference {check.largest_difference:.2g}'}", file=sys.stderr)  # fmt: skip
+    return 1 if run.our_errors or run.our_wrong_answers else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,6 +189,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"also run MLServer {MLSERVER_VERSION} on the XGBoost champion's model file (adaptive batching, 2 "
         "parallel workers), in a virtual environment the harness builds once in ~/.cache/fraud-inference",
     )
+    parser.add_argument(
+        "--pyfunc",
+        action="store_true",
+        help="also log a custom mlflow.pyfunc model (a logistic scorecard) as a new version of fraud-pyfunc in the "
+        "registry, serve it alone with a second fraud-inference (PYFUNC=allow), check its answers against "
+        "mlflow.pyfunc in-process, and run its scenarios beside that in-process rate (and MLflow's server, when "
+        "it runs)",
+    )
     alone = parser.add_mutually_exclusive_group()
     alone.add_argument(
         "--memory-xgboost-only",
@@ -175,6 +207,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     alone.add_argument("--no-memory-xgboost-only", dest="memory_xgboost_only", action="store_false")
     return parser
+
+
+def _start_ours(url: str | None, tracking_uri: str | None, home: Path) -> OurService:
+    """The running service at `url`, or ours started on the registry (the three demo models, 2 workers)."""
+    if url:
+        return OurService.attach(url)
+    if tracking_uri is None:
+        raise ServiceStartError("no registry to serve: give --tracking-uri, or no --url to let the harness seed one")
+    return OurService.start(tracking_uri, workers=2, log_dir=home)
 
 
 def _wanted(option: bool | None, *, quick: bool) -> bool:
@@ -204,7 +245,9 @@ def _run_scenarios(
     loadgen: Loadgen,
     seconds: float,
 ) -> list[ScenarioResult]:
-    """Warm the server up once, then run each scenario, reading its processes' CPU around it."""
+    """Warm the server up once, then run each scenario, reading its processes' CPU around it (none: nothing)."""
+    if not scenarios:
+        return []
     warm_up = requests_of(scenarios[0])
     run_load(loadgen, warm_up.url, warm_up.bodies, connections=scenarios[0].connections, seconds=_WARM_UP_S,
              expect=warm_up.expect)  # fmt: skip
@@ -245,26 +288,25 @@ def _native(tracking_uri: str, *, quick: bool, run: BenchmarkRun) -> list[Native
 
 
 def _mlflow(
+    model_uri: str,
+    model_key: str,
+    scenarios: Sequence[Scenario],
     tracking_uri: str,
     run: BenchmarkRun,
     home: Path,
     loadgen: Loadgen,
     seconds: float,
-    *,
-    quick: bool,
-    only: Sequence[str] | None,
 ) -> list[ScenarioResult]:
-    from fraud_inference.demo.seeding import CHAMPION_ALIAS, DEMO_MODELS
-
-    model_uri = f"models:/{DEMO_MODELS['xgboost']}@{CHAMPION_ALIAS}"
-    try:
-        server = MlflowScoringServer.start(model_uri, tracking_uri, model_key="xgboost", workers=2, log_dir=home)
-        _say(f"mlflow models serve is ready at {server.base_url} ({server.ready_s:.1f} s after its start)")
-    except ServiceStartError as failure:
-        run.notes.append(f"MLflow's scoring server did not start: {failure}")
+    """Serve `model_uri` with `mlflow models serve -w 2` (OMP 1) and run `scenarios` against it (none: no server)."""
+    if not scenarios:
         return []
     try:
-        scenarios = _only(mlflow_scenarios(quick=quick), only)
+        server = MlflowScoringServer.start(model_uri, tracking_uri, model_key=model_key, workers=2, log_dir=home)
+        _say(f"mlflow models serve ({model_key}) is ready at {server.base_url} ({server.ready_s:.1f} s after start)")
+    except ServiceStartError as failure:
+        run.notes.append(f"MLflow's scoring server of {model_uri} did not start: {failure}")
+        return []
+    try:
         results = _run_scenarios(
             "mlflow",
             scenarios,
@@ -276,7 +318,7 @@ def _mlflow(
         _footprint(run, server)
         return results
     except LoadgenError as failure:
-        run.notes.append(f"MLflow's scoring server could not be measured: {failure}")
+        run.notes.append(f"MLflow's scoring server of {model_uri} could not be measured: {failure}")
         return []
     finally:
         server.stop()
@@ -316,16 +358,80 @@ def _xgboost_only(tracking_uri: str, run: BenchmarkRun, home: Path, loadgen: Loa
         service.stop()
 
 
-def _our_answers(service: OurService, run: BenchmarkRun) -> dict[int, list[float]]:
-    """Our XGBoost probabilities for the first batch of each probe size: what MLServer must answer too."""
+def _answers_for_mlserver(service: OurService, key: str, run: BenchmarkRun) -> dict[int, list[float]]:
+    """Our `key` probabilities for the first batch of each probe size: what MLServer must answer too."""
     try:
-        return {
-            rows: service.fraud_probabilities("xgboost", json.loads(workload(rows)[0].to_json(orient="records")))
-            for rows in _PROBE_ROWS
-        }
+        return _our_answers(service, key)
     except (OSError, msgspec.DecodeError) as failure:
         run.notes.append(f"Our reference answers for MLServer's check could not be read: {failure}")
         return {}
+
+
+def _our_answers(service: OurService, key: str) -> dict[int, list[float]]:
+    """Rows per batch -> our fraud probabilities for the first `workload` batch of that size, through /v1/predict."""
+    return {
+        rows: service.fraud_probabilities(key, json.loads(workload(rows)[0].to_json(orient="records")))
+        for rows in _PROBE_ROWS
+    }
+
+
+def _largest_difference(ours: dict[int, list[float]], theirs: dict[int, list[float]]) -> float:
+    """The largest absolute difference between two scorers' probabilities on the same batches; ValueError when one
+    answered another number of probabilities, or left a batch out."""
+    worst = 0.0
+    for rows, answers in ours.items():
+        other = theirs.get(rows, [])
+        if len(other) != len(answers):
+            raise ValueError(f"{len(other)} probabilities for {rows} rows, ours {len(answers)}")
+        worst = max(worst, *(abs(a - b) for a, b in zip(answers, other, strict=True)))
+    return worst
+
+
+def _pyfunc(
+    tracking_uri: str, run: BenchmarkRun, home: Path, loadgen: Loadgen, seconds: float, *, args: argparse.Namespace
+) -> None:
+    """Log and register the custom pyfunc model, serve it alone with ours (PYFUNC=allow), run its scenarios, check
+    our answers against `mlflow.pyfunc` in-process, and measure that (and MLflow's server, when it runs)."""
+    scenarios = with_protocols(
+        _only(pyfunc_scenarios(PYFUNC_KEY, quick=args.quick), args.only), tuple(args.protocol or ["v1"])
+    )
+    if not scenarios:
+        run.notes.append("No pyfunc scenario was selected (--only): the pyfunc model was not logged.")
+        return
+    model = register_pyfunc_model(tracking_uri, n_rows=6_000 if args.quick else 20_000)
+    _say(f"logged the custom pyfunc model as {model.name} v{model.version} -> alias {model.alias}")
+    service = OurService.start(
+        tracking_uri, workers=2, log_dir=home, models={PYFUNC_KEY: model.served_as}, settings={"PYFUNC": "allow"}
+    )
+    try:
+        run.model_versions.update(service.model_versions())
+        _say(f"fraud-inference (pyfunc) is ready at {service.base_url} ({service.ready_s or 0:.1f} s after its start)")
+        try:
+            ours, unread = _our_answers(service, PYFUNC_KEY), None
+        except (OSError, msgspec.DecodeError) as failure:
+            ours, unread = {}, f"our answers could not be read: {failure}"
+        run.ours += _run_scenarios("fraud-inference", scenarios, lambda s: our_requests(s, service.base_url),
+                                   service.cpu, loadgen, seconds)  # fmt: skip
+        _footprint(run, service)
+    finally:
+        service.stop()
+    check = AnswerCheck(
+        server="fraud-inference", model=PYFUNC_KEY, reference=f"mlflow.pyfunc.load_model({model.model_uri}).predict",
+        rows=list(_PROBE_ROWS), tolerance=_PARITY, problem=unread,
+    )  # fmt: skip
+    try:
+        # NOTE: always run, quick or not: its answers are the reference ours must equal.
+        baseline = pyfunc_baseline(tracking_uri, model.model_uri, key=PYFUNC_KEY, seconds=0.2 if args.quick else 1.5)
+        run.native += baseline.timings
+        _say("measured the pyfunc model in-process")
+        if unread is None:
+            check = msgspec.structs.replace(check, largest_difference=_largest_difference(ours, baseline.answers))
+    except (RuntimeError, ValueError, subprocess.SubprocessError, msgspec.DecodeError) as failure:
+        check = msgspec.structs.replace(check, problem=str(failure))
+    run.answer_checks.append(check)
+    if _wanted(args.mlflow, quick=args.quick):
+        theirs = _only(pyfunc_scenarios(PYFUNC_KEY, quick=args.quick, mlflow=True), args.only)
+        run.mlflow += _mlflow(model.model_uri, PYFUNC_KEY, theirs, tracking_uri, run, home, loadgen, seconds)
 
 
 def _mlserver(
@@ -380,12 +486,14 @@ def _parity(server: MLServer, references: dict[int, list[float]]) -> str:
     """Whether MLServer's fraud probabilities equal ours on the probe batches: a note for the report."""
     if not references:
         return "MLServer's answers were not compared with ours (no reference answers from ours)."
-    worst = 0.0
-    for rows, ours in references.items():
-        theirs = server.fraud_probabilities(mlserver_bodies(Scenario("probe", ("xgboost",), rows, 1))[0])
-        if len(theirs) != len(ours):
-            return f"MLServer answered {len(theirs)} probabilities for {rows} rows, ours {len(ours)}."
-        worst = max(worst, *(abs(a - b) for a, b in zip(ours, theirs, strict=True)))
+    theirs = {
+        rows: server.fraud_probabilities(mlserver_bodies(Scenario("probe", ("xgboost",), rows, 1))[0])
+        for rows in references
+    }
+    try:
+        worst = _largest_difference(references, theirs)
+    except ValueError as failure:
+        return f"MLServer answered {failure}."
     verdict = "equal ours within" if worst <= _PARITY else "DIFFER from ours by more than"
     return (f"MLServer's fraud probabilities on the first {' and '.join(map(str, references))}-row batches "
             f"{verdict} {_PARITY:g} (largest difference {worst:.2g}).")  # fmt: skip

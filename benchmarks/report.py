@@ -11,7 +11,7 @@ from benchmarks.loadgen import LoadResult
 from benchmarks.scenarios import Scenario, Target
 from benchmarks.service import CpuSeconds, ServerMemory, TimeToReady
 
-__all__ = ["BenchmarkRun", "ScenarioResult", "markdown", "plot_latency_throughput", "write_results"]
+__all__ = ["AnswerCheck", "BenchmarkRun", "ScenarioResult", "markdown", "plot_latency_throughput", "write_results"]
 
 
 class ScenarioResult(msgspec.Struct, frozen=True):
@@ -40,6 +40,29 @@ class ScenarioResult(msgspec.Struct, frozen=True):
         )
 
 
+class AnswerCheck(msgspec.Struct, frozen=True):
+    """Whether a server's fraud probabilities equal a reference's on the same batches."""
+
+    server: str
+    model: str
+    """The model key, e.g. `pyfunc`."""
+    reference: str
+    """What answered the reference probabilities, e.g. `mlflow.pyfunc.load_model(uri).predict in-process`."""
+    rows: list[int]
+    """The sizes of the batches compared (the first `workload` batch of each)."""
+    tolerance: float
+    largest_difference: float | None = None
+    """The largest absolute difference between two probabilities; None when nothing could be compared."""
+    problem: str | None = None
+    """Why the answers could not be compared, if they could not."""
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.problem is None and self.largest_difference is not None and self.largest_difference <= self.tolerance
+        )
+
+
 class BenchmarkRun(msgspec.Struct):
     """Everything one `python -m benchmarks` run measured."""
 
@@ -57,12 +80,19 @@ class BenchmarkRun(msgspec.Struct):
     """Each server's processes, read once after its scenarios (ours also serving the XGBoost model alone)."""
     mlserver: list[ScenarioResult] = msgspec.field(default_factory=list)
     ready: list[TimeToReady] = msgspec.field(default_factory=list)
+    answer_checks: list[AnswerCheck] = msgspec.field(default_factory=list)
+    """Ours against a reference on the same rows (the custom pyfunc model against its in-process answers)."""
     wall_time_s: float = 0.0
     notes: list[str] = msgspec.field(default_factory=list)
 
     @property
     def our_errors(self) -> int:
         return sum(result.errors for result in self.ours)
+
+    @property
+    def our_wrong_answers(self) -> list[AnswerCheck]:
+        """Our answer checks that failed or could not be made."""
+        return [check for check in self.answer_checks if check.server == "fraud-inference" and not check.passed]
 
 
 def write_results(run: BenchmarkRun, out: Path) -> list[Path]:
@@ -123,7 +153,8 @@ def markdown(run: BenchmarkRun) -> str:
     if run.mlflow:
         lines += [
             "",
-            "## MLflow's scoring server (`mlflow models serve`, XGBoost champion)",
+            "## MLflow's scoring server (`mlflow models serve`, one model per server: the XGBoost champion, and with "
+            "`--pyfunc` the custom pyfunc model)",
             "",
             "| scenario | req/s | rows/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s "
             "| loadgen % core |",
@@ -155,6 +186,9 @@ def markdown(run: BenchmarkRun) -> str:
             "",
             "## In-process, one thread (the physical limit)",
             "",
+            "The demo models through their native calls; the custom pyfunc model through its own "
+            "`mlflow.pyfunc.load_model(uri).predict(DataFrame)`, the call the service's workers make.",
+            "",
             "| model | rows per call | us per call | rows/s | rows per CPU second |",
             "|---|---:|---:|---:|---:|",
         ]
@@ -163,6 +197,7 @@ def markdown(run: BenchmarkRun) -> str:
             f"{base.rows_per_cpu_s:,.0f} |"
             for base in run.native
         ]
+    lines += _answer_checks(run)
     lines += _footprints(run)
     if run.notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in run.notes)]
@@ -198,6 +233,27 @@ def _comparison(run: BenchmarkRun) -> list[str]:
             f"| {result.scenario.name} | {result.load.requests_per_s:,.0f} | {rates}{result.load.p99_ms:,.1f} | "
             f"{tails}{f'{ceiling.rows_per_cpu_s:,.0f}' if ceiling else '-'} | "
             f"{_ratio(result.rows_per_s, ceiling.rows_per_cpu_s) if ceiling else '-'} |"
+        )
+    return lines
+
+
+def _answer_checks(run: BenchmarkRun) -> list[str]:
+    """Each answer check: which server and model, against what, and the largest difference."""
+    if not run.answer_checks:
+        return []
+    lines = [
+        "",
+        "## Answers checked",
+        "",
+        "| server | model | against | batches of rows | largest difference | tolerance | verdict |",
+        "|---|---|---|---|---:|---:|---|",
+    ]
+    for check in run.answer_checks:
+        difference = "-" if check.largest_difference is None else f"{check.largest_difference:.2g}"
+        verdict = "equal" if check.passed else f"NOT CHECKED: {check.problem}" if check.problem else "DIFFERENT"
+        lines.append(
+            f"| {check.server} | {check.model} | {check.reference} | {', '.join(map(str, check.rows))} | "
+            f"{difference} | {check.tolerance:g} | {verdict} |"
         )
     return lines
 

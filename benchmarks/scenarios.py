@@ -28,6 +28,7 @@ __all__ = [
     "mlserver_scenarios",
     "our_requests",
     "our_scenarios",
+    "pyfunc_scenarios",
     "with_protocols",
     "workload",
 ]
@@ -113,6 +114,19 @@ def mlflow_scenarios(*, quick: bool) -> list[Scenario]:
         Scenario("xgboost 100 rows c64", ("xgboost",), 100, 64),
         Scenario("xgboost 1000 rows c8", ("xgboost",), 1000, 8),
     ]
+
+
+def pyfunc_scenarios(key: str, *, quick: bool, mlflow: bool = False) -> list[Scenario]:
+    """The scenarios of the custom pyfunc model served as `key`, by ours or (`mlflow`) by MLflow's server.
+
+    Full runs: 1 row at 16 and 64 connections, 100 rows at 8 (as for XGBoost). Quick runs leave out 1 row at 64,
+    and MLflow's server runs 1 row at 16 alone, as for XGBoost. The names never meet the demo models' names.
+    """
+    one_row = [Scenario(f"pyfunc 1 row c{connections}", (key,), 1, connections) for connections in (16, 64)]
+    hundred = Scenario("pyfunc 100 rows c8", (key,), 100, 8)
+    if quick:
+        return [one_row[0]] if mlflow else [one_row[0], hundred]
+    return [*one_row, hundred]
 
 
 def mlserver_scenarios(*, quick: bool) -> list[Scenario]:

@@ -208,11 +208,13 @@ class OurService:
         workers: int,
         log_dir: Path,
         models: Mapping[str, str] | None = None,
+        settings: Mapping[str, str] | None = None,
         log_level: str = "WARNING",
         timeout_s: float = 120,
     ) -> OurService:
         """Serve the registry's models (`models`: key -> MODELS name such as `fraud-xgboost@champion`; the
-        service's default, the three demo models, when None) and wait for /readyz."""
+        service's default, the three demo models, when None) and wait for /readyz. `settings` are more of the
+        service's variables, e.g. `{"PYFUNC": "allow"}`."""
         port = free_port()
         env = {
             **_without_mlflow(os.environ),
@@ -221,6 +223,7 @@ class OurService:
             "PORT": str(port),
             "WORKERS": str(workers),
             "LOG_LEVEL": log_level,
+            **(settings or {}),
         }
         if models is not None:
             env["MODELS"] = ",".join(f"{key}={name}" for key, name in models.items())
@@ -312,7 +315,7 @@ class MlflowScoringServer:
         }
         command = [str(_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
                    "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]  # fmt: skip
-        log = log_dir / "mlflow-models-serve.log"
+        log = log_dir / f"mlflow-models-serve-{model_key}.log"
         started = time.monotonic()
         with log.open("wb") as sink:
             # Its own session: uvicorn's workers are stopped with the group, and only that group.

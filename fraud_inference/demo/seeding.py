@@ -43,7 +43,9 @@ __all__ = [
     "SeededModel",
     "default_pip_requirements",
     "embedded_registry",
+    "ensure_experiment",
     "log_fraud_model",
+    "quiet_mlflow_notes",
     "seed_demo",
 ]
 
@@ -160,7 +162,7 @@ def log_fraud_model(
         The registered model version, with its tags.
     """
     client = _use_registry(tracking_uri)
-    experiment_id = _experiment_id(client, tracking_uri, experiment_name, artifact_location)
+    experiment_id = ensure_experiment(client, tracking_uri, experiment_name, artifact_location)
     if pip_requirements is None:
         pip_requirements = default_pip_requirements(flavor)
     options: dict[str, Any] = {
@@ -172,7 +174,7 @@ def log_fraud_model(
         "pip_requirements": list(pip_requirements),
     }
     with (
-        _quiet_mlflow_notes(),
+        quiet_mlflow_notes(),
         mlflow.start_run(experiment_id=experiment_id, run_name=registered_name),
     ):
         if metrics:
@@ -294,8 +296,11 @@ def _logged_roc_auc(client: MlflowClient, name: str, version: int) -> float | No
     return None if auc is None else float(auc)
 
 
-def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_location: str | None) -> str:
-    """Return the id of the experiment `name`, creating it with `artifact_location` if missing."""
+def ensure_experiment(client: MlflowClient, tracking_uri: str, name: str, artifact_location: str | None) -> str:
+    """Return the id of the experiment `name`, creating it with `artifact_location` if missing.
+
+    For a `sqlite:///` registry, None puts the artifacts in `artifacts/` beside the database file.
+    """
     sqlite = tracking_uri.startswith("sqlite:")
     if sqlite and artifact_location is None:
         artifact_location = _artifact_location_next_to(tracking_uri)
@@ -334,7 +339,7 @@ def _input_signature(example: pd.DataFrame) -> mlflow.models.ModelSignature:
 
 
 @contextlib.contextmanager
-def _quiet_mlflow_notes() -> Iterator[None]:
+def quiet_mlflow_notes() -> Iterator[None]:
     """Hide MLflow's notes that do not apply to a model logged with explicit pins.
 
     They are "Detected uv project" (the current directory's, not the model's), a warning that pip's

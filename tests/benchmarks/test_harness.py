@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from benchmarks.baselines import NativeBaseline
 from benchmarks.loadgen import Loadgen, LoadResult, parse_wrk_output, run_load, wrk_script
-from benchmarks.report import BenchmarkRun, ScenarioResult, markdown
-from benchmarks.scenarios import Scenario, Target
+from benchmarks.report import AnswerCheck, BenchmarkRun, ScenarioResult, markdown
+from benchmarks.scenarios import Scenario, Target, pyfunc_scenarios
 from benchmarks.service import CpuSeconds, ProcessMemory, ServerMemory, TimeToReady
 from tests.conftest import REPO
 
@@ -114,6 +116,44 @@ def test_report_sums_memory_by_server_and_role_beside_time_to_ready() -> None:
     assert "| mlflow models serve | xgboost | 19.0 | /ping 200 | - | - | - | - |" in report
 
 
+def test_report_puts_the_pyfunc_model_beside_mlflow_and_in_process_with_its_answer_check() -> None:
+    one_row, _c64, hundred = pyfunc_scenarios("pyfunc", quick=False)
+    run = _run(mlserver=False)
+    run.ours += [_result("fraud-inference", one_row, 900, 30.0), _result("fraud-inference", hundred, 400, 60.0)]
+    run.mlflow += [_result("mlflow", one_row, 90, 400.0)]
+    run.native += [
+        NativeBaseline(model="pyfunc", rows=rows, calls=100, us_per_call=1_600, rows_per_s=rate, rows_per_cpu_s=rate)
+        for rows, rate in ((1, 600.0), (100, 60_000.0))
+    ]
+    run.answer_checks.append(AnswerCheck(
+        server="fraud-inference", model="pyfunc", reference="mlflow.pyfunc in-process", rows=[1, 100],
+        tolerance=1e-6, largest_difference=0.0,
+    ))  # fmt: skip
+
+    report = markdown(run)
+
+    # ours 900 req/s against MLflow's 90 and one core's 600 rows/s; 100 rows: 40,000 rows/s against 60,000.
+    assert "| pyfunc 1 row c16 | 900 | 90 | 10.00x | 30.0 | 400.0 | 600 | 1.50x |" in report
+    assert "| pyfunc 100 rows c8 | 400 | - | - | 60.0 | - | 60,000 | 0.67x |" in report
+    assert "| fraud-inference | pyfunc | mlflow.pyfunc in-process | 1, 100 | 0 | 1e-06 | equal |" in report
+    assert not run.our_wrong_answers
+
+
+def test_a_pyfunc_answer_check_that_differs_or_could_not_be_made_fails_the_run() -> None:
+    check = AnswerCheck(server="fraud-inference", model="pyfunc", reference="in-process", rows=[1], tolerance=1e-6)
+    run = _run(mlserver=False)
+    run.answer_checks += [
+        msgspec.structs.replace(check, largest_difference=2e-6),
+        msgspec.structs.replace(check, problem="the in-process baseline failed"),
+    ]
+
+    report = markdown(run)
+
+    assert len(run.our_wrong_answers) == 2
+    assert "| 2e-06 | 1e-06 | DIFFERENT |" in report
+    assert "| - | 1e-06 | NOT CHECKED: the in-process baseline failed |" in report
+
+
 class _StubModelServer(BaseHTTPRequestHandler):
     """200 with predictions for "good" bodies, 500 for "fail", 200 without predictions for "odd"."""
 
@@ -207,3 +247,30 @@ def test_protocol_option_alternates_the_routes_and_checks_every_answer(demo_regi
     for scenario in results["ours"]:
         assert scenario["errors"] == 0
         assert scenario["load"]["requests"] > 0
+
+
+@pytest.mark.slow
+def test_pyfunc_option_serves_a_custom_model_and_checks_its_answers_in_process(demo_home: Path, tmp_path: Path) -> None:
+    # A copy of the session's registry: the fraud-pyfunc version this run registers stays out of other tests.
+    shutil.copy(demo_home / "mlflow.db", tmp_path / "mlflow.db")
+    out = tmp_path / "results"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--pyfunc", "--only", "pyfunc", "--seconds", "1",
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert [scenario["scenario"]["name"] for scenario in results["ours"]] == ["pyfunc 1 row c16", "pyfunc 100 rows c8"]
+    for scenario in results["ours"]:
+        assert scenario["errors"] == 0
+        assert scenario["load"]["requests"] > 0
+    [check] = results["answer_checks"]
+    assert (check["model"], check["rows"], check["problem"]) == ("pyfunc", [1, 100], None)
+    assert check["largest_difference"] <= 1e-6
+    assert [(base["model"], base["rows"]) for base in results["native"]] == [("pyfunc", 1), ("pyfunc", 100)]
+    assert [(memory["server"], memory["models"]) for memory in results["memory"]] == [("fraud-inference", "pyfunc")]
+    assert results["model_versions"] == {"pyfunc": 1}
+    # The demo models' service was not started: --only selected none of its scenarios.
+    assert "ours serving them did not start" in (out / "results.md").read_text()
