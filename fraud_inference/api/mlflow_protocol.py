@@ -12,6 +12,7 @@ import csv
 import enum
 import functools
 import io
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import FromPath
 from litestar.response import Response
 from litestar.types import ASGIApp
+from pandas._libs.parsers import STR_NA_VALUES
 
 from fraud_inference.api.protocol import (
     JSON,
@@ -165,6 +167,10 @@ def _check_servable(selection: Selection, params: dict[str, Any] | None) -> None
             )
 
 
+# NOTE: pandas's own list (private, but the rule MLflow's server applies through read_csv's defaults).
+_CSV_MISSING: frozenset[str] = frozenset(STR_NA_VALUES)
+
+
 class _Refusal(HTTPException):
     """A request this protocol refuses before scoring, with MLflow's error code."""
 
@@ -288,21 +294,25 @@ def _refuse_repeated(subject: str, names: list[str]) -> None:
 def _cell(cell: str, kind: str | None) -> Any:
     """One CSV cell as the signature's type; left as text when it is not one (the worker then says so).
 
-    `inf` and `1e999` become infinities, which `encode_rows` refuses; `nan`, like an empty cell, is missing.
+    Missing, in any column, are the cells `pandas.read_csv` (MLflow's server) reads as missing by default: empty,
+    `nan`, `NA`, `null`, `None`, `N/A` and the rest of `STR_NA_VALUES`. `inf` and `1e999` become infinities,
+    which `encode_rows` refuses.
     """
-    if cell == "":
+    if cell in _CSV_MISSING:
         return None
     # NOTE: ASCII without `_` only: Python's int() and float() also read full-width (any Unicode) digits and
-    # `1_000`, which pandas.read_csv (MLflow's server) leaves as text, so a numeric column refuses them.
+    # `1_000`, which pandas.read_csv leaves as text, so a numeric column refuses them.
     if not cell.isascii() or "_" in cell:
         return cell
-    try:
-        if kind in ("double", "float"):
-            return float(cell)
-        if kind in ("long", "integer"):
-            return int(cell) if cell.lstrip("+-").isdigit() else float(cell)
-    except ValueError:
-        return cell
+    if kind in ("long", "integer") and cell.lstrip("+-").isdigit():
+        return int(cell)
+    if kind in ("double", "float", "long", "integer"):
+        try:
+            number = float(cell)
+        except ValueError:
+            return cell
+        # `NAN`, `+nan`: float() reads any spelling of NaN, pandas only those of `_CSV_MISSING`.
+        return cell if math.isnan(number) else number
     if kind == "boolean" and cell.lower() in ("true", "false", "1", "0"):
         return cell.lower() in ("true", "1")
     return cell
