@@ -200,14 +200,12 @@ def _preflight(settings: Settings) -> CheckReport:
     NOTE: granian forks the HTTP process from this one; a process forked after OpenMP ran (the model libraries)
     can hang in its next OpenMP call, so this process never loads a model.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from fraud_inference.checks import run_checks
+    from fraud_inference.parity import gate_process
 
     if settings.parity_check == "off":
         return run_checks(settings, load=False)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+    with gate_process(settings.log_level, settings.log_format) as executor:
         return executor.submit(run_checks, settings, load=True).result()
 
 

@@ -8,17 +8,30 @@ Any |diff| > 1e-6, or a row MLflow scores that the service refuses, fails the ga
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Literal
 
 import msgspec
 
 from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.models.signature import on_training_categories, text_dtype
+from fraud_inference.observability.logging import configure_logging
 
-__all__ = ["PARITY_POLICIES", "TOLERANCE", "ParityPolicy", "ParityReport", "check_parity", "check_parity_isolated"]
+__all__ = [
+    "PARITY_POLICIES",
+    "TOLERANCE",
+    "ParityPolicy",
+    "ParityReport",
+    "check_parity",
+    "check_parity_isolated",
+    "gate_process",
+]
 
 ParityPolicy = Literal["strict", "warn", "off"]
 PARITY_POLICIES: tuple[ParityPolicy, ...] = ("strict", "warn", "off")
@@ -110,20 +123,31 @@ def check_parity(
     return report
 
 
-def check_parity_isolated(artifacts: Sequence[ModelArtifact]) -> list[ParityReport]:
+def gate_process(log_level: str, log_format: str) -> ProcessPoolExecutor:
+    """One fresh `spawn`ed process for loading models and gating them, logging as the service does (role `parity`).
+
+    NOTE: spawned, never forked: granian forks the HTTP process from the supervisor, and a process forked after
+    OpenMP ran can hang in its next OpenMP call; the loaders (and a custom model's code) stay out of both.
+    """
+    return ProcessPoolExecutor(
+        1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=functools.partial(configure_logging, role="parity"),
+        initargs=(log_level, log_format),
+    )
+
+
+def check_parity_isolated(
+    artifacts: Sequence[ModelArtifact], *, log_level: str = "INFO", log_format: str = "json"
+) -> list[ParityReport]:
     """`check_parity` for each version in a fresh `spawn`ed process, so this one never runs the model libraries.
 
-    NOTE: granian forks the HTTP process from the supervisor, and a process forked after OpenMP ran can hang in
-    its next OpenMP call; the gate's loaders (and a custom model's code) also stay out of the serving process.
+    The process (`gate_process`) logs as the service does (`log_level`, `log_format`), under the role `parity`.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
     if not artifacts:
         return []
     try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        with gate_process(log_level, log_format) as executor:
             return list(executor.map(check_parity, artifacts))
     except BrokenProcessPool:
         return [

@@ -447,7 +447,9 @@ class FraudService:
         """
         if not artifacts or self.settings.parity_check == "off":
             return
-        reports = await asyncio.to_thread(check_parity_isolated, artifacts)
+        reports = await asyncio.to_thread(
+            check_parity_isolated, artifacts, log_level=self.settings.log_level, log_format=self.settings.log_format
+        )
         failures = {report.model: "; ".join(report.failures) for report in reports if report.failures}
         for report in reports:
             log.info(

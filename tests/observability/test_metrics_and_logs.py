@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -93,6 +94,10 @@ def test_counters_match_what_was_sent_and_survive_a_worker_replacement(
     assert value(after, "fraud_inference_model_loads_total", model="xgboost", outcome="success") == 3
 
 
+_CONSOLE_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
+"""structlog's console renderer: `2026-11-30 17:09:46 [info     ] event ...`."""
+
+
 def test_the_request_id_is_in_the_server_line_and_the_worker_line(
     service_factory, demo_registry: str, transactions: pd.DataFrame
 ) -> None:
@@ -115,6 +120,9 @@ def test_the_request_id_is_in_the_server_line_and_the_worker_line(
     assert (worker_line["event"], worker_line["model"], worker_line["rows"]) == ("batch.scored", "sklearn", 4)
     assert all({"timestamp", "level", "event", "role"} <= line.keys() for line in lines)
     assert all(line["timestamp"].endswith("Z") for line in lines)
+    # The process gating new versions against MLflow's loaders logs as JSON too (it printed console lines).
+    assert "parity" in {line["role"] for line in lines}
+    assert not [line for line in service.log().splitlines() if _CONSOLE_LINE.match(line)]
 
 
 def test_hostile_paths_and_models_do_not_grow_the_series(
