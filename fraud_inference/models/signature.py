@@ -33,6 +33,7 @@ __all__ = [
 # Decoded as float so that `3.0` (what many clients write for an integer) is accepted; fractions are refused
 # after decoding, naming the row and feature.
 _SafeInt = Annotated[float, msgspec.Meta(gt=-(2**53), lt=2**53)]
+_BEYOND_SAFE_INT = frozenset({f"Expected `float` < {2.0**53}", f"Expected `float` > {-(2.0**53)}"})
 _INTEGER_TYPES = frozenset({"long", "integer"})
 _PYTHON_TYPES: dict[str, Any] = {
     "double": float,
@@ -352,6 +353,9 @@ def _describe(message: str, features: Sequence[FeatureSpec]) -> InstancesError:
     text = text.replace(" | null`", "`")  # null is always accepted (a missing value): the type is what failed
     if text == "Number out of range":
         text = "value is not a finite number (out of float64 range)"
+    elif text in _BEYOND_SAFE_INT:
+        # `_SafeInt`'s bound in msgspec's words ("Expected `float` < 9007199254740992.0"), said of an integer.
+        text = "integer at or beyond +-2**53 (9007199254740992): a float64 batch cannot hold it exactly"
     match = _PATH.search(message)
     if match is None:
         return InstancesError(text)

@@ -72,6 +72,17 @@ def test_an_integral_float_is_an_integer_and_a_fraction_is_refused(decoder: Sign
                        b' {"amount": 1, "hour_of_day": 3.25, "is_foreign": true}]')  # fmt: skip
 
 
+@pytest.mark.parametrize("value", [2**53, -(2**53), 2**62])
+def test_an_integer_a_float64_batch_cannot_hold_is_refused_as_an_integer(decoder: SignatureDecoder, value: int) -> None:
+    """2**53 - 1 is the last integer float64 holds with every neighbour; the refusal speaks of the integer
+    (msgspec's own words were "Expected `float` < 9007199254740992.0" for a long column)."""
+    safe = decoder.matrix(f'[{{"amount": 1, "hour_of_day": {2**53 - 1}, "is_foreign": true}}]'.encode())
+    assert safe[0, 1] == 2**53 - 1
+    with pytest.raises(InstancesError, match=r"instances\[0\]\.hour_of_day: integer at or beyond \+-2\*\*53") as error:
+        decoder.matrix(f'[{{"amount": 1, "hour_of_day": {value}, "is_foreign": true}}]'.encode())
+    assert "float" not in str(error.value).split("2**53")[0]
+
+
 OPTIONAL = (
     FeatureSpec("amount", "double"),
     FeatureSpec("txn_count", "long"),
