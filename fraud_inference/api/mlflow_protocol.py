@@ -169,6 +169,7 @@ def _check_servable(selection: Selection, params: dict[str, Any] | None) -> None
 
 # NOTE: pandas's own list (private, but the rule MLflow's server applies through read_csv's defaults).
 _CSV_MISSING: frozenset[str] = frozenset(STR_NA_VALUES)
+_CSV_BOOLEANS = frozenset({"true", "false", "1", "0"})
 
 
 class _Refusal(HTTPException):
@@ -304,18 +305,15 @@ def _cell(cell: str, kind: str | None) -> Any:
     # `1_000`, which pandas.read_csv leaves as text, so a numeric column refuses them.
     if not cell.isascii() or "_" in cell:
         return cell
-    if kind in ("long", "integer") and cell.lstrip("+-").isdigit():
-        return int(cell)
-    if kind in ("double", "float", "long", "integer"):
-        try:
-            number = float(cell)
-        except ValueError:
-            return cell
-        # `NAN`, `+nan`: float() reads any spelling of NaN, pandas only those of `_CSV_MISSING`.
-        return cell if math.isnan(number) else number
-    if kind == "boolean" and cell.lower() in ("true", "false", "1", "0"):
-        return cell.lower() in ("true", "1")
-    return cell
+    if kind not in ("double", "float", "long", "integer"):
+        return cell.lower() in ("true", "1") if kind == "boolean" and cell.lower() in _CSV_BOOLEANS else cell
+    try:
+        # An integer's digits exactly (float() would round past 2**53, which the worker then refuses by name).
+        number: float = int(cell) if kind in ("long", "integer") and cell.lstrip("+-").isdigit() else float(cell)
+    except ValueError:  # `--5`, or past Python's 4,300 digits: text, as pandas reads it
+        return cell
+    # `NAN`, `+nan`: float() reads any spelling of NaN, pandas only those of `_CSV_MISSING`.
+    return cell if isinstance(number, float) and math.isnan(number) else number
 
 
 def _only_charset(request: Request[Any, Any, Any]) -> None:

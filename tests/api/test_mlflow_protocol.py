@@ -247,16 +247,25 @@ def test_csv_cells_pandas_reads_as_missing_are_missing_values(
     assert response.json() == client.post("/invocations/xgboost", json={"dataframe_records": missing}).json()
 
 
-@pytest.mark.parametrize("spelling", ["NAN", "+nan", "nAn", "+NaN"])
+@pytest.mark.parametrize("spelling", ["NAN", "+nan", "nAn", "+NaN", "--5", "+-5"])
 def test_a_nan_spelling_pandas_does_not_read_is_refused(
     client: TestClient,
     transactions: pd.DataFrame,
     spelling: str,  # type: ignore[type-arg]
 ) -> None:
     """Python's float() reads any spelling of NaN; pandas.read_csv only its missing-value list, and fails on the
-    rest (MLflow answers 400): refused as text, not scored as a missing value."""
-    message = csv_refusal(client, transactions, "amount", 1, spelling)
-    assert "row 1, column 'amount': Expected `float`, got `str`" in message
+    rest (MLflow answers 400): refused as text, not scored as a missing value. Doubled signs, which int()
+    refuses, are text too (they were a 500 in a long column)."""
+    for column in ("amount", "hour_of_day"):  # a double and a long column
+        message = csv_refusal(client, transactions, column, 1, spelling)
+        assert f"row 1, column '{column}': Expected `float`, got `str`" in message
+
+
+def test_an_integer_cell_past_float64_is_refused_by_name(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
+    """A 400-digit integer (exact as Python's int, never a float64) and one past int()'s 4,300 digits (text) in a
+    long column: 400 naming row and column, never a 500."""
+    for cell in ("9" * 400, "1" * 4301):
+        assert "row 2, column 'hour_of_day'" in csv_refusal(client, transactions, "hour_of_day", 2, cell)
 
 
 @pytest.mark.parametrize(
