@@ -377,6 +377,8 @@ class InferencePool:
             if not message.errors:
                 worker.generations.add(message.generation)
                 self._crashes[worker.index] = 0  # it loaded what it was asked to: not crash-looping
+                # A replacement now holds the generation: what waited while no worker could take it goes now.
+                self._pump()
             load = self._loads.get((worker.index, message.generation))
             if load is not None and not load.done():
                 load.set_result(message)

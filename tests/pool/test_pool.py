@@ -282,6 +282,36 @@ def test_kill_9_of_a_worker_loses_no_request_and_the_pool_heals(
     run_with_pool(2, scenario)
 
 
+def test_requests_waiting_when_the_only_worker_dies_are_scored_by_its_replacement(
+    artifacts: dict[str, ModelArtifact], slow_xgboost: ModelArtifact, transactions: pd.DataFrame
+) -> None:
+    """kill -9 of the only worker while one large request is scored and two more wait behind it: the one in
+    flight has no live worker to retry on (WorkerLostError at once), the two waiting are scored by the
+    replacement as soon as it holds the generation, well inside INFERENCE_TIMEOUT_S (they waited it out)."""
+    large = instances(pd.concat([transactions] * 20), slice(0, 5_000))
+    small = instances(transactions, slice(0, 5))
+    expected = load_scorer(slow_xgboost).fraud_probability(matrix(transactions, slice(0, 5)))
+
+    async def scenario(pool: InferencePool) -> None:
+        assert await pool.load(1, [slow_xgboost]) == {}
+        pool.activate(1)
+        victim = pool.worker_pids()[1]
+        assert victim is not None
+        scoring = asyncio.ensure_future(pool.score(1, "slow", large, "large"))
+        await asyncio.sleep(0.3)  # the worker is busy past _BUSY_LONG_NS: what comes now waits in the queue
+        waiting = [asyncio.ensure_future(pool.score(1, "slow", small, f"waiting-{i}")) for i in range(2)]
+        await asyncio.sleep(0.05)
+        assert pool.status().queued == 3
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(WorkerLostError):
+            await scoring
+        for answer in await asyncio.gather(*waiting):
+            np.testing.assert_allclose(answer.probabilities, expected, atol=1e-12)
+        assert pool.restarts == 1
+
+    run_with_pool(1, scenario, timeout_s=60.0)
+
+
 def test_a_hung_worker_times_out_its_request_and_is_replaced(
     artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
 ) -> None:
