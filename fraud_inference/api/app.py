@@ -15,6 +15,7 @@ from setproctitle import setproctitle
 from fraud_inference import __version__
 from fraud_inference.api.admin import admin_routers
 from fraud_inference.api.docs import DOCS_PATH, docs_static_router, openapi_config
+from fraud_inference.api.errors import render_unhandled
 from fraud_inference.api.mlflow_protocol import mlflow_router
 from fraud_inference.api.oip import oip_router
 from fraud_inference.api.ready import announce_ready
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi_config(__version__),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
+        exception_handlers={500: render_unhandled},
     )
     app.state.metrics = metrics = Metrics()
     # Outside Litestar's own layers (exception handlers, CORS), so 404s, 405s and errors get the id and a count.

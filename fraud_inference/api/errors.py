@@ -1,12 +1,20 @@
-"""The error answers each route documents in OpenAPI, all with the same `ErrorBody`."""
+"""The error answers each route documents in OpenAPI, all with the same `ErrorBody`; and the one answer to a fault."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.response import Response
 
+from fraud_inference.api.request_id import request_id_of
 from fraud_inference.api.schemas import ErrorBody
+from fraud_inference.observability.logging import get_logger
 
-__all__ = ["ADMIN_SECURITY", "error_responses"]
+__all__ = ["ADMIN_SECURITY", "error_responses", "log_unhandled", "render_unhandled"]
+
+log = get_logger("fraud_inference.api")
 
 ADMIN_SECURITY = "AdminKey"
 """The OpenAPI security scheme of the admin routes: an `X-API-Key` header."""
@@ -36,3 +44,18 @@ def error_responses(*status_codes: int, **why: str) -> dict[int, ResponseSpec]:
         )
         for code in status_codes
     }
+
+
+def log_unhandled(request: Request[Any, Any, Any], error: Exception) -> None:
+    """Log an exception no handler expected (a 500), with its traceback, route and request id: the answer says
+    only "Internal Server Error", so this line is where an on-call engineer finds the cause."""
+    log.error(
+        "http.unhandled_error", method=request.method, path=request.url.path, request_id=request_id_of(request.scope),
+        exc_info=error,
+    )  # fmt: skip
+
+
+def render_unhandled(request: Request[Any, Any, Any], error: Exception) -> Response[ErrorBody]:
+    """Any route's 500 (registered under status 500: Litestar's HTTPExceptions keep their own answers), logged."""
+    log_unhandled(request, error)
+    return Response(ErrorBody(status_code=500, detail="Internal Server Error"), status_code=500)

@@ -27,6 +27,7 @@ from litestar.response import Response
 from litestar.types import ASGIApp
 from pandas._libs.parsers import STR_NA_VALUES
 
+from fraud_inference.api.errors import log_unhandled
 from fraud_inference.api.protocol import (
     JSON,
     EncodedAnswer,
@@ -484,6 +485,12 @@ def _render_prediction_error(_request: Request[Any, Any, Any], error: Prediction
     return _render(status, error_code, message)
 
 
+def _render_unhandled(request: Request[Any, Any, Any], error: Exception) -> Response[MlflowError]:
+    """A fault no handler expected, in MLflow's words (its server answers INTERNAL_ERROR), logged."""
+    log_unhandled(request, error)
+    return _render(500, "INTERNAL_ERROR", "Internal Server Error")
+
+
 def _render_http_error(_request: Request[Any, Any, Any], error: HTTPException) -> Response[MlflowError]:
     error_code = error.error_code if isinstance(error, _Refusal) else _HTTP_ERROR_CODES.get(error.status_code)
     return _render(error.status_code, error_code or "INTERNAL_ERROR", error.detail)
@@ -494,5 +501,9 @@ def mlflow_router() -> Router:
     return Router(
         path="/",
         route_handlers=[invocations, invocations_for_model, ping, health, mlflow_version],
-        exception_handlers={PredictionError: _render_prediction_error, HTTPException: _render_http_error},
+        exception_handlers={
+            PredictionError: _render_prediction_error,
+            HTTPException: _render_http_error,
+            500: _render_unhandled,
+        },
     )

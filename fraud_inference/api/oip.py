@@ -24,6 +24,7 @@ from litestar.response import Response
 from litestar.types import ASGIApp
 
 from fraud_inference import __version__
+from fraud_inference.api.errors import log_unhandled
 from fraud_inference.api.protocol import (
     JSON,
     EncodedAnswer,
@@ -598,6 +599,12 @@ def _render_prediction_error(_request: Request[Any, Any, Any], error: Prediction
     return Response(OipError(message), status_code=status, headers=_RETRY_AFTER if status == 503 else None)
 
 
+def _render_unhandled(request: Request[Any, Any, Any], error: Exception) -> Response[OipError]:
+    """A fault no handler expected, as OIP's `{"error"}`, logged."""
+    log_unhandled(request, error)
+    return Response(OipError("Internal Server Error"), status_code=500)
+
+
 def _render_http_error(_request: Request[Any, Any, Any], error: HTTPException) -> Response[OipError]:
     return Response(OipError(error.detail), status_code=error.status_code, headers=error.headers)
 
@@ -617,5 +624,9 @@ def oip_router() -> Router:
             infer,
             version_infer,
         ],
-        exception_handlers={PredictionError: _render_prediction_error, HTTPException: _render_http_error},
+        exception_handlers={
+            PredictionError: _render_prediction_error,
+            HTTPException: _render_http_error,
+            500: _render_unhandled,
+        },
     )
