@@ -16,6 +16,7 @@ import fcntl
 import functools
 import hashlib
 import importlib.metadata
+import io
 import json
 import math
 import os
@@ -246,7 +247,12 @@ def _generate(model: Any, source: Path) -> Path:
     """
     import tl2cgen
 
-    tl2cgen.generate_c_code(model, dirpath=str(source), params={"parallel_comp": 4})
+    # NOTE: tl2cgen print()s its native log lines ("Parallel compilation enabled ...") on stdout, which is the
+    # service's JSON log stream: they go through the logger instead.
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        tl2cgen.generate_c_code(model, dirpath=str(source), params={"parallel_comp": 4})
+    if printed.getvalue().strip():
+        log.debug("compiled_trees.tl2cgen", output=printed.getvalue().strip()[-500:])
     for file in source.glob("*.c"):
         code = _PRESENT.sub(r"!isnan(data[\1].fvalue)", file.read_text())
         if "missing" in code:
