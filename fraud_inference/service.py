@@ -244,11 +244,14 @@ class FraudService:
         except RefreshInProgressError:
             self.metrics.refreshes.labels("busy").inc()
             raise
-        except RegistryUnavailableError:
+        except RegistryUnavailableError as error:
             self.metrics.refreshes.labels("registry_unavailable").inc()
+            log.warning("refresh.registry_unavailable", error=str(error))
             raise
-        except GenerationLoadError:
+        except GenerationLoadError as error:
             self.metrics.refreshes.labels("refused").inc()
+            # The admin's 422 carries the cause too, but an on-call engineer reads the logs.
+            log.error("refresh.refused", errors=error.errors)
             raise
         self.metrics.refreshes.labels("swapped" if outcome.changed else "unchanged").inc()
         return outcome
@@ -296,8 +299,10 @@ class FraudService:
                 continue
             try:
                 await self.refresh()
-            except (RefreshInProgressError, RegistryUnavailableError, GenerationLoadError) as error:
+            except RefreshInProgressError as error:
                 log.warning("refresh.periodic_failed", error=str(error))
+            except (RegistryUnavailableError, GenerationLoadError):
+                pass  # `refresh` logged it with its cause
 
     async def stop(self) -> None:
         for task in list(self._background):

@@ -175,6 +175,7 @@ def test_serve_exits_1_before_traffic_on_a_model_its_workers_cannot_load(tmp_pat
 
 @pytest.mark.slow
 def test_a_refresh_to_a_version_failing_the_gate_is_a_422_and_the_active_one_keeps_serving(tmp_path: Path) -> None:
+    import structlog
     from litestar.testing import TestClient
 
     from fraud_inference.api.app import create_app
@@ -190,10 +191,14 @@ def test_a_refresh_to_a_version_failing_the_gate_is_a_422_and_the_active_one_kee
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         log_labelled_classifier(registry, tmp_path, "fraud-labels", {1: "fraud", 0: "legit"})
-        refused = client.post("/admin/refresh-models", headers={"X-API-Key": "admin-key"})
+        with structlog.testing.capture_logs() as logs:
+            refused = client.post("/admin/refresh-models", headers={"X-API-Key": "admin-key"})
         still = client.post("/v1/predict", json={"instances": [row]})
     assert refused.status_code == 422, refused.text
     assert "set the version tag positive_class" in refused.text
+    # The cause is in the logs too, where an on-call engineer looks first.
+    (line,) = [line for line in logs if line["event"] == "refresh.refused"]
+    assert "set the version tag positive_class" in line["errors"]["fraud"]
     assert still.status_code == 200
     assert still.json()["model_version"] == "1"
 
