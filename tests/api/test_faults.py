@@ -9,6 +9,7 @@ import pytest
 import structlog
 from litestar.testing import TestClient
 
+from fraud_inference.api import errors
 from fraud_inference.service import FraudService
 
 
@@ -35,6 +36,7 @@ def test_an_unforeseen_fault_is_a_500_in_the_protocols_shape_and_logged_with_its
     client: TestClient,  # type: ignore[type-arg]
     transactions: pd.DataFrame,
     broken_core: None,
+    monkeypatch: pytest.MonkeyPatch,
     path: str,
     body: str,
     expected: dict[str, Any],
@@ -47,9 +49,11 @@ def test_an_unforeseen_fault_is_a_500_in_the_protocols_shape_and_logged_with_its
         "oip": {"inputs": tensors},
     }[body]
     with structlog.testing.capture_logs() as logs:
+        # A fresh logger in the module: the service's own is cached on first use, past capture_logs's reach.
+        monkeypatch.setattr(errors, "log", structlog.get_logger("fraud_inference.api"))
         response = client.post(path, json=payload, headers={"X-Request-ID": "fault-1"})
     assert (response.status_code, response.json()) == (500, expected)
     assert response.headers["X-Request-ID"] == "fault-1"
     (line,) = [line for line in logs if line["event"] == "http.unhandled_error"]
     assert (line["log_level"], line["path"], line["request_id"]) == ("error", path, "fault-1")
-    assert isinstance(line["exc_info"], RuntimeError)
+    assert isinstance(line["exc_info"], RuntimeError)  # rendered as the traceback by the service's processors
