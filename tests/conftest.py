@@ -26,6 +26,18 @@ REPO = Path(__file__).resolve().parents[1]
 FRAUD_INFERENCE = str(Path(sys.executable).parent / "fraud-inference")
 
 
+# The Debian package each `program` marker's program comes from (.ci/run installs them before `-m program`).
+PROGRAM_PACKAGES = {"promtool": "prometheus", "haproxy": "haproxy", "wrk": "wrk", "docker": "docker.io"}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked `program(name)` fails, never skips, when `name` is missing: selecting it means it must run."""
+    for marker in item.iter_markers("program"):
+        (name,) = marker.args
+        if shutil.which(name) is None:
+            pytest.fail(f"{name} is not on PATH: install the Debian package `{PROGRAM_PACKAGES[name]}` (.ci/run does)")
+
+
 @pytest.fixture(scope="session")
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A FRAUD_INFERENCE_HOME whose embedded SQLite registry holds the three demo models (small data)."""

@@ -185,10 +185,8 @@ def stub_url() -> Iterator[str]:
     server.server_close()
 
 
-@pytest.mark.parametrize("tool", ["wrk", "python"])
+@pytest.mark.parametrize("tool", [pytest.param("wrk", marks=pytest.mark.program("wrk")), "python"])
 def test_load_generator_counts_failed_statuses_and_answers_without_predictions(stub_url: str, tool: Loadgen) -> None:
-    if tool == "wrk" and shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed")
     bodies = [b'{"row": "good"}', b'{"row": "fail"}', b'{"row": "odd"}']
 
     result = run_load(tool, stub_url, bodies, connections=2, seconds=1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +29,7 @@ from mlflow import MlflowClient
 from tests.conftest import MlflowServer, RunningService, free_port, use_registry
 from tests.load import Answer, Load
 
-pytestmark = [pytest.mark.slow, pytest.mark.soak]
+pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.program("haproxy")]
 
 REFRESH_INTERVAL_S = 3.0
 CLIENTS = 4
@@ -72,8 +71,6 @@ class HAProxy:
     """A real HAProxy on loopback, started by the test and stopped by its PID; servers set at runtime."""
 
     def __init__(self, root: Path, servers: dict[str, int], *, disabled: set[str]) -> None:
-        if shutil.which("haproxy") is None:
-            pytest.fail("haproxy is not installed: `apt-get install -y haproxy` (.ci/run does it)")
         self.socket_path = root / "haproxy.sock"
         self.port = free_port()
         lines = [
