@@ -108,7 +108,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch_rows: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     """MAX_BATCH_ROWS: most instances in one request (413 past it)."""
     max_body_bytes: Annotated[int, Meta(ge=1024, le=1024**3)] = 16 * 1024 * 1024
-    """MAX_BODY_BYTES: largest request body (413 past it); 10,000 demo rows are ~6 MiB."""
+    """MAX_BODY_BYTES: largest request body, on the wire and once decoded from its Content-Encoding (413 past it);
+    10,000 demo rows are ~6 MiB."""
+    min_body_piece_bytes: Annotated[int, Meta(ge=1, le=1024**2)] = 512
+    """MIN_BODY_PIECE_BYTES: past a body's first 64 pieces (chunks, or socket reads), the least its pieces must
+    average (413 below it): each piece costs the HTTP process the same CPU, whatever its size."""
+    body_read_timeout_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 30.0
+    """BODY_READ_TIMEOUT_S: longest a request body may take to arrive once its headers are in (408 past it, and
+    the connection is closed)."""
     inference_timeout_s: Annotated[float, Meta(ge=0.01, le=3600.0)] = 10.0
     """INFERENCE_TIMEOUT_S: longest a request waits for the pool (504 past it); its worker is not killed for it."""
     hung_worker_s: Annotated[float, Meta(ge=1.0, le=86400.0)] = 120.0

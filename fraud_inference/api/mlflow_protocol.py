@@ -14,6 +14,7 @@ import functools
 import io
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from litestar.response import Response
 from litestar.types import ASGIApp
 from pandas._libs.parsers import STR_NA_VALUES
 
+from fraud_inference.api.body import read_body
 from fraud_inference.api.errors import log_unhandled
 from fraud_inference.api.protocol import (
     JSON,
@@ -331,7 +333,7 @@ async def _invoke(request: Request[Any, Any, Any], model: str | None) -> ASGIApp
     service.check_capacity()
     media_type = require_media_type(request, (JSON, CSV))
     _only_charset(request)
-    body = await request.body()
+    body = await read_body(request, service.settings)
     selection = service.select(model)
     detail = service.settings.error_detail
     rows: bytes | Columns
@@ -465,11 +467,20 @@ _ERROR_CODES: dict[type[PredictionError], tuple[int, str]] = {
     TimedOutError: (504, "DEADLINE_EXCEEDED"),
     InferenceFailedError: (503, "TEMPORARILY_UNAVAILABLE"),
 }
-_HTTP_ERROR_CODES = {400: "BAD_REQUEST", 404: "ENDPOINT_NOT_FOUND", 413: "BAD_REQUEST", 415: "BAD_REQUEST"}
+_HTTP_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    404: "ENDPOINT_NOT_FOUND",
+    408: "BAD_REQUEST",
+    413: "BAD_REQUEST",
+    415: "BAD_REQUEST",
+}
 
 
-def _render(status: int, error_code: str, message: str) -> Response[MlflowError]:
-    headers = _RETRY_AFTER if status == 503 else None
+def _render(
+    status: int, error_code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response[MlflowError]:
+    if status == 503:
+        headers = _RETRY_AFTER
     return Response(MlflowError(error_code=error_code, message=message), status_code=status, headers=headers)
 
 
@@ -493,7 +504,7 @@ def _render_unhandled(request: Request[Any, Any, Any], error: Exception) -> Resp
 
 def _render_http_error(_request: Request[Any, Any, Any], error: HTTPException) -> Response[MlflowError]:
     error_code = error.error_code if isinstance(error, _Refusal) else _HTTP_ERROR_CODES.get(error.status_code)
-    return _render(error.status_code, error_code or "INTERNAL_ERROR", error.detail)
+    return _render(error.status_code, error_code or "INTERNAL_ERROR", error.detail, error.headers)
 
 
 def mlflow_router() -> Router:

@@ -24,6 +24,7 @@ from litestar.response import Response
 from litestar.types import ASGIApp
 
 from fraud_inference import __version__
+from fraud_inference.api.body import read_body
 from fraud_inference.api.errors import log_unhandled
 from fraud_inference.api.protocol import (
     JSON,
@@ -419,7 +420,7 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str | Non
     service = service_of(request)
     service.check_capacity()
     require_media_type(request, (JSON, OCTET_STREAM))
-    body = await request.body()
+    body = await read_body(request, service.settings)
     selection = _select(service, model, version)
     infer = _parse(request, body)
     request_id = request_id_of(request.scope)

@@ -14,6 +14,7 @@ from litestar.response import Response
 from litestar.types import ASGIApp
 
 from fraud_inference import __version__
+from fraud_inference.api.body import read_body
 from fraud_inference.api.errors import error_responses
 from fraud_inference.api.protocol import EncodedAnswer, non_finite_hint, note_scored, require_media_type, service_of
 from fraud_inference.api.request_id import request_id_of
@@ -123,7 +124,7 @@ async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
     service = service_of(request)
     service.check_capacity()
     require_media_type(request)
-    body = await request.body()
+    body = await read_body(request, service.settings)
     try:
         parsed = _decode_request(body)
     except msgspec.ValidationError as error:
