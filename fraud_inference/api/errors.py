@@ -20,13 +20,16 @@ ADMIN_SECURITY = "AdminKey"
 """The OpenAPI security scheme of the admin routes: an `X-API-Key` header."""
 
 _WHY: dict[int, str] = {
-    400: "The body is not JSON.",
+    400: "The body is not JSON, or not what its Content-Encoding says.",
     401: "No X-API-Key header.",
     403: "A wrong X-API-Key, or the admin API is disabled (no API_KEYS configured).",
     404: "Unknown model: the detail lists the served keys.",
+    408: "The body did not arrive within BODY_READ_TIMEOUT_S.",
     409: "Another refresh is running.",
-    413: "More rows than MAX_BATCH_ROWS, or a body over MAX_BODY_BYTES.",
-    415: "The body's content type is not one the route reads, or not UTF-8: the detail names the accepted types.",
+    413: "More rows than MAX_BATCH_ROWS, a body over MAX_BODY_BYTES (on the wire or decoded), or in pieces under "
+    "MIN_BODY_PIECE_BYTES.",
+    415: "The body's content type is not one the route reads, or not UTF-8, or its Content-Encoding is not gzip, "
+    "deflate or br: the detail names the accepted ones.",
     422: "The body does not fit the model's signature: the detail names the row and the feature.",
     502: "The registry cannot be asked; the current models keep serving.",
     503: "Not ready yet, or no worker could score (see Retry-After).",

@@ -393,8 +393,9 @@ class _InvocationsOperation(Operation):
 _WHY = {
     400: "The body cannot be read as MLflow's scoring input, or its rows do not fit the model's signature.",
     404: "Unknown model.",
-    413: "A body over MAX_BODY_BYTES.",
-    415: "Not JSON or CSV (UTF-8).",
+    408: "The body did not arrive within BODY_READ_TIMEOUT_S.",
+    413: "A body over MAX_BODY_BYTES (on the wire or decoded), or in pieces under MIN_BODY_PIECE_BYTES.",
+    415: "Not JSON or CSV (UTF-8), or a Content-Encoding other than gzip, deflate, br.",
     501: "The version's pyfunc_predict_fn is not served.",
     503: "Not ready, or overloaded (see Retry-After).",
     504: "No answer from the inference pool within INFERENCE_TIMEOUT_S.",

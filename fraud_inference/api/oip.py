@@ -437,8 +437,11 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
     why = {
         400: "The body is not an inference request, or its tensors do not fit the model's signature.",
         404: "Unknown model, or a version that is not served.",
-        413: "More rows than MAX_BATCH_ROWS, or a body over MAX_BODY_BYTES.",
-        415: "Not JSON (or application/octet-stream with Triton's binary tensor extension), or not UTF-8.",
+        408: "The body did not arrive within BODY_READ_TIMEOUT_S.",
+        413: "More rows than MAX_BATCH_ROWS, a body over MAX_BODY_BYTES (on the wire or decoded), or in pieces under "
+        "MIN_BODY_PIECE_BYTES.",
+        415: "Not JSON (or application/octet-stream with Triton's binary tensor extension), or not UTF-8, or a "
+        "Content-Encoding other than gzip, deflate, br.",
         503: "Not ready, or overloaded (see Retry-After).",
         504: "No answer from the inference pool within INFERENCE_TIMEOUT_S.",
     }
@@ -560,7 +563,7 @@ _INFER: dict[str, Any] = {
     "raises": [],
     "responses": {
         200: ResponseSpec(InferResponse, description="`fraud_probability` (FP64) and `is_fraud` (BOOL), one per row."),
-        **_errors(400, 404, 413, 415, 503, 504),
+        **_errors(400, 404, 408, 413, 415, 503, 504),
     },
 }
 

@@ -115,7 +115,7 @@ def _render_error(_request: Request[Any, Any, Any], error: PredictionError) -> R
     raises=[],
     responses={
         200: ResponseSpec(PredictResponse, description="One prediction per instance, in request order."),
-        **error_responses(400, 404, 413, 415, 422, 503, 504),
+        **error_responses(400, 404, 408, 413, 415, 422, 503, 504),
     },
     tags=["prediction"],
 )
