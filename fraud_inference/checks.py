@@ -130,6 +130,9 @@ def render(report: CheckReport) -> str:
                 f"       parity: {parity.rows} rows from the {parity.rows_from}, max |diff| against MLflow's loader "
                 f"{parity.max_abs_diff:.3g}, {parity.seconds:.2f} s"
             )
+            if parity.rows_from == "signature":
+                lines.append(f"       input example not used: {parity.example_unused or 'none logged'}")
+                lines.append(f"       rows from the signature: {parity.rows_cover}")
         lines.extend(f"       - {error}" for error in check.errors)
         lines.extend(f"       - warning: {warning}" for warning in check.warnings)
     lines.append("all checks passed" if report.ok else "checks FAILED")

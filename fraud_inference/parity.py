@@ -1,9 +1,10 @@
 """The parity gate: a version serves only if the service scores its rows as MLflow's own flavour loader does.
 
 For every served version the logged input example (and, where the signature has optional columns, the same rows
-with those columns left out) is scored twice: through the service's own loading and scoring code (what the
-workers run: `load_model`, the request decoder, the flavour's scorer) and through `mlflow.<flavour>.load_model`.
-Any |diff| > 1e-6, or a row MLflow scores that the service refuses, fails the gate.
+with those columns left out; without a usable example, rows built from the signature and the model's own splits
+and categories, `models/signature_rows.py`) is scored twice: through the service's own loading and scoring code
+(what the workers run: `load_model`, the request decoder, the flavour's scorer) and through
+`mlflow.<flavour>.load_model`. Any |diff| > 1e-6, or a row MLflow scores that the service refuses, fails the gate.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ class ParityReport(msgspec.Struct, kw_only=True):
     version: str
     rows: int = 0
     rows_from: Literal["input example", "signature"] = "input example"
-    """`signature` when the version has no input example: the rows are built from its signature."""
+    """`signature` when the version has no input example that can be used: the rows are built from its signature."""
+    example_unused: str | None = None
+    """With rows from the signature: why the input example was not used (none logged, or MLflow cannot read it)."""
+    rows_cover: str | None = None
+    """With rows from the signature: what they exercise (split thresholds, categories, optional columns left out)."""
     max_abs_diff: float | None = None
     """None when nothing was compared (PARITY_CHECK=off, or the service could not load the version)."""
     loaded: bool = False
@@ -88,9 +93,12 @@ def check_parity(
             report.failures.append(f"{where}: the service cannot load it: {type(error).__name__}: {error}")
             return report
         report.loaded = True
-        rows, from_example = example_rows(artifact, served.scorer)
-        report.rows_from = "input example" if from_example else "signature"
-        rows = rows + _with_optional_left_out(artifact, rows)
+        rows, covers = example_rows(artifact, served.scorer)
+        if covers is None:
+            rows = rows + _with_optional_left_out(artifact, rows)
+        else:  # the signature's rows leave out optional columns themselves
+            report.rows_from, report.rows_cover = "signature", covers
+            report.example_unused = artifact.input_example_unused
         report.rows = len(rows)
         differences: list[float] = []
         for index, row in enumerate(rows):

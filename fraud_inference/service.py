@@ -459,7 +459,8 @@ class FraudService:
         for report in reports:
             log.info(
                 "model.parity_checked", model=report.model, version=report.version, rows=report.rows,
-                rows_from=report.rows_from, max_abs_diff=report.max_abs_diff, seconds=report.seconds,
+                rows_from=report.rows_from, example_unused=report.example_unused, max_abs_diff=report.max_abs_diff,
+                seconds=report.seconds,
             )  # fmt: skip
         if not failures:
             return

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fraud_inference.models.artifact import ModelArtifact, fetch_artifact
@@ -124,8 +125,114 @@ def test_a_version_without_an_input_example_is_gated_on_rows_from_its_signature(
     report = check_parity(read_artifact(ref, tmp_path / "model"))
     assert report.ok, report.failures
     assert report.rows_from == "signature"
-    assert report.rows == 2  # the built row, and the same row with its optional columns left out
+    assert report.example_unused == "no input example was logged"
+    # up to 5 rows at the split thresholds' quantiles, then device_age_days, distance_km and both left out
+    assert 2 + 3 <= report.rows <= 5 + 3
+    assert "numeric columns at their split thresholds' quantiles" in (report.rows_cover or "")
     assert np.isfinite(report.max_abs_diff or 0.0)
+
+
+def save_with_unreadable_example(flavor: str, directory: Path) -> tuple[Any, pd.DataFrame]:
+    """A real model saved by MLflow with an input example MLflow itself cannot read back: `txn_count_24h` is a
+    pandas Int64 column with a missing value, so the signature says `long` and reading the example casts NA to
+    int64. Returns the model as trained and the (categorized) training frame."""
+    import lightgbm
+    import mlflow
+    import xgboost
+    from mlflow.models import infer_signature
+
+    from tests.real_models import categorized, make_fraud_table
+
+    table, labels = make_fraud_table(400, seed=21)
+    training = categorized(table)
+    example = training.head(5).copy()
+    example["txn_count_24h"] = example["txn_count_24h"].astype("Int64")
+    example.loc[example.index[1], "txn_count_24h"] = pd.NA
+    signature = infer_signature(example)
+    if flavor == "xgboost":
+        model: Any = xgboost.XGBClassifier(n_estimators=12, max_depth=3, enable_categorical=True, n_jobs=1)
+        model.fit(training, labels)
+        mlflow.xgboost.save_model(
+            model, str(directory), signature=signature, input_example=example, pip_requirements=["xgboost"]
+        )
+    else:
+        params = {"objective": "binary", "num_leaves": 7, "min_data_in_leaf": 5, "verbose": -1, "num_threads": 1}
+        model = lightgbm.train(params, lightgbm.Dataset(training, label=labels), num_boost_round=12)
+        mlflow.lightgbm.save_model(
+            model, str(directory), signature=signature, input_example=example, pip_requirements=["lightgbm"]
+        )
+    return model, training
+
+
+@pytest.mark.parametrize("flavor", ["xgboost", "lightgbm"])
+def test_an_example_mlflow_cannot_read_is_named_and_the_rows_built_instead_exercise_splits_categories_and_gaps(
+    tmp_path: Path, flavor: str
+) -> None:
+    from fraud_inference.checks import CheckReport, ModelCheck, gate, render
+    from fraud_inference.models.artifact import read_artifact
+    from fraud_inference.models.scoring import example_rows
+    from fraud_inference.models.signature_rows import MAX_SIGNATURE_ROWS
+    from fraud_inference.registry import ModelRef
+    from tests.real_models import CATEGORICAL, NUMERIC
+
+    model, training = save_with_unreadable_example(flavor, tmp_path / "model")
+    ref = ModelRef(key="m", name="int64-example", version="2", selected_by="test", run_id=None, threshold=0.5)
+    artifact = read_artifact(ref, tmp_path / "model")
+
+    check = ModelCheck(name=ref.name, version=ref.version, selected_by="test")
+    gate(artifact, check, "strict")
+    report = check.parity
+    assert report is not None
+    assert report.ok, report.failures
+    assert report.rows_from == "signature"
+    why = report.example_unused or ""
+    assert why.startswith("MLflow cannot read the logged input example (MlflowFailedTypeConversion: ")
+    assert "txn_count_24h" in why
+    text = render(CheckReport(ok=True, registry="r", dependency_check="compatible", models={"m": check}))
+    assert f"input example not used: {why}" in text
+    assert "each training category of merchant_category, country and an unseen one" in text
+
+    rows, covers = example_rows(artifact, load_model(artifact).scorer)
+    assert covers == report.rows_cover
+    assert len(rows) == report.rows <= MAX_SIGNATURE_ROWS
+    for column in CATEGORICAL:  # every training category, and one never seen in training
+        sent = {row[column] for row in rows if column in row}
+        trained = set(training[column].cat.categories)
+        assert trained < sent
+        assert len(sent - trained) == 1
+    optional = [feature.name for feature in artifact.features if not feature.required]
+    assert "txn_count_24h" in optional
+    for column in optional:  # each optional column left out in some row
+        assert any(column not in row for row in rows)
+    # The range of each column's splits, read here through the library's other public dump of the same trees.
+    thresholds = _dumped_thresholds(model)
+    for column in NUMERIC:
+        sent_numbers = sorted({float(row[column]) for row in rows if row.get(column) is not None})
+        if column in ("is_foreign", "is_online"):
+            assert sent_numbers == [0.0, 1.0]
+            continue
+        assert len(sent_numbers) > 1, column  # not one zero: values where the model splits
+        low, high = min(thresholds[column]), max(thresholds[column])
+        assert low - 1 <= min(sent_numbers) < max(sent_numbers) <= high + 1, column  # +-1: integers rounded
+
+
+def _dumped_thresholds(model: Any) -> dict[str, list[float]]:
+    """Per column, the numeric split thresholds: LightGBM's `trees_to_dataframe`, XGBoost's JSON text dump
+    (its `trees_to_dataframe` cannot parse a model with categorical splits)."""
+    import json
+
+    if hasattr(model, "trees_to_dataframe") and not hasattr(model, "get_booster"):
+        trees = model.trees_to_dataframe()
+        numeric = trees[trees["decision_type"] == "<="]
+        return {str(name): list(group) for name, group in numeric.groupby("split_feature")["threshold"]}
+    found: dict[str, list[float]] = {}
+    stack = [json.loads(tree) for tree in model.get_booster().get_dump(dump_format="json")]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node.get("split_condition", []), list):  # a list: a categorical split
+            found.setdefault(node["split"], []).append(float(node["split_condition"]))
+        stack.extend(node.get("children", []))
+    return found
 
 
 def log_labelled_classifier(tracking_uri: str, workdir: Path, name: str, labels: dict[int, Any]) -> str:

@@ -58,6 +58,8 @@ class ModelArtifact(msgspec.Struct, frozen=True, kw_only=True):
     input_example: tuple[dict[str, Any], ...] = ()
     """The logged input example's rows as JSON records (at most 1,000), read here so that the workers, which
     warm up on it, never import MLflow (~190 MiB each)."""
+    input_example_unused: str | None = None
+    """Why there are no `input_example` rows (none logged, or MLflow cannot read it); None when there are."""
     compiled_trees: str | None = None
     """COMPILED_TREES=on: the directory caching compiled trees, where XGBoost and LightGBM versions compile; None
     scores every version through its library."""
@@ -122,9 +124,10 @@ def read_artifact(
         model_file = flavor.model_file(conf, path, trust)
     except UntrustedModelError as error:
         raise UnservableModelError(f"{where}: {error}") from None
+    input_example, input_example_unused = _input_example(mlmodel, path)
     artifact = ModelArtifact(
         ref=ref, path=str(path), flavor=flavor.name, features=tuple(features), model_file=model_file,
-        dependencies=dependencies, input_example=_input_example(mlmodel, path),
+        dependencies=dependencies, input_example=input_example, input_example_unused=input_example_unused,
     )  # fmt: skip
     violations = artifact.dependency_violations()
     if violations and dependency_policy in {"strict", "compatible"}:
@@ -135,14 +138,26 @@ def read_artifact(
 _EXAMPLE_ROWS = 1_000
 
 
-def _input_example(mlmodel: Model, path: Path) -> tuple[dict[str, Any], ...]:
-    """The logged input example's rows as JSON records; none when there is none or it is not a table."""
+def _input_example(mlmodel: Model, path: Path) -> tuple[tuple[dict[str, Any], ...], str | None]:
+    """The logged input example's rows as JSON records, or none and why (none logged, unreadable, not a table)."""
+    if mlmodel.saved_input_example_info is None:
+        return (), "no input example was logged"
     try:
         example: Any = mlmodel.load_input_example(str(path))
+    except Exception as error:  # e.g. a null in a `long` column (pandas Int64 with NA): MLflow's cast fails
+        cause = " ".join(f"{type(error).__name__}: {error}".split())
+        return (), f"MLflow cannot read the logged input example ({_clip(cause)})"
+    try:
         records: list[dict[str, Any]] = json.loads(example.to_json(orient="records"))
-    except Exception:  # no example, or one that is not a table: the signature gives the warm-up row
-        return ()
-    return tuple(records[:_EXAMPLE_ROWS])
+    except Exception:
+        return (), f"the logged input example is a {type(example).__name__}, not a table of named columns"
+    if not records:
+        return (), "the logged input example has no rows"
+    return tuple(records[:_EXAMPLE_ROWS]), None
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def fetch_artifact(

@@ -62,6 +62,8 @@ class _TreeScorer(Scorer, Protocol):
 
     def fraud_column(self, scores: Matrix) -> Matrix: ...
 
+    def split_thresholds(self) -> dict[str, list[float]]: ...
+
 
 class CompiledTreesScorer:
     """Scores through the compiled library; everything else (decoding, categories, the fraud class) is the native's.
@@ -95,6 +97,10 @@ class CompiledTreesScorer:
         if self._native_from_rows is not None and len(batch) >= self._native_from_rows:
             return self._native.fraud_probability(batch)
         return self.compiled_probability(batch)
+
+    def split_thresholds(self) -> dict[str, list[float]]:
+        """The native model's (`RecordsSplits`): the same trees."""
+        return self._native.split_thresholds()
 
     def compiled_probability(self, batch: Any) -> Matrix:
         """`fraud_probability` through the compiled trees, whatever the batch's size."""

@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
 from fraud_inference.models.flavors import Scorer
+from fraud_inference.models.flavors._base import RecordsSplits
 from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, SignatureDecoder
 
 __all__ = ["ServedModel", "example_rows", "load_model", "load_scorer"]
@@ -88,14 +89,18 @@ def _scores_missing(served: ServedModel, row: dict[str, Any], name: str) -> bool
     return bool(np.isfinite(probability).all())
 
 
-def example_rows(artifact: ModelArtifact, scorer: Scorer) -> tuple[list[dict[str, Any]], bool]:
-    """The logged input example's rows as a client sends them (null for missing), and True; else one row built
-    from the signature (zeros, known categories), and False."""
+def example_rows(artifact: ModelArtifact, scorer: Scorer) -> tuple[list[dict[str, Any]], str | None]:
+    """The logged input example's rows as a client sends them (null for missing), and None; else rows built from
+    the signature and the model's own splits and categories (`signature_rows`), and what they cover."""
+    from fraud_inference.models.signature_rows import signature_rows
+
     records = _input_example(artifact)
     names = [feature.name for feature in artifact.features]
     if records:
-        return [{name: record.get(name) for name in names if name in record} for record in records], True
-    return [_warm_up_row(artifact, scorer)], False
+        return [{name: record.get(name) for name in names if name in record} for record in records], None
+    thresholds = scorer.split_thresholds() if isinstance(scorer, RecordsSplits) else {}
+    built = signature_rows(artifact.features, scorer.categories, thresholds)
+    return built.rows, built.covers
 
 
 def _warm_up_row(artifact: ModelArtifact, scorer: Scorer) -> dict[str, Any]:

@@ -9,6 +9,9 @@ plus `SKOPS_TRUSTED_TYPES`; the file's types are read without running any of its
 from __future__ import annotations
 
 import importlib
+import json
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +27,7 @@ __all__ = [
 ]
 
 PicklePolicy = Literal["allow", "refuse"]
+_PARTIAL = "functools.partial"
 
 BUILTIN_TRUSTED_TYPES: frozenset[str] = frozenset(
     {
@@ -34,9 +38,25 @@ BUILTIN_TRUSTED_TYPES: frozenset[str] = frozenset(
         "numpy.dtype",
         "lightgbm.basic.Booster",
         "lightgbm.sklearn.LGBMClassifier",
+        # HistGradientBoostingClassifier(categorical_features=...) keeps, in its column preprocessor, a
+        # FunctionTransformer(func=functools.partial(check_array, dtype=[numpy.float64], ensure_all_finite=False)).
+        _PARTIAL,
+        "sklearn.utils.validation.check_array",
     }
 )
 """Types trusted without looking them up; any other class of the trusted packages is found by importing it."""
+
+# NOTE: why those two are safe by default (read in skops 0.16, skops/io/_general.py and _audit.py):
+# - `functools.partial`: skops's PartialNode rebuilds it as `functools.partial(func, *args, **kwds)` (never a
+#   subclass) and audits `func`, `args`, `kwds` and `namespace` as nodes of their own, so trusting the partial
+#   does not trust what it wraps: a wrapped function is a FunctionNode, checked by its own name (`posix.system`
+#   stays refused). Building it calls nothing. What that leaves open: a partial wrapping a *class* trusted by default
+#   (`numpy.memmap`) would call that class's constructor with positional arguments chosen by the file (memmap
+#   opens and truncates a path) when the FunctionTransformer runs, so the default covers only partials whose
+#   `func` is a function (`_partials_around_non_functions`); a file that needs more must list the partial in
+#   SKOPS_TRUSTED_TYPES.
+# - `sklearn.utils.validation.check_array`: it validates and converts its input array (dtype, finiteness,
+#   shape) and returns it; it imports, executes and opens nothing, whatever (trusted) arguments the file binds.
 
 # NOTE: classes only (and numpy ufuncs, which are pure arithmetic): a *function* from these packages can do
 # anything when a FunctionTransformer calls it (numpy.testing's `runstring` executes a string), so functions
@@ -91,12 +111,51 @@ def check_serialized(file: str, serialization_format: str, model_dir: Path, trus
 
     needed = sorted(skops.io.get_untrusted_types(file=model_dir / file))
     untrusted = [name for name in needed if not trust.trusts(name)]
+    if _PARTIAL in needed and _PARTIAL not in trust.extra_types:
+        untrusted += [
+            f"{_PARTIAL} around {wrapped} (trusted by default only around a function)"
+            for wrapped in sorted(set(_partials_around_non_functions(model_dir / file)))
+        ]
     if untrusted:
         raise UntrustedModelError(
             f"its skops file holds types this service does not trust: {', '.join(untrusted)}; if they are safe, "
             "add them to SKOPS_TRUSTED_TYPES (comma-separated)"
         )
     return tuple(needed)
+
+
+def _partials_around_non_functions(path: Path) -> Iterator[str]:
+    """The name of what each `functools.partial` in the skops file wraps, when that is not a plain function.
+
+    Read from the file's schema.json (the JSON skops builds its nodes from), running nothing; a reference to an
+    object seen earlier in the file (skops's CachedNode) is followed to that object.
+    """
+    with zipfile.ZipFile(path) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    nodes = list(_nodes(schema))
+    by_id = {node["__id__"]: node for node in nodes if "__id__" in node and node.get("__loader__") != "CachedNode"}
+    for node in nodes:
+        if node.get("__loader__") != "PartialNode":
+            continue
+        wrapped = node.get("content", {}).get("func", {})
+        if isinstance(wrapped, dict) and wrapped.get("__loader__") == "CachedNode":
+            wrapped = by_id.get(wrapped.get("__id__"), wrapped)
+        if not isinstance(wrapped, dict) or wrapped.get("__loader__") != "FunctionNode":
+            described = wrapped if isinstance(wrapped, dict) else {}
+            yield f"{described.get('__module__')}.{described.get('__class__')} ({described.get('__loader__')})"
+
+
+def _nodes(state: Any) -> Iterator[dict[str, Any]]:
+    """Every node of a skops schema (a dict with a `__loader__`), depth first."""
+    stack = [state]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "__loader__" in item:
+                yield item
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
 
 
 def load_serialized(path: Path, serialization_format: str, skops_types: tuple[str, ...]) -> Any:

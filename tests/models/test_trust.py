@@ -123,6 +123,9 @@ def test_scikit_learn_trees_and_imputers_are_trusted_by_default(
         ("numpy.testing._private.utils.runstring", False),
         ("builtins.eval", False),
         ("math.fabs", False),
+        ("sklearn.utils.validation.check_array", True),  # what HistGradientBoosting on categories holds
+        ("functools.partial", True),  # around a function only: see the partial tests below
+        ("sklearn.utils.validation.column_or_1d", False),
     ],
 )
 def test_default_trust_is_classes_of_the_model_libraries_and_ufuncs(type_name: str, trusted: bool) -> None:
@@ -198,3 +201,65 @@ def test_check_refuses_a_disguised_pickle_without_running_it(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "saved as cloudpickle" in result.stdout
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("categorical_features", ["from_dtype", [7, 8]], ids=["from-dtype", "by-column-index"])
+def test_hist_gradient_boosting_on_categories_serves_by_default_exactly_as_mlflow_loads_it(
+    tmp_path: Path, categorical_features: str | list[int]
+) -> None:
+    import mlflow.sklearn
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from fraud_inference.models.scoring import load_model
+    from tests.real_models import categorized, make_fraud_table, request_rows, untrusted
+
+    table, labels = make_fraud_table(400, seed=5)
+    training = categorized(table)  # merchant_category and country (columns 7 and 8) as pandas categories
+    model = HistGradientBoostingClassifier(categorical_features=categorical_features, max_iter=20, random_state=0)
+    model.fit(training, labels)
+    assert {"functools.partial", "sklearn.utils.validation.check_array"} <= set(untrusted(model))
+    mlflow.sklearn.save_model(
+        model, str(tmp_path / "model"), skops_trusted_types=untrusted(model), signature=infer_signature(table),
+        pip_requirements=["scikit-learn"],
+    )  # fmt: skip
+    artifact = read_artifact(REF, tmp_path / "model")  # the service's default trust, not the MLmodel's list
+    served = load_model(artifact)
+    fresh, _labels = make_fraud_table(60, seed=8)
+    rows = request_rows(fresh)  # nulls, left-out optional keys, unseen categories
+    frame = pd.DataFrame(rows, columns=[feature.name for feature in artifact.features])
+    expected = mlflow.sklearn.load_model(str(tmp_path / "model")).predict_proba(frame)[:, 1]
+    got = served.score(pd.io.json.ujson_dumps(rows).encode())
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def crafted_partial_model(tmp_path: Path, func: object, *args: object) -> Path:
+    """CRAFTED for this test: a real skops file, written by skops through mlflow.sklearn.save_model, of a pipeline
+    whose FunctionTransformer calls `functools.partial(func, *args)`, the shape HistGradientBoosting's preprocessor
+    has, with the MLmodel trusting every type it holds. Loaded or refused here, never fitted or run."""
+    import functools
+
+    from tests.real_models import untrusted
+
+    features, _labels = make_transactions(50, seed=3)
+    model = make_pipeline(FunctionTransformer(functools.partial(func, *args)), DecisionTreeClassifier())
+    return save(model, tmp_path / "model", features, "skops", trusted=untrusted(model))
+
+
+def test_a_partial_wrapping_an_untrusted_function_is_refused(tmp_path: Path) -> None:
+    import os
+
+    marker = tmp_path / "partial-ran"
+    path = crafted_partial_model(tmp_path, os.system, f"touch {marker}")
+    with pytest.raises(UnservableModelError, match=r"does not trust: posix\.system"):
+        read_artifact(REF, path)
+    assert not marker.exists()
+
+
+def test_a_partial_wrapping_a_class_trusted_by_default_is_refused(tmp_path: Path) -> None:
+    # numpy.memmap is a numpy class (trusted by default), but called through a partial with these positional
+    # arguments it would open and truncate a path: trusting a partial by default covers only a wrapped function.
+    path = crafted_partial_model(tmp_path, np.memmap, str(tmp_path / "truncated"), np.uint8, "w+")
+    with pytest.raises(UnservableModelError, match=r"functools\.partial around numpy\.memmap"):
+        read_artifact(REF, path)
+    listed = read_artifact(REF, path, trust=ModelTrust(extra_types=("functools.partial",)))
+    assert "functools.partial" in listed.model_file.skops_types

@@ -6,7 +6,7 @@ import functools
 import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 import numpy as np
@@ -24,6 +24,7 @@ __all__ = [
     "ModelFile",
     "ModelFlavor",
     "PackageRule",
+    "RecordsSplits",
     "Scorer",
     "binary_scores",
     "check_feature_names",
@@ -74,6 +75,15 @@ class Scorer(Protocol):
 
     def fraud_probability(self, batch: Any) -> Matrix:
         """The fraud probability of each row of `batch` (a matrix, or a DataFrame when `needs_frame`)."""
+        ...
+
+
+@runtime_checkable
+class RecordsSplits(Protocol):
+    """A scorer whose model records the thresholds it splits numeric columns on (XGBoost's, LightGBM's trees)."""
+
+    def split_thresholds(self) -> dict[str, list[float]]:
+        """Per feature name, the thresholds of the model's numeric splits on it (the parity gate's rows use them)."""
         ...
 
 

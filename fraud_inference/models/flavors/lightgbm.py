@@ -90,6 +90,7 @@ class LightGBMScorer:
         self._booster = booster
         self.categories = _training_categories(booster, artifact)
         self.needs_frame = bool(self.categories)
+        self._features = artifact.features
 
     def fraud_probability(self, batch: Any) -> Matrix:
         scores = np.asarray(self._booster.predict(batch, num_threads=1), dtype=np.float64)
@@ -98,6 +99,21 @@ class LightGBMScorer:
     def fraud_column(self, scores: Matrix) -> Matrix:
         """The fraud probabilities from output shaped as `Booster.predict`'s (for COMPILED_TREES)."""
         return binary_scores(scores, self._column)
+
+    def split_thresholds(self) -> dict[str, list[float]]:
+        """Per feature, the thresholds of the trees' numerical (`<=`) splits, from `dump_model`."""
+        names = [feature.name for feature in self._features]
+        found: dict[str, set[float]] = {}
+        stack = [tree["tree_structure"] for tree in self._booster.dump_model()["tree_info"]]
+        while stack:
+            node = stack.pop()
+            if "split_feature" not in node:
+                continue
+            feature = int(node["split_feature"])
+            if node.get("decision_type") == "<=" and 0 <= feature < len(names):
+                found.setdefault(names[feature], set()).add(float(node["threshold"]))
+            stack.extend((node["left_child"], node["right_child"]))
+        return {name: sorted(values) for name, values in found.items()}
 
     def treelite_model(self) -> Any:
         """The trees `fraud_probability` uses, as treelite reads them (for COMPILED_TREES)."""

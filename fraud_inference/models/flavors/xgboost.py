@@ -97,6 +97,7 @@ class XGBoostScorer:
         self._iteration_range = (0, int(best) + 1) if best is not None else (0, 0)
         self.categories = _training_categories(booster, artifact)
         self.needs_frame = bool(self.categories)
+        self._features = artifact.features
 
     def fraud_probability(self, batch: Any) -> Matrix:
         scores = np.asarray(self._booster.inplace_predict(batch, iteration_range=self._iteration_range), np.float64)
@@ -105,6 +106,24 @@ class XGBoostScorer:
     def fraud_column(self, scores: Matrix) -> Matrix:
         """The fraud probabilities from output shaped as `Booster.predict`'s (for COMPILED_TREES)."""
         return binary_scores(scores, self._column)
+
+    def split_thresholds(self) -> dict[str, list[float]]:
+        """Per feature, the `split_conditions` of the trees' numerical splits, read from the model's JSON.
+
+        NOTE: not `trees_to_dataframe`: XGBoost 3.2 fails on it ("Failed to parse model text dump.") for a model
+        with categorical splits.
+        """
+        model = json.loads(self._booster.save_raw(raw_format="json"))
+        names = [feature.name for feature in self._features]
+        found: dict[str, set[float]] = {}
+        for tree in model["learner"]["gradient_booster"]["model"]["trees"]:
+            nodes = zip(
+                tree["left_children"], tree["split_indices"], tree["split_conditions"], tree["split_type"], strict=True
+            )
+            for left, feature, condition, kind in nodes:
+                if left != -1 and kind == 0 and 0 <= feature < len(names):
+                    found.setdefault(names[feature], set()).add(float(condition))
+        return {name: sorted(values) for name, values in found.items()}
 
     def treelite_model(self) -> Any:
         """The trees `fraud_probability` uses, as treelite reads them (for COMPILED_TREES)."""
