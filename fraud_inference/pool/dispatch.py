@@ -1,0 +1,225 @@
+"""Dispatch: requests wait in one queue and leave as batches for the least busy workers; answers and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+from fraud_inference.pool.errors import (
+    InferenceTimeoutError,
+    NoWorkerError,
+    RequestRefusedError,
+    ScoringError,
+    WorkerLostError,
+)
+from fraud_inference.pool.messages import Cancel, Columns, Refused, Score, Scored, ScoreFailed
+from fraud_inference.pool.process import WorkerProcess
+from fraud_inference.pool.queue import Batch, BatchPolicy, PendingRequest, RequestQueue, Scores
+
+__all__ = ["Dispatcher"]
+
+_MAX_ATTEMPTS = 2  # a request whose worker died is retried once: scoring is a pure function
+# Two batches per worker: it starts the next while the server reads the last answer, and no more, so that
+# under load requests wait in the queue, where they coalesce, rather than in a worker's pipe.
+_BATCHES_PER_WORKER = 2
+# A worker busy with one batch this long (a large request, a slow model) gets no second batch behind it.
+_BUSY_LONG_NS = 50_000_000
+
+
+class Dispatcher:
+    """The queue in front of the workers, the batches they hold, and each request's answer.
+
+    `workers()` lists the worker slots; `holding(generation)` says whether a live worker holds a generation;
+    `started` / `ended` count the requests naming each generation (so a retired one is dropped when idle).
+    """
+
+    def __init__(
+        self,
+        workers: Callable[[], list[WorkerProcess]],
+        holding: Callable[[int], bool],
+        *,
+        timeout_s: float,
+        batching: BatchPolicy,
+        queue_limit: int,
+        started: Callable[[int], None],
+        ended: Callable[[int], None],
+    ) -> None:
+        self._workers = workers
+        self._holding = holding
+        self._timeout_s = timeout_s
+        self._started = started
+        self._ended = ended
+        self.queue = RequestQueue(batching, queue_limit)
+        self._sequence = itertools.count(1)
+        self._pump_timer: asyncio.TimerHandle | None = None
+        self._pump_scheduled = False
+        self.batches_sent = 0
+        self.requests_sent = 0  # over batches: how many requests each model call served on average
+
+    async def score(self, generation: int, model: str, body: bytes | Columns, request_id: str) -> Scores:
+        """Score one request's rows with exactly `generation`'s `model` (see `InferencePool.score`)."""
+        if not self._holding(generation):
+            raise NoWorkerError(f"no live worker holds generation {generation}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Scores] = loop.create_future()
+        request = PendingRequest(next(self._sequence), generation, model, body, request_id, future)
+        self.queue.put(request)
+        self._started(generation)
+        # NOTE: a timer that fails the future, not asyncio.wait_for: that wraps every request in another future
+        # and callback (~10 us of the HTTP process per request here).
+        deadline = loop.call_later(self._timeout_s, _time_out, future, self._timeout_s)
+        try:
+            self._pump_soon()
+            return await future
+        finally:
+            deadline.cancel()
+            # Timed out, or cancelled because the client went away: if it still waits, nobody needs it scored;
+            # if a worker has it, its rest is dropped when nobody else waits for its batch.
+            if not self.queue.discard(request) and _gave_up(future):
+                self._drop_work(request)
+            self._ended(generation)
+
+    def pump(self) -> None:
+        """Send queued requests, as batches, to every worker with room: least busy first."""
+        if not self.queue:
+            return
+        now = self.queue.clock()
+        # In rounds, one batch per worker with room in each, the least busy first: what waits is shared between
+        # them, so a burst of large requests is scored by every free worker at once, not queued behind one.
+        while ready := [
+            worker
+            for worker in sorted(self._workers(), key=lambda candidate: len(candidate.inflight))
+            if worker.is_alive() and worker.inflight.has_room(now, most=_BATCHES_PER_WORKER, busy_long_ns=_BUSY_LONG_NS)
+        ]:
+            sent = False
+            for position, worker in enumerate(ready):
+                requests = self.queue.take(worker.generations, now, share=len(ready) - position)
+                if requests:
+                    self._send_batch(worker, requests)
+                    sent = True
+                if not self.queue:
+                    return
+            if not sent:
+                break
+        if self.queue.policy.wait_ns and self._pump_timer is None:
+            due = self.queue.next_due()
+            if due is not None:
+                # Rounded up to the microsecond: waking early would only find nothing due and wait again.
+                delay_s = max(0, -(-(due - now) // 1000)) / 1e6
+                self._pump_timer = asyncio.get_running_loop().call_later(delay_s, self._pump_after_wait)
+
+    def answered(self, worker: WorkerProcess, message: Scored | ScoreFailed) -> None:
+        """A worker's answer to a batch: each request gets its own rows' scores, or the failure."""
+        batch = worker.inflight.answered(message.seq, self.queue.clock())
+        if batch is not None:
+            if isinstance(message, Scored):
+                _answer(batch, message)
+            else:
+                for request in batch.requests:
+                    if not request.future.done():
+                        request.future.set_exception(ScoringError(message.error))
+        self.pump()
+
+    def retry(self, orphans: list[PendingRequest]) -> None:
+        """Requests whose worker died go back to the front of the queue (once), in their order."""
+        for request in reversed(orphans):  # put back in reverse, so they leave again in their order
+            self._retry(request)
+        self.pump()
+
+    def fail_all(self, requests: list[PendingRequest], error: Exception) -> None:
+        """Fail `requests` and every request still queued (the pool is stopping)."""
+        for request in [*requests, *self.queue]:
+            if not request.future.done():
+                request.future.set_exception(error)
+
+    def waiting(self) -> int:
+        """Requests queued or held by a live worker."""
+        held = sum(1 for worker in self._workers() if worker.is_alive() for _ in worker.inflight.requests())
+        return len(self.queue) + held
+
+    def _pump_soon(self) -> None:
+        """Pump once the requests that arrived in this turn of the event loop are queued, so that they leave in
+        one batch: granian hands the loop several requests at a time under load, and each batch costs a pipe
+        write, a worker wake-up and a model call."""
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump_scheduled_now)
+
+    def _pump_scheduled_now(self) -> None:
+        self._pump_scheduled = False
+        self.pump()
+
+    def _pump_after_wait(self) -> None:
+        self._pump_timer = None
+        self.pump()
+
+    def _send_batch(self, worker: WorkerProcess, requests: list[PendingRequest]) -> None:
+        head = requests[0]
+        batch = Batch(next(self._sequence), requests, self.queue.clock())
+        worker.inflight.add(batch)
+        self.batches_sent += 1
+        self.requests_sent += len(requests)
+        worker.send(
+            Score(
+                seq=batch.seq,
+                generation=head.generation,
+                model=head.model,
+                bodies=tuple(request.body for request in requests),
+                request_ids=tuple(request.request_id for request in requests),
+            )
+        )
+
+    def _drop_work(self, request: PendingRequest) -> None:
+        """Drop a timed-out request's work if its worker can: once every request of its batch has given up,
+        the worker skips the rows it has not scored yet. The worker itself is not suspected: slow is not hung."""
+        batch = request.batch
+        if batch is None or any(not other.future.done() for other in batch.requests):
+            return  # others still wait for the batch
+        for worker in self._workers():
+            if worker.inflight.holds(batch):
+                if worker.is_alive():
+                    worker.send(Cancel(seq=batch.seq))
+                return
+
+    def _retry(self, request: PendingRequest) -> None:
+        if request.future.done():
+            return
+        if request.attempts >= _MAX_ATTEMPTS:
+            request.future.set_exception(WorkerLostError("the worker scoring this request died, twice"))
+            return
+        if not self._holding(request.generation):
+            request.future.set_exception(
+                WorkerLostError(f"the worker scoring this request died and no live worker holds generation "
+                                f"{request.generation}")
+            )  # fmt: skip
+            return
+        request.attempts += 1
+        request.batch = None
+        self.queue.put_back(request)
+
+
+def _answer(batch: Batch, scored: Scored) -> None:
+    """Give each request of the batch its own rows' scores, or its refusal."""
+    probabilities = np.frombuffer(scored.probabilities, dtype=np.float64)
+    offset = 0
+    for request, outcome in zip(batch.requests, scored.outcomes, strict=True):
+        if isinstance(outcome, Refused):
+            if not request.future.done():
+                request.future.set_exception(RequestRefusedError(outcome))
+            continue
+        if not request.future.done():
+            request.future.set_result(Scores(probabilities[offset : offset + outcome], scored.seconds))
+        offset += outcome
+
+
+def _gave_up(future: asyncio.Future[Scores]) -> bool:
+    """Cancelled (the client went away) or timed out: nobody waits for these rows any more."""
+    return future.cancelled() or (future.done() and isinstance(future.exception(), InferenceTimeoutError))
+
+
+def _time_out(future: asyncio.Future[Scores], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(InferenceTimeoutError(f"no answer from the inference workers within {timeout_s:g} s"))
