@@ -15,15 +15,19 @@ import os
 import sys
 import time
 
-from granian.constants import Interfaces, Loops
+from granian.constants import HTTPModes, Interfaces, Loops
+from granian.http import HTTP1Settings
 from granian.server import Server
 
-from fraud_inference.observability.logging import configure_logging, granian_log_config
+from fraud_inference.connections import connection_limits, open_file_limit
+from fraud_inference.observability.logging import configure_logging, get_logger, granian_log_config
 from fraud_inference.settings import Settings
 
 __all__ = ["APP_FACTORY", "main"]
 
 APP_FACTORY = "fraud_inference.api.app:create_app"
+
+log = get_logger("fraud_inference.supervisor")
 
 
 def main() -> int:
@@ -31,11 +35,38 @@ def main() -> int:
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format, role="supervisor")
     _reap_children_from_before_exec()
+    limits = connection_limits(
+        max_connections=settings.max_connections,
+        listen_backlog=settings.listen_backlog,
+        header_timeout_s=settings.header_timeout_s,
+        open_files=open_file_limit(),  # raised to the hard limit by `serve` before it became this process
+    )
+    log.info(
+        "connections.limits",
+        open_files=limits.open_files,
+        max_connections=limits.max_connections,
+        listen_backlog=limits.listen_backlog,
+        header_timeout_s=settings.header_timeout_s,
+    )
+    if limits.max_connections < settings.max_connections:
+        log.warning(
+            "connections.bounded_by_open_files",
+            max_connections=limits.max_connections,
+            configured=settings.max_connections,
+            open_files=limits.open_files,
+            detail="raise the hard open-file limit (ulimit -Hn, the container's nofile) to serve MAX_CONNECTIONS",
+        )
     server = Server(
         APP_FACTORY,
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
+        # NOTE: HTTP/1 only: in `auto` mode granian waits with no timeout for the bytes that tell HTTP/1 from
+        # HTTP/2, so a connection that sends nothing is held for ever; here the header timeout closes it.
+        http=HTTPModes.http1,
+        http1_settings=HTTP1Settings(header_read_timeout=limits.header_timeout_ms),
+        backpressure=limits.max_connections,
+        backlog=limits.listen_backlog,
         # uvloop: +15% requests/s here (granian hands each request to the loop from its own threads, and
         # uvloop's thread-safe wake-up is far cheaper than asyncio's self-pipe).
         loop=Loops.uvloop,
