@@ -208,6 +208,12 @@ def descendants(pid: int) -> dict[int, str]:
     return found
 
 
+def http_process(service: RunningService) -> int:
+    """The PID of the service's HTTP process (granian's worker, which owns the pool)."""
+    (pid,) = [pid for pid, title in descendants(service.process.pid).items() if title == "fraud-inference http"]
+    return pid
+
+
 def alive(pid: int) -> bool:
     try:
         stat = (Path("/proc") / str(pid) / "stat").read_text()

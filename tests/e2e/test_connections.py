@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import msgspec
 import pytest
 
-from tests.conftest import alive, descendants
+from tests.conftest import alive, http_process
 
 pytestmark = pytest.mark.slow
 
@@ -51,11 +51,6 @@ def address(service: Any) -> tuple[str, int]:
     assert url.hostname is not None
     assert url.port is not None
     return url.hostname, url.port
-
-
-def http_process(service: Any) -> int:
-    (pid,) = [pid for pid, title in descendants(service.process.pid).items() if title == "fraud-inference http"]
-    return pid
 
 
 def open_fds(pid: int) -> int:

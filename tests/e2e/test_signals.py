@@ -7,20 +7,14 @@ import json
 import os
 import signal
 import time
-from typing import Any
 
 import pandas as pd
 import pytest
 
-from tests.conftest import alive, descendants
+from tests.conftest import alive, descendants, http_process
 from tests.load import Load
 
 pytestmark = pytest.mark.slow
-
-
-def http_process(service: Any) -> int:
-    (pid,) = [pid for pid, title in descendants(service.process.pid).items() if title == "fraud-inference http"]
-    return pid
 
 
 def test_sighup_to_the_supervisor_under_load_is_logged_and_fails_no_request_and_refuses_no_connection(
