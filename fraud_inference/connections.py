@@ -17,6 +17,8 @@ import resource
 
 import msgspec
 
+from fraud_inference.settings import Settings
+
 __all__ = ["ConnectionLimits", "OpenFiles", "connection_limits", "open_file_limit", "raise_open_file_limit"]
 
 # Linux's own ceiling for RLIMIT_NOFILE when the hard limit is unlimited (fs.nr_open).
@@ -64,17 +66,15 @@ def open_file_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def connection_limits(
-    *, max_connections: int, listen_backlog: int, header_timeout_s: float, open_files: int
-) -> ConnectionLimits:
+def connection_limits(settings: Settings, *, open_files: int) -> ConnectionLimits:
     """The bounds for granian: MAX_CONNECTIONS, unless `open_files` cannot hold it with room to spare."""
     # NOTE: an eighth of the descriptors (at least 256) stays free for the pool's pipes, the metrics files and the
-    # files of a model being loaded; the HTTP process holds ~60 of its own at rest.
+    # files of a model being loaded; the HTTP process holds ~35 of its own at rest.
     spare = max(256, open_files // 8)
     return ConnectionLimits(
-        max_connections=max(1, min(max_connections, open_files - spare)),
-        listen_backlog=listen_backlog,
-        header_timeout_ms=max(1, round(header_timeout_s * 1000)),
+        max_connections=max(1, min(settings.max_connections, open_files - spare)),
+        listen_backlog=settings.listen_backlog,
+        header_timeout_ms=max(1, round(settings.header_timeout_s * 1000)),
         open_files=open_files,
     )
 

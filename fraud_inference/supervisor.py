@@ -37,27 +37,8 @@ def main() -> int:
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format, role="supervisor")
     _reap_children_from_before_exec()
-    limits = connection_limits(
-        max_connections=settings.max_connections,
-        listen_backlog=settings.listen_backlog,
-        header_timeout_s=settings.header_timeout_s,
-        open_files=open_file_limit(),  # raised to the hard limit by `serve` before it became this process
-    )
-    log.info(
-        "connections.limits",
-        open_files=limits.open_files,
-        max_connections=limits.max_connections,
-        listen_backlog=limits.listen_backlog,
-        header_timeout_s=settings.header_timeout_s,
-    )
-    if limits.max_connections < settings.max_connections:
-        log.warning(
-            "connections.bounded_by_open_files",
-            max_connections=limits.max_connections,
-            configured=settings.max_connections,
-            open_files=limits.open_files,
-            detail="raise the hard open-file limit (ulimit -Hn, the container's nofile) to serve MAX_CONNECTIONS",
-        )
+    # The limits `serve` logged (`connections.limits`): this process inherited the open-file limit it raised.
+    limits = connection_limits(settings, open_files=open_file_limit())
     server = Server(
         APP_FACTORY,
         address=settings.host,

@@ -12,6 +12,7 @@ import selectors
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,6 +56,11 @@ def address(service: Any) -> tuple[str, int]:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_mib(pid: int) -> float:
+    status = (Path("/proc") / str(pid) / "status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 def probe(target: tuple[str, int], path: str, deadline_s: float = PROBE_DEADLINE_S) -> Probe:
@@ -138,7 +144,7 @@ def test_thousands_of_silent_half_sent_and_idle_connections_do_not_lock_out_prob
     service_factory, demo_registry: str
 ) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    each = min(3_000, hard // 6)  # all three kinds within half of what this process may open
+    each = min(3_334, hard // 6)  # ~10,000 in all, within half of what this process may open
     header_timeout_s = 20.0  # long enough that every connection is still held while the probes run
     service = service_factory(
         ["serve"],
@@ -147,14 +153,14 @@ def test_thousands_of_silent_half_sent_and_idle_connections_do_not_lock_out_prob
     service.wait_ready()
     target = address(service)
     server = http_process(service)
-    fds_at_rest = open_fds(server)
+    fds_at_rest, rss_at_rest = open_fds(server), rss_mib(server)
 
     with open_files_of_this_process(hard):
         opened_ns = time.monotonic_ns()
         held = hold(target, silent=each, half_header=each, idle_keep_alive=each)
         try:
             opening_s = (time.monotonic_ns() - opened_ns) / 1e9
-            fds_holding = open_fds(server)
+            fds_holding, rss_holding = open_fds(server), rss_mib(server)
             probes = [probe(target, path) for _round in range(5) for path in ("/livez", "/readyz")]
             fds_after_probes = open_fds(server)
             closed = wait_until_closed_by_server(held, deadline_s=header_timeout_s + 60)
@@ -164,7 +170,8 @@ def test_thousands_of_silent_half_sent_and_idle_connections_do_not_lock_out_prob
     latencies = sorted(p.latency_ms for p in probes)
     print(
         f"\n{len(held)} held ({each} silent, {each} half-header, {each} idle keep-alive) opened in {opening_s:.1f} s;"
-        f" HTTP process fds {fds_at_rest} at rest, {fds_holding} holding, {fds_after_probes} after the probes;"
+        f" HTTP process fds {fds_at_rest} at rest, {fds_holding} holding, {fds_after_probes} after the probes,"
+        f" RSS {rss_at_rest:.0f} -> {rss_holding:.0f} MiB;"
         f" probes {len(probes)}, latency ms min {latencies[0]:.1f} median {latencies[len(latencies) // 2]:.1f}"
         f" max {latencies[-1]:.1f}; all closed by the server {closing_s:.1f} s after the first opened"
     )
@@ -189,10 +196,8 @@ def test_past_the_open_file_limit_new_connections_wait_nothing_crashes_and_the_s
         open_files=(256, limit),  # a low soft limit, raised at start to the hard one
     )
     service.wait_ready()
-    (open_files,) = log_events(service, "open_files.limit")
-    assert (open_files["was"], open_files["open_files"], open_files["hard"]) == (256, limit, limit)
     (limits,) = log_events(service, "connections.limits")
-    assert limits["open_files"] == limit
+    assert (limits["open_files_was"], limits["open_files"], limits["open_files_hard"]) == (256, limit, limit)
     bound = limits["max_connections"]
     assert bound < limit
     assert log_events(service, "connections.bounded_by_open_files")
