@@ -1,9 +1,9 @@
 """How many connections the HTTP process holds at once, and for how long.
 
 granian (2.8) accepts at most `backpressure` connections per process; past it, new connections wait in the
-kernel's listen queue. Each held connection is one open file, so the bound must stay below the open-file limit,
-which is raised to its hard limit at start: a connection is then never refused for want of a descriptor while
-the pool still needs one (a worker's pipes, a model file).
+kernel's listen queue. Each held connection is one open file, so the bound stays below the open-file limit
+(raised to its hard limit at start) with room to spare: held connections never take the descriptors the pool
+needs (a new worker's pipes, the files of a model being loaded).
 
 NOTE: granian's default HTTP mode (`auto`) first reads the bytes that tell HTTP/1 from HTTP/2, with no timeout:
 a connection that sends nothing is held for ever. In HTTP/1-only mode hyper's header timer runs from the
