@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from fraud_inference import __version__
 from fraud_inference.bytecode import choose_bytecode_cache
+from fraud_inference.connections import connection_limits, raise_open_file_limit
 from fraud_inference.registry import registry_uri_problem
 from fraud_inference.settings import Settings, SettingsError, redact_credentials, settings_reference
 
@@ -221,6 +222,27 @@ def _run_server(settings: Settings) -> int:  # noqa: RET503 (execv does not retu
 
     configure_logging(settings.log_level, settings.log_format, role="supervisor")
     log = get_logger("fraud_inference.cli")
+    # Before granian is imported (which raises it silently); the supervisor, the HTTP process and the workers
+    # inherit it, and MAX_CONNECTIONS is bounded by it.
+    open_files = raise_open_file_limit()
+    limits = connection_limits(settings, open_files=open_files.soft)
+    log.info(
+        "connections.limits",
+        open_files=open_files.soft,
+        open_files_was=open_files.was,
+        open_files_hard=open_files.hard,
+        max_connections=limits.max_connections,
+        listen_backlog=limits.listen_backlog,
+        header_timeout_s=settings.header_timeout_s,
+    )
+    if limits.max_connections < settings.max_connections:
+        log.warning(
+            "connections.bounded_by_open_files",
+            max_connections=limits.max_connections,
+            configured=settings.max_connections,
+            open_files=open_files.soft,
+            detail="raise the hard open-file limit (ulimit -Hn, the container's nofile) to serve MAX_CONNECTIONS",
+        )
     # Fail before accepting traffic when a model cannot be served here: resolution, signature, dependencies, and
     # the parity gate (each model loaded as the workers load it, its rows scored as MLflow's loader scores them).
     try:

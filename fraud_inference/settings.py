@@ -97,6 +97,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """HOST: the address the HTTP server listens on."""
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     """PORT: the port the HTTP server listens on."""
+    header_timeout_s: Annotated[float, Meta(ge=0.5, le=3600.0)] = 10.0
+    """HEADER_TIMEOUT_S: a connection that has not sent a complete request header this many seconds after it opened,
+    or after its previous answer, is closed: silent, slow-header and idle keep-alive connections alike (one
+    timer in granian); keep it above the idle timeout of a proxy that pools connections to the service."""
+    max_connections: Annotated[int, Meta(ge=64, le=1_000_000)] = 16_384
+    """MAX_CONNECTIONS: connections the HTTP process serves at once, lowered at start to fit its open-file limit
+    (raised to the hard limit first); past it, new connections wait in the listen backlog."""
+    listen_backlog: Annotated[int, Meta(ge=128, le=65_535)] = 1024
+    """LISTEN_BACKLOG: connections the kernel queues past MAX_CONNECTIONS (capped by net.core.somaxconn); past
+    it, a new connection's handshake is dropped until its client retries."""
     log_level: LogLevel = "INFO"
     """LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
     log_format: LogFormat = "json"

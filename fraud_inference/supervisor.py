@@ -12,18 +12,24 @@ NOTE: before this, the supervisor kept everything the checks had imported: ~140 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
+from types import FrameType
 
-from granian.constants import Interfaces, Loops
+from granian.constants import HTTPModes, Interfaces, Loops
+from granian.http import HTTP1Settings
 from granian.server import Server
 
-from fraud_inference.observability.logging import configure_logging, granian_log_config
+from fraud_inference.connections import connection_limits, open_file_limit
+from fraud_inference.observability.logging import configure_logging, get_logger, granian_log_config
 from fraud_inference.settings import Settings
 
 __all__ = ["APP_FACTORY", "main"]
 
 APP_FACTORY = "fraud_inference.api.app:create_app"
+
+log = get_logger("fraud_inference.supervisor")
 
 
 def main() -> int:
@@ -31,11 +37,19 @@ def main() -> int:
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format, role="supervisor")
     _reap_children_from_before_exec()
+    # The limits `serve` logged (`connections.limits`): this process inherited the open-file limit it raised.
+    limits = connection_limits(settings, open_files=open_file_limit())
     server = Server(
         APP_FACTORY,
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
+        # NOTE: HTTP/1 only: in `auto` mode granian waits with no timeout for the bytes that tell HTTP/1 from
+        # HTTP/2, so a connection that sends nothing is held for ever; here the header timeout closes it.
+        http=HTTPModes.http1,
+        http1_settings=HTTP1Settings(header_read_timeout=limits.header_timeout_ms),
+        backpressure=limits.max_connections,
+        backlog=limits.listen_backlog,
         # uvloop: +15% requests/s here (granian hands each request to the loop from its own threads, and
         # uvloop's thread-safe wake-up is far cheaper than asyncio's self-pipe).
         loop=Loops.uvloop,
@@ -46,8 +60,27 @@ def main() -> int:
         # granian's own process; the HTTP process it starts titles itself `fraud-inference http` (see the app).
         process_name="fraud-inference supervisor",
     )
+    server.on_startup(_ignore_sighup)
     server.serve()
     return 0
+
+
+def _ignore_sighup() -> None:
+    """Replace granian's SIGHUP handler with a logged no-op; runs in granian's startup, after it set its own.
+
+    NOTE: granian answers SIGHUP by starting a new HTTP process and stopping the old one 3.5 s later, whatever
+    the new one's state: its pool is not loaded by then, so clients met refused connections, then 503s, for
+    ~33 s. Models reload without a gap through a refresh; code and settings through a rolling restart.
+    """
+
+    def log_and_ignore(_signal: int, _frame: FrameType | None) -> None:
+        log.warning(
+            "signal.sighup_ignored",
+            detail="SIGHUP reloads nothing: POST /admin/refresh-models (or REFRESH_INTERVAL_S) reloads the models "
+            "without a gap; a rolling restart applies new code or settings",
+        )
+
+    signal.signal(signal.SIGHUP, log_and_ignore)
 
 
 def _reap_children_from_before_exec(timeout_s: float = 1.0) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -124,9 +125,17 @@ atexit.register(shutil.rmtree, _SHARED_HOME, True)
 
 
 def start_service(
-    command: list[str], env: Mapping[str, str], log_dir: Path, *, port: int | None = None
+    command: list[str],
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    open_files: tuple[int, int] | None = None,
 ) -> RunningService:
-    """Start `fraud-inference <command>` on a free loopback port, logging to a file in `log_dir`."""
+    """Start `fraud-inference <command>` on a free loopback port, logging to a file in `log_dir`.
+
+    `open_files` (soft, hard) is the command's RLIMIT_NOFILE, set in the child before it runs.
+    """
     port = port or free_port()
     log_path = log_dir / f"service-{port}.log"
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # tests set MLflow globals
@@ -141,6 +150,7 @@ def start_service(
             stderr=subprocess.STDOUT,
             text=True,
             cwd=log_dir,
+            preexec_fn=None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files),
         )
     return RunningService(process, f"http://127.0.0.1:{port}", log_path)
 
@@ -150,8 +160,14 @@ def service_factory(tmp_path: Path) -> Iterator[object]:
     """Start services for one test; whatever is still running at the end is stopped, then killed."""
     started: list[RunningService] = []
 
-    def start(command: list[str], env: Mapping[str, str], *, port: int | None = None) -> RunningService:
-        service = start_service(command, env, tmp_path, port=port)
+    def start(
+        command: list[str],
+        env: Mapping[str, str],
+        *,
+        port: int | None = None,
+        open_files: tuple[int, int] | None = None,
+    ) -> RunningService:
+        service = start_service(command, env, tmp_path, port=port, open_files=open_files)
         started.append(service)
         return service
 
@@ -190,6 +206,12 @@ def descendants(pid: int) -> dict[int, str]:
             continue
         stack.extend(children.get(child, []))
     return found
+
+
+def http_process(service: RunningService) -> int:
+    """The PID of the service's HTTP process (granian's worker, which owns the pool)."""
+    (pid,) = [pid for pid, title in descendants(service.process.pid).items() if title == "fraud-inference http"]
+    return pid
 
 
 def alive(pid: int) -> bool:
