@@ -248,9 +248,11 @@ def _run_server(settings: Settings) -> int:  # noqa: RET503 (execv does not retu
     try:
         report = _preflight(settings)
     except BrokenProcessPool:
+        from fraud_inference.parity import crash_cause
+
         print(
-            "fraud-inference: cannot serve: the process loading the models for the parity gate died: a served model "
-            "crashes the process that loads it (PARITY_CHECK=off skips the gate)",
+            "fraud-inference: cannot serve: the process loading the models for the parity gate died: "
+            f"{crash_cause([settings.compiled_trees_cache()])}",
             file=sys.stderr,
         )
         return 1

@@ -13,9 +13,10 @@ import functools
 import json
 import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -31,6 +32,7 @@ __all__ = [
     "ParityReport",
     "check_parity",
     "check_parity_isolated",
+    "crash_cause",
     "gate_process",
 ]
 
@@ -158,6 +160,7 @@ def check_parity_isolated(
         with gate_process(log_level, log_format) as executor:
             return list(executor.map(check_parity, artifacts))
     except BrokenProcessPool:
+        cause = crash_cause(artifact.compiled_trees for artifact in artifacts)
         return [
             ParityReport(
                 model=artifact.ref.key,
@@ -165,11 +168,27 @@ def check_parity_isolated(
                 version=artifact.ref.version,
                 failures=[
                     f"model {artifact.ref.key!r} ({artifact.ref.name} v{artifact.ref.version}): the process gating "
-                    "the new versions died while loading them; one crashes the process that loads it"
+                    f"the new versions died while loading them; {cause}"
                 ],
             )
             for artifact in artifacts
         ]
+
+
+def crash_cause(caches: Iterable[str | Path | None]) -> str:
+    """What a process that died loading models most likely died of: a compiled-trees library it was loading (named,
+    and built again at the next load), else one of the versions."""
+    from fraud_inference.models.compiled import crashed_libraries
+
+    libraries = sorted(
+        {str(library) for cache in caches if cache is not None for library in crashed_libraries(Path(cache))}
+    )
+    if libraries:
+        return (
+            f"it died loading the cached compiled trees {', '.join(libraries)} (COMPILED_TREES cache; the next load "
+            "checks and builds them again; if it recurs, set COMPILED_TREES=off)"
+        )
+    return "one crashes the process that loads it (PARITY_CHECK=off skips the gate)"
 
 
 def _mlflow_score(artifact: ModelArtifact, served: Any, row: dict[str, Any]) -> float | None:

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import fcntl
 import functools
+import glob
 import hashlib
 import importlib.metadata
 import io
@@ -36,10 +37,11 @@ from fraud_inference.models.flavors._base import Matrix, model_path
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.parity import TOLERANCE
 
-__all__ = ["CompiledTreesScorer", "compile_trees", "compiler_versions"]
+__all__ = ["CompiledTreesScorer", "compile_trees", "compiler_versions", "crashed_libraries"]
 
-_SCHEME = "1"
-"""Bump when the probe rows or the library layout change: entries cached by an older service are not reused."""
+_SCHEME = "2"
+"""Bump when the probe rows or the library layout change: entries cached by an older service are not reused.
+2: a record (size, sha256, split values) beside each library."""
 _MAX_PROBE_ROWS = 20_000
 _MAX_TREES_BYTES = 8 * 2**20
 """Larger trees (treelite's serialized size, about that of the C generated) are not compiled at load (gcc -O1
@@ -73,9 +75,13 @@ class CompiledTreesScorer:
     the native scorer's `native_from_rows` (when it has one) goes to the native library, faster there.
     """
 
-    def __init__(self, native: _TreeScorer, library: Path, width: int) -> None:
+    def __init__(self, native: _TreeScorer, library: Path, width: int, content: bytes | None = None) -> None:
         self._native = native
-        loaded = ctypes.CDLL(str(library))
+        # NOTE: loaded from a sealed in-memory copy of the bytes checked against the record, never from the cache
+        # path: a file cut short or changed after the check (or after loading) cannot SIGBUS this process, and
+        # a library rebuilt under the same name is a new object (dlopen returns a path it has loaded as it was).
+        self._memory = _sealed_copy(library.read_bytes() if content is None else content)
+        loaded = ctypes.CDLL(f"/proc/self/fd/{self._memory}")
         loaded.get_threshold_type.restype = ctypes.c_char_p
         loaded.get_leaf_output_type.restype = ctypes.c_char_p
         self._dtype = _DTYPES[loaded.get_threshold_type().decode()]
@@ -124,9 +130,19 @@ def compile_trees(artifact: ModelArtifact, native: Scorer, cache: Path) -> Score
     ref = artifact.ref
     started = time.perf_counter()
     try:
-        library, compiled_now = _cached_library(artifact, tree_scorer, cache)
-        compiled = CompiledTreesScorer(tree_scorer, library, len(artifact.features))
-        worst = _worst_probe_difference(artifact, tree_scorer, compiled)
+        library, compiled_now, content, splits = _cached_library(artifact, tree_scorer, cache)
+        with _loading(library):
+            compiled = CompiledTreesScorer(tree_scorer, library, len(artifact.features), content)
+            worst = _worst_probe_difference(artifact, tree_scorer, compiled, splits)
+        if worst is not None and not compiled_now:
+            # A library that matches its record but not the version (another version's, put under this name):
+            # the cache is wrong, not the model. Built again from this version's trees, then probed again.
+            log.warning("compiled_trees.cache_mismatch", model=ref.key, library=str(library), reason=worst[:500])
+            _discard(library)
+            library, compiled_now, content, splits = _cached_library(artifact, tree_scorer, cache)
+            with _loading(library):
+                compiled = CompiledTreesScorer(tree_scorer, library, len(artifact.features), content)
+                worst = _worst_probe_difference(artifact, tree_scorer, compiled, splits)
     except _RefusedBeforeError as reason:
         _fall_back(artifact, str(reason), recorded=True)
         return native
@@ -176,13 +192,18 @@ def _cache_key(artifact: ModelArtifact) -> str:
     return f"{name}-v{artifact.ref.version}-{digest.hexdigest()[:20]}"
 
 
-def _cached_library(artifact: ModelArtifact, native: _TreeScorer, cache: Path) -> tuple[Path, bool]:
-    """The version's library, compiled now (True) or found in `cache` (False); `_RefusedBeforeError` if refused before.
+def _cached_library(
+    artifact: ModelArtifact, native: _TreeScorer, cache: Path
+) -> tuple[Path, bool, bytes, dict[int, list[float]]]:
+    """The version's library, compiled now (True) or found in `cache` (False), its bytes as checked against the
+    record written when it was built, and the split values of its trees; `_RefusedBeforeError` if refused before.
 
     NOTE: one compiler per key at a time (an flock), and the library appears under its final name only by a rename
-    of a complete file: two workers loading the same version never read a half-written library. Only a refusal of
-    the model's own is recorded; any other exception (a fault that may pass) leaves no trace, so the next load
-    tries again.
+    of a complete file: two workers loading the same version never read a half-written library. Beside it a record
+    (`.json`, renamed into place too) holds its size, sha256 and split values; a library that does not match its
+    record (cut short, changed), or one that crashed a process loading it, is built again. Only a refusal of the
+    model's own is recorded; any other exception (a fault that may pass) leaves no trace, so the next load tries
+    again.
     """
     import treelite
 
@@ -190,11 +211,24 @@ def _cached_library(artifact: ModelArtifact, native: _TreeScorer, cache: Path) -
     key = _cache_key(artifact)
     library = cache / f"{key}.so"
     refused = cache / f"{key}.refused"
+    record_path = library.with_suffix(".json")
     with _locked(cache / f"{key}.lock"):
         if refused.exists():
             raise _RefusedBeforeError(f"{refused.read_text()} (recorded in {refused})")
+        crashed = _crashed_loads(library)
+        if crashed:
+            log.error(
+                "compiled_trees.load_crashed", model=artifact.ref.key, library=str(library), processes=len(crashed),
+                action="building it again",
+            )  # fmt: skip
+            _discard(library)
+            for marker in crashed:
+                marker.unlink(missing_ok=True)
         if library.exists():
-            return library, False
+            found = _verified(library, record_path)
+            if found is not None:
+                return library, False, *found
+            _discard(library)
         if compiler_versions()["gcc"] == "missing":
             raise RuntimeError("no C compiler: gcc is not on PATH; install gcc or set COMPILED_TREES=off")
         started = time.perf_counter()
@@ -210,13 +244,95 @@ def _cached_library(artifact: ModelArtifact, native: _TreeScorer, cache: Path) -
                 f"(at most {_MAX_TREES_BYTES / 2**20:.0f} MiB, about as much C, ~3 s of gcc per MiB)"
             )
             raise _RefusedBeforeError(refused.read_text())
+        try:
+            splits = _split_values(model)
+        except ValueError as error:  # e.g. `"threshold":,` for a LightGBM cross_entropy model (treelite 4.8)
+            refused.write_text(f"treelite's dump of its trees is not valid JSON: {str(error)[:200]}")
+            raise _RefusedBeforeError(refused.read_text()) from None
         with tempfile.TemporaryDirectory(dir=cache, prefix=f".{key}-") as building:
-            os.replace(_compile(_generate(model, Path(building) / "source")), library)
+            built = _compile(_generate(model, Path(building) / "source"))
+            content = built.read_bytes()
+            record = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest(), "splits": splits}
+            (Path(building) / "record.json").write_text(json.dumps(record))
+            os.replace(Path(building) / "record.json", record_path)
+            os.replace(built, library)
         log.info(
             "compiled_trees.compiled", model=artifact.ref.key, name=artifact.ref.name, version=artifact.ref.version,
             seconds=round(time.perf_counter() - started, 3), trees=model.num_tree, library=str(library),
         )  # fmt: skip
-        return library, True
+        return library, True, content, {int(feature): found for feature, found in splits.items()}
+
+
+def _verified(library: Path, record_path: Path) -> tuple[bytes, dict[int, list[float]]] | None:
+    """The library's bytes and split values when they match the record written when it was built; else None,
+    logging what differs."""
+    content = library.read_bytes()
+    try:
+        record = json.loads(record_path.read_text())
+        expected = (int(record["size"]), str(record["sha256"]))
+        splits = {int(feature): [float(v) for v in found] for feature, found in record["splits"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        log.warning("compiled_trees.cache_mismatch", library=str(library), reason=f"no usable record: {error!r}")
+        return None
+    found = (len(content), hashlib.sha256(content).hexdigest())
+    if found != expected:
+        log.warning(
+            "compiled_trees.cache_mismatch", library=str(library), reason="size or sha256 differs from its record",
+            size=found[0], recorded_size=expected[0],
+        )  # fmt: skip
+        return None
+    return content, splits
+
+
+def _discard(library: Path) -> None:
+    """Remove a cached library and its record (the caller holds the key's lock, or the library is not exact)."""
+    library.unlink(missing_ok=True)
+    library.with_suffix(".json").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _loading(library: Path) -> Iterator[None]:
+    """Mark, for as long as this process loads and probes `library`, that it does (a locked marker file).
+
+    NOTE: a process that dies meanwhile leaves the marker unlocked: the next load finds it (`_crashed_loads`),
+    names the library in its log and builds it again, and `crashed_libraries` lets a crash report name it.
+    """
+    marker = library.with_name(f"{library.name}.loading-{os.getpid()}-{time.monotonic_ns()}")
+    with marker.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+    marker.unlink(missing_ok=True)
+
+
+def _crashed_loads(library: Path) -> list[Path]:
+    """The markers of processes that died while loading `library` (their lock released, the marker left)."""
+    crashed = []
+    for marker in library.parent.glob(f"{glob.escape(library.name)}.loading-*"):
+        with contextlib.suppress(OSError), marker.open("r") as held:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live process is loading it now
+            crashed.append(marker)
+    return crashed
+
+
+def crashed_libraries(cache: Path) -> list[Path]:
+    """The cached libraries that a process died while loading (for a crash report to name them)."""
+    if not cache.is_dir():
+        return []
+    libraries = {marker.parent / marker.name.split(".loading-")[0] for marker in cache.glob("*.so.loading-*")}
+    return sorted(library for library in libraries if _crashed_loads(library))
+
+
+def _sealed_copy(content: bytes) -> int:
+    """A file descriptor of an in-memory file holding `content`, sealed against any change."""
+    descriptor = os.memfd_create("fraud-inference-compiled-trees", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.write(descriptor, content)
+    fcntl.fcntl(
+        descriptor, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+    )
+    return descriptor
 
 
 # A leaf value the generated C adds: `result[0] += 0.0953083;`.
@@ -307,15 +423,17 @@ def _refuse(artifact: ModelArtifact, cache: Path, worst: str) -> None:
     with contextlib.suppress(OSError), _locked(cache / f"{key}.lock"):
         (cache / f"{key}.refused").write_text(reason)
         recorded = True
-        (cache / f"{key}.so").unlink(missing_ok=True)
+        _discard(cache / f"{key}.so")
     _fall_back(artifact, reason, recorded=recorded)
 
 
-def _worst_probe_difference(artifact: ModelArtifact, native: _TreeScorer, compiled: CompiledTreesScorer) -> str | None:
+def _worst_probe_difference(
+    artifact: ModelArtifact, native: _TreeScorer, compiled: CompiledTreesScorer, splits: dict[int, list[float]]
+) -> str | None:
     """None when the compiled model scores every probe row within TOLERANCE of the native one; else the worst row."""
     from fraud_inference.models.signature import SignatureDecoder
 
-    rows = _probe_rows(artifact, native, compiled.library)
+    rows = _probe_rows(artifact, native, splits)
     decoder = SignatureDecoder(
         artifact.ref.key, artifact.features, frame=native.needs_frame, categories=native.categories
     )
@@ -336,9 +454,8 @@ def _worst_probe_difference(artifact: ModelArtifact, native: _TreeScorer, compil
     )
 
 
-def _probe_rows(artifact: ModelArtifact, native: _TreeScorer, library: Path) -> list[dict[str, Any]]:
+def _probe_rows(artifact: ModelArtifact, native: _TreeScorer, splits: dict[int, list[float]]) -> list[dict[str, Any]]:
     """Rows in which every split value of every feature (and its neighbours) appears at least once, shuffled."""
-    splits = _split_values(library.with_suffix(".splits.json"), native)
     candidates = [
         _candidates(feature, splits.get(index, []), native.categories.get(feature.name, []))
         for index, feature in enumerate(artifact.features)
@@ -353,23 +470,22 @@ def _probe_rows(artifact: ModelArtifact, native: _TreeScorer, library: Path) -> 
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
-def _split_values(cached: Path, native: _TreeScorer) -> dict[int, list[float]]:
-    """Per feature index, the thresholds and category codes the trees split on; cached beside the library."""
-    if not cached.exists():
-        dump = json.loads(native.treelite_model().dump_as_json(pretty_print=False))
-        values: dict[int, set[float]] = {}
-        for tree in dump["trees"]:
-            for node in tree["nodes"]:
-                feature = node.get("split_feature_id")
-                if feature is not None:
-                    found = values.setdefault(int(feature), set())
-                    found.update(float(code) for code in node.get("category_list", []))
-                    if "threshold" in node:
-                        found.add(float(node["threshold"]))
-        with tempfile.NamedTemporaryFile("w", dir=cached.parent, suffix=".tmp", delete=False) as partial:
-            partial.write(json.dumps({str(feature): sorted(found) for feature, found in values.items()}))
-        os.replace(partial.name, cached)
-    return {int(feature): found for feature, found in json.loads(cached.read_text()).items()}
+def _split_values(model: Any) -> dict[str, list[float]]:
+    """Per feature index, the thresholds and category codes the trees split on (recorded beside the library).
+
+    Raises ValueError when treelite's dump is not JSON (treelite 4.8 writes `"threshold":,` for a LightGBM
+    cross_entropy model): a property of the model."""
+    dump = json.loads(model.dump_as_json(pretty_print=False))
+    values: dict[int, set[float]] = {}
+    for tree in dump["trees"]:
+        for node in tree["nodes"]:
+            feature = node.get("split_feature_id")
+            if feature is not None:
+                found = values.setdefault(int(feature), set())
+                found.update(float(code) for code in node.get("category_list", []))
+                if "threshold" in node:
+                    found.add(float(node["threshold"]))
+    return {str(feature): sorted(found) for feature, found in values.items()}
 
 
 def _candidates(feature: FeatureSpec, thresholds: Sequence[float], categories: Sequence[Any]) -> list[Any]:

@@ -158,11 +158,18 @@ def _nodes(state: Any) -> Iterator[dict[str, Any]]:
             stack.extend(reversed(item))
 
 
-def load_serialized(path: Path, serialization_format: str, skops_types: tuple[str, ...]) -> Any:
-    """Load a file `check_serialized` passed: skops trusting exactly `skops_types`, or a pickle it allowed."""
+def load_serialized(
+    path: Path, serialization_format: str, skops_types: tuple[str, ...], *, content: bytes | None = None
+) -> Any:
+    """Load a file `check_serialized` passed: skops trusting exactly `skops_types`, or a pickle it allowed.
+
+    `content`: the file's bytes, already read (and checked) by the caller; skops then loads exactly those.
+    """
     if serialization_format == "skops":
         import skops.io
 
+        if content is not None:
+            return skops.io.loads(content, trusted=list(skops_types))
         return skops.io.load(path, trusted=list(skops_types))
     # NOTE: reached only when SKLEARN_PICKLE=allow let check_serialized pass; MLflow loads both with cloudpickle's
     # compatible reader (pickle.load reads cloudpickle files).

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +24,8 @@ from fraud_inference.models.flavors._base import (
     model_path,
     positive_column,
 )
-from fraud_inference.models.trust import ModelTrust, check_serialized, load_serialized
+from fraud_inference.models.flavors.lightgbm_text import InvalidTreesError, check_model_text, check_skops_boosters
+from fraud_inference.models.trust import ModelTrust, UntrustedModelError, check_serialized, load_serialized
 
 if TYPE_CHECKING:
     from fraud_inference.models.artifact import ModelArtifact
@@ -46,20 +50,30 @@ class LightGBMFlavor:
         model_class = str(conf.get("model_class", _BOOSTER))
         file = str(conf["data"])
         if model_class == _BOOSTER:
+            _checked_trees((model_dir / file).read_bytes(), "native", features=None)
             return ModelFile(file=file, format="native", model_class=model_class)
         serialization_format = str(conf.get("serialization_format", "cloudpickle"))
         skops_types = check_serialized(file, serialization_format, model_dir, trust)
+        if serialization_format == "skops":
+            _checked_trees((model_dir / file).read_bytes(), "skops", features=None)
         return ModelFile(
             file=file, format=serialization_format, model_class=model_class, skops_types=skops_types,  # type: ignore[arg-type]
         )  # fmt: skip
 
     def load(self, artifact: ModelArtifact) -> LightGBMScorer:
         model_file = artifact.model_file
+        # NOTE: the bytes checked are the bytes LightGBM parses: the file is read once, never opened again by path.
+        content = model_path(artifact).read_bytes()
+        if model_file.format in {"native", "skops"}:
+            try:
+                _checked_trees(content, model_file.format, features=len(artifact.features))
+            except UntrustedModelError as error:
+                raise ValueError(f"{artifact.ref.name} v{artifact.ref.version}: {error}") from None
         if model_file.format == "native":
             import lightgbm
 
-            return LightGBMScorer(lightgbm.Booster(model_file=str(model_path(artifact))), artifact)
-        model = load_serialized(model_path(artifact), model_file.format, model_file.skops_types)
+            return LightGBMScorer(lightgbm.Booster(model_str=content.decode()), artifact)
+        model = load_serialized(model_path(artifact), model_file.format, model_file.skops_types, content=content)
         return LightGBMScorer(model, artifact)
 
     def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
@@ -120,6 +134,25 @@ class LightGBMScorer:
         import treelite
 
         return treelite.frontend.from_lightgbm(self._booster)
+
+
+def _checked_trees(content: bytes, file_format: str, *, features: int | None) -> None:
+    """Refuse (`UntrustedModelError`) a LightGBM model whose trees LightGBM's parser must not read
+    (`lightgbm_text`); a skops file's Boosters are checked in its schema, without loading it."""
+    try:
+        if file_format == "native":
+            check_model_text(content, features=features)
+            return
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            schema = json.loads(archive.read("schema.json"))
+        check_skops_boosters(schema, features=features)
+    except InvalidTreesError as error:
+        raise UntrustedModelError(
+            f"its LightGBM model is not well-formed trees: {error}; refused before LightGBM reads it (a crafted "
+            "model file can make LightGBM read and write outside its arrays: lightgbm-org/LightGBM#7357)"
+        ) from None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise UntrustedModelError(f"its skops file cannot be read to check its LightGBM trees: {error}") from None
 
 
 def _training_categories(booster: Any, artifact: ModelArtifact) -> dict[str, Sequence[Any]]:

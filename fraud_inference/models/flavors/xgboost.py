@@ -22,6 +22,7 @@ from fraud_inference.models.flavors._base import (
     model_path,
     positive_column,
 )
+from fraud_inference.models.flavors.xgboost_file import InvalidTreesError, check_model_file
 from fraud_inference.models.trust import ModelTrust, UntrustedModelError
 
 if TYPE_CHECKING:
@@ -48,16 +49,24 @@ class XGBoostFlavor:
                 f"its XGBoost model_class is {model_class}; this service scores {', '.join(_CLASSES)} "
                 "(a fraud model must give probabilities)"
             )
-        return ModelFile(file=str(conf["data"]), format="native", model_class=model_class)
+        file = str(conf["data"])
+        _checked_trees((model_dir / file).read_bytes(), features=None)
+        return ModelFile(file=file, format="native", model_class=model_class)
 
     def load(self, artifact: ModelArtifact) -> XGBoostScorer:
         import xgboost
 
+        # NOTE: the bytes checked are the bytes XGBoost parses: the file is read once, never opened again by path.
+        content = model_path(artifact).read_bytes()
+        try:
+            _checked_trees(content, features=len(artifact.features))
+        except UntrustedModelError as error:
+            raise ValueError(f"{artifact.ref.name} v{artifact.ref.version}: {error}") from None
         model_class = artifact.model_file.model_class
         model: Any = (
             xgboost.Booster() if model_class == _BOOSTER else getattr(xgboost, str(model_class).split(".")[-1])()
         )
-        model.load_model(str(model_path(artifact)))
+        model.load_model(bytearray(content))
         return XGBoostScorer(model, artifact)
 
     def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
@@ -134,6 +143,17 @@ class XGBoostScorer:
         if _objective(booster) != "binary:logistic":
             return treelite.frontend.from_xgboost(booster)
         return treelite.frontend.from_xgboost_json(_base_margin_first(booster))
+
+
+def _checked_trees(content: bytes, *, features: int | None) -> None:
+    """Refuse (`UntrustedModelError`) an XGBoost model whose trees XGBoost's loader must not read (`xgboost_file`)."""
+    try:
+        check_model_file(content, features=features)
+    except InvalidTreesError as error:
+        raise UntrustedModelError(
+            f"its XGBoost model is not well-formed trees: {error}; refused before XGBoost reads it (XGBoost 3.2 "
+            "checks its arrays' lengths, not the indices in them)"
+        ) from None
 
 
 def _objective(booster: Any) -> str:
