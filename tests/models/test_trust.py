@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.models import infer_signature
+from sklearn.compose import make_column_transformer
+from sklearn.feature_selection import SelectKBest
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.tree import DecisionTreeClassifier
@@ -117,6 +119,7 @@ def test_scikit_learn_trees_and_imputers_are_trusted_by_default(
     [
         ("sklearn.tree._tree.Tree", True),
         ("numpy.dtype", True),
+        ("numpy.memmap", True),  # as the class of an object skops builds without calling it; see the next test
         ("numpy.log1p", True),  # a ufunc: arithmetic only
         ("lightgbm.basic.Booster", True),
         ("numpy.save", False),  # a function a FunctionTransformer would call: trust it by name, or not at all
@@ -130,6 +133,22 @@ def test_scikit_learn_trees_and_imputers_are_trusted_by_default(
 )
 def test_default_trust_is_classes_of_the_model_libraries_and_ufuncs(type_name: str, trusted: bool) -> None:
     assert ModelTrust().trusts(type_name) is trusted
+
+
+@pytest.mark.parametrize(
+    ("type_name", "trusted"),
+    [
+        ("numpy.memmap", False),  # trusted as the class of an object; called, it opens and truncates a file
+        ("lightgbm.basic.Booster", False),  # called with model_file=, it would parse any file natively
+        ("sklearn.linear_model._logistic.LogisticRegression", False),
+        ("numpy.log1p", True),
+        ("sklearn.utils.validation.check_array", True),
+        ("collections.OrderedDict", True),  # LGBMClassifier's file holds the class
+    ],
+)
+def test_what_a_model_may_call_by_default_is_a_short_list_and_numpy_ufuncs(type_name: str, trusted: bool) -> None:
+    assert ModelTrust().trusts(type_name, called=True) is trusted
+    assert ModelTrust(extra_types=(type_name,)).trusts(type_name, called=True)
 
 
 def test_a_function_from_a_trusted_package_still_needs_skops_trusted_types(
@@ -261,5 +280,129 @@ def test_a_partial_wrapping_a_class_trusted_by_default_is_refused(tmp_path: Path
     path = crafted_partial_model(tmp_path, np.memmap, str(tmp_path / "truncated"), np.uint8, "w+")
     with pytest.raises(UnservableModelError, match=r"functools\.partial around numpy\.memmap"):
         read_artifact(REF, path)
-    listed = read_artifact(REF, path, trust=ModelTrust(extra_types=("functools.partial",)))
+    with pytest.raises(UnservableModelError, match=r"does not trust: numpy\.memmap \(.*called"):
+        read_artifact(REF, path, trust=ModelTrust(extra_types=("functools.partial",)))  # the class is called too
+    listed = read_artifact(REF, path, trust=ModelTrust(extra_types=("functools.partial", "numpy.memmap")))
     assert "functools.partial" in listed.model_file.skops_types
+
+
+def crafted_writer_model(tmp_path: Path, features: pd.DataFrame, labels: np.ndarray, writer: object) -> Path:
+    """CRAFTED for this test: a real skops file, written by skops through mlflow.sklearn.save_model, of a fitted
+    pipeline whose FunctionTransformers turn the rows into a string (`numpy.str_`, a dtype skops trusts itself)
+    and hand it to `writer` (a class, stored as an attribute) with `kw_args` that make it create that file in the
+    working directory. The MLmodel trusts every type the file holds."""
+    from tests.real_models import untrusted
+
+    tree = DecisionTreeClassifier(max_depth=2, random_state=0).fit(features, labels)
+    model = make_pipeline(
+        FunctionTransformer(np.str_), FunctionTransformer(writer, kw_args={"mode": "w+", "shape": 1}), tree
+    )
+    return save(model, tmp_path / "model", features, "skops", trusted=untrusted(model))
+
+
+def test_a_class_trusted_as_data_that_the_model_would_call_on_the_rows_is_refused_and_writes_nothing(
+    tmp_path: Path, small_data: tuple[pd.DataFrame, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fraud_inference.models.scoring import load_model
+
+    features, labels = small_data
+    path = crafted_writer_model(tmp_path, features, labels, np.memmap)
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.chdir(working)
+    with pytest.raises(
+        UnservableModelError, match=r"does not trust: numpy\.memmap \(.*called.*\).*SKOPS_TRUSTED_TYPES"
+    ):
+        read_artifact(REF, path)
+    assert list(working.iterdir()) == []
+    # What the refusal prevents: trusted by name, the same version creates a file when it scores a row.
+    listed = read_artifact(REF, path, trust=ModelTrust(extra_types=("numpy.memmap",)))
+    with pytest.raises(ValueError, match="Expected 2D array"):  # the tree gets the one-byte memmap, made by then
+        load_model(listed).score(features.head(1).to_json(orient="records").encode())
+    assert len(list(working.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        FunctionTransformer(np.log1p, inverse_func=np.memmap),
+        make_column_transformer(("passthrough", np.memmap)),  # a callable column selector
+        SelectKBest(score_func=np.memmap),
+        make_pipeline(FunctionTransformer(np.log1p), DecisionTreeClassifier(class_weight=np.memmap)),
+    ],
+    ids=["inverse-func", "column-selector", "score-func", "any-attribute"],
+)
+def test_a_class_trusted_as_data_is_refused_wherever_an_estimator_stores_it_as_a_value(
+    tmp_path: Path, small_data: tuple[pd.DataFrame, np.ndarray], model: object
+) -> None:
+    from tests.real_models import untrusted
+
+    path = save(model, tmp_path / "model", small_data[0], "skops", trusted=untrusted(model))
+    with pytest.raises(UnservableModelError, match=r"does not trust: numpy\.memmap \(.*called"):
+        read_artifact(REF, path)
+
+
+class _CalledWhileLoading:
+    """Saved by skops as a ConstructorFromReduceNode: skops calls the class with these arguments to load it."""
+
+    def __init__(self, *arguments: object) -> None:
+        self.arguments = arguments
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), self.arguments)
+
+
+def test_a_class_trusted_as_data_that_skops_would_call_while_loading_is_refused_and_writes_nothing(
+    tmp_path: Path, small_data: tuple[pd.DataFrame, np.ndarray]
+) -> None:
+    """CRAFTED: skops writes the file, then its schema.json renames the class to `numpy.memmap` (what an attacker
+    edits by hand): loading it would call `numpy.memmap(target, "uint8", "w+", 0, 1)`, creating `target`."""
+    import zipfile
+
+    from fraud_inference.models.trust import load_serialized
+
+    target = tmp_path / "truncated"
+    model = make_pipeline(FunctionTransformer(kw_args={"x": _CalledWhileLoading(str(target), "uint8", "w+", 0, 1)}))
+    path = save(model, tmp_path / "model", small_data[0], "skops", trusted=[f"{__name__}._CalledWhileLoading"])
+    file = path / "model.skops"
+    with zipfile.ZipFile(file) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["schema.json"] = (
+        members["schema.json"].decode().replace(f'"{__name__}"', '"numpy"').replace('"_CalledWhileLoading"', '"memmap"')
+    ).encode()
+    with zipfile.ZipFile(file, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    with pytest.raises(UnservableModelError, match=r"does not trust: numpy\.memmap \(.*called"):
+        read_artifact(REF, path)
+    assert not target.exists()
+    listed = read_artifact(REF, path, trust=ModelTrust(extra_types=("numpy.memmap",)))
+    load_serialized(file, "skops", listed.model_file.skops_types)  # what the refusal prevents
+    assert target.exists()
+
+
+def test_a_function_transformer_with_a_numpy_ufunc_serves_by_default_exactly_as_mlflow_loads_it(
+    tmp_path: Path,
+) -> None:
+    import mlflow.sklearn
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+
+    from fraud_inference.models.scoring import load_model
+    from tests.real_models import NUMERIC, make_fraud_table, request_rows, untrusted
+
+    table, labels = make_fraud_table(400, seed=5)
+    numeric = table[NUMERIC]
+    model = make_pipeline(SimpleImputer(), FunctionTransformer(np.log1p), LogisticRegression(max_iter=500))
+    model.fit(numeric, labels)
+    mlflow.sklearn.save_model(
+        model, str(tmp_path / "model"), skops_trusted_types=untrusted(model), signature=infer_signature(numeric),
+        pip_requirements=["scikit-learn"],
+    )  # fmt: skip
+    artifact = read_artifact(REF, tmp_path / "model")  # the service's default trust
+    fresh, _labels = make_fraud_table(60, seed=8)
+    rows = [{name: value for name, value in row.items() if name in NUMERIC} for row in request_rows(fresh)]
+    frame = pd.DataFrame(rows, columns=NUMERIC).astype(numeric.dtypes.to_dict())
+    expected = mlflow.sklearn.load_model(str(tmp_path / "model")).predict_proba(frame)[:, 1]
+    got = load_model(artifact).score(pd.io.json.ujson_dumps(rows).encode())
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
