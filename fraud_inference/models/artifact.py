@@ -58,6 +58,9 @@ class ModelArtifact(msgspec.Struct, frozen=True, kw_only=True):
     input_example: tuple[dict[str, Any], ...] = ()
     """The logged input example's rows as JSON records (at most 1,000), read here so that the workers, which
     warm up on it, never import MLflow (~190 MiB each)."""
+    pyfunc_predict_fn: str = "predict"
+    """The method MLflow's pyfunc wrapper of the version calls (MLmodel `python_function.predict_fn`: what a
+    scikit-learn model was logged with as `pyfunc_predict_fn`); what `/invocations` answers."""
     compiled_trees: str | None = None
     """COMPILED_TREES=on: the directory caching compiled trees, where XGBoost and LightGBM versions compile; None
     scores every version through its library."""
@@ -125,6 +128,7 @@ def read_artifact(
     artifact = ModelArtifact(
         ref=ref, path=str(path), flavor=flavor.name, features=tuple(features), model_file=model_file,
         dependencies=dependencies, input_example=_input_example(mlmodel, path),
+        pyfunc_predict_fn=str(mlmodel.flavors.get("python_function", {}).get("predict_fn", "predict")),
     )  # fmt: skip
     violations = artifact.dependency_violations()
     if violations and dependency_policy in {"strict", "compatible"}:

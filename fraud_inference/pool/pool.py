@@ -219,8 +219,11 @@ class InferencePool:
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    async def score(self, generation: int, model: str, body: bytes | Columns, request_id: str) -> Scores:
-        """Score one request's rows (its raw JSON `instances`, or its `Columns`) with exactly `generation`'s `model`.
+    async def score(
+        self, generation: int, model: str, body: bytes | Columns, request_id: str, *, pyfunc_output: bool = False
+    ) -> Scores:
+        """Score one request's rows (its raw JSON `instances`, or its `Columns`) with exactly `generation`'s `model`;
+        with `pyfunc_output`, the answer also holds what MLflow's pyfunc wrapper returns for them.
 
         The request waits in the queue while every worker is busy and may share a batch with other
         requests for the same model and generation; its answer holds exactly its own rows' scores.
@@ -231,7 +234,9 @@ class InferencePool:
             raise NoWorkerError(f"no live worker holds generation {generation}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Scores] = loop.create_future()
-        request = PendingRequest(next(self._sequence), generation, model, body, request_id, future)
+        request = PendingRequest(
+            next(self._sequence), generation, model, body, request_id, future, pyfunc_output=pyfunc_output
+        )
         self._queue.put(request)
         self._inflight_by_generation[generation] += 1
         # NOTE: a timer that fails the future, not asyncio.wait_for: that wraps every request in another future
@@ -311,6 +316,9 @@ class InferencePool:
                 model=head.model,
                 bodies=tuple(request.body for request in requests),
                 request_ids=tuple(request.request_id for request in requests),
+                pyfunc_outputs=tuple(request.pyfunc_output for request in requests)
+                if any(request.pyfunc_output for request in requests)
+                else (),
             )
         )
 
@@ -343,13 +351,14 @@ class InferencePool:
         """Give each request of the batch its own rows' scores, or its refusal."""
         probabilities = np.frombuffer(scored.probabilities, dtype=np.float64)
         offset = 0
-        for request, outcome in zip(batch.requests, scored.outcomes, strict=True):
+        for index, (request, outcome) in enumerate(zip(batch.requests, scored.outcomes, strict=True)):
             if isinstance(outcome, Refused):
                 if not request.future.done():
                     request.future.set_exception(RequestRefusedError(outcome))
                 continue
             if not request.future.done():
-                request.future.set_result(Scores(probabilities[offset : offset + outcome], scored.seconds))
+                output = scored.pyfunc_outputs[index] if request.pyfunc_output else None
+                request.future.set_result(Scores(probabilities[offset : offset + outcome], scored.seconds, output))
             offset += outcome
 
     # -- worker events ---------------------------------------------------------------------------
