@@ -19,11 +19,11 @@ from fraud_inference.models.trust import ModelTrust, UntrustedModelError
 if TYPE_CHECKING:
     from fraud_inference.models.artifact import ModelArtifact
 
-__all__ = ["DEFAULT_PROBABILITY_COLUMN", "FLAVOR", "PyfuncFlavor"]
+__all__ = ["CUSTOM_LOADERS", "DEFAULT_PROBABILITY_COLUMN", "FLAVOR", "PyfuncFlavor"]
 
 DEFAULT_PROBABILITY_COLUMN = "fraud_probability"
 # A PythonModel logged as an object (cloudpickled), or as code ("models from code", MLflow >= 2.12).
-_CUSTOM_LOADERS = frozenset({"mlflow.pyfunc.model", "mlflow.pyfunc.loaders.code_model"})
+CUSTOM_LOADERS = frozenset({"mlflow.pyfunc.model", "mlflow.pyfunc.loaders.code_model"})
 
 
 class PyfuncFlavor:
@@ -34,7 +34,7 @@ class PyfuncFlavor:
 
     def model_file(self, conf: Mapping[str, Any], model_dir: Path, trust: ModelTrust) -> ModelFile:
         loader = conf.get("loader_module")
-        if loader not in _CUSTOM_LOADERS:
+        if loader not in CUSTOM_LOADERS:
             raise UntrustedModelError(
                 f"its only flavour is python_function with loader {loader!r}; this service serves XGBoost, "
                 "LightGBM and scikit-learn models, and custom mlflow.pyfunc.PythonModel ones"
