@@ -127,6 +127,16 @@ def _check_servable(selection: Selection, params: dict[str, Any] | None) -> None
             f"the version's pyfunc_predict_fn {artifact.pyfunc_predict_fn!r} is not served here "
             f"({', '.join(served)} are)",
         )
+    declared = sorted(set(artifact.pyfunc_params).intersection(params or {}))
+    if declared and artifact.flavor == "python_function":
+        # MLflow passes a custom model the params its signature declares; this service calls predict without them
+        # (with their defaults, as MLflow does when none is sent).
+        raise _Refusal(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            f"params {', '.join(declared)} would reach the model's predict through MLflow; this service scores with "
+            "their logged defaults: leave them out",
+        )
     if params and artifact.flavor == "xgboost":
         changing = sorted(_XGBOOST_PREDICT_PARAMS.intersection(params))
         if changing:

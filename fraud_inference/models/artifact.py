@@ -63,6 +63,9 @@ class ModelArtifact(msgspec.Struct, frozen=True, kw_only=True):
     pyfunc_predict_fn: str = "predict"
     """The method MLflow's pyfunc wrapper of the version calls (MLmodel `python_function.predict_fn`: what a
     scikit-learn model was logged with as `pyfunc_predict_fn`); what `/invocations` answers."""
+    pyfunc_params: tuple[str, ...] = ()
+    """The params the version's signature declares (a params schema): MLflow passes them to a custom model's
+    `predict`, which this service calls without them."""
     compiled_trees: str | None = None
     """COMPILED_TREES=on: the directory caching compiled trees, where XGBoost and LightGBM versions compile; None
     scores every version through its library."""
@@ -137,6 +140,7 @@ def read_artifact(
         ref=ref, path=str(path), flavor=flavor.name, features=tuple(features), model_file=model_file,
         dependencies=dependencies, input_example=_input_example(mlmodel, path),
         pyfunc_predict_fn=str(mlmodel.flavors.get("python_function", {}).get("predict_fn", "predict")),
+        pyfunc_params=tuple(param.name for param in (signature.params.params if signature.params else [])),
     )  # fmt: skip
     violations = artifact.dependency_violations()
     if violations and dependency_policy in {"strict", "compatible"}:
