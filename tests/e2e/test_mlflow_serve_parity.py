@@ -19,10 +19,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import xgboost
@@ -35,6 +35,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from fraud_inference.demo.dataset import make_transactions
 from fraud_inference.demo.seeding import SKOPS_TRUSTED_TYPES, default_pip_requirements, log_fraud_model
 from tests.conftest import RunningService, free_port, start_service, use_registry
+from tests.real_models import largest_difference
 
 pytestmark = [
     pytest.mark.slow,
@@ -100,7 +101,7 @@ def _register_extra_models(registry: str, workdir: Path) -> None:
             pip_requirements=default_pip_requirements("sklearn"),
         )
         labelled = HistGradientBoostingClassifier(max_iter=20, max_depth=3, early_stopping=False, random_state=7)
-        labelled.fit(features, labels.map({1: "fraud", 0: "legit"}))
+        labelled.fit(features, np.where(np.asarray(labels) == 1, "fraud", "legit"))
         mlflow.sklearn.log_model(
             labelled, name="labels", registered_model_name=SERVED["labels"], signature=infer_signature(features),
             serialization_format="skops", skops_trusted_types=sorted(SKOPS_TRUSTED_TYPES),
@@ -204,25 +205,6 @@ def request_bodies(frame: pd.DataFrame) -> dict[str, tuple[str, bytes]]:
     }
 
 
-def assert_same_predictions(ours: Any, theirs: Any, where: str) -> None:
-    """The same JSON: equal labels of the same type (`"fraud"`, `true`, `1`), numbers within 1e-6 (the same
-    float32 model outputs, printed as float64), records with the same keys."""
-    if isinstance(theirs, float) and isinstance(ours, float):
-        assert abs(ours - theirs) <= 1e-6, (where, ours, theirs)
-        return
-    assert type(ours) is type(theirs), (where, ours, theirs)
-    if isinstance(theirs, list):
-        assert len(ours) == len(theirs), where
-        for mine, their in zip(ours, theirs, strict=True):
-            assert_same_predictions(mine, their, where)
-    elif isinstance(theirs, dict):
-        assert ours.keys() == theirs.keys(), (where, ours, theirs)
-        for key in theirs:
-            assert_same_predictions(ours[key], theirs[key], where)
-    else:
-        assert ours == theirs, (where, ours, theirs)
-
-
 def test_mlflow_client_gets_the_same_answers_from_both(
     servers: tuple[RunningService, dict[str, str]], transactions: pd.DataFrame
 ) -> None:
@@ -244,7 +226,7 @@ def test_mlflow_client_gets_the_same_answers_from_both(
             )
             their = httpx.post(f"{url}/invocations", content=body, headers={"content-type": content_type}, timeout=60)
             assert (mine.status_code, their.status_code) == (200, 200), (key, form, mine.text, their.text[:500])
-            assert_same_predictions(mine.json()["predictions"], their.json()["predictions"], f"{key} {form}")
+            largest_difference(mine.json()["predictions"], their.json()["predictions"], f"{key} {form}")
             summary[(key, form)] = type(their.json()["predictions"][0]).__name__
     assert summary[("xgboost", "csv")] == "int"  # class labels
     assert summary[("booster", "csv")] == "float"  # probabilities

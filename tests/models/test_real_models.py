@@ -31,6 +31,7 @@ from tests.real_models import (
     NUMERIC,
     SHAPES,
     categorized,
+    largest_difference,
     make_fraud_table,
     request_rows,
 )
@@ -160,22 +161,6 @@ def mlflow_answer(tracking_uri: str, name: str, key: str, rows: list[dict[str, A
     predictions_to_json(output, encoded)
     answer: list[Any] = json.loads(encoded.getvalue())["predictions"]
     return answer
-
-
-def largest_difference(served: Any, expected: Any, where: str) -> float:
-    """Equal values of equal JSON types (a label `true` is not `1`), numbers within 1e-6; the largest |diff|."""
-    if isinstance(expected, float) and isinstance(served, float):
-        assert abs(served - expected) <= 1e-6, (where, served, expected)
-        return abs(served - expected)
-    assert type(served) is type(expected), (where, served, expected)
-    if isinstance(expected, list):
-        assert len(served) == len(expected), where
-        return max((largest_difference(s, e, where) for s, e in zip(served, expected, strict=True)), default=0.0)
-    if isinstance(expected, dict):
-        assert served.keys() == expected.keys(), (where, served, expected)
-        return max((largest_difference(served[k], expected[k], where) for k in expected), default=0.0)
-    assert served == expected, (where, served, expected)
-    return 0.0
 
 
 @pytest.mark.slow
