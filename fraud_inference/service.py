@@ -139,6 +139,8 @@ class ScoredRows(msgspec.Struct, frozen=True):
 
     selection: Selection
     probabilities: npt.NDArray[np.float64]
+    pyfunc_output: bytes | None = None
+    """When asked for: the JSON array of what MLflow's pyfunc wrapper of the version returns for the rows."""
 
     @property
     def ref(self) -> ModelRef:
@@ -330,20 +332,27 @@ class FraudService:
             raise UnknownModelError(key, served)
         return Selection(key=key, generation=generation)
 
-    async def predict(self, model: str | Selection | None, rows: bytes, request_id: str) -> ScoredRows:
+    async def predict(
+        self, model: str | Selection | None, rows: bytes, request_id: str, *, pyfunc_output: bool = False
+    ) -> ScoredRows:
         """Score `rows` (raw JSON: an array of row objects) with `model`, a key or a `Selection` made earlier.
 
         See `_predict`, the one scoring path of every protocol.
         """
-        return await self._predict(model, rows, request_id)
+        return await self._predict(model, rows, request_id, pyfunc_output=pyfunc_output)
 
-    async def predict_columns(self, model: str | Selection | None, columns: Columns, request_id: str) -> ScoredRows:
+    async def predict_columns(
+        self, model: str | Selection | None, columns: Columns, request_id: str, *, pyfunc_output: bool = False
+    ) -> ScoredRows:
         """Score rows sent as `columns` (`dataframe_split`, OIP tensors), as `predict` scores rows: the worker
         decodes them straight into the model's batch, with the same checks and refusals."""
-        return await self._predict(model, columns, request_id)
+        return await self._predict(model, columns, request_id, pyfunc_output=pyfunc_output)
 
-    async def _predict(self, model: str | Selection | None, rows: bytes | Columns, request_id: str) -> ScoredRows:
-        """Score `rows` with `model`, a key or a `Selection` made earlier.
+    async def _predict(
+        self, model: str | Selection | None, rows: bytes | Columns, request_id: str, *, pyfunc_output: bool
+    ) -> ScoredRows:
+        """Score `rows` with `model`, a key or a `Selection` made earlier; with `pyfunc_output`, also what MLflow's
+        pyfunc wrapper of the version returns for them (scored in the worker, by the same model call).
 
         The one scoring path of every protocol: which model, ready or not, which generation, counted in the
         metrics. Raises the `PredictionError`s: `NotReadyError`, `UnknownModelError`, `InvalidRowsError`,
@@ -352,7 +361,9 @@ class FraudService:
         selection = model if isinstance(model, Selection) else self.select(model)
         try:
             # The worker decodes the rows against this generation's signature: the server process stays free for HTTP.
-            scores = await self.score(selection.generation, selection.key, rows, request_id)
+            scores = await self.score(
+                selection.generation, selection.key, rows, request_id, pyfunc_output=pyfunc_output
+            )
         except RequestRefusedError as error:
             refusal = error.refusal
             if refusal.reason == "too_many_rows":
@@ -364,13 +375,23 @@ class FraudService:
             raise TimedOutError(str(error)) from None
         except PoolError as error:
             raise InferenceFailedError(f"inference failed: {error}") from None
-        return ScoredRows(selection=selection, probabilities=scores.probabilities)
+        return ScoredRows(selection=selection, probabilities=scores.probabilities, pyfunc_output=scores.pyfunc_output)
 
-    async def score(self, generation: Generation, model: str, instances: bytes | Columns, request_id: str) -> Scores:
+    async def score(
+        self,
+        generation: Generation,
+        model: str,
+        instances: bytes | Columns,
+        request_id: str,
+        *,
+        pyfunc_output: bool = False,
+    ) -> Scores:
         """Fraud probabilities of `generation`'s `model` for each row of `instances` (raw JSON, or `Columns`),
         counted in the metrics. The worker checks the rows against the model's signature (`RequestRefusedError` if
         they fail)."""
-        scores: Scores = await self.pool.score(generation.number, model, instances, request_id)
+        scores: Scores = await self.pool.score(
+            generation.number, model, instances, request_id, pyfunc_output=pyfunc_output
+        )
         ref = generation.models[model].ref
         self.metrics.record_scores(model, ref.version, scores.probabilities, ref.threshold, scores.seconds)
         return scores

@@ -23,6 +23,7 @@ __all__ = [
     "OPTIONAL",
     "SHAPES",
     "categorized",
+    "largest_difference",
     "make_fraud_table",
     "register_real_models",
     "request_rows",
@@ -116,6 +117,22 @@ def request_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
                 if row.get(column) is None:
                     row.pop(column, None)
     return rows
+
+
+def largest_difference(served: Any, expected: Any, where: str) -> float:
+    """Equal values of equal JSON types (a label `true` is not `1`), numbers within 1e-6; the largest |diff|."""
+    if isinstance(expected, float) and isinstance(served, float):
+        assert abs(served - expected) <= 1e-6, (where, served, expected)
+        return abs(served - expected)
+    assert type(served) is type(expected), (where, served, expected)
+    if isinstance(expected, list):
+        assert len(served) == len(expected), where
+        return max((largest_difference(s, e, where) for s, e in zip(served, expected, strict=True)), default=0.0)
+    if isinstance(expected, dict):
+        assert served.keys() == expected.keys(), (where, served, expected)
+        return max((largest_difference(served[k], expected[k], where) for k in expected), default=0.0)
+    assert served == expected, (where, served, expected)
+    return 0.0
 
 
 def untrusted(model: Any) -> list[str]:

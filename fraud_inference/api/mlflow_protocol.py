@@ -9,8 +9,6 @@ MLflow's shape (`{"error_code": "BAD_REQUEST", "message": ...}`) with its status
 from __future__ import annotations
 
 import csv
-import enum
-import functools
 import io
 import math
 import re
@@ -53,7 +51,6 @@ from fraud_inference.service import (
     NotReadyError,
     OverloadedError,
     PredictionError,
-    ScoredRows,
     Selection,
     TimedOutError,
     TooManyRowsError,
@@ -70,9 +67,14 @@ _REQUIRED_INPUT_FORMAT = (
     "The input must be a JSON dictionary with exactly one of the input fields "
     "{'dataframe_split', 'dataframe_records', 'instances', 'inputs'}"
 )
-# XGBoost's scikit-learn API takes these from `params` (MLflow passes recognized ones on): each changes the
-# numbers, and this service scores on the native path without them, so they are refused, not ignored.
-_XGBOOST_PREDICT_PARAMS = frozenset({"output_margin", "base_margin", "iteration_range", "validate_features"})
+# MLflow passes the `params` that XGBoost's `predict` takes on to it (XGBClassifier's and a raw Booster's): each
+# changes the answer, and this service scores without them, so they are refused, not ignored.
+_XGBOOST_PREDICT_PARAMS = frozenset(
+    {
+        "output_margin", "base_margin", "iteration_range", "validate_features", "pred_leaf", "pred_contribs",
+        "approx_contribs", "pred_interactions", "training", "strict_shape",
+    }
+)  # fmt: skip
 _RETRY_AFTER = {"Retry-After": "1"}
 _EMPTY_ARRAY = re.compile(rb"\s*\[\s*\]\s*")
 
@@ -85,8 +87,10 @@ class MlflowError(msgspec.Struct, kw_only=True):
 
 
 class MlflowPredictions(msgspec.Struct):
-    """What MLflow's pyfunc wrapper of the version returns, per row: class labels (0/1) for scikit-learn-API
-    classifiers, the fraud probability for raw Boosters, `[p(0), p(1)]` for `pyfunc_predict_fn: predict_proba`."""
+    """What MLflow's pyfunc wrapper of the version returns, per row (`mlflow.pyfunc.load_model(uri).predict`):
+    the model's own class labels for scikit-learn-API classifiers (`0`/`1`, `"fraud"`/`"legit"`, `true`/`false`),
+    the probability for raw Boosters, `[p(class 0), p(class 1)]` for `pyfunc_predict_fn: predict_proba`, a custom
+    model's output (a DataFrame as its records)."""
 
     predictions: list[Any]
 
@@ -115,51 +119,27 @@ _decode_split = OverflowAsInfinityDecoder(_Split).decode
 _decode_columns = OverflowAsInfinityDecoder(dict[str, list[Any]]).decode
 
 
-class _Output(enum.Enum):
-    """What MLflow's pyfunc wrapper of a version returns for each row."""
-
-    LABEL = "label"  # scikit-learn API `predict`: the class, 1 when p(fraud) > 0.5
-    PROBABILITY = "probability"  # raw Booster `predict`: p(fraud)
-    CLASS_PROBABILITIES = "class_probabilities"  # `pyfunc_predict_fn: predict_proba`: [p(0), p(1)]
-
-
-@functools.lru_cache(maxsize=64)
-def _pyfunc_output(model_dir: str, flavor: str) -> _Output | str:
-    """Read from the version's MLmodel what MLflow's pyfunc answers: the flavour's `model_class` (a raw Booster
-    or a scikit-learn-API classifier) and `python_function.predict_fn`; a string says why it cannot be served."""
-    from mlflow.models import Model
-
-    flavors: dict[str, Any] = Model.load(model_dir).flavors
-    predict_fn = str(flavors.get("python_function", {}).get("predict_fn", "predict"))
-    model_class = str(flavors.get(flavor, {}).get("model_class", ""))
-    if flavor in ("xgboost", "lightgbm") and model_class.endswith(".Booster"):
-        return _Output.PROBABILITY
-    if predict_fn == "predict":
-        return _Output.LABEL
-    if predict_fn == "predict_proba":
-        return _Output.CLASS_PROBABILITIES
-    return f"the version's pyfunc_predict_fn {predict_fn!r} is not served here (predict, predict_proba are)"
-
-
-def _predictions(scored: ScoredRows) -> MlflowPredictions:
-    artifact = scored.selection.artifact
-    output = _pyfunc_output(artifact.path, artifact.flavor)
-    probabilities = scored.probabilities
-    if output is _Output.LABEL:
-        # NOTE: XGBClassifier, LGBMClassifier and scikit-learn classifiers all answer class 1 exactly when
-        # p(1) > 0.5 (argmax of [1 - p, p]; ties go to class 0), whatever the version's threshold tag.
-        return MlflowPredictions((probabilities > 0.5).astype(int).tolist())
-    if output is _Output.PROBABILITY:
-        return MlflowPredictions(probabilities.tolist())
-    return MlflowPredictions([[1.0 - p, p] for p in probabilities.tolist()])
-
-
 def _check_servable(selection: Selection, params: dict[str, Any] | None) -> None:
     artifact = selection.artifact
-    output = _pyfunc_output(artifact.path, artifact.flavor)
-    if isinstance(output, str):
-        raise _Refusal(501, "NOT_IMPLEMENTED", output)
-    if params and artifact.flavor == "xgboost" and output is _Output.LABEL:
+    served = artifact.model_flavor.pyfunc_predict_fns
+    if artifact.pyfunc_predict_fn not in served:
+        raise _Refusal(
+            501,
+            "NOT_IMPLEMENTED",
+            f"the version's pyfunc_predict_fn {artifact.pyfunc_predict_fn!r} is not served here "
+            f"({', '.join(served)} are)",
+        )
+    declared = sorted(set(artifact.pyfunc_params).intersection(params or {}))
+    if declared and artifact.flavor == "python_function":
+        # MLflow passes a custom model the params its signature declares; this service calls predict without them
+        # (with their defaults, as MLflow does when none is sent).
+        raise _Refusal(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            f"params {', '.join(declared)} would reach the model's predict through MLflow; this service scores with "
+            "their logged defaults: leave them out",
+        )
+    if params and artifact.flavor == "xgboost":
         changing = sorted(_XGBOOST_PREDICT_PARAMS.intersection(params))
         if changing:
             raise _Refusal(
@@ -344,9 +324,10 @@ async def _invoke(request: Request[Any, Any, Any], model: str | None) -> ASGIApp
         form, raw, params = _parse_invocation(body)
         _check_servable(selection, params)
         rows = _rows_of_json(form, raw, detail)
-    scored = await score(service, selection, rows, request_id_of(request.scope))
+    scored = await score(service, selection, rows, request_id_of(request.scope), pyfunc_output=True)
     note_scored(request, scored, "mlflow")
-    return EncodedAnswer(_encode(_predictions(scored)))
+    # The worker encoded the predictions' JSON array: wrapped here, never decoded in the HTTP process.
+    return EncodedAnswer(b'{"predictions":' + (scored.pyfunc_output or b"[]") + b"}")
 
 
 @dataclass

@@ -55,11 +55,14 @@ def service_of(request: Request[Any, Any, Any]) -> FraudService:
     return service
 
 
-async def score(service: FraudService, selection: Selection, rows: bytes | Columns, request_id: str) -> ScoredRows:
-    """Score a protocol's rows, raw JSON row objects or `Columns`, with the service."""
+async def score(
+    service: FraudService, selection: Selection, rows: bytes | Columns, request_id: str, *, pyfunc_output: bool = False
+) -> ScoredRows:
+    """Score a protocol's rows, raw JSON row objects or `Columns`, with the service; with `pyfunc_output`, also
+    what MLflow's pyfunc wrapper of the version returns for them."""
     if isinstance(rows, bytes):
-        return await service.predict(selection, rows, request_id)
-    return await service.predict_columns(selection, rows, request_id)
+        return await service.predict(selection, rows, request_id, pyfunc_output=pyfunc_output)
+    return await service.predict_columns(selection, rows, request_id, pyfunc_output=pyfunc_output)
 
 
 def media_type_of(request: Request[Any, Any, Any]) -> str:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from fraud_inference.consistency import DependencyCheck, DependencyPolicy, check_dependencies, describe_violations
-from fraud_inference.models.flavors import FLAVORS, ModelFile, ModelFlavor, flavor_named, flavor_of
+from fraud_inference.models.flavors import ModelFile, ModelFlavor, flavor_named, flavor_of
+from fraud_inference.models.flavors.pyfunc import CUSTOM_LOADERS
 from fraud_inference.models.trust import ModelTrust, UntrustedModelError
 from fraud_inference.registry import ModelRef, Registry
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FEATURE_TYPES",
+    "SERVED_FLAVOURS",
     "DependencyMismatchError",
     "FeatureSpec",
     "ModelArtifact",
@@ -60,6 +62,13 @@ class ModelArtifact(msgspec.Struct, frozen=True, kw_only=True):
     warm up on it, never import MLflow (~190 MiB each)."""
     input_example_unused: str | None = None
     """Why there are no `input_example` rows (none logged, or MLflow cannot read it); None when there are."""
+
+    pyfunc_predict_fn: str = "predict"
+    """The method MLflow's pyfunc wrapper of the version calls (MLmodel `python_function.predict_fn`: what a
+    scikit-learn model was logged with as `pyfunc_predict_fn`); what `/invocations` answers."""
+    pyfunc_params: tuple[str, ...] = ()
+    """The params the version's signature declares (a params schema): MLflow passes them to a custom model's
+    `predict`, which this service calls without them."""
     compiled_trees: str | None = None
     """COMPILED_TREES=on: the directory caching compiled trees, where XGBoost and LightGBM versions compile; None
     scores every version through its library."""
@@ -97,13 +106,22 @@ def read_artifact(
 
     where = f"{ref.name} v{ref.version} (model {ref.key!r})"
     mlmodel = Model.load(str(path))
+    # NOTE: the flavour first: a model of a library not served is told so, not asked for another signature.
     flavor = flavor_of(mlmodel.flavors)
-    if flavor is None:
+    unserved = _unserved_flavours(mlmodel.flavors, flavor)
+    if flavor is None or unserved:
         raise UnservableModelError(
-            f"{where} has flavours {sorted(mlmodel.flavors)}; this service serves "
-            f"{', '.join(flavor.name for flavor in FLAVORS)}"
+            f"{where}: its flavour {' / '.join(unserved)} is not served (MLmodel lists {sorted(mlmodel.flavors)}); "
+            f"this service serves {SERVED_FLAVOURS}"
         )
     signature = mlmodel.signature
+    if signature is not None and signature.inputs is not None and signature.inputs.is_tensor_spec():
+        raise UnservableModelError(
+            f"{where}: its input signature is a tensor ({signature.inputs.to_json()}), which names no column; log it "
+            "with a pandas DataFrame of the training features with their column names: "
+            "signature=infer_signature(pd.DataFrame(X_train, columns=feature_names)) (infer_signature of a numpy "
+            "array gives a tensor signature again)"
+        )
     if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
         raise UnservableModelError(
             f"{where} has no input signature with named columns: log it with "
@@ -113,10 +131,7 @@ def read_artifact(
     for column in signature.inputs.inputs:
         type_name = str(getattr(column.type, "name", column.type))
         if type_name not in FEATURE_TYPES:
-            raise UnservableModelError(
-                f"{where}: feature {column.name!r} has type {type_name!r}; the served types are "
-                f"{', '.join(FEATURE_TYPES)}"
-            )
+            raise UnservableModelError(f"{where}: {_unserved_type(column.name, type_name)}")
         features.append(FeatureSpec(name=column.name, type=type_name, required=bool(column.required)))
     conf = mlmodel.flavors[flavor.name]
     dependencies = check_dependencies(path, flavor.packages, conf.get(flavor.version_key or ""), dependency_policy)
@@ -128,11 +143,42 @@ def read_artifact(
     artifact = ModelArtifact(
         ref=ref, path=str(path), flavor=flavor.name, features=tuple(features), model_file=model_file,
         dependencies=dependencies, input_example=input_example, input_example_unused=input_example_unused,
+        pyfunc_predict_fn=str(mlmodel.flavors.get("python_function", {}).get("predict_fn", "predict")),
+        pyfunc_params=tuple(param.name for param in (signature.params.params if signature.params else [])),
     )  # fmt: skip
     violations = artifact.dependency_violations()
     if violations and dependency_policy in {"strict", "compatible"}:
         raise DependencyMismatchError(artifact)
     return artifact
+
+
+SERVED_FLAVOURS = (
+    "xgboost, lightgbm, sklearn, and python_function for a custom mlflow.pyfunc.PythonModel (under PYFUNC=allow)"
+)
+
+
+def _unserved_flavours(flavors: dict[str, Any], flavor: ModelFlavor | None) -> list[str]:
+    """The model's own flavours when none is served: all of them, or those beside a python_function that only
+    wraps them (`loader_module: mlflow.onnx`, `mlflow.catboost`); empty when the model is served."""
+    if flavor is None:
+        return sorted(flavors)
+    if flavor.name != "python_function" or flavors[flavor.name].get("loader_module") in CUSTOM_LOADERS:
+        return []
+    loader = str(flavors[flavor.name].get("loader_module"))
+    return sorted(set(flavors) - {"python_function"}) or [f"python_function (loader {loader})"]
+
+
+def _unserved_type(name: str, type_name: str) -> str:
+    served = f"the served types are {', '.join(FEATURE_TYPES)}"
+    if type_name == "datetime":
+        # NOTE: not served as datetimes: how MLflow's schema enforcement turns a JSON string into a datetime64
+        # (format, time zone, precision) would have to be reproduced exactly, and a tree model never sees a date.
+        return (
+            f"feature {name!r} has type 'datetime'; {served}. Send it as a number (epoch seconds: train and log the "
+            "model on that column as a number), or as an ISO-8601 string (signature type string) that a custom "
+            "mlflow.pyfunc.PythonModel converts with pd.to_datetime in its predict"
+        )
+    return f"feature {name!r} has type {type_name!r}; {served}"
 
 
 _EXAMPLE_ROWS = 1_000

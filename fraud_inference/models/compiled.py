@@ -65,6 +65,7 @@ class _TreeScorer(Scorer, Protocol):
     def fraud_column(self, scores: Matrix) -> Matrix: ...
 
     def split_thresholds(self) -> dict[str, list[float]]: ...
+    def pyfunc_answer(self, scores: Matrix) -> list[Any]: ...
 
 
 class CompiledTreesScorer:
@@ -108,15 +109,30 @@ class CompiledTreesScorer:
         """The native model's (`RecordsSplits`): the same trees."""
         return self._native.split_thresholds()
 
+    def mlflow_predictions(self, batch: Any) -> tuple[Matrix, list[Any]]:
+        if self._native_from_rows is not None and len(batch) >= self._native_from_rows:
+            return self._native.mlflow_predictions(batch)
+        scores = self._compiled_scores(batch)
+        probabilities = self._native.fraud_column(scores)
+        # NOTE: the compiled trees are exact to 1e-6 (probe rows), not always to the bit: a row that close to the
+        # 0.5 a label is cut at is scored by the library itself, so a label never differs from MLflow's.
+        if np.any(np.abs(probabilities - 0.5) <= TOLERANCE):
+            return self._native.mlflow_predictions(batch)
+        return probabilities, self._native.pyfunc_answer(scores)
+
     def compiled_probability(self, batch: Any) -> Matrix:
         """`fraud_probability` through the compiled trees, whatever the batch's size."""
+        return self._native.fraud_column(self._compiled_scores(batch))
+
+    def _compiled_scores(self, batch: Any) -> Matrix:
+        """The compiled trees' output, shaped as the library's `predict`'s."""
         # NOTE: XGBoost compares float32 features with float32 thresholds: the batch is cast as XGBoost casts it.
         matrix = np.ascontiguousarray(_as_matrix(batch), dtype=self._dtype)
         rows, width = matrix.shape
         scores = np.empty((rows, self._outputs), dtype=self._leaf_dtype)
         self._predict(matrix.ctypes.data, rows, width, scores.ctypes.data)
         scores = scores.astype(np.float64, copy=False)
-        return self._native.fraud_column(scores[:, 0] if self._outputs == 1 else scores)
+        return scores[:, 0] if self._outputs == 1 else scores
 
 
 def compile_trees(artifact: ModelArtifact, native: Scorer, cache: Path) -> Scorer:

@@ -59,13 +59,17 @@ class Dispatcher:
         self.batches_sent = 0
         self.requests_sent = 0  # over batches: how many requests each model call served on average
 
-    async def score(self, generation: int, model: str, body: bytes | Columns, request_id: str) -> Scores:
+    async def score(
+        self, generation: int, model: str, body: bytes | Columns, request_id: str, *, pyfunc_output: bool = False
+    ) -> Scores:
         """Score one request's rows with exactly `generation`'s `model` (see `InferencePool.score`)."""
         if not self._holding(generation):
             raise NoWorkerError(f"no live worker holds generation {generation}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Scores] = loop.create_future()
-        request = PendingRequest(next(self._sequence), generation, model, body, request_id, future)
+        request = PendingRequest(
+            next(self._sequence), generation, model, body, request_id, future, pyfunc_output=pyfunc_output
+        )
         self.queue.put(request)
         self._started(generation)
         # NOTE: a timer that fails the future, not asyncio.wait_for: that wraps every request in another future
@@ -169,6 +173,9 @@ class Dispatcher:
                 model=head.model,
                 bodies=tuple(request.body for request in requests),
                 request_ids=tuple(request.request_id for request in requests),
+                pyfunc_outputs=tuple(request.pyfunc_output for request in requests)
+                if any(request.pyfunc_output for request in requests)
+                else (),
             )
         )
 
@@ -205,13 +212,14 @@ def _answer(batch: Batch, scored: Scored) -> None:
     """Give each request of the batch its own rows' scores, or its refusal."""
     probabilities = np.frombuffer(scored.probabilities, dtype=np.float64)
     offset = 0
-    for request, outcome in zip(batch.requests, scored.outcomes, strict=True):
+    for index, (request, outcome) in enumerate(zip(batch.requests, scored.outcomes, strict=True)):
         if isinstance(outcome, Refused):
             if not request.future.done():
                 request.future.set_exception(RequestRefusedError(outcome))
             continue
         if not request.future.done():
-            request.future.set_result(Scores(probabilities[offset : offset + outcome], scored.seconds))
+            output = scored.pyfunc_outputs[index] if request.pyfunc_output else None
+            request.future.set_result(Scores(probabilities[offset : offset + outcome], scored.seconds, output))
         offset += outcome
 
 

@@ -70,6 +70,9 @@ class Score(msgspec.Struct, tag="score", frozen=True, array_like=True):
     model: str
     bodies: tuple[bytes | Columns, ...]
     request_ids: tuple[str, ...]
+    pyfunc_outputs: tuple[bool, ...] = ()
+    """Per request, whether it also wants what MLflow's pyfunc wrapper returns for its rows (`/invocations`);
+    empty when none does."""
 
 
 class Cancel(msgspec.Struct, tag="cancel", frozen=True, array_like=True):
@@ -126,13 +129,16 @@ class Scored(msgspec.Struct, tag="scored", frozen=True, array_like=True):
     """The answer to a `Score`, per request in batch order: its row count, or why it was refused.
 
     `probabilities` (float64) holds the fraud probability of every scored row, request after request;
-    `seconds` is the time the worker spent decoding and scoring the batch.
+    `seconds` is the time the worker spent decoding and scoring the batch. `pyfunc_outputs` holds, per request
+    that asked for it (`Score.pyfunc_outputs`) and was scored, the JSON array of what MLflow's pyfunc wrapper
+    returns for its rows, one value per row; `b""` for the others; empty when no request asked.
     """
 
     seq: int
     outcomes: tuple[int | Refused, ...]
     probabilities: bytes
     seconds: float
+    pyfunc_outputs: tuple[bytes, ...] = ()
 
 
 class ScoreFailed(msgspec.Struct, tag="failed", frozen=True, array_like=True):

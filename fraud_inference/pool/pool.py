@@ -148,15 +148,18 @@ class InferencePool:
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    async def score(self, generation: int, model: str, body: bytes | Columns, request_id: str) -> Scores:
-        """Score one request's rows (its raw JSON `instances`, or its `Columns`) with exactly `generation`'s `model`.
+    async def score(
+        self, generation: int, model: str, body: bytes | Columns, request_id: str, *, pyfunc_output: bool = False
+    ) -> Scores:
+        """Score one request's rows (its raw JSON `instances`, or its `Columns`) with exactly `generation`'s `model`;
+        with `pyfunc_output`, the answer also holds what MLflow's pyfunc wrapper returns for them.
 
         The request waits in the queue while every worker is busy and may share a batch with other
         requests for the same model and generation; its answer holds exactly its own rows' scores.
         Raises `RequestRefusedError` when the worker refuses the rows (invalid, too many), `PoolOverloadedError`
         when QUEUE_LIMIT requests already wait, `InferenceTimeoutError` after INFERENCE_TIMEOUT_S.
         """
-        return await self._dispatcher.score(generation, model, body, request_id)
+        return await self._dispatcher.score(generation, model, body, request_id, pyfunc_output=pyfunc_output)
 
     # -- worker events ---------------------------------------------------------------------------
 

@@ -37,16 +37,23 @@ class BatchPolicy(msgspec.Struct, frozen=True):
 
 
 class Scores(msgspec.Struct, frozen=True):
-    """A request's fraud probabilities, in row order, and how long its worker took for the batch it was in."""
+    """A request's fraud probabilities, in row order, and how long its worker took for the batch it was in.
+
+    `pyfunc_output`, when the request asked for it, is the JSON array of what MLflow's pyfunc wrapper returns
+    for its rows (what `/invocations` answers)."""
 
     probabilities: npt.NDArray[np.float64]
     seconds: float
+    pyfunc_output: bytes | None = None
 
 
 class PendingRequest:
     """One request's rows (raw JSON, or `Columns`) on its way to a worker, and the future its scores resolve."""
 
-    __slots__ = ("attempts", "batch", "body", "due_ns", "future", "generation", "model", "request_id", "seq", "size")
+    __slots__ = (
+        "attempts", "batch", "body", "due_ns", "future", "generation", "model", "pyfunc_output", "request_id", "seq",
+        "size",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -56,6 +63,8 @@ class PendingRequest:
         body: bytes | Columns,
         request_id: str,
         future: asyncio.Future[Scores],
+        *,
+        pyfunc_output: bool = False,
     ) -> None:
         self.seq = seq
         self.generation = generation
@@ -64,6 +73,8 @@ class PendingRequest:
         self.size = len(body) if isinstance(body, bytes) else body.size
         self.request_id = request_id
         self.future = future
+        self.pyfunc_output = pyfunc_output
+        """Whether it also wants what MLflow's pyfunc wrapper returns for its rows (`/invocations`)."""
         self.attempts = 1
         self.due_ns = 0
         """When its wait for company ends (monotonic ns), set once when it is queued."""

@@ -36,6 +36,7 @@ from fraud_inference.pool.messages import (
 )
 
 if TYPE_CHECKING:
+    from fraud_inference.models.flavors import Scorer
     from fraud_inference.models.scoring import ServedModel
 
 __all__ = ["WorkerOptions", "run_worker"]
@@ -53,6 +54,44 @@ _MAX_CHUNK_ROWS = 16_384
 def _row_slice(features: Any, start: int, stop: int) -> Any:
     """Rows `start:stop` of a batch: a float64 matrix, or a DataFrame on the frame path."""
     return features.iloc[start:stop] if hasattr(features, "iloc") else features[start:stop]
+
+
+def _jsonable(value: Any) -> Any:
+    """What MLflow's scoring server's encoder (`NumpyEncoder`) makes of a value JSON has no type for."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    isoformat = getattr(value, "isoformat", None)  # pandas Timestamp, datetime, date, time
+    if callable(isoformat):
+        return isoformat()
+    raise TypeError(f"predict returned a {type(value).__name__}, which MLflow's scoring server cannot encode")
+
+
+# NOTE: a non-finite float becomes null (valid JSON), where MLflow's json.dump writes a bare NaN.
+_encode_json = msgspec.json.Encoder(enc_hook=_jsonable).encode
+
+
+def _score_rows(scorer: Scorer, rows: Any, outputs: list[Any] | None) -> Matrix:
+    """The fraud probabilities of `rows`; with `outputs`, also MLflow's pyfunc answer per row, appended to it."""
+    if outputs is None:
+        return scorer.fraud_probability(rows)
+    probabilities, answers = scorer.mlflow_predictions(rows)
+    outputs.extend(answers)
+    return probabilities
+
+
+def _split_outputs(request: Score, outcomes: list[int | Refused], outputs: list[Any]) -> tuple[bytes, ...]:
+    """Per request, the JSON array of MLflow's pyfunc answer for its own rows when it asked for it, else b""."""
+    answers: list[bytes] = []
+    offset = 0
+    for wants, outcome in zip(request.pyfunc_outputs, outcomes, strict=True):
+        if isinstance(outcome, Refused):
+            answers.append(b"")
+            continue
+        answers.append(_encode_json(outputs[offset : offset + outcome]) if wants else b"")
+        offset += outcome
+    return tuple(answers)
 
 
 class WorkerOptions(msgspec.Struct, frozen=True):
@@ -204,6 +243,8 @@ class _Worker:
             else:
                 outcomes.append(len(outcome))
                 batches.append(outcome)
+        # MLflow's pyfunc answer comes from the same model call as the probabilities, for every row of the batch.
+        outputs: list[Any] | None = [] if any(request.pyfunc_outputs) else None
         try:
             # One model call per chunk of the whole batch: its fixed cost (~100 us for XGBoost) is paid once
             # for a batch of small requests; a large one is scored chunk by chunk, and dropped between two
@@ -217,13 +258,14 @@ class _Worker:
                     self._dropped(request, scored_rows=start)
                     return
                 chunk_started = time.monotonic_ns()
-                chunks.append(served.scorer.fraud_probability(_row_slice(features, start, start + rows)))
+                chunks.append(_score_rows(served.scorer, _row_slice(features, start, start + rows), outputs))
                 start += rows
                 elapsed = max(time.monotonic_ns() - chunk_started, 1)
                 rows = max(1, min(_MAX_CHUNK_ROWS, rows * _CHUNK_NS // elapsed))
             probabilities = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else _EMPTY
         except Exception as error:
-            outcomes, probabilities = self._score_alone(request, served, outcomes, batches, error)
+            outcomes, probabilities, outputs = self._score_alone(request, served, outcomes, batches, error)
+        pyfunc_outputs = () if outputs is None else _split_outputs(request, outcomes, outputs)
         seconds = time.perf_counter() - started
         self._log.debug(
             "batch.scored",
@@ -233,9 +275,11 @@ class _Worker:
             rows=len(probabilities),
             ms=round(seconds * 1000, 3),
         )
-        self._send(
-            Scored(seq=request.seq, outcomes=tuple(outcomes), probabilities=probabilities.tobytes(), seconds=seconds)
-        )
+        scored = Scored(
+            seq=request.seq, outcomes=tuple(outcomes), probabilities=probabilities.tobytes(), seconds=seconds,
+            pyfunc_outputs=pyfunc_outputs,
+        )  # fmt: skip
+        self._send(scored)
 
     def _score_alone(
         self,
@@ -244,7 +288,7 @@ class _Worker:
         outcomes: list[int | Refused],
         batches: list[Any],
         error: Exception,
-    ) -> tuple[list[int | Refused], Matrix]:
+    ) -> tuple[list[int | Refused], Matrix, list[Any] | None]:
         """Answer a batch the model failed on with `error`: each request is scored on its own, and each one the
         model still fails on is a 422 (`invalid_rows`), so it never fails the requests batched with it.
 
@@ -258,6 +302,7 @@ class _Worker:
         scored: list[Matrix] = []
         pending = iter(batches)
         answered: list[int | Refused] = []
+        outputs: list[Any] | None = [] if any(request.pyfunc_outputs) else None
         for request_id, outcome in zip(request.request_ids, outcomes, strict=True):
             if isinstance(outcome, Refused):
                 answered.append(outcome)
@@ -265,7 +310,10 @@ class _Worker:
             try:
                 if len(batches) == 1:
                     raise error  # alone in its batch: the error is its own, no need to score it again
-                scored.append(served.scorer.fraud_probability(next(pending)))
+                own: list[Any] | None = None if outputs is None else []
+                scored.append(_score_rows(served.scorer, next(pending), own))
+                if outputs is not None and own is not None:
+                    outputs.extend(own)
             except Exception as refusal:
                 self._log.warning(
                     "score.refused_by_model", request_id=request_id, model=request.model,
@@ -274,7 +322,7 @@ class _Worker:
                 answered.append(Refused(reason="invalid_rows", message=f"the model cannot score these rows: {refusal}"))
             else:
                 answered.append(outcome)
-        return answered, np.concatenate(scored) if scored else _EMPTY
+        return answered, np.concatenate(scored) if scored else _EMPTY, outputs
 
     def _dropped(self, request: Score, *, scored_rows: int = 0) -> None:
         """Answer a cancelled batch without scoring the rest: nobody waits for it, but its slot is freed."""

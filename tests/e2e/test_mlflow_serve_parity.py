@@ -2,8 +2,9 @@
 
 Real `fraud-inference serve` beside a real `mlflow models serve --env-manager local` of each served version,
 driven with MLflow's own client (`ScoringServerClient`) and MLflow's own request encoder (`dump_input_data`):
-scikit-learn-API classifiers (class labels), a raw XGBoost Booster (probabilities) and a scikit-learn model
-logged with `pyfunc_predict_fn="predict_proba"` (two columns).
+scikit-learn-API classifiers (class labels), a raw XGBoost Booster (probabilities), a scikit-learn model
+logged with `pyfunc_predict_fn="predict_proba"` (two columns), one whose labels are "fraud"/"legit" (string
+labels) and a custom pyfunc model returning a DataFrame (its records).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from fraud_inference.demo.dataset import make_transactions
 from fraud_inference.demo.seeding import SKOPS_TRUSTED_TYPES, default_pip_requirements, log_fraud_model
 from tests.conftest import RunningService, free_port, start_service, use_registry
+from tests.real_models import largest_difference
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,12 +49,31 @@ SERVED = {
     "sklearn": "fraud-sklearn",
     "booster": "fraud-xgboost-booster",
     "proba": "fraud-sklearn-proba",
+    "labels": "fraud-sklearn-labels",
+    "custom": "fraud-custom-frame",
 }
+_CUSTOM_MODEL = """
+import numpy as np
+import pandas as pd
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class Rules(PythonModel):
+    def predict(self, context, model_input, params=None):
+        scale = (params or {}).get("scale", 1.0)
+        z = scale * (0.002 * model_input["amount"].astype("float64") + 1.5 * model_input["is_foreign"] - 2.0)
+        return pd.DataFrame({"fraud_probability": 1.0 / (1.0 + np.exp(-z)), "rule": "v1"})
+
+
+mlflow.models.set_model(Rules())
+"""
 JSON = {"content-type": "application/json"}
 
 
-def _register_extra_models(registry: str) -> None:
-    """A raw XGBoost Booster and a scikit-learn classifier whose pyfunc answers predict_proba, as champions."""
+def _register_extra_models(registry: str, workdir: Path) -> None:
+    """A raw XGBoost Booster, a scikit-learn classifier whose pyfunc answers predict_proba, one labelled
+    "fraud"/"legit", and a custom model answering a DataFrame, as champions."""
     features, labels = make_transactions(3_000, seed=7)
     booster = xgboost.train(
         {"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
@@ -79,7 +100,21 @@ def _register_extra_models(registry: str) -> None:
             skops_trusted_types=sorted(SKOPS_TRUSTED_TYPES),
             pip_requirements=default_pip_requirements("sklearn"),
         )
-    for key in ("booster", "proba"):
+        labelled = HistGradientBoostingClassifier(max_iter=20, max_depth=3, early_stopping=False, random_state=7)
+        labelled.fit(features, np.where(np.asarray(labels) == 1, "fraud", "legit"))
+        mlflow.sklearn.log_model(
+            labelled, name="labels", registered_model_name=SERVED["labels"], signature=infer_signature(features),
+            serialization_format="skops", skops_trusted_types=sorted(SKOPS_TRUSTED_TYPES),
+            pip_requirements=default_pip_requirements("sklearn"),
+        )  # fmt: skip
+        client.set_model_version_tag(SERVED["labels"], "1", "positive_class", "fraud")
+        code = workdir / "rules.py"
+        code.write_text(_CUSTOM_MODEL)
+        mlflow.pyfunc.log_model(
+            name="custom", python_model=str(code), registered_model_name=SERVED["custom"],
+            signature=infer_signature(features, params={"scale": 1.0}), pip_requirements=["numpy", "pandas"],
+        )  # fmt: skip
+    for key in ("booster", "proba", "labels", "custom"):
         client.set_registered_model_alias(SERVED[key], "champion", "1")
 
 
@@ -127,16 +162,18 @@ class MlflowModelServer:
 def servers(
     demo_home: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[RunningService, dict[str, str]]]:
-    """This service serving all five models, and one `mlflow models serve` per model (key -> its URL)."""
+    """This service serving all seven models, and one `mlflow models serve` per model (key -> its URL)."""
     root = tmp_path_factory.mktemp("mlflow-parity")
     shutil.copy2(demo_home / "mlflow.db", root / "mlflow.db")
     registry = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
             patch.delenv(variable, raising=False)
-        _register_extra_models(registry)
+        _register_extra_models(registry, root)
     models = ",".join(f"{key}={name}" for key, name in SERVED.items())
-    env = {"MLFLOW_TRACKING_URI": registry, "MODELS": models, "WORKERS": "1", "LOG_LEVEL": "WARNING"}
+    env = {
+        "MLFLOW_TRACKING_URI": registry, "MODELS": models, "WORKERS": "1", "LOG_LEVEL": "WARNING", "PYFUNC": "allow",
+    }  # fmt: skip
     ours = start_service(["serve"], env, root)
     theirs = {
         key: MlflowModelServer(registry, f"models:/{name}@champion", root / f"mlflow-{key}.log")
@@ -168,14 +205,6 @@ def request_bodies(frame: pd.DataFrame) -> dict[str, tuple[str, bytes]]:
     }
 
 
-def assert_same_predictions(ours: object, theirs: object, where: str) -> None:
-    """Equal labels; probabilities equal within 1e-6 (the same float32 model outputs, printed as float64)."""
-    np.testing.assert_allclose(np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float), rtol=0, atol=1e-6)
-    assert np.asarray(ours).shape == np.asarray(theirs).shape, where
-    if all(isinstance(value, int) for value in np.asarray(theirs).ravel().tolist()):
-        assert ours == theirs, where
-
-
 def test_mlflow_client_gets_the_same_answers_from_both(
     servers: tuple[RunningService, dict[str, str]], transactions: pd.DataFrame
 ) -> None:
@@ -197,11 +226,26 @@ def test_mlflow_client_gets_the_same_answers_from_both(
             )
             their = httpx.post(f"{url}/invocations", content=body, headers={"content-type": content_type}, timeout=60)
             assert (mine.status_code, their.status_code) == (200, 200), (key, form, mine.text, their.text[:500])
-            assert_same_predictions(mine.json()["predictions"], their.json()["predictions"], f"{key} {form}")
+            largest_difference(mine.json()["predictions"], their.json()["predictions"], f"{key} {form}")
             summary[(key, form)] = type(their.json()["predictions"][0]).__name__
     assert summary[("xgboost", "csv")] == "int"  # class labels
     assert summary[("booster", "csv")] == "float"  # probabilities
     assert summary[("proba", "csv")] == "list"  # [p(0), p(1)]
+    assert summary[("labels", "csv")] == "str"  # "fraud" / "legit"
+    assert summary[("custom", "csv")] == "dict"  # the DataFrame's records
+
+
+def test_params_a_custom_model_declares_are_refused_not_ignored(
+    servers: tuple[RunningService, dict[str, str]], transactions: pd.DataFrame
+) -> None:
+    ours, theirs = servers
+    body = dump_input_data(transactions.head(5), params={"scale": 2.0}).encode()
+    their = httpx.post(f"{theirs['custom']}/invocations", content=body, headers=JSON, timeout=60)
+    plain = httpx.post(f"{theirs['custom']}/invocations", content=dump_input_data(transactions.head(5)), headers=JSON)
+    assert their.json() != plain.json(), "MLflow passes the declared param on: the answer changes"
+    mine = httpx.post(f"{ours.base_url}/invocations/custom", content=body, headers=JSON)
+    assert (mine.status_code, mine.json()["error_code"]) == (400, "INVALID_PARAMETER_VALUE"), mine.text
+    assert "params scale" in mine.json()["message"]
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from tests.real_models import (
     NUMERIC,
     SHAPES,
     categorized,
+    largest_difference,
     make_fraud_table,
     request_rows,
 )
@@ -133,6 +134,52 @@ def test_every_shape_serves_mlflow_flavor_loader_numbers(
     difference = float(np.max(np.abs(served - expected)))
     print(f"{key}: max |diff| {difference:.3g} over {len(sent)} rows")  # the figure the issue note reports
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
+
+
+def mlflow_answer(tracking_uri: str, name: str, key: str, rows: list[dict[str, Any]]) -> list[Any]:
+    """What `mlflow models serve` answers: MLflow's pyfunc `predict`, encoded by its scoring server's own function.
+
+    MLflow's pyfunc cannot score a model trained on pandas category columns (its schema enforcement makes them
+    str, which XGBoost and LightGBM refuse; its raw-Booster wrapper builds a DMatrix without categories): there
+    the reference is its wrapper's `predict` given the training categories, as the service builds the columns.
+    """
+    import io
+
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    use_registry(tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/1")
+    columns = pyfunc.metadata.get_input_schema().input_names()
+    frame = pd.DataFrame([{column: row.get(column) for column in columns} for row in rows], columns=columns)
+    if key == "xgb-booster-categorical":
+        output = _booster_predict(pyfunc.get_raw_model(), categorized(frame, TRAINING_CATEGORIES))
+    elif key in {"xgb-classifier", "lgb-classifier", "lgb-booster-categorical"}:
+        output = pyfunc._model_impl.predict(categorized(frame, TRAINING_CATEGORIES))  # the flavour's own wrapper
+    else:
+        output = pyfunc.predict(frame)
+    encoded = io.StringIO()
+    predictions_to_json(output, encoded)
+    answer: list[Any] = json.loads(encoded.getvalue())["predictions"]
+    return answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", list(SHAPES))
+def test_every_shape_answers_invocations_with_what_mlflow_pyfunc_returns(
+    real_service: RunningService, real_models: tuple[str, dict[str, str]], rows: list[dict[str, Any]], key: str
+) -> None:
+    tracking_uri, names = real_models
+    sent = [row for row in rows if all(row.get(column) is not None for column in COMPLETE_ONLY.get(key, []))]
+    expected = mlflow_answer(tracking_uri, names[key], key, sent)
+    with real_service.client() as client:
+        records = client.post(f"/invocations/{key}", json={"dataframe_records": sent})
+        split_body = '{"dataframe_split": ' + frame_of(sent).to_json(orient="split") + "}"
+        split = client.post(f"/invocations/{key}", content=split_body, headers={"content-type": "application/json"})
+    assert records.status_code == 200, records.text
+    difference = largest_difference(records.json()["predictions"], expected, key)
+    print(f"{key}: /invocations {type(expected[0]).__name__}, max |diff| {difference:.3g} over {len(sent)} rows")
+    assert split.status_code == 200, split.text
+    largest_difference(split.json()["predictions"], expected, f"{key} dataframe_split")
 
 
 @pytest.mark.slow

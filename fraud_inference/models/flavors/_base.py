@@ -30,6 +30,7 @@ __all__ = [
     "check_feature_names",
     "class_column",
     "positive_column",
+    "pyfunc_rows",
 ]
 
 Matrix = npt.NDArray[np.float64]
@@ -77,6 +78,11 @@ class Scorer(Protocol):
         """The fraud probability of each row of `batch` (a matrix, or a DataFrame when `needs_frame`)."""
         ...
 
+    def mlflow_predictions(self, batch: Any) -> tuple[Matrix, list[Any]]:
+        """The fraud probability of each row of `batch`, and what MLflow's pyfunc wrapper of the version returns for
+        the same rows (`mlflow.pyfunc.load_model(uri).predict`), one JSON-able value per row (`pyfunc_rows`)."""
+        ...
+
 
 @runtime_checkable
 class RecordsSplits(Protocol):
@@ -96,6 +102,8 @@ class ModelFlavor(Protocol):
     """The MLmodel key recording the library's version (the fallback when requirements.txt has no pin)."""
     packages: tuple[PackageRule, ...]
     """The packages whose installed versions must match training, with their `compatible` rule."""
+    pyfunc_predict_fns: tuple[str, ...]
+    """The MLmodel `python_function.predict_fn`s whose answer `/invocations` gives (MLflow's wrapper has them)."""
 
     def model_file(self, conf: Mapping[str, Any], model_dir: Path, trust: ModelTrust) -> ModelFile:
         """Decide which file and format to load, as MLflow's loader does; raise `UntrustedModelError` if refused.
@@ -184,6 +192,31 @@ def binary_scores(scores: Matrix, column: int) -> Matrix:
 def model_path(artifact: ModelArtifact) -> Path:
     """The local path of the version's model file."""
     return Path(artifact.path) / artifact.model_file.file
+
+
+def pyfunc_rows(output: Any, rows: int, where: str) -> list[Any]:
+    """A pyfunc `predict` output as MLflow's scoring server lays it out, one value per row.
+
+    As `mlflow.utils.proto_json_utils._get_jsonable_obj(output, pandas_orient="records")`: an array as
+    `tolist()`, a DataFrame as its records, a Series as the records of a one-column DataFrame (keyed by the
+    Series' name, or 0). Anything that is not one value per row cannot be split between the requests of a batch.
+    """
+    import pandas as pd
+
+    if isinstance(output, np.ndarray):
+        values: Any = output.tolist()
+    elif isinstance(output, pd.DataFrame):
+        values = output.to_dict(orient="records")
+    elif isinstance(output, pd.Series):
+        values = pd.DataFrame(output).to_dict(orient="records")
+    else:
+        values = output
+    if not isinstance(values, list) or len(values) != rows:
+        raise ValueError(
+            f"{where}: predict returned {type(output).__name__} that is not one value per row for {rows} rows; "
+            "MLflow's scoring protocol answers one prediction per row here"
+        )
+    return values
 
 
 @functools.lru_cache(maxsize=8)

@@ -42,6 +42,7 @@ class LightGBMFlavor:
     name: str = "lightgbm"
     version_key: str | None = "lgb_version"
     packages: tuple[PackageRule, ...] = (PackageRule(("lightgbm",), "same major"), NUMPY)
+    pyfunc_predict_fns: tuple[str, ...] = ("predict",)
 
     def model_file(self, conf: Mapping[str, Any], model_dir: Path, trust: ModelTrust) -> ModelFile:
         # NOTE: decided as mlflow/lightgbm/__init__.py `_load_model` does: by model_class. MLflow 3.17 writes
@@ -102,13 +103,35 @@ class LightGBMScorer:
         classes = [0, 1] if is_booster else list(model.classes_)
         self._column, self.positive_class = positive_column(classes, artifact.ref.positive_class, where)
         self._booster = booster
+        self._classes: np.ndarray[Any, Any] | None = None if is_booster else np.asarray(model.classes_)
         self.categories = _training_categories(booster, artifact)
         self.needs_frame = bool(self.categories)
         self._features = artifact.features
 
     def fraud_probability(self, batch: Any) -> Matrix:
-        scores = np.asarray(self._booster.predict(batch, num_threads=1), dtype=np.float64)
-        return binary_scores(scores, self._column)
+        return binary_scores(self._scores(batch), self._column)
+
+    def mlflow_predictions(self, batch: Any) -> tuple[Matrix, list[Any]]:
+        scores = self._scores(batch)
+        return binary_scores(scores, self._column), self.pyfunc_answer(scores)
+
+    def _scores(self, batch: Any) -> Matrix:
+        return np.asarray(self._booster.predict(batch, num_threads=1), dtype=np.float64)
+
+    def pyfunc_answer(self, scores: Matrix) -> list[Any]:
+        """What MLflow's pyfunc wrapper returns, from output shaped as `Booster.predict`'s: a raw Booster's
+        `predict` itself, or the labels `LGBMClassifier.predict` makes of it, in the model's own label type.
+
+        NOTE: the same rule as lightgbm/sklearn.py `LGBMClassifier.predict` (4.x): argmax over `predict_proba`
+        (`[1 - p, p]` for a binary objective), then the class of that index; one model call gives both answers.
+        """
+        if self._classes is None:
+            answer = scores
+        else:
+            probabilities = scores if scores.ndim > 1 else np.vstack((1.0 - scores, scores)).transpose()
+            answer = self._classes[np.argmax(probabilities, axis=1)]
+        rows: list[Any] = answer.tolist()
+        return rows
 
     def fraud_column(self, scores: Matrix) -> Matrix:
         """The fraud probabilities from output shaped as `Booster.predict`'s (for COMPILED_TREES)."""

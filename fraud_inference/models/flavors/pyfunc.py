@@ -13,27 +13,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fraud_inference.models.flavors._base import NUMPY, Matrix, ModelFile, PackageRule
+from fraud_inference.models.flavors._base import NUMPY, Matrix, ModelFile, PackageRule, pyfunc_rows
 from fraud_inference.models.trust import ModelTrust, UntrustedModelError
 
 if TYPE_CHECKING:
     from fraud_inference.models.artifact import ModelArtifact
 
-__all__ = ["DEFAULT_PROBABILITY_COLUMN", "FLAVOR", "PyfuncFlavor"]
+__all__ = ["CUSTOM_LOADERS", "DEFAULT_PROBABILITY_COLUMN", "FLAVOR", "PyfuncFlavor"]
 
 DEFAULT_PROBABILITY_COLUMN = "fraud_probability"
 # A PythonModel logged as an object (cloudpickled), or as code ("models from code", MLflow >= 2.12).
-_CUSTOM_LOADERS = frozenset({"mlflow.pyfunc.model", "mlflow.pyfunc.loaders.code_model"})
+CUSTOM_LOADERS = frozenset({"mlflow.pyfunc.model", "mlflow.pyfunc.loaders.code_model"})
 
 
 class PyfuncFlavor:
     name: str = "python_function"
     version_key: str | None = None
     packages: tuple[PackageRule, ...] = (NUMPY,)
+    pyfunc_predict_fns: tuple[str, ...] = ("predict",)
 
     def model_file(self, conf: Mapping[str, Any], model_dir: Path, trust: ModelTrust) -> ModelFile:
         loader = conf.get("loader_module")
-        if loader not in _CUSTOM_LOADERS:
+        if loader not in CUSTOM_LOADERS:
             raise UntrustedModelError(
                 f"its only flavour is python_function with loader {loader!r}; this service serves XGBoost, "
                 "LightGBM and scikit-learn models, and custom mlflow.pyfunc.PythonModel ones"
@@ -69,9 +70,16 @@ class PyfuncScorer:
         self._where = f"{artifact.ref.name} v{artifact.ref.version}"
 
     def fraud_probability(self, batch: Any) -> Matrix:
+        return self._probabilities(self._model.predict(batch), len(batch))
+
+    def mlflow_predictions(self, batch: Any) -> tuple[Matrix, list[Any]]:
+        # One call: the probabilities the contract reads, and the whole output (every column), as MLflow answers.
+        output = self._model.predict(batch)
+        return self._probabilities(output, len(batch)), pyfunc_rows(output, len(batch), self._where)
+
+    def _probabilities(self, output: Any, rows: int) -> Matrix:
         import pandas as pd
 
-        output = self._model.predict(batch)
         if isinstance(output, pd.DataFrame):
             if self._column not in output.columns:
                 raise ValueError(
@@ -83,9 +91,9 @@ class PyfuncScorer:
         scores = np.asarray(output, dtype=np.float64)
         if scores.ndim == 2 and scores.shape[1] == 1:
             scores = scores[:, 0]
-        if scores.shape != (len(batch),):
+        if scores.shape != (rows,):
             raise ValueError(
-                f"{self._where}: predict returned shape {scores.shape} for {len(batch)} rows; the output contract is "
+                f"{self._where}: predict returned shape {scores.shape} for {rows} rows; the output contract is "
                 "one fraud probability per row (a 1-D array or Series, or a DataFrame column named by the version "
                 "tag probability_column)"
             )

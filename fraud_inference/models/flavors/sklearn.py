@@ -18,6 +18,7 @@ from fraud_inference.models.flavors._base import (
     mlflow_loaded,
     model_path,
     positive_column,
+    pyfunc_rows,
 )
 from fraud_inference.models.trust import ModelTrust, check_serialized, load_serialized
 
@@ -37,6 +38,8 @@ class SklearnFlavor:
         NUMPY,
         PackageRule(("scipy",), "same major"),
     )
+    # MLflow's `pyfunc_predict_fn` choices but `score`, which needs the true labels.
+    pyfunc_predict_fns: tuple[str, ...] = ("predict", "predict_proba", "predict_log_proba", "predict_joint_log_proba")
 
     def model_file(self, conf: Mapping[str, Any], model_dir: Path, trust: ModelTrust) -> ModelFile:
         # As mlflow/sklearn/__init__.py `_load_pyfunc`: no serialization_format means pickle.
@@ -70,12 +73,20 @@ class SklearnScorer:
             list(getattr(model, "classes_", [])), artifact.ref.positive_class, where
         )
         self._model = model
+        self._where = where
+        self._predict_fn = artifact.pyfunc_predict_fn
         # NOTE: a ColumnTransformer selecting columns by name fails on an array ("Specifying the columns using
         # strings is only supported for dataframes"); every other estimator scores the same matrix faster.
         self.needs_frame = any(feature.type == "string" for feature in artifact.features) or _selects_by_name(model)
 
     def fraud_probability(self, batch: Any) -> Matrix:
         return np.ascontiguousarray(self._model.predict_proba(batch)[:, self._column], dtype=np.float64)
+
+    def mlflow_predictions(self, batch: Any) -> tuple[Matrix, list[Any]]:
+        # NOTE: the estimator's own method, not labels made of predict_proba: `predict` is not always its argmax
+        # (LogisticRegression thresholds the decision function, SVC's Platt scaling can disagree with it).
+        answer = getattr(self._model, self._predict_fn)(batch)
+        return self.fraud_probability(batch), pyfunc_rows(answer, len(batch), self._where)
 
 
 def _selects_by_name(model: Any) -> bool:

@@ -40,6 +40,7 @@ class XGBoostFlavor:
     name: str = "xgboost"
     version_key: str | None = "xgb_version"
     packages: tuple[PackageRule, ...] = (PackageRule(("xgboost", "xgboost-cpu"), "same major"), NUMPY)
+    pyfunc_predict_fns: tuple[str, ...] = ("predict",)
 
     def model_file(self, conf: Mapping[str, Any], model_dir: Path, trust: ModelTrust) -> ModelFile:
         # MLflow >= 1.22 records model_class; older models are raw Boosters (mlflow/xgboost/__init__.py `_load_model`).
@@ -100,6 +101,7 @@ class XGBoostScorer:
         classes = [0, 1] if is_booster else list(model.classes_)
         self._column, self.positive_class = positive_column(classes, artifact.ref.positive_class, where)
         self._booster = booster
+        self._n_classes: int | None = None if is_booster else int(model.n_classes_)
         # NOTE: as MLflow's loaded object predicts: XGBClassifier.predict_proba stops at best_iteration when the
         # model was early-stopped, a raw Booster's predict uses every tree (its best_iteration is only a record).
         best = None if is_booster else getattr(model, "best_iteration", None)
@@ -109,8 +111,14 @@ class XGBoostScorer:
         self._features = artifact.features
 
     def fraud_probability(self, batch: Any) -> Matrix:
-        scores = np.asarray(self._booster.inplace_predict(batch, iteration_range=self._iteration_range), np.float64)
-        return binary_scores(scores, self._column)
+        return binary_scores(self._scores(batch), self._column)
+
+    def mlflow_predictions(self, batch: Any) -> tuple[Matrix, list[Any]]:
+        scores = self._scores(batch)
+        return binary_scores(scores, self._column), self.pyfunc_answer(scores)
+
+    def _scores(self, batch: Any) -> Matrix:
+        return np.asarray(self._booster.inplace_predict(batch, iteration_range=self._iteration_range), np.float64)
 
     def fraud_column(self, scores: Matrix) -> Matrix:
         """The fraud probabilities from output shaped as `Booster.predict`'s (for COMPILED_TREES)."""
@@ -133,6 +141,25 @@ class XGBoostScorer:
                 if left != -1 and kind == 0 and 0 <= feature < len(names):
                     found.setdefault(names[feature], set()).add(float(condition))
         return {name: sorted(values) for name, values in found.items()}
+
+    def pyfunc_answer(self, scores: Matrix) -> list[Any]:
+        """What MLflow's pyfunc wrapper returns, from output shaped as `Booster.predict`'s: a raw Booster's
+        `predict` itself (float32 probabilities), or the labels `XGBClassifier.predict` makes of them.
+
+        NOTE: the same rule as xgboost/sklearn.py `XGBClassifier.predict` (3.x), so one model call gives both the
+        fraud probabilities and the labels: class 1 exactly when p > 0.5 (ties to 0), labels are the class indices.
+        """
+        answer: Any
+        if self._n_classes is None:
+            answer = scores.astype(np.float32)
+        elif scores.ndim > 1 and self._n_classes != 2:
+            answer = np.argmax(scores, axis=1)
+        else:
+            two_columns = scores.ndim > 1 and scores.shape[1] != 1  # XGBoost's "multi-label" case: 0.0/1.0 per column
+            answer = np.zeros(scores.shape) if two_columns else np.repeat(0, scores.shape[0])
+            answer[scores > 0.5] = 1
+        rows: list[Any] = answer.tolist()
+        return rows
 
     def treelite_model(self) -> Any:
         """The trees `fraud_probability` uses, as treelite reads them (for COMPILED_TREES)."""
