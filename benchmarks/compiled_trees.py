@@ -37,8 +37,9 @@ import numpy as np
 
 from fraud_inference.demo.dataset import make_transactions
 from fraud_inference.demo.seeding import embedded_registry, seed_demo
-from fraud_inference.models.artifact import ModelArtifact, fetch_artifact
+from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.models.compiled import CompiledTreesScorer, compiler_versions
+from fraud_inference.models.reading import fetch_artifact
 from fraud_inference.models.scoring import ServedModel, load_model
 from fraud_inference.registry import Registry
 

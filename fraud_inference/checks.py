@@ -8,7 +8,8 @@ from pathlib import Path
 import msgspec
 
 from fraud_inference.consistency import DependencyCheck
-from fraud_inference.models.artifact import DependencyMismatchError, ModelArtifact, UnservableModelError, fetch_artifact
+from fraud_inference.models.artifact import DependencyMismatchError, ModelArtifact, UnservableModelError
+from fraud_inference.models.reading import fetch_artifact
 from fraud_inference.parity import ParityPolicy, ParityReport, check_parity
 from fraud_inference.registry import Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings, redact_credentials

@@ -22,7 +22,9 @@ from typing import Any, Literal
 import msgspec
 
 from fraud_inference.models.artifact import ModelArtifact
+from fraud_inference.models.flavors import flavor_named
 from fraud_inference.models.signature import on_training_categories, text_dtype
+from fraud_inference.models.tolerance import TOLERANCE
 from fraud_inference.observability.logging import configure_logging
 
 __all__ = [
@@ -38,7 +40,6 @@ __all__ = [
 
 ParityPolicy = Literal["strict", "warn", "off"]
 PARITY_POLICIES: tuple[ParityPolicy, ...] = ("strict", "warn", "off")
-TOLERANCE = 1e-6
 
 
 class ParityReport(msgspec.Struct, kw_only=True):
@@ -213,7 +214,7 @@ def _mlflow_scores(artifact: ModelArtifact, served: Any, row: dict[str, Any]) ->
             frame[feature.name] = column.astype("float64")
     for name, categories in served.scorer.categories.items():
         frame[name] = on_training_categories(frame[name], pd.CategoricalDtype(pd.Index(categories)))
-    return artifact.model_flavor.mlflow_scores(artifact, frame, served.scorer.positive_class)
+    return flavor_named(artifact.flavor).mlflow_scores(artifact, frame, served.scorer.positive_class)
 
 
 def _with_optional_left_out(artifact: ModelArtifact, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,7 +16,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, fetch_artifact
+from fraud_inference.models.artifact import ModelArtifact, UnservableModelError
+from fraud_inference.models.reading import fetch_artifact
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
 from fraud_inference.parity import check_parity_isolated

@@ -18,8 +18,9 @@ from fraud_inference.api.app import create_app
 from fraud_inference.consistency import check_dependencies
 from fraud_inference.demo.dataset import make_transactions
 from fraud_inference.demo.seeding import default_pip_requirements, log_fraud_model
-from fraud_inference.models.artifact import DependencyMismatchError, UnservableModelError, read_artifact
+from fraud_inference.models.artifact import DependencyMismatchError, UnservableModelError
 from fraud_inference.models.flavors.lightgbm import FLAVOR as LIGHTGBM
+from fraud_inference.models.reading import read_artifact
 from fraud_inference.registry import Registry
 from fraud_inference.settings import Settings
 from tests.api.conftest import wait_ready

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraud_inference.models.artifact import ModelArtifact, fetch_artifact
+from fraud_inference.models.artifact import ModelArtifact
+from fraud_inference.models.reading import fetch_artifact
 from fraud_inference.models.scoring import ServedModel, load_model
 from fraud_inference.models.trust import ModelTrust
 from fraud_inference.parity import check_parity
@@ -87,7 +88,7 @@ def test_a_version_the_service_cannot_load_fails_the_gate_whatever_parity_check_
     from mlflow.models import infer_signature
     from sklearn.linear_model import LogisticRegression
 
-    from fraud_inference.models.artifact import read_artifact
+    from fraud_inference.models.reading import read_artifact
     from fraud_inference.registry import ModelRef
     from tests.real_models import make_fraud_table
 
@@ -112,7 +113,7 @@ def test_a_version_without_an_input_example_is_gated_on_rows_from_its_signature(
     import xgboost
     from mlflow.models import infer_signature
 
-    from fraud_inference.models.artifact import read_artifact
+    from fraud_inference.models.reading import read_artifact
     from fraud_inference.registry import ModelRef
     from tests.real_models import NUMERIC, make_fraud_table
 
@@ -169,7 +170,7 @@ def test_an_example_mlflow_cannot_read_is_named_and_the_rows_built_instead_exerc
     tmp_path: Path, flavor: str
 ) -> None:
     from fraud_inference.checks import CheckReport, ModelCheck, gate, render
-    from fraud_inference.models.artifact import read_artifact
+    from fraud_inference.models.reading import read_artifact
     from fraud_inference.models.scoring import example_rows
     from fraud_inference.models.signature_rows import MAX_SIGNATURE_ROWS
     from fraud_inference.registry import ModelRef

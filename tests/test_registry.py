@@ -153,7 +153,8 @@ def test_concurrent_fetches_of_one_version_download_it_once_and_share_it(demo_re
 
     import msgspec
 
-    from fraud_inference.models.artifact import ModelArtifact, fetch_artifact
+    from fraud_inference.models.artifact import ModelArtifact
+    from fraud_inference.models.reading import fetch_artifact
 
     registry = Registry(demo_registry, alias="champion", stages=(), timeout_s=10)
     ref = registry.resolve("xgboost", "fraud-xgboost")

@@ -43,6 +43,7 @@ from fraud_inference.api.protocol import (
 )
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
+from fraud_inference.models.flavors import flavor_named
 from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.pool import Columns
 from fraud_inference.service import (
@@ -121,7 +122,7 @@ _decode_columns = OverflowAsInfinityDecoder(dict[str, list[Any]]).decode
 
 def _check_servable(selection: Selection, params: dict[str, Any] | None) -> None:
     artifact = selection.artifact
-    served = artifact.model_flavor.pyfunc_predict_fns
+    served = flavor_named(artifact.flavor).pyfunc_predict_fns
     if artifact.pyfunc_predict_fn not in served:
         raise _Refusal(
             501,

@@ -34,8 +34,8 @@ import numpy as np
 from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
 from fraud_inference.models.flavors import Scorer
 from fraud_inference.models.flavors._base import Matrix, model_path
+from fraud_inference.models.tolerance import TOLERANCE
 from fraud_inference.observability.logging import get_logger
-from fraud_inference.parity import TOLERANCE
 
 __all__ = ["CompiledTreesScorer", "compile_trees", "compiler_versions", "crashed_libraries"]
 

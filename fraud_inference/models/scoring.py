@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
-from fraud_inference.models.flavors import Scorer
+from fraud_inference.models.flavors import Scorer, flavor_named
 from fraud_inference.models.flavors._base import RecordsSplits
 from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, SignatureDecoder
 
@@ -44,7 +44,7 @@ def load_scorer(artifact: ModelArtifact) -> Scorer:
 
     Under COMPILED_TREES=on (`artifact.compiled_trees`) XGBoost and LightGBM trees score compiled, where exact.
     """
-    scorer = artifact.model_flavor.load(artifact)
+    scorer = flavor_named(artifact.flavor).load(artifact)
     if artifact.compiled_trees is None:
         return scorer
     from fraud_inference.models.compiled import compile_trees

@@ -12,7 +12,8 @@ import pytest
 from mlflow.models import Model, infer_signature
 from sklearn.linear_model import LogisticRegression
 
-from fraud_inference.models.artifact import UnservableModelError, read_artifact
+from fraud_inference.models.artifact import UnservableModelError
+from fraud_inference.models.reading import read_artifact
 from fraud_inference.models.trust import ModelTrust
 from fraud_inference.registry import ModelRef
 from tests.real_models import NUMERIC, make_fraud_table

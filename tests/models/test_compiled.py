@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from fraud_inference.models.artifact import ModelArtifact, fetch_artifact, read_artifact
+from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.models.compiled import CompiledTreesScorer, crashed_libraries
 from fraud_inference.models.flavors.lightgbm import LightGBMScorer
 from fraud_inference.models.flavors.xgboost import XGBoostScorer
+from fraud_inference.models.reading import fetch_artifact, read_artifact
 from fraud_inference.models.scoring import ServedModel, load_model
 from fraud_inference.models.trust import ModelTrust
 from fraud_inference.parity import check_parity, check_parity_isolated

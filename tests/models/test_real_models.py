@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, fetch_artifact, read_artifact
+from fraud_inference.models.artifact import ModelArtifact, UnservableModelError
+from fraud_inference.models.reading import fetch_artifact, read_artifact
 from fraud_inference.models.scoring import load_model
 from fraud_inference.models.signature import InstancesError
 from fraud_inference.models.trust import ModelTrust

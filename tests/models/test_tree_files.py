@@ -19,9 +19,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from fraud_inference.models.artifact import ModelArtifact, UnservableModelError, fetch_artifact, read_artifact
+from fraud_inference.models.artifact import ModelArtifact, UnservableModelError
 from fraud_inference.models.flavors.lightgbm_text import check_model_text
 from fraud_inference.models.flavors.xgboost_file import check_model_file
+from fraud_inference.models.reading import fetch_artifact, read_artifact
 from fraud_inference.models.trust import ModelTrust
 from fraud_inference.registry import Registry
 from tests.real_models import categorized, make_fraud_table

@@ -17,7 +17,8 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.tree import DecisionTreeClassifier
 
 from fraud_inference.demo import make_transactions
-from fraud_inference.models.artifact import UnservableModelError, read_artifact
+from fraud_inference.models.artifact import UnservableModelError
+from fraud_inference.models.reading import read_artifact
 from fraud_inference.models.scoring import load_scorer
 from fraud_inference.models.trust import ModelTrust
 from fraud_inference.registry import ModelRef

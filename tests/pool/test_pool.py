@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraud_inference.models.artifact import ModelArtifact, read_artifact
+from fraud_inference.models.artifact import ModelArtifact
+from fraud_inference.models.reading import read_artifact
 from fraud_inference.models.scoring import load_scorer
 from fraud_inference.pool import (
     InferencePool,
@@ -356,7 +357,7 @@ def test_a_batch_the_model_refuses_fails_only_the_request_it_cannot_score(
     only that request is a 422 with the model's reason; every other gets exactly its own rows' scores."""
     import json
 
-    from fraud_inference.models.artifact import fetch_artifact
+    from fraud_inference.models.reading import fetch_artifact
     from fraud_inference.models.scoring import load_model
     from fraud_inference.models.trust import ModelTrust
     from tests.real_models import make_fraud_table, request_rows

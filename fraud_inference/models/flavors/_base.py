@@ -6,16 +6,15 @@ import functools
 import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from fraud_inference.consistency import PackageRule
+from fraud_inference.models.artifact import ModelArtifact, ModelFile
 
 if TYPE_CHECKING:
-    from fraud_inference.models.artifact import ModelArtifact
     from fraud_inference.models.trust import ModelTrust
 
 __all__ = [
@@ -34,25 +33,10 @@ __all__ = [
 ]
 
 Matrix = npt.NDArray[np.float64]
-FileFormat = Literal["native", "skops", "pickle", "cloudpickle", "pyfunc"]
 
 
 NUMPY = PackageRule(("numpy",), "same major")
 """numpy 1 and 2 differ in ABI and numerics: every flavour checks it."""
-
-
-class ModelFile(msgspec.Struct, frozen=True, kw_only=True):
-    """The file a version loads from, decided from the MLmodel keys MLflow's own flavour loader reads.
-
-    `format` is `native` for a library's own model file (never unpickled), `skops` for a skops file loaded
-    trusting exactly `skops_types`, `pickle` / `cloudpickle` only under SKLEARN_PICKLE=allow, and `pyfunc`
-    for a custom python_function model only under PYFUNC=allow.
-    """
-
-    file: str
-    format: FileFormat
-    model_class: str | None = None
-    skops_types: tuple[str, ...] = ()
 
 
 class Scorer(Protocol):
