@@ -27,6 +27,7 @@ from litestar.types import ASGIApp
 from pandas._libs.parsers import STR_NA_VALUES
 
 from fraud_inference.api.body import read_body
+from fraud_inference.api.error_table import answer_of, where
 from fraud_inference.api.errors import log_unhandled
 from fraud_inference.api.protocol import (
     JSON,
@@ -47,15 +48,9 @@ from fraud_inference.models.flavors import flavor_named
 from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.pool import Columns
 from fraud_inference.service import (
-    InferenceFailedError,
     InvalidRowsError,
-    NotReadyError,
-    OverloadedError,
     PredictionError,
     Selection,
-    TimedOutError,
-    TooManyRowsError,
-    UnknownModelError,
 )
 
 __all__ = ["MlflowError", "MlflowPredictions", "mlflow_router"]
@@ -441,15 +436,6 @@ async def mlflow_version() -> str:
     return str(VERSION)
 
 
-_ERROR_CODES: dict[type[PredictionError], tuple[int, str]] = {
-    NotReadyError: (503, "TEMPORARILY_UNAVAILABLE"),
-    UnknownModelError: (404, "RESOURCE_DOES_NOT_EXIST"),
-    InvalidRowsError: (400, "INVALID_PARAMETER_VALUE"),  # what MLflow answers when its schema check fails
-    TooManyRowsError: (400, "INVALID_PARAMETER_VALUE"),
-    OverloadedError: (503, "TEMPORARILY_UNAVAILABLE"),
-    TimedOutError: (504, "DEADLINE_EXCEEDED"),
-    InferenceFailedError: (503, "TEMPORARILY_UNAVAILABLE"),
-}
 _HTTP_ERROR_CODES = {
     400: "BAD_REQUEST",
     404: "ENDPOINT_NOT_FOUND",
@@ -468,15 +454,13 @@ def _render(
 
 
 def _render_prediction_error(_request: Request[Any, Any, Any], error: PredictionError) -> Response[MlflowError]:
-    status, error_code = _ERROR_CODES[type(error)]
+    answer = answer_of(error)
     if isinstance(error, InvalidRowsError):
-        where = "" if error.row is None else f"row {error.row}"
-        if error.feature is not None:
-            where = f"{where}, column {error.feature!r}"
-        message = f"Failed to enforce schema of data: {where + ': ' if where else ''}{error.message}"
+        located = where(error, row="row", feature="column", feature_first=False)
+        message = f"Failed to enforce schema of data: {located + ': ' if located else ''}{error.message}"
     else:
         message = str(error)
-    return _render(status, error_code, message)
+    return _render(answer.mlflow, answer.mlflow_code, message)
 
 
 def _render_unhandled(request: Request[Any, Any, Any], error: Exception) -> Response[MlflowError]:

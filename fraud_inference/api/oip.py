@@ -25,6 +25,7 @@ from litestar.types import ASGIApp
 
 from fraud_inference import __version__
 from fraud_inference.api.body import read_body
+from fraud_inference.api.error_table import answer_of, where
 from fraud_inference.api.errors import log_unhandled
 from fraud_inference.api.protocol import (
     JSON,
@@ -44,16 +45,11 @@ from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.pool import Columns
 from fraud_inference.service import (
     FraudService,
-    InferenceFailedError,
     InvalidRowsError,
     NotReadyError,
-    OverloadedError,
     PredictionError,
     ScoredRows,
     Selection,
-    TimedOutError,
-    TooManyRowsError,
-    UnknownModelError,
 )
 
 __all__ = [
@@ -580,24 +576,11 @@ async def version_infer(request: Request[Any, Any, Any], model: FromPath[str], v
     return await _infer(request, model, version)
 
 
-_STATUS: dict[type[PredictionError], int] = {
-    NotReadyError: 503,
-    UnknownModelError: 404,
-    InvalidRowsError: 400,
-    TooManyRowsError: 413,
-    OverloadedError: 503,
-    TimedOutError: 504,
-    InferenceFailedError: 503,
-}
-
-
 def _render_prediction_error(_request: Request[Any, Any, Any], error: PredictionError) -> Response[OipError]:
-    status = _STATUS[type(error)]
+    status = answer_of(error).oip
     if isinstance(error, InvalidRowsError):
-        where = "" if error.feature is None else f"input {error.feature!r}"
-        if error.row is not None:
-            where = f"{where}{', ' if where else ''}row {error.row}"
-        message = f"{where}: {error.message}" if where else error.message
+        located = where(error, row="row", feature="input", feature_first=True)
+        message = f"{located}: {error.message}" if located else error.message
     else:
         message = str(error)
     return Response(OipError(message), status_code=status, headers=_RETRY_AFTER if status == 503 else None)

@@ -15,6 +15,7 @@ from litestar.types import ASGIApp
 
 from fraud_inference import __version__
 from fraud_inference.api.body import read_body
+from fraud_inference.api.error_table import answer_of
 from fraud_inference.api.errors import error_responses
 from fraud_inference.api.protocol import EncodedAnswer, non_finite_hint, note_scored, require_media_type, service_of
 from fraud_inference.api.request_id import request_id_of
@@ -33,14 +34,9 @@ from fraud_inference.models.signature import clip_names, instances_message
 from fraud_inference.observability.metrics import CONTENT_TYPE
 from fraud_inference.service import (
     Generation,
-    InferenceFailedError,
     InvalidRowsError,
-    NotReadyError,
-    OverloadedError,
     PredictionError,
-    TimedOutError,
     TooManyRowsError,
-    UnknownModelError,
 )
 
 __all__ = ["livez", "metrics", "model_infos", "predict", "readyz", "v1_router", "version"]
@@ -80,20 +76,9 @@ class _PredictOperation(Operation):
         self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=body)}, required=True)
 
 
-_STATUS: dict[type[PredictionError], int] = {
-    NotReadyError: 503,
-    UnknownModelError: 404,
-    InvalidRowsError: 422,
-    TooManyRowsError: 413,
-    OverloadedError: 503,
-    TimedOutError: 504,
-    InferenceFailedError: 503,
-}
-
-
 def _render_error(_request: Request[Any, Any, Any], error: PredictionError) -> Response[ErrorBody]:
     """/v1's convention for the core's errors: Litestar's `{"status_code", "detail"}`, Retry-After on 503."""
-    status = _STATUS[type(error)]
+    status = answer_of(error).v1
     if isinstance(error, InvalidRowsError):
         detail = instances_message(error.message, row=error.row, feature=error.feature)
     elif isinstance(error, TooManyRowsError):
