@@ -152,7 +152,7 @@ class _InstantService(FraudService):
         self._rows_of = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
     async def _predict(
-        self, model: str | Selection | None, rows: bytes | Columns, request_id: str, *, pyfunc_output: bool
+        self, model: str | Selection | None, rows: bytes | Columns, request_id: str, *, wants: tuple[str, ...]
     ) -> ScoredRows:
         selection = model if isinstance(model, Selection) else self.select(model)
         count = len(self._rows_of(rows)) if isinstance(rows, bytes) else len(msgspec.msgpack.decode(rows.values[0]))
@@ -160,8 +160,8 @@ class _InstantService(FraudService):
         ref = selection.artifact.ref
         self.metrics.record_scores(selection.key, ref.version, probabilities, ref.threshold, 0.0001)
         # The workers encode MLflow's answer (an XGBClassifier's labels); here as they would send it.
-        labels = msgspec.json.encode([0] * count) if pyfunc_output else None
-        return ScoredRows(selection=selection, probabilities=probabilities, pyfunc_output=labels)
+        outputs = {name: msgspec.json.encode([0] * count) for name in wants}
+        return ScoredRows(selection=selection, probabilities=probabilities, outputs=outputs)
 
 
 async def _call_many(app: Any, route: _Route, count: int) -> None:

@@ -32,7 +32,7 @@ from fraud_inference.pool import (
     Scores,
     WorkerOptions,
 )
-from fraud_inference.pool.messages import GenerationLoaded
+from fraud_inference.pool.messages import PYFUNC_ANSWER, GenerationLoaded
 from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings
 
@@ -140,8 +140,13 @@ class ScoredRows(msgspec.Struct, frozen=True):
 
     selection: Selection
     probabilities: npt.NDArray[np.float64]
-    pyfunc_output: bytes | None = None
-    """When asked for: the JSON array of what MLflow's pyfunc wrapper of the version returns for the rows."""
+    outputs: Mapping[str, bytes] = msgspec.field(default_factory=dict)
+    """Every named output the request wanted, by name (`pool.messages`), as the worker encoded it."""
+
+    @property
+    def pyfunc_output(self) -> bytes | None:
+        """When asked for: the JSON array of what MLflow's pyfunc wrapper of the version returns for the rows."""
+        return self.outputs.get(PYFUNC_ANSWER)
 
     @property
     def ref(self) -> ModelRef:
@@ -334,26 +339,27 @@ class FraudService:
         return Selection(key=key, generation=generation)
 
     async def predict(
-        self, model: str | Selection | None, rows: bytes, request_id: str, *, pyfunc_output: bool = False
+        self, model: str | Selection | None, rows: bytes, request_id: str, *, wants: tuple[str, ...] = ()
     ) -> ScoredRows:
         """Score `rows` (raw JSON: an array of row objects) with `model`, a key or a `Selection` made earlier.
 
         See `_predict`, the one scoring path of every protocol.
         """
-        return await self._predict(model, rows, request_id, pyfunc_output=pyfunc_output)
+        return await self._predict(model, rows, request_id, wants=wants)
 
     async def predict_columns(
-        self, model: str | Selection | None, columns: Columns, request_id: str, *, pyfunc_output: bool = False
+        self, model: str | Selection | None, columns: Columns, request_id: str, *, wants: tuple[str, ...] = ()
     ) -> ScoredRows:
         """Score rows sent as `columns` (`dataframe_split`, OIP tensors), as `predict` scores rows: the worker
         decodes them straight into the model's batch, with the same checks and refusals."""
-        return await self._predict(model, columns, request_id, pyfunc_output=pyfunc_output)
+        return await self._predict(model, columns, request_id, wants=wants)
 
     async def _predict(
-        self, model: str | Selection | None, rows: bytes | Columns, request_id: str, *, pyfunc_output: bool
+        self, model: str | Selection | None, rows: bytes | Columns, request_id: str, *, wants: tuple[str, ...]
     ) -> ScoredRows:
-        """Score `rows` with `model`, a key or a `Selection` made earlier; with `pyfunc_output`, also what MLflow's
-        pyfunc wrapper of the version returns for them (scored in the worker, by the same model call).
+        """Score `rows` with `model`, a key or a `Selection` made earlier; with the named outputs in `wants` too
+        (`pool.messages.PYFUNC_ANSWER`: what MLflow's pyfunc wrapper of the version returns for them, scored in
+        the worker by the same model call).
 
         The one scoring path of every protocol: which model, ready or not, which generation, counted in the
         metrics. Raises the `PredictionError`s: `NotReadyError`, `UnknownModelError`, `InvalidRowsError`,
@@ -362,9 +368,7 @@ class FraudService:
         selection = model if isinstance(model, Selection) else self.select(model)
         try:
             # The worker decodes the rows against this generation's signature: the server process stays free for HTTP.
-            scores = await self.score(
-                selection.generation, selection.key, rows, request_id, pyfunc_output=pyfunc_output
-            )
+            scores = await self.score(selection.generation, selection.key, rows, request_id, wants=wants)
         except RequestRefusedError as error:
             refusal = error.refusal
             if refusal.reason == "too_many_rows":
@@ -376,7 +380,7 @@ class FraudService:
             raise TimedOutError(str(error)) from None
         except PoolError as error:
             raise InferenceFailedError(f"inference failed: {error}") from None
-        return ScoredRows(selection=selection, probabilities=scores.probabilities, pyfunc_output=scores.pyfunc_output)
+        return ScoredRows(selection=selection, probabilities=scores.probabilities, outputs=scores.outputs)
 
     async def score(
         self,
@@ -385,14 +389,12 @@ class FraudService:
         instances: bytes | Columns,
         request_id: str,
         *,
-        pyfunc_output: bool = False,
+        wants: tuple[str, ...] = (),
     ) -> Scores:
         """Fraud probabilities of `generation`'s `model` for each row of `instances` (raw JSON, or `Columns`),
         counted in the metrics. The worker checks the rows against the model's signature (`RequestRefusedError` if
         they fail)."""
-        scores: Scores = await self.pool.score(
-            generation.number, model, instances, request_id, pyfunc_output=pyfunc_output
-        )
+        scores: Scores = await self.pool.score(generation.number, model, instances, request_id, wants=wants)
         ref = generation.models[model].ref
         self.metrics.record_scores(model, ref.version, scores.probabilities, ref.threshold, scores.seconds)
         return scores

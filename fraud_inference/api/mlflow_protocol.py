@@ -47,6 +47,7 @@ from fraud_inference.models.artifact import FeatureSpec
 from fraud_inference.models.flavors import flavor_named
 from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.pool import Columns
+from fraud_inference.pool.messages import PYFUNC_ANSWER
 from fraud_inference.service import (
     InvalidRowsError,
     PredictionError,
@@ -320,7 +321,7 @@ async def _invoke(request: Request[Any, Any, Any], model: str | None) -> ASGIApp
         form, raw, params = _parse_invocation(body)
         _check_servable(selection, params)
         rows = _rows_of_json(form, raw, detail)
-    scored = await score(service, selection, rows, request_id_of(request.scope), pyfunc_output=True)
+    scored = await score(service, selection, rows, request_id_of(request.scope), wants=(PYFUNC_ANSWER,))
     note_scored(request, scored, "mlflow")
     # The worker encoded the predictions' JSON array: wrapped here, never decoded in the HTTP process.
     return EncodedAnswer(b'{"predictions":' + (scored.pyfunc_output or b"[]") + b"}")

@@ -56,13 +56,13 @@ def service_of(request: Request[Any, Any, Any]) -> FraudService:
 
 
 async def score(
-    service: FraudService, selection: Selection, rows: bytes | Columns, request_id: str, *, pyfunc_output: bool = False
+    service: FraudService, selection: Selection, rows: bytes | Columns, request_id: str, *, wants: tuple[str, ...] = ()
 ) -> ScoredRows:
-    """Score a protocol's rows, raw JSON row objects or `Columns`, with the service; with `pyfunc_output`, also
-    what MLflow's pyfunc wrapper of the version returns for them."""
+    """Score a protocol's rows, raw JSON row objects or `Columns`, with the service; with the named outputs in
+    `wants` too (`pool.messages.PYFUNC_ANSWER`: what MLflow's pyfunc wrapper of the version returns for them)."""
     if isinstance(rows, bytes):
-        return await service.predict(selection, rows, request_id, pyfunc_output=pyfunc_output)
-    return await service.predict_columns(selection, rows, request_id, pyfunc_output=pyfunc_output)
+        return await service.predict(selection, rows, request_id, wants=wants)
+    return await service.predict_columns(selection, rows, request_id, wants=wants)
 
 
 def media_type_of(request: Request[Any, Any, Any]) -> str:

@@ -6,8 +6,6 @@ import asyncio
 import itertools
 from collections.abc import Callable
 
-import numpy as np
-
 from fraud_inference.pool.errors import (
     InferenceTimeoutError,
     NoWorkerError,
@@ -15,7 +13,7 @@ from fraud_inference.pool.errors import (
     ScoringError,
     WorkerLostError,
 )
-from fraud_inference.pool.messages import Cancel, Columns, Refused, Score, Scored, ScoreFailed
+from fraud_inference.pool.messages import FRAUD_PROBABILITY, Cancel, Columns, Refused, Score, Scored, ScoreFailed
 from fraud_inference.pool.process import WorkerProcess
 from fraud_inference.pool.queue import Batch, BatchPolicy, PendingRequest, RequestQueue, Scores
 
@@ -60,16 +58,14 @@ class Dispatcher:
         self.requests_sent = 0  # over batches: how many requests each model call served on average
 
     async def score(
-        self, generation: int, model: str, body: bytes | Columns, request_id: str, *, pyfunc_output: bool = False
+        self, generation: int, model: str, body: bytes | Columns, request_id: str, *, wants: tuple[str, ...] = ()
     ) -> Scores:
         """Score one request's rows with exactly `generation`'s `model` (see `InferencePool.score`)."""
         if not self._holding(generation):
             raise NoWorkerError(f"no live worker holds generation {generation}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Scores] = loop.create_future()
-        request = PendingRequest(
-            next(self._sequence), generation, model, body, request_id, future, pyfunc_output=pyfunc_output
-        )
+        request = PendingRequest(next(self._sequence), generation, model, body, request_id, future, wants=wants)
         self.queue.put(request)
         self._started(generation)
         # NOTE: a timer that fails the future, not asyncio.wait_for: that wraps every request in another future
@@ -173,9 +169,7 @@ class Dispatcher:
                 model=head.model,
                 bodies=tuple(request.body for request in requests),
                 request_ids=tuple(request.request_id for request in requests),
-                pyfunc_outputs=tuple(request.pyfunc_output for request in requests)
-                if any(request.pyfunc_output for request in requests)
-                else (),
+                wants=tuple(request.wants for request in requests) if any(r.wants for r in requests) else (),
             )
         )
 
@@ -209,18 +203,17 @@ class Dispatcher:
 
 
 def _answer(batch: Batch, scored: Scored) -> None:
-    """Give each request of the batch its own rows' scores, or its refusal."""
-    probabilities = np.frombuffer(scored.probabilities, dtype=np.float64)
-    offset = 0
+    """Give each request of the batch its own part of each output it wanted, or its refusal."""
+    parts = {name: output.parts() for name, output in scored.outputs.items()}
     for index, (request, outcome) in enumerate(zip(batch.requests, scored.outcomes, strict=True)):
-        if isinstance(outcome, Refused):
-            if not request.future.done():
-                request.future.set_exception(RequestRefusedError(outcome))
+        if request.future.done():
             continue
-        if not request.future.done():
-            output = scored.pyfunc_outputs[index] if request.pyfunc_output else None
-            request.future.set_result(Scores(probabilities[offset : offset + outcome], scored.seconds, output))
-        offset += outcome
+        if isinstance(outcome, Refused):
+            request.future.set_exception(RequestRefusedError(outcome))
+            continue
+        wanted = {FRAUD_PROBABILITY, *request.wants}
+        outputs = {name: bytes(each[index]) for name, each in parts.items() if name in wanted}
+        request.future.set_result(Scores(outputs, scored.seconds))
 
 
 def _gave_up(future: asyncio.Future[Scores]) -> bool:

@@ -70,9 +70,9 @@ class Score(msgspec.Struct, tag="score", frozen=True, array_like=True):
     model: str
     bodies: tuple[bytes | Columns, ...]
     request_ids: tuple[str, ...]
-    pyfunc_outputs: tuple[bool, ...] = ()
-    """Per request, whether it also wants what MLflow's pyfunc wrapper returns for its rows (`/invocations`);
-    empty when none does."""
+    wants: tuple[tuple[str, ...], ...] = ()
+    """Per request, the named outputs it wants besides `FRAUD_PROBABILITY` (e.g. `PYFUNC_ANSWER`); empty when
+    none wants any."""
 
 
 class Cancel(msgspec.Struct, tag="cancel", frozen=True, array_like=True):
@@ -125,20 +125,40 @@ class Refused(msgspec.Struct, frozen=True, array_like=True):
     rows: int = 0
 
 
-class Scored(msgspec.Struct, tag="scored", frozen=True, array_like=True):
-    """The answer to a `Score`, per request in batch order: its row count, or why it was refused.
+FRAUD_PROBABILITY = "fraud_probability"
+"""The output every request gets: float64, one per row."""
+PYFUNC_ANSWER = "pyfunc"
+"""What MLflow's pyfunc wrapper of the version returns for the rows, as one JSON array (`/invocations`)."""
 
-    `probabilities` (float64) holds the fraud probability of every scored row, request after request;
-    `seconds` is the time the worker spent decoding and scoring the batch. `pyfunc_outputs` holds, per request
-    that asked for it (`Score.pyfunc_outputs`) and was scored, the JSON array of what MLflow's pyfunc wrapper
-    returns for its rows, one value per row; `b""` for the others; empty when no request asked.
+
+class Output(msgspec.Struct, frozen=True, array_like=True):
+    """One named output of a batch: each request's part of `data`, one after another, `sizes[i]` bytes of it
+    for the batch's i-th request (0 for one that did not want it or was refused)."""
+
+    data: bytes
+    sizes: tuple[int, ...]
+
+    def parts(self) -> list[memoryview]:
+        """Each request's bytes, in batch order."""
+        view = memoryview(self.data)
+        parts, offset = [], 0
+        for size in self.sizes:
+            parts.append(view[offset : offset + size])
+            offset += size
+        return parts
+
+
+class Scored(msgspec.Struct, tag="scored", frozen=True, array_like=True):
+    """The answer to a `Score`, per request in batch order: its row count, or why it was refused; and each named
+    output (`FRAUD_PROBABILITY` always, the others a request wanted) with each request's part of it.
+
+    `seconds` is the time the worker spent decoding and scoring the batch.
     """
 
     seq: int
     outcomes: tuple[int | Refused, ...]
-    probabilities: bytes
+    outputs: dict[str, Output]
     seconds: float
-    pyfunc_outputs: tuple[bytes, ...] = ()
 
 
 class ScoreFailed(msgspec.Struct, tag="failed", frozen=True, array_like=True):

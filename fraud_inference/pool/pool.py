@@ -149,17 +149,17 @@ class InferencePool:
     # -- scoring ---------------------------------------------------------------------------------
 
     async def score(
-        self, generation: int, model: str, body: bytes | Columns, request_id: str, *, pyfunc_output: bool = False
+        self, generation: int, model: str, body: bytes | Columns, request_id: str, *, wants: tuple[str, ...] = ()
     ) -> Scores:
         """Score one request's rows (its raw JSON `instances`, or its `Columns`) with exactly `generation`'s `model`;
-        with `pyfunc_output`, the answer also holds what MLflow's pyfunc wrapper returns for them.
+        the answer holds their fraud probabilities and the other named outputs in `wants` (`messages.PYFUNC_ANSWER`).
 
         The request waits in the queue while every worker is busy and may share a batch with other
         requests for the same model and generation; its answer holds exactly its own rows' scores.
         Raises `RequestRefusedError` when the worker refuses the rows (invalid, too many), `PoolOverloadedError`
         when QUEUE_LIMIT requests already wait, `InferenceTimeoutError` after INFERENCE_TIMEOUT_S.
         """
-        return await self._dispatcher.score(generation, model, body, request_id, pyfunc_output=pyfunc_output)
+        return await self._dispatcher.score(generation, model, body, request_id, wants=wants)
 
     # -- worker events ---------------------------------------------------------------------------
 

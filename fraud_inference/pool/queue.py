@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fraud_inference.pool.errors import PoolOverloadedError
-from fraud_inference.pool.messages import Columns
+from fraud_inference.pool.messages import FRAUD_PROBABILITY, Columns
 
 __all__ = ["Batch", "BatchPolicy", "PendingRequest", "RequestQueue", "Scores"]
 
@@ -37,22 +37,24 @@ class BatchPolicy(msgspec.Struct, frozen=True):
 
 
 class Scores(msgspec.Struct, frozen=True):
-    """A request's fraud probabilities, in row order, and how long its worker took for the batch it was in.
+    """A request's named outputs (`FRAUD_PROBABILITY` and those it wanted), and how long its worker took for the
+    batch it was in."""
 
-    `pyfunc_output`, when the request asked for it, is the JSON array of what MLflow's pyfunc wrapper returns
-    for its rows (what `/invocations` answers)."""
-
-    probabilities: npt.NDArray[np.float64]
+    outputs: dict[str, bytes]
     seconds: float
-    pyfunc_output: bytes | None = None
+
+    @property
+    def probabilities(self) -> npt.NDArray[np.float64]:
+        """The fraud probability of each row, in row order."""
+        return np.frombuffer(self.outputs[FRAUD_PROBABILITY], dtype=np.float64)
 
 
 class PendingRequest:
     """One request's rows (raw JSON, or `Columns`) on its way to a worker, and the future its scores resolve."""
 
     __slots__ = (
-        "attempts", "batch", "body", "due_ns", "future", "generation", "model", "pyfunc_output", "request_id", "seq",
-        "size",
+        "attempts", "batch", "body", "due_ns", "future", "generation", "model", "request_id", "seq",
+        "size", "wants",
     )  # fmt: skip
 
     def __init__(
@@ -64,7 +66,7 @@ class PendingRequest:
         request_id: str,
         future: asyncio.Future[Scores],
         *,
-        pyfunc_output: bool = False,
+        wants: tuple[str, ...] = (),
     ) -> None:
         self.seq = seq
         self.generation = generation
@@ -73,8 +75,8 @@ class PendingRequest:
         self.size = len(body) if isinstance(body, bytes) else body.size
         self.request_id = request_id
         self.future = future
-        self.pyfunc_output = pyfunc_output
-        """Whether it also wants what MLflow's pyfunc wrapper returns for its rows (`/invocations`)."""
+        self.wants = wants
+        """The named outputs it wants besides `FRAUD_PROBABILITY` (`messages.PYFUNC_ANSWER`)."""
         self.attempts = 1
         self.due_ns = 0
         """When its wait for company ends (monotonic ns), set once when it is queued."""

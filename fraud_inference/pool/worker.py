@@ -19,12 +19,15 @@ from structlog.typing import FilteringBoundLogger
 from fraud_inference.lifetime import die_with_parent
 from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, InstancesError, SignatureDecoder
 from fraud_inference.pool.messages import (
+    FRAUD_PROBABILITY,
+    PYFUNC_ANSWER,
     Cancel,
     Columns,
     DropGeneration,
     GenerationLoaded,
     Heartbeat,
     LoadGeneration,
+    Output,
     Refused,
     Score,
     Scored,
@@ -81,17 +84,26 @@ def _score_rows(scorer: Scorer, rows: Any, outputs: list[Any] | None) -> Matrix:
     return probabilities
 
 
-def _split_outputs(request: Score, outcomes: list[int | Refused], outputs: list[Any]) -> tuple[bytes, ...]:
-    """Per request, the JSON array of MLflow's pyfunc answer for its own rows when it asked for it, else b""."""
-    answers: list[bytes] = []
-    offset = 0
-    for wants, outcome in zip(request.pyfunc_outputs, outcomes, strict=True):
-        if isinstance(outcome, Refused):
-            answers.append(b"")
-            continue
-        answers.append(_encode_json(outputs[offset : offset + outcome]) if wants else b"")
-        offset += outcome
-    return tuple(answers)
+def _wants_pyfunc(request: Score) -> bool:
+    return any(PYFUNC_ANSWER in wants for wants in request.wants)
+
+
+def _outputs(
+    request: Score, outcomes: list[int | Refused], probabilities: Matrix, answers: list[Any] | None
+) -> dict[str, Output]:
+    """The batch's named outputs, each request's part in batch order: the fraud probabilities (float64) of every
+    scored request and, when some request wanted it, MLflow's pyfunc answer for its own rows (a JSON array)."""
+    rows = [0 if isinstance(outcome, Refused) else outcome for outcome in outcomes]
+    outputs = {FRAUD_PROBABILITY: Output(probabilities.tobytes(), tuple(8 * count for count in rows))}
+    if answers is not None:
+        parts: list[bytes] = []
+        offset = 0
+        for wants, outcome, count in zip(request.wants, outcomes, rows, strict=True):
+            wanted = PYFUNC_ANSWER in wants and not isinstance(outcome, Refused)
+            parts.append(_encode_json(answers[offset : offset + count]) if wanted else b"")
+            offset += count
+        outputs[PYFUNC_ANSWER] = Output(b"".join(parts), tuple(map(len, parts)))
+    return outputs
 
 
 class WorkerOptions(msgspec.Struct, frozen=True):
@@ -244,7 +256,7 @@ class _Worker:
                 outcomes.append(len(outcome))
                 batches.append(outcome)
         # MLflow's pyfunc answer comes from the same model call as the probabilities, for every row of the batch.
-        outputs: list[Any] | None = [] if any(request.pyfunc_outputs) else None
+        outputs: list[Any] | None = [] if _wants_pyfunc(request) else None
         try:
             # One model call per chunk of the whole batch: its fixed cost (~100 us for XGBoost) is paid once
             # for a batch of small requests; a large one is scored chunk by chunk, and dropped between two
@@ -265,7 +277,6 @@ class _Worker:
             probabilities = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else _EMPTY
         except Exception as error:
             outcomes, probabilities, outputs = self._score_alone(request, served, outcomes, batches, error)
-        pyfunc_outputs = () if outputs is None else _split_outputs(request, outcomes, outputs)
         seconds = time.perf_counter() - started
         self._log.debug(
             "batch.scored",
@@ -276,8 +287,8 @@ class _Worker:
             ms=round(seconds * 1000, 3),
         )
         scored = Scored(
-            seq=request.seq, outcomes=tuple(outcomes), probabilities=probabilities.tobytes(), seconds=seconds,
-            pyfunc_outputs=pyfunc_outputs,
+            seq=request.seq, outcomes=tuple(outcomes), outputs=_outputs(request, outcomes, probabilities, outputs),
+            seconds=seconds,
         )  # fmt: skip
         self._send(scored)
 
@@ -302,7 +313,7 @@ class _Worker:
         scored: list[Matrix] = []
         pending = iter(batches)
         answered: list[int | Refused] = []
-        outputs: list[Any] | None = [] if any(request.pyfunc_outputs) else None
+        outputs: list[Any] | None = [] if _wants_pyfunc(request) else None
         for request_id, outcome in zip(request.request_ids, outcomes, strict=True):
             if isinstance(outcome, Refused):
                 answered.append(outcome)
