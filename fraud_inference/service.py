@@ -20,6 +20,7 @@ from fraud_inference.models.artifact import ModelArtifact, UnservableModelError
 from fraud_inference.models.reading import fetch_artifact
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
+from fraud_inference.observers import Observers, ScoredRequest
 from fraud_inference.parity import check_parity_isolated
 from fraud_inference.pool import (
     BatchPolicy,
@@ -223,6 +224,8 @@ class FraudService:
         self._background: set[asyncio.Task[None]] = set()
         self._refresh_lock = asyncio.Lock()
         self._frozen = False
+        self.observers = Observers()
+        """Handed every scored request (`observers.ScoredRequest`), after its answer is decided."""
 
     def _on_generation_loaded(self, loaded: GenerationLoaded) -> None:
         self.metrics.record_loads(loaded.errors, loaded.load_seconds)
@@ -380,7 +383,10 @@ class FraudService:
             raise TimedOutError(str(error)) from None
         except PoolError as error:
             raise InferenceFailedError(f"inference failed: {error}") from None
-        return ScoredRows(selection=selection, probabilities=scores.probabilities, outputs=scores.outputs)
+        scored = ScoredRows(selection=selection, probabilities=scores.probabilities, outputs=scores.outputs)
+        if self.observers:  # NOTE: a truth test, not a call, when nobody observes: the hot path stays as it was
+            self.observers.notify(ScoredRequest(request_id=request_id, rows=rows, scored=scored))
+        return scored
 
     async def score(
         self,

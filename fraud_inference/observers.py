@@ -1,0 +1,70 @@
+"""Scoring observers: what the core hands over after each scored request, for the capabilities that watch
+traffic (a decision log, a challenger's agreement figures) without sitting on the request's path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from fraud_inference.observability.logging import get_logger
+
+if TYPE_CHECKING:
+    from fraud_inference.pool.messages import Columns
+    from fraud_inference.service import ScoredRows
+
+__all__ = ["Observers", "ScoredRequest", "ScoringObserver"]
+
+log = get_logger("fraud_inference.observers")
+
+
+class ScoredRequest(msgspec.Struct, frozen=True):
+    """One scored request, as the core served it: the model, generation and threshold that decided it (`scored`),
+    its request id, and its rows exactly as the protocol handed them to the core (raw JSON row objects, or
+    `Columns`)."""
+
+    request_id: str
+    rows: bytes | Columns
+    scored: ScoredRows
+
+
+ScoringObserver = Callable[[ScoredRequest], None]
+"""Called on the event loop after the request's answer is decided; must not block (hand work to a thread)."""
+
+
+class Observers:
+    """The observers registered with the core; each scored request is handed to every one of them.
+
+    NOTE: handed over with `call_soon`, after the request's own code has run: an observer never delays the answer
+    it observes, and one that raises is logged and skipped, never failing the request or the other observers.
+    """
+
+    def __init__(self) -> None:
+        self._observers: list[ScoringObserver] = []
+
+    def add(self, observer: ScoringObserver) -> None:
+        self._observers.append(observer)
+
+    def remove(self, observer: ScoringObserver) -> None:
+        self._observers.remove(observer)
+
+    def __bool__(self) -> bool:
+        return bool(self._observers)
+
+    def notify(self, request: ScoredRequest) -> None:
+        """Hand `request` to every observer, after the current turn of the event loop."""
+        if self._observers:
+            asyncio.get_running_loop().call_soon(self._hand_over, request, tuple(self._observers))
+
+    @staticmethod
+    def _hand_over(request: ScoredRequest, observers: tuple[ScoringObserver, ...]) -> None:
+        for observer in observers:
+            try:
+                observer(request)
+            except Exception as error:
+                log.error(
+                    "observer.failed", observer=getattr(observer, "__qualname__", repr(observer)),
+                    request_id=request.request_id, error=repr(error)[:300],
+                )  # fmt: skip
