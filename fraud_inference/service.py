@@ -34,6 +34,7 @@ from fraud_inference.pool import (
     WorkerOptions,
 )
 from fraud_inference.pool.messages import PYFUNC_ANSWER, GenerationLoaded
+from fraud_inference.readiness import Readiness, readiness_of
 from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings
 
@@ -230,6 +231,11 @@ class FraudService:
     def _on_generation_loaded(self, loaded: GenerationLoaded) -> None:
         self.metrics.record_loads(loaded.errors, loaded.load_seconds)
         self._positive_classes.setdefault(loaded.generation, {}).update(loaded.positive_classes)
+
+    def readiness(self) -> Readiness:
+        """Whether the service can score now, and why not: what `/readyz` and `/metrics` report."""
+        active = None if self.active is None else self.active.number
+        return readiness_of(active, self.not_ready_reason, self.pool.status(), self.pool.last_worker_failure)
 
     async def start(self) -> None:
         """Start the workers now; load the first generation in the background, retrying the registry.

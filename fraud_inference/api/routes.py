@@ -175,7 +175,7 @@ def model_infos(generation: Generation) -> dict[str, ModelInfo]:
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Every metric of the service in the Prometheus text format (the workers report through the server)."""
     service = service_of(request)
-    return Response(service.metrics.render(service.pool.status()), media_type=CONTENT_TYPE)
+    return Response(service.metrics.render(service.readiness().pool), media_type=CONTENT_TYPE)
 
 
 @get("/livez", tags=["probes"], summary="Liveness", opt={"skip_access_log": True})
@@ -195,15 +195,12 @@ async def livez() -> Probe:
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[Probe]:
     """200 when a generation is active and a worker holds it; 503 with the reason otherwise."""
-    service = service_of(request)
-    pool = service.pool.status()
-    if service.active is None or pool.ready_workers == 0:
-        reason = service.not_ready_reason if service.active is None else "no live worker holds the active models"
-        if service.pool.last_worker_failure and pool.ready_workers == 0:
-            reason = f"{reason}; last worker failure: {service.pool.last_worker_failure}"
-        probe = Probe(status="not ready", reason=reason, workers=pool.size, live_workers=pool.live_workers)
+    readiness = service_of(request).readiness()
+    pool = readiness.pool
+    if not readiness.ready:
+        probe = Probe(status="not ready", reason=readiness.reason, workers=pool.size, live_workers=pool.live_workers)
         return Response(probe, status_code=503, headers=_RETRY_AFTER)
-    probe = Probe(status="ready", generation=service.active.number, workers=pool.size, live_workers=pool.ready_workers)
+    probe = Probe(status="ready", generation=readiness.generation, workers=pool.size, live_workers=pool.ready_workers)
     return Response(probe, status_code=200)
 
 
