@@ -31,10 +31,8 @@ from fraud_inference.api.protocol import (
     JSON,
     EncodedAnswer,
     OverflowAsInfinityDecoder,
-    columns_body,
     non_finite_hint,
     note_scored,
-    refuse_empty,
     require_media_type,
     score,
     service_of,
@@ -43,6 +41,7 @@ from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
 from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.pool import Columns
+from fraud_inference.rows import columns_body, refuse_empty
 from fraud_inference.service import (
     FraudService,
     InvalidRowsError,
