@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from typing import Any
 
 import msgspec
@@ -238,3 +240,12 @@ def test_metadata_types_each_input_from_the_signature() -> None:
         ("amount", "FP64"), ("txn_count_24h", "INT64"), ("is_foreign", "BOOL"), ("merchant", "BYTES"),
     ]  # fmt: skip
     assert [(t.name, t.datatype) for t in metadata.outputs] == [("fraud_probability", "FP64"), ("is_fraud", "BOOL")]
+
+
+def test_the_codec_imports_no_http_framework() -> None:
+    """A gRPC servicer imports the codec without Litestar: only the REST router may bring it in."""
+    probe = "import sys, fraud_inference.oip; print(sorted({m.split('.')[0] for m in sys.modules} & {'litestar'}))"
+
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+
+    assert loaded.strip() == "[]"
