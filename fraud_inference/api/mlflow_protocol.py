@@ -33,11 +33,8 @@ from fraud_inference.api.protocol import (
     JSON,
     EncodedAnswer,
     OverflowAsInfinityDecoder,
-    columns_body,
-    encode_rows,
     non_finite_hint,
     note_scored,
-    refuse_empty,
     require_media_type,
     score,
     service_of,
@@ -48,6 +45,7 @@ from fraud_inference.models.flavors import flavor_named
 from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.pool import Columns
 from fraud_inference.pool.messages import PYFUNC_ANSWER
+from fraud_inference.rows import columns_body, encode_rows, refuse_empty
 from fraud_inference.service import (
     InvalidRowsError,
     PredictionError,
