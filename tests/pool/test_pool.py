@@ -61,6 +61,16 @@ def under_key(artifact: ModelArtifact, key: str) -> ModelArtifact:
     return msgspec.structs.replace(artifact, ref=msgspec.structs.replace(artifact.ref, key=key))
 
 
+async def until(condition: Callable[[], bool], *, timeout_s: float = 30.0) -> bool:
+    """Whether `condition` (of the pool's public state) held within `timeout_s`: polled, never a fixed sleep."""
+    deadline_ns = time.monotonic_ns() + round(timeout_s * 1e9)
+    while not condition():
+        if time.monotonic_ns() >= deadline_ns:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 def run_with_pool(
     size: int,
     scenario: Callable[[InferencePool], Awaitable[None]],
@@ -299,10 +309,14 @@ def test_requests_waiting_when_the_only_worker_dies_are_scored_by_its_replacemen
         victim = pool.worker_pids()[1]
         assert victim is not None
         scoring = asyncio.ensure_future(pool.score(1, "slow", large, "large"))
-        await asyncio.sleep(0.3)  # the worker is busy past _BUSY_LONG_NS: what comes now waits in the queue
+        assert await until(lambda: pool.status().batches >= 1), "the large request never left for the worker"
+        # NOTE: a worker that has held a batch for 50 ms (the dispatcher's busy-long rule) is sent no other: 0.3 s
+        # after the large request left, what comes next waits in the queue. The large one costs far more (5,000
+        # rows of the slow model, ~1.5 s here): it is still scoring when the worker is killed, checked below.
+        await asyncio.sleep(0.3)
         waiting = [asyncio.ensure_future(pool.score(1, "slow", small, f"waiting-{i}")) for i in range(2)]
-        await asyncio.sleep(0.05)
-        assert pool.status().queued == 3
+        assert await until(lambda: pool.status().queued == 3), pool.status()
+        assert not scoring.done(), "the large request was scored before the kill: make the slow model slower"
         os.kill(victim, signal.SIGKILL)
         with pytest.raises(WorkerLostError):
             await scoring
