@@ -222,6 +222,16 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def left_alive(processes: Mapping[int, str], timeout_s: float = 30.0) -> dict[int, str]:
+    """Those of `processes` (pid -> title) still alive once every one has exited, or at the latest `timeout_s` on."""
+    deadline_ns = time.monotonic_ns() + round(timeout_s * 1e9)
+    while (
+        living := {pid: title for pid, title in processes.items() if alive(pid)}
+    ) and time.monotonic_ns() < deadline_ns:
+        time.sleep(0.05)
+    return living
+
+
 @pytest.fixture
 def private_registry(demo_home: Path, tmp_path: Path) -> str:
     """A copy of the demo registry that a test may change (new versions, moved aliases) alone."""

@@ -282,13 +282,10 @@ def test_serve_exits_1_before_traffic_on_a_model_its_workers_cannot_load(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_refresh_to_a_version_failing_the_gate_is_a_422_and_the_active_one_keeps_serving(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_refresh_to_a_version_failing_the_gate_is_a_422_and_the_active_one_keeps_serving(tmp_path: Path) -> None:
     import structlog
     from litestar.testing import TestClient
 
-    from fraud_inference import service
     from fraud_inference.api.app import create_app
     from fraud_inference.settings import Settings
     from tests.api.conftest import wait_ready
@@ -303,8 +300,6 @@ def test_a_refresh_to_a_version_failing_the_gate_is_a_422_and_the_active_one_kee
         wait_ready(client)
         log_labelled_classifier(registry, tmp_path, "fraud-labels", {1: "fraud", 0: "legit"})
         with structlog.testing.capture_logs() as logs:
-            # A fresh logger in the module: the service's own is cached on first use, past capture_logs's reach.
-            monkeypatch.setattr(service, "log", structlog.get_logger("fraud_inference.service"))
             refused = client.post("/admin/refresh-models", headers={"X-API-Key": "admin-key"})
         still = client.post("/v1/predict", json={"instances": [row]})
     assert refused.status_code == 422, refused.text

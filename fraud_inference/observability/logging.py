@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, cast
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 __all__ = ["configure_logging", "get_logger", "granian_log_config", "stdlib_formatter"]
 
+_configuration = 0
+"""How many times `configure_logging` has run in this process: the loggers of `get_logger` bind again after each."""
+
 
 def configure_logging(level: str, log_format: str, *, role: str) -> None:
     """Route structlog and the standard library (granian, mlflow, ...) through one renderer on stdout."""
+    global _configuration
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*_shared_processors(role), structlog.processors.format_exc_info, _renderer(log_format)],
@@ -21,6 +26,7 @@ def configure_logging(level: str, log_format: str, *, role: str) -> None:
         logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
+    _configuration += 1
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(stdlib_formatter(log_format, role))
     root = logging.getLogger()
@@ -84,5 +90,31 @@ def _renderer(log_format: str) -> structlog.typing.Processor:
 
 
 def get_logger(name: str) -> FilteringBoundLogger:
-    """A structured logger; call `log.info("event.name", field=value)`, never with f-strings."""
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    """A structured logger; call `log.info("event.name", field=value)`, never with f-strings.
+
+    Safe at module level: it logs through the configuration of the last `configure_logging`, so
+    `structlog.testing.capture_logs` sees every module's lines.
+    """
+    return cast("FilteringBoundLogger", _RebindingLogger(name))
+
+
+class _RebindingLogger:
+    """A logger bound on first use, as structlog's cache does, and bound again after each `configure_logging`.
+
+    NOTE: structlog's own cached proxy keeps the processor list of the configuration it first saw: in a process
+    configured again (a worker after fork, each app of a test session) its lines went past the current processors.
+    """
+
+    __slots__ = ("_bound", "_bound_in", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._bound: FilteringBoundLogger | None = None
+        self._bound_in = -1
+
+    def __getattr__(self, method: str) -> Any:
+        bound, current = self._bound, _configuration
+        if bound is None or self._bound_in != current:
+            bound = self._bound = structlog.get_logger(self._name).bind()
+            self._bound_in = current
+        return getattr(bound, method)

@@ -9,19 +9,21 @@ import pytest
 import structlog
 from litestar.testing import TestClient
 
-from fraud_inference.api import errors
 from fraud_inference.service import FraudService
 
 
 @pytest.fixture
 def broken_core(monkeypatch: pytest.MonkeyPatch) -> None:
     """Faked: the scoring core raises what no handler expects. A real one cannot be produced on demand (the
-    known ones were fixed), so this stands in for the next unknown bug."""
+    known ones were fixed), so this stands in for the next unknown bug.
+
+    Faked at `FraudService.score`, the public step every protocol's scoring passes through (rows to the pool),
+    not at a private method."""
 
     async def fail(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("an unforeseen fault")
 
-    monkeypatch.setattr(FraudService, "_predict", fail)
+    monkeypatch.setattr(FraudService, "score", fail)
 
 
 @pytest.mark.parametrize(
@@ -36,7 +38,6 @@ def test_an_unforeseen_fault_is_a_500_in_the_protocols_shape_and_logged_with_its
     client: TestClient,  # type: ignore[type-arg]
     transactions: pd.DataFrame,
     broken_core: None,
-    monkeypatch: pytest.MonkeyPatch,
     path: str,
     body: str,
     expected: dict[str, Any],
@@ -49,8 +50,6 @@ def test_an_unforeseen_fault_is_a_500_in_the_protocols_shape_and_logged_with_its
         "oip": {"inputs": tensors},
     }[body]
     with structlog.testing.capture_logs() as logs:
-        # A fresh logger in the module: the service's own is cached on first use, past capture_logs's reach.
-        monkeypatch.setattr(errors, "log", structlog.get_logger("fraud_inference.api"))
         response = client.post(path, json=payload, headers={"X-Request-ID": "fault-1"})
     assert (response.status_code, response.json()) == (500, expected)
     assert response.headers["X-Request-ID"] == "fault-1"

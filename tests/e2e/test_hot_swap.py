@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import alive, descendants, use_registry
+from tests.conftest import descendants, left_alive, use_registry
 from tests.load import Load
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak]
@@ -211,8 +211,7 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_leaves_no_process(
     assert accepted - answered == set(), "a request the server accepted was cut off instead of completed"
     # Requests that arrived after the listener closed were refused at the connection, never answered with an error.
     assert [a.status for a in answers if a.status is not None and a.status != 200] == []
-    time.sleep(0.5)
-    assert [pid for pid in processes if alive(pid)] == []
+    assert left_alive(processes, timeout_s=5) == {}
 
 
 def test_sigkill_of_the_serve_process_leaves_no_process_behind(service_factory, demo_registry: str) -> None:
@@ -222,7 +221,4 @@ def test_sigkill_of_the_serve_process_leaves_no_process_behind(service_factory, 
     assert len(processes) >= 3  # the HTTP process and two inference workers
     service.process.send_signal(signal.SIGKILL)
     service.process.wait(timeout=10)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(alive(pid) for pid in processes):
-        time.sleep(0.2)
-    assert {pid: title for pid, title in processes.items() if alive(pid)} == {}
+    assert left_alive(processes, timeout_s=30) == {}

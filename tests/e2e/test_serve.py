@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import alive, descendants, run_cli
+from tests.conftest import descendants, left_alive, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +45,7 @@ def test_serve_scores_all_three_models_through_granian_and_exits_cleanly(
     assert titles == ["fraud-inference worker 1", "fraud-inference worker 2"]
 
     assert service.stop() == 0
-    time.sleep(0.5)
-    assert [pid for pid in processes if alive(pid)] == []
+    assert left_alive(processes, timeout_s=5) == {}
     lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
     access = [line for line in lines if line.get("event") == "http.request"]
     (traced_line,) = [line for line in access if line.get("request_id") == "trace-me-42"]

@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import alive, descendants, http_process
+from tests.conftest import descendants, http_process, left_alive
 from tests.load import Load
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,4 @@ def test_kill_9_of_the_http_process_ends_the_supervisor_with_1_and_leaves_no_pro
     os.kill(http_process(service), signal.SIGKILL)
 
     assert service.process.wait(timeout=30) == 1  # an orchestrator restarts it (a bound, not a timing)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(alive(pid) for pid in processes):
-        time.sleep(0.2)
-    assert {pid: title for pid, title in processes.items() if alive(pid)} == {}
+    assert left_alive(processes, timeout_s=30) == {}

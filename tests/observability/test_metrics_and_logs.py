@@ -67,7 +67,7 @@ def test_counters_match_what_was_sent_and_survive_a_worker_replacement(
             value(before, "fraud_inference_http_requests_total", method="POST", route="/v1/predict", status="200") == 50
         )
         assert value(before, "fraud_inference_http_request_duration_seconds_count", route="/v1/predict") == 50
-        assert value(before, "fraud_inference_generation") == 1
+        assert value(before, "fraud_inference_generation") == 1  # a service of this test alone: its first
         assert value(before, "fraud_inference_pool_workers") == 2
         info = {"model": "sklearn", "name": "fraud-sklearn", "version": "1", "selected_by": "alias:champion"}
         assert value(before, "fraud_inference_model_info", **info, flavor="sklearn") == 1

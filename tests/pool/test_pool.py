@@ -61,6 +61,16 @@ def under_key(artifact: ModelArtifact, key: str) -> ModelArtifact:
     return msgspec.structs.replace(artifact, ref=msgspec.structs.replace(artifact.ref, key=key))
 
 
+async def until(condition: Callable[[], bool], *, timeout_s: float = 30.0) -> bool:
+    """Whether `condition` (of the pool's public state) held within `timeout_s`: polled, never a fixed sleep."""
+    deadline_ns = time.monotonic_ns() + round(timeout_s * 1e9)
+    while not condition():
+        if time.monotonic_ns() >= deadline_ns:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 def run_with_pool(
     size: int,
     scenario: Callable[[InferencePool], Awaitable[None]],
@@ -272,9 +282,7 @@ def test_kill_9_of_a_worker_loses_no_request_and_the_pool_heals(
         *answers, _ = await asyncio.gather(*(client(n) for n in range(4)), killer())
         for probabilities in (p for batch in answers for p in batch):
             np.testing.assert_allclose(probabilities, expected, atol=1e-12)
-        deadline = time.monotonic() + 60
-        while pool.status().ready_workers < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
+        await until(lambda: pool.status().ready_workers >= 2, timeout_s=60)
         status = pool.status()
         assert (status.live_workers, status.ready_workers) == (2, 2)
         assert pool.restarts == 1
@@ -299,10 +307,14 @@ def test_requests_waiting_when_the_only_worker_dies_are_scored_by_its_replacemen
         victim = pool.worker_pids()[1]
         assert victim is not None
         scoring = asyncio.ensure_future(pool.score(1, "slow", large, "large"))
-        await asyncio.sleep(0.3)  # the worker is busy past _BUSY_LONG_NS: what comes now waits in the queue
+        assert await until(lambda: pool.status().batches >= 1), "the large request never left for the worker"
+        # NOTE: a worker that has held a batch for 50 ms (the dispatcher's busy-long rule) is sent no other: 0.3 s
+        # after the large request left, what comes next waits in the queue. The large one costs far more (5,000
+        # rows of the slow model, ~1.5 s here): it is still scoring when the worker is killed, checked below.
+        await asyncio.sleep(0.3)
         waiting = [asyncio.ensure_future(pool.score(1, "slow", small, f"waiting-{i}")) for i in range(2)]
-        await asyncio.sleep(0.05)
-        assert pool.status().queued == 3
+        assert await until(lambda: pool.status().queued == 3), pool.status()
+        assert not scoring.done(), "the large request was scored before the kill: make the slow model slower"
         os.kill(victim, signal.SIGKILL)
         with pytest.raises(WorkerLostError):
             await scoring
@@ -334,14 +346,11 @@ def test_a_hung_worker_times_out_its_request_and_is_replaced(
             answered = [o for o in outcomes if isinstance(o, Scores)]
             assert len(timed_out) + len(answered) == 8
             assert timed_out, "the requests queued on the stopped worker should have timed out"
-            deadline = time.monotonic() + 60
 
             def healed() -> bool:
                 return hung not in pool.worker_pids().values() and pool.status().ready_workers == 2
 
-            while not healed() and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.2)
-            assert healed()
+            assert await until(healed, timeout_s=60)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(hung, signal.SIGCONT)
