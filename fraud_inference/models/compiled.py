@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -81,8 +82,7 @@ class CompiledTreesScorer:
         # NOTE: loaded from a sealed in-memory copy of the bytes checked against the record, never from the cache
         # path: a file cut short or changed after the check (or after loading) cannot SIGBUS this process, and
         # a library rebuilt under the same name is a new object (dlopen returns a path it has loaded as it was).
-        self._memory = _sealed_copy(library.read_bytes() if content is None else content)
-        loaded = ctypes.CDLL(f"/proc/self/fd/{self._memory}")
+        loaded = _loaded_library(library.read_bytes() if content is None else content)
         loaded.get_threshold_type.restype = ctypes.c_char_p
         loaded.get_leaf_output_type.restype = ctypes.c_char_p
         self._dtype = _DTYPES[loaded.get_threshold_type().decode()]
@@ -339,6 +339,26 @@ def crashed_libraries(cache: Path) -> list[Path]:
         return []
     libraries = {marker.parent / marker.name.split(".loading-")[0] for marker in cache.glob("*.so.loading-*")}
     return sorted(library for library in libraries if _crashed_loads(library))
+
+
+_LOADED: dict[str, ctypes.CDLL] = {}
+_LOADING = threading.Lock()
+
+
+def _loaded_library(content: bytes) -> ctypes.CDLL:
+    """The library holding `content`, loaded once per process from a sealed in-memory copy.
+
+    NOTE: by content, once: a loaded library is never unloaded (ctypes has no safe dlclose), so a fresh copy at
+    each refresh that loads the same version again would grow every worker by the library's size (the memory
+    soak test: 30 refreshes between two versions). A process holds one copy per distinct library, as dlopen of
+    a path did.
+    """
+    key = hashlib.sha256(content).hexdigest()
+    with _LOADING:
+        loaded = _LOADED.get(key)
+        if loaded is None:
+            loaded = _LOADED[key] = ctypes.CDLL(f"/proc/self/fd/{_sealed_copy(content)}")
+        return loaded
 
 
 def _sealed_copy(content: bytes) -> int:
