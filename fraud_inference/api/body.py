@@ -15,6 +15,8 @@ import brotli
 from litestar import Request
 from litestar.exceptions import HTTPException
 
+from fraud_inference.api.protocol import header_values
+
 __all__ = ["CODINGS", "BodyLimits", "read_body"]
 
 FREE_PIECES = 64
@@ -103,10 +105,7 @@ _ACCEPT_ENCODING = {"accept-encoding": "gzip, deflate, br, identity"}
 def _coding_of(request: Request[Any, Any, Any]) -> str | None:
     """The body's one content coding, None for none or `identity`; 415 naming the supported ones otherwise."""
     codings = [
-        coding.strip().lower()
-        for name, value in request.scope["headers"]
-        if name == b"content-encoding"
-        for coding in value.decode("latin-1").split(",")
+        coding.strip().lower() for value in header_values(request, b"content-encoding") for coding in value.split(",")
     ]
     codings = [coding for coding in codings if coding not in ("", "identity")]
     if not codings:
@@ -122,10 +121,8 @@ def _coding_of(request: Request[Any, Any, Any]) -> str | None:
 
 
 def _declared_length(request: Request[Any, Any, Any]) -> int | None:
-    for name, value in request.scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+    values = header_values(request, b"content-length")
+    return int(values[0]) if values and values[0].isdigit() else None
 
 
 def _too_large(limit: int, *, coded: bool) -> HTTPException:
