@@ -36,11 +36,6 @@ class ErrorAnswer(NamedTuple):
     grpc: str
     """The gRPC status code name (for OIP over gRPC)."""
 
-    @property
-    def retry_later(self) -> bool:
-        """A 503: the answer carries Retry-After."""
-        return self.v1 == 503
-
 
 ERRORS: dict[type[PredictionError], ErrorAnswer] = {
     # MLflow's server answers a failed schema check 400 INVALID_PARAMETER_VALUE; /v1 keeps 422 for a body that
