@@ -111,6 +111,22 @@ class RunningService:
                 time.sleep(0.2)
         raise AssertionError(f"the service was not ready within {timeout_s} s:\n{self.log()}")
 
+    def wait_listening(self, timeout_s: float = 180.0) -> None:
+        """Until the HTTP process answers at all (any status): granian opens its socket only once the app's
+        lifespan has started the pool, so the port refuses connections for the first seconds, whatever the
+        registry does."""
+        deadline = time.monotonic() + timeout_s
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise AssertionError(f"the service exited with {self.process.returncode}:\n{self.log()}")
+                try:
+                    client.get("/livez")
+                    return
+                except httpx.TransportError:
+                    time.sleep(0.2)
+        raise AssertionError(f"the service did not listen within {timeout_s} s:\n{self.log()}")
+
     def stop(self, timeout_s: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

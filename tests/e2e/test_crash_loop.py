@@ -56,6 +56,7 @@ def test_a_model_that_crashes_its_worker_backs_off_explains_itself_and_recovers(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and '"worker.restart_backoff"' not in service.log():
             time.sleep(0.5)
+        service.wait_listening()
         alive, unready = client.get("/livez"), client.get("/readyz")
         MlflowClient(tracking_uri=private_registry, registry_uri=private_registry).set_registered_model_alias(
             "fraud-sklearn", "champion", "1"
