@@ -4,7 +4,7 @@ observer that fails never fails the request."""
 from __future__ import annotations
 
 import json
-import threading
+import queue
 
 import numpy as np
 import pandas as pd
@@ -24,12 +24,10 @@ def test_each_scored_request_is_handed_to_observers_as_served_and_a_failing_one_
     client: TestClient,  # type: ignore[type-arg]
     transactions: pd.DataFrame,
 ) -> None:
-    seen: list[ScoredRequest] = []
-    handed = threading.Event()
+    handed: queue.Queue[ScoredRequest] = queue.Queue()
 
     def record(request: ScoredRequest) -> None:
-        seen.append(request)
-        handed.set()
+        handed.put(request)
 
     def fail(_request: ScoredRequest) -> None:
         raise RuntimeError("a broken observer (faked: the fault is the point)")
@@ -43,15 +41,16 @@ def test_each_scored_request_is_handed_to_observers_as_served_and_a_failing_one_
             "/v1/predict", json={"model": "lightgbm", "instances": instances}, headers={"x-request-id": "observed-1"}
         )
         assert response.status_code == 200, response.text
-        assert handed.wait(10)
+        first = handed.get(timeout=10)
         oip = client.post(
             "/invocations/xgboost", json={"dataframe_records": instances}, headers={"x-request-id": "observed-2"}
         )
         assert oip.status_code == 200, oip.text
+        # Handed over after the answer, on the app's loop: waited for, not assumed done when the client has it.
+        second = handed.get(timeout=10)
     finally:
         service.observers.remove(fail)
         service.observers.remove(record)
-    first = seen[0]
     answer = response.json()
     assert first.request_id == "observed-1"
     assert first.scored.selection.key == "lightgbm"
@@ -61,4 +60,4 @@ def test_each_scored_request_is_handed_to_observers_as_served_and_a_failing_one_
     assert json.loads(first.rows) == instances
     served = [prediction["fraud_probability"] for prediction in answer["predictions"]]
     np.testing.assert_array_equal(first.scored.probabilities, served)
-    assert [request.request_id for request in seen] == ["observed-1", "observed-2"]
+    assert (first.request_id, second.request_id) == ("observed-1", "observed-2")
