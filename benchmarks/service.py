@@ -211,10 +211,12 @@ class OurService:
         settings: Mapping[str, str] | None = None,
         log_level: str = "WARNING",
         timeout_s: float = 120,
+        executable: Path | None = None,
     ) -> OurService:
         """Serve the registry's models (`models`: key -> MODELS name such as `fraud-xgboost@champion`; the
         service's default, the three demo models, when None) and wait for /readyz. `settings` are more of the
-        service's variables, e.g. `{"PYFUNC": "allow"}`."""
+        service's variables, e.g. `{"PYFUNC": "allow"}`; `executable` another build's `fraud-inference` (another
+        checkout's `.venv/bin/fraud-inference`), this environment's when None."""
         port = free_port()
         env = {
             **_without_mlflow(os.environ),
@@ -231,7 +233,8 @@ class OurService:
         log = log_dir / f"fraud-inference-{port}.log"
         started = time.monotonic()
         with log.open("wb") as sink:
-            process = subprocess.Popen([str(_BIN / "fraud-inference"), "serve"], env=env, stdout=sink, stderr=sink)
+            command = [str(executable or _BIN / "fraud-inference"), "serve"]
+            process = subprocess.Popen(command, env=env, stdout=sink, stderr=sink)
         service = cls(f"http://127.0.0.1:{port}", process, log)
         try:
             service.ready_s = wait_until_ok([f"{service.base_url}/readyz"], process, log, timeout_s, started=started)

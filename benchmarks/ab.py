@@ -1,0 +1,118 @@
+"""One build or setting of fraud-inference against another, alternated in one run (the machine is noisy: only
+ratios measured side by side mean something).
+
+    uv run python -m benchmarks.ab --a-checkout ../other        # that checkout's build (A) against this one (B)
+    uv run python -m benchmarks.ab --b-setting DECISION_LOG=/tmp/decisions   # a setting off (A) and on (B)
+
+Seeds the demo registry once in a temporary home. Each round serves it with A, loads it with every scenario
+(XGBoost, 1 row at 64 connections and 100 rows at 8, through /v1/predict unless `--protocol`), stops it, then
+does the same with B; A and B swap order every round. wrk checks every answer; a failed request ends the run
+(exit 1). Prints each round's requests/s and p99 per arm, and per scenario the median ratio B/A of requests/s
+and of p99 over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from benchmarks.loadgen import LoadResult, run_load
+from benchmarks.scenarios import Scenario, our_requests
+from benchmarks.service import OurService
+from fraud_inference.demo.seeding import embedded_registry, seed_demo
+
+SCENARIOS = (
+    Scenario("xgboost 1 row c64", ("xgboost",), 1, 64),
+    Scenario("xgboost 100 rows c8", ("xgboost",), 100, 8),
+)
+
+
+class Arm(msgspec.Struct, frozen=True):
+    """One side of the comparison: which `fraud-inference` it runs (None: this environment's) and its settings."""
+
+    name: str
+    executable: Path | None
+    settings: dict[str, str]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a-checkout", type=Path, help="A runs this checkout's .venv/bin/fraud-inference")
+    parser.add_argument("--a-setting", action="append", default=[], metavar="NAME=VALUE", help="a variable of A's")
+    parser.add_argument("--b-setting", action="append", default=[], metavar="NAME=VALUE", help="a variable of B's")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per scenario and round")
+    parser.add_argument("--protocol", choices=("v1", "mlflow", "oip"), default="v1")
+    args = parser.parse_args(argv)
+    a_executable = None if args.a_checkout is None else args.a_checkout.resolve() / ".venv/bin/fraud-inference"
+    if a_executable is not None and not a_executable.exists():
+        parser.error(f"{a_executable} is missing: run `uv sync` in {args.a_checkout} first")
+    arms = (
+        Arm("A", a_executable, _settings(args.a_setting, parser)),
+        Arm("B", None, _settings(args.b_setting, parser)),
+    )
+    scenarios = [msgspec.structs.replace(scenario, protocol=args.protocol) for scenario in SCENARIOS]
+    results: dict[tuple[str, str], list[LoadResult]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as home:
+        tracking_uri, artifact_location = embedded_registry(Path(home))
+        seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None)
+        for round_ in range(args.rounds):
+            for arm in arms if round_ % 2 == 0 else arms[::-1]:
+                for scenario, result in _load(arm, tracking_uri, Path(home), scenarios, args.seconds):
+                    results.setdefault((arm.name, scenario.name), []).append(result)
+                    print(
+                        f"round {round_ + 1} {arm.name} {scenario.name}: {result.requests_per_s:.0f} req/s, "
+                        f"p99 {result.p99_ms:.1f} ms",
+                        flush=True,
+                    )
+    for arm in arms:
+        print(f"{arm.name}: {arm.executable or 'this checkout'} {arm.settings or ''}")
+    for scenario in scenarios:
+        a, b = results[("A", scenario.name)], results[("B", scenario.name)]
+        throughput = statistics.median(y.requests_per_s / x.requests_per_s for x, y in zip(a, b, strict=True))
+        p99 = statistics.median(y.p99_ms / x.p99_ms for x, y in zip(a, b, strict=True))
+        print(f"{scenario.name}: B/A requests/s {throughput:.2f}x, p99 {p99:.2f}x (median of {len(a)} rounds)")
+    return 0
+
+
+def _load(
+    arm: Arm, tracking_uri: str, home: Path, scenarios: list[Scenario], seconds: float
+) -> list[tuple[Scenario, LoadResult]]:
+    """Serve with `arm`, warm up, and load every scenario once; exit 1 on any failed or wrong answer."""
+    service = OurService.start(
+        tracking_uri, workers=2, log_dir=home, settings=arm.settings, executable=arm.executable, timeout_s=300
+    )
+    measured = []
+    try:
+        for scenario in scenarios:
+            requests = our_requests(scenario, service.base_url)
+            run_load("wrk", requests.url, requests.bodies, connections=scenario.connections, seconds=2,
+                     expect=requests.expect)  # fmt: skip
+            result = run_load("wrk", requests.url, requests.bodies, connections=scenario.connections,
+                              seconds=seconds, expect=requests.expect)  # fmt: skip
+            failed = result.non_2xx + result.bad_body + result.connect_errors + result.read_errors + result.timeouts
+            if failed:
+                sys.exit(f"{arm.name} {scenario.name}: {failed} request(s) failed: the figures would mean nothing")
+            measured.append((scenario, result))
+    finally:
+        service.stop(timeout_s=60)
+    return measured
+
+
+def _settings(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or not name:
+            parser.error(f"{pair!r}: expected NAME=VALUE")
+        settings[name] = value
+    return settings
+
+
+if __name__ == "__main__":
+    sys.exit(main())
