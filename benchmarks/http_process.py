@@ -5,7 +5,7 @@
 
 Drives the real app (`create_app`: the request-id edge, Litestar's routing and exception handlers, each
 protocol's parsing and answer) by calling it as an ASGI app in this process. The one thing faked is the
-scoring core's call to the pool: `FraudService.predict` answers at once with fixed probabilities, so the
+dataplane's call to the pool: `DataPlane.score` answers at once with fixed probabilities, so the
 figure is the HTTP process's own Python cost per request, the part the worker pool cannot take off it.
 Routes are measured in alternation, round after round (the machine is noisy), as CPU microseconds of this
 process per request (`time.process_time_ns`).
@@ -30,11 +30,14 @@ import numpy as np
 
 from benchmarks.scenarios import Scenario, our_requests
 from fraud_inference.api.app import create_app
+from fraud_inference.dataplane import DataPlane
+from fraud_inference.lifecycle import Generation
 from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
 from fraud_inference.models.flavors._base import ModelFile
-from fraud_inference.pool.messages import Columns
+from fraud_inference.pool import Scores
+from fraud_inference.pool.messages import FRAUD_PROBABILITY, Columns
 from fraud_inference.registry import ModelRef
-from fraud_inference.service import FraudService, Generation, ScoredRows, Selection
+from fraud_inference.service import FraudService
 from fraud_inference.settings import Settings
 
 __all__ = ["main"]
@@ -143,25 +146,39 @@ def _artifact(features: tuple[FeatureSpec, ...], directory: Path) -> ModelArtifa
 
 
 class _InstantService(FraudService):
-    """The real scoring core's protocols, selection and metrics; FAKE: the pool, which answers 0.25 for every row
-    at once (rows or columns)."""
+    """The real protocols, selection, metrics and dataplane; FAKE: the lifecycle holds `generation` from the start,
+    and the dataplane's call to the pool answers at once (`_InstantDataPlane`)."""
 
     def __init__(self, settings: Settings, metrics: Any, generation: Generation) -> None:
         super().__init__(settings, metrics)
-        self.active = generation
-        self._rows_of = msgspec.json.Decoder(list[msgspec.Raw]).decode
+        self.lifecycle.active = generation
+        self.dataplane = _InstantDataPlane(
+            settings, metrics, self.pool, active=lambda: generation, not_ready_reason=lambda: "never"
+        )
 
-    async def _predict(
-        self, model: str | Selection | None, rows: bytes | Columns, request_id: str, *, wants: tuple[str, ...]
-    ) -> ScoredRows:
-        selection = model if isinstance(model, Selection) else self.select(model)
+
+class _InstantDataPlane(DataPlane):
+    """FAKE: the pool's scoring, which answers 0.25 for every row at once (rows or columns)."""
+
+    _rows_of = msgspec.json.Decoder(list[msgspec.Raw]).decode
+
+    async def score(
+        self,
+        generation: Generation,
+        model: str,
+        instances: bytes | Columns,
+        request_id: str,
+        *,
+        wants: tuple[str, ...] = (),
+    ) -> Scores:
+        rows = instances
         count = len(self._rows_of(rows)) if isinstance(rows, bytes) else len(msgspec.msgpack.decode(rows.values[0]))
+        ref = generation.models[model].ref
         probabilities = np.full(count, 0.25)
-        ref = selection.artifact.ref
-        self.metrics.record_scores(selection.key, ref.version, probabilities, ref.threshold, 0.0001)
+        self.metrics.record_scores(model, ref.version, probabilities, ref.threshold, 0.0001)
         # The workers encode MLflow's answer (an XGBClassifier's labels); here as they would send it.
         outputs = {name: msgspec.json.encode([0] * count) for name in wants}
-        return ScoredRows(selection=selection, probabilities=probabilities, outputs=outputs)
+        return Scores(outputs={FRAUD_PROBABILITY: probabilities.tobytes(), **outputs}, seconds=0.0001)
 
 
 async def _call_many(app: Any, route: _Route, count: int) -> None:

@@ -12,8 +12,8 @@ import msgspec
 from fraud_inference.observability.logging import get_logger
 
 if TYPE_CHECKING:
+    from fraud_inference.dataplane import ScoredRows
     from fraud_inference.pool.messages import Columns
-    from fraud_inference.service import ScoredRows
 
 __all__ = ["Observers", "ScoredRequest", "ScoringObserver"]
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import msgspec
 
+from fraud_inference.errors import InvalidRowsError
 from fraud_inference.models.signature import ErrorDetail, first_infinity
 from fraud_inference.pool.messages import Columns
-from fraud_inference.service import InvalidRowsError
 
 __all__ = ["columns_body", "encode_rows", "refuse_empty", "rows_of_columns"]
 

@@ -77,7 +77,7 @@ def test_registry_timeout_s_bounds_the_services_calls_and_none_outlives_its_refr
         service = FraudService(settings, Metrics())
         # A deadline far below what the default (two attempts of 10 s) would take, far above 2 x 1 s + backoff.
         with pytest.raises(RegistryUnavailableError):
-            await asyncio.wait_for(service.resolve(), timeout=15)
+            await asyncio.wait_for(service.lifecycle.resolve(), timeout=15)
         # Checked before the loop closes: asyncio.run waits for every thread still running in its executor.
         return silent_registry.still_open(grace_s=2.0)
 

@@ -12,8 +12,8 @@ from fraud_inference.api.errors import ADMIN_SECURITY, error_responses
 from fraud_inference.api.protocol import service_of
 from fraud_inference.api.routes import model_infos
 from fraud_inference.api.schemas import RefreshResponse, VersionChangeInfo
+from fraud_inference.lifecycle import GenerationLoadError, RefreshInProgressError
 from fraud_inference.registry import RegistryUnavailableError
-from fraud_inference.service import GenerationLoadError, RefreshInProgressError
 
 __all__ = ["admin_routers"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from fraud_inference.service import (
+from fraud_inference.errors import (
     InferenceFailedError,
     InvalidRowsError,
     NotReadyError,

@@ -36,21 +36,17 @@ from fraud_inference.api.protocol import (
     non_finite_hint,
     note_scored,
     require_media_type,
-    score,
     service_of,
 )
 from fraud_inference.api.request_id import request_id_of
+from fraud_inference.dataplane import Selection
+from fraud_inference.errors import InvalidRowsError, PredictionError
 from fraud_inference.models.artifact import FeatureSpec
 from fraud_inference.models.flavors import flavor_named
 from fraud_inference.models.signature import ErrorDetail, clip_names
 from fraud_inference.pool import Columns
 from fraud_inference.pool.messages import PYFUNC_ANSWER
 from fraud_inference.rows import columns_body, encode_rows, refuse_empty
-from fraud_inference.service import (
-    InvalidRowsError,
-    PredictionError,
-    Selection,
-)
 
 __all__ = ["MlflowError", "MlflowPredictions", "mlflow_router"]
 
@@ -305,11 +301,11 @@ def _only_charset(request: Request[Any, Any, Any]) -> None:
 
 async def _invoke(request: Request[Any, Any, Any], model: str | None) -> ASGIApp:
     service = service_of(request)
-    service.check_capacity()
+    service.dataplane.check_capacity()
     media_type = require_media_type(request, (JSON, CSV))
     _only_charset(request)
     body = await read_body(request, service.settings)
-    selection = service.select(model)
+    selection = service.dataplane.select(model)
     detail = service.settings.error_detail
     rows: bytes | Columns
     if media_type == CSV:
@@ -319,7 +315,7 @@ async def _invoke(request: Request[Any, Any, Any], model: str | None) -> ASGIApp
         form, raw, params = _parse_invocation(body)
         _check_servable(selection, params)
         rows = _rows_of_json(form, raw, detail)
-    scored = await score(service, selection, rows, request_id_of(request.scope), wants=(PYFUNC_ANSWER,))
+    scored = await service.dataplane.predict(selection, rows, request_id_of(request.scope), wants=(PYFUNC_ANSWER,))
     note_scored(request, scored, "mlflow")
     # The worker encoded the predictions' JSON array: wrapped here, never decoded in the HTTP process.
     return EncodedAnswer(b'{"predictions":' + (scored.pyfunc_output or b"[]") + b"}")

@@ -34,10 +34,11 @@ from fraud_inference.api.protocol import (
     non_finite_hint,
     note_scored,
     require_media_type,
-    score,
     service_of,
 )
 from fraud_inference.api.request_id import request_id_of
+from fraud_inference.dataplane import ScoredRows, Selection
+from fraud_inference.errors import InvalidRowsError, NotReadyError, PredictionError
 from fraud_inference.models.signature import clip_names
 from fraud_inference.oip import (
     DATATYPE_NAMES,
@@ -52,14 +53,7 @@ from fraud_inference.oip import (
     metadata_of,
     read_binary_extension,
 )
-from fraud_inference.service import (
-    FraudService,
-    InvalidRowsError,
-    NotReadyError,
-    PredictionError,
-    ScoredRows,
-    Selection,
-)
+from fraud_inference.service import FraudService
 
 __all__ = ["Liveness", "ModelReadiness", "OipError", "Readiness", "oip_router"]
 
@@ -96,7 +90,7 @@ _encode = msgspec.json.encode
 
 def _select(service: FraudService, model: str, version: str | None) -> Selection:
     """The served `model`, and when a version is named, only if it is the one served now (else 404)."""
-    selection = service.select(model)
+    selection = service.dataplane.select(model)
     served = selection.artifact.ref.version
     if version is not None and version != served:
         raise HTTPException(status_code=404, detail=f"model {model[:64]!r} version {version[:64]!r} is not served")
@@ -149,14 +143,14 @@ def _answer(infer: InferRequest, scored: ScoredRows, request_id: str) -> ASGIApp
 
 async def _infer(request: Request[Any, Any, Any], model: str, version: str | None) -> ASGIApp:
     service = service_of(request)
-    service.check_capacity()
+    service.dataplane.check_capacity()
     require_media_type(request, (JSON, OCTET_STREAM))
     body = await read_body(request, service.settings)
     selection = _select(service, model, version)
     infer = _parse(request, body)
     request_id = request_id_of(request.scope)
     rows = columns_of(infer, selection.artifact.features, detail=service.settings.error_detail)
-    scored = await score(service, selection, rows, request_id)
+    scored = await service.dataplane.predict(selection, rows, request_id)
     note_scored(request, scored, "oip")
     return _answer(infer, scored, request_id)
 

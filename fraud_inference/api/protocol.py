@@ -12,8 +12,8 @@ from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
 
 from fraud_inference.api.request_id import note_for_access_log
-from fraud_inference.pool.messages import Columns
-from fraud_inference.service import FraudService, ScoredRows, Selection
+from fraud_inference.dataplane import ScoredRows
+from fraud_inference.service import FraudService
 
 __all__ = [
     "JSON",
@@ -25,7 +25,6 @@ __all__ = [
     "non_finite_hint",
     "note_scored",
     "require_media_type",
-    "score",
     "service_of",
 ]
 
@@ -49,16 +48,6 @@ class UnsupportedMediaTypeError(HTTPException):
 def service_of(request: Request[Any, Any, Any]) -> FraudService:
     service: FraudService = request.app.state.service
     return service
-
-
-async def score(
-    service: FraudService, selection: Selection, rows: bytes | Columns, request_id: str, *, wants: tuple[str, ...] = ()
-) -> ScoredRows:
-    """Score a protocol's rows, raw JSON row objects or `Columns`, with the service; with the named outputs in
-    `wants` too (`pool.messages.PYFUNC_ANSWER`: what MLflow's pyfunc wrapper of the version returns for them)."""
-    if isinstance(rows, bytes):
-        return await service.predict(selection, rows, request_id, wants=wants)
-    return await service.predict_columns(selection, rows, request_id, wants=wants)
 
 
 def media_type_of(request: Request[Any, Any, Any]) -> str:

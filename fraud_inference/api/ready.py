@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import sys
 
+from fraud_inference.lifecycle import Generation
 from fraud_inference.observability.logging import get_logger
-from fraud_inference.service import Generation
 from fraud_inference.settings import Settings
 
 __all__ = ["announce_ready", "base_url"]

@@ -30,14 +30,10 @@ from fraud_inference.api.schemas import (
     Probe,
     VersionResponse,
 )
+from fraud_inference.errors import InvalidRowsError, PredictionError, TooManyRowsError
+from fraud_inference.lifecycle import Generation
 from fraud_inference.models.signature import clip_names, instances_message
 from fraud_inference.observability.metrics import CONTENT_TYPE
-from fraud_inference.service import (
-    Generation,
-    InvalidRowsError,
-    PredictionError,
-    TooManyRowsError,
-)
 
 __all__ = ["livez", "metrics", "model_infos", "predict", "readyz", "v1_router", "version"]
 
@@ -107,7 +103,7 @@ def _render_error(_request: Request[Any, Any, Any], error: PredictionError) -> R
 async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
     """Score each instance with the served model; predictions come back in request order."""
     service = service_of(request)
-    service.check_capacity()
+    service.dataplane.check_capacity()
     require_media_type(request)
     body = await read_body(request, service.settings)
     try:
@@ -119,7 +115,7 @@ async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
     except RecursionError:
         raise HTTPException(status_code=400, detail="malformed JSON: nested too deeply") from None
     request_id = request_id_of(request.scope)
-    scored = await service.predict(parsed.model, bytes(parsed.instances), request_id)
+    scored = await service.dataplane.predict(parsed.model, bytes(parsed.instances), request_id)
     note_scored(request, scored, "v1")
     ref = scored.ref
     answer = PredictResponse(

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy.typing as npt
 
+from fraud_inference.dataplane import ScoredRows, Selection
 from fraud_inference.models.artifact import FeatureSpec
 from fraud_inference.models.signature import ErrorDetail
 from fraud_inference.oip.errors import OipRequestError
@@ -20,7 +21,6 @@ from fraud_inference.oip.tensors import DATATYPES, check_datatype, from_raw, to_
 from fraud_inference.oip.types import InferRequest, InferResponse, ModelMetadata, ResponseOutput, TensorMetadata
 from fraud_inference.pool.messages import Columns
 from fraud_inference.rows import columns_body, refuse_empty
-from fraud_inference.service import ScoredRows, Selection
 
 __all__ = [
     "OUTPUTS",

@@ -6,16 +6,31 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+import msgspec
+
 from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.pool.errors import PoolError
 from fraud_inference.pool.messages import DropGeneration, GenerationLoaded, LoadGeneration
 from fraud_inference.pool.process import WorkerProcess
 
-__all__ = ["Generations"]
+__all__ = ["Generations", "LoadReport"]
 
 log = get_logger("fraud_inference.pool")
 _LOAD_TIMEOUT_S = 300.0
+
+
+class LoadReport(msgspec.Struct, frozen=True):
+    """What loading one generation gave: `errors` per model key (empty when every worker loaded every model),
+    and each worker's own report (load seconds, positive classes) in the order the workers answered."""
+
+    errors: dict[str, str]
+    reports: tuple[GenerationLoaded, ...] = ()
+
+    @property
+    def positive_classes(self) -> dict[str, str | None]:
+        """Per model key, the class whose probability is scored (None for a custom model), as the workers found it."""
+        return {key: found for report in self.reports for key, found in report.positive_classes.items()}
 
 
 class Generations:
@@ -33,28 +48,30 @@ class Generations:
         self._inflight: Counter[int] = Counter()
         self._loads: dict[tuple[int, int], asyncio.Future[GenerationLoaded]] = {}
 
-    async def load(self, generation: int, artifacts: Sequence[ModelArtifact]) -> dict[str, str]:
-        """Load `generation` in every live worker beside what they serve; return errors per model key.
+    async def load(self, generation: int, artifacts: Sequence[ModelArtifact]) -> LoadReport:
+        """Load `generation` in every live worker beside what they serve; what they reported, errors per model key.
 
         All or nothing: when any worker fails to load any model, every worker drops the generation.
         """
         self._artifacts[generation] = tuple(artifacts)
         workers = [worker for worker in self._workers() if worker.is_alive()]
         if not workers:
-            return {"*": "no live worker to load into"}
+            return LoadReport(errors={"*": "no live worker to load into"})
         outcomes = await asyncio.gather(
             *(self.load_in(worker, generation) for worker in workers), return_exceptions=True
         )
         errors: dict[str, str] = {}
+        reports: list[GenerationLoaded] = []
         for worker, outcome in zip(workers, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 errors.setdefault("*", f"worker {worker.index}: {type(outcome).__name__}: {outcome}")
             else:
+                reports.append(outcome)
                 for key, error in outcome.errors.items():
                     errors.setdefault(key, error)
         if errors:
             self.drop(generation)
-        return errors
+        return LoadReport(errors=errors, reports=tuple(reports))
 
     def activate(self, generation: int) -> None:
         """Make `generation` the one new requests are dispatched under, in one step for every worker."""

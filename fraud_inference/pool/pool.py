@@ -9,7 +9,7 @@ import msgspec
 from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.pool.dispatch import Dispatcher
 from fraud_inference.pool.errors import WorkerLostError
-from fraud_inference.pool.generations import Generations
+from fraud_inference.pool.generations import Generations, LoadReport
 from fraud_inference.pool.messages import Columns, GenerationLoaded, Scored, ScoreFailed, ToServer, WorkerStarted
 from fraud_inference.pool.process import WorkerProcess
 from fraud_inference.pool.queue import BatchPolicy, Scores, overload_reason
@@ -40,6 +40,7 @@ class InferencePool:
     The parts, each in its own module: `Generations` (what each generation holds, the active one, loading and
     dropping), `Dispatcher` (the queue, batches, answers and retries) and `Supervisor` (spawning through
     `worker_factory`, heartbeats, replacing the dead). This class routes the workers' messages between them.
+    `on_load_reported` sees every worker's report of every load, a replacement's included (for the metrics).
     """
 
     def __init__(
@@ -51,11 +52,11 @@ class InferencePool:
         hung_worker_s: float = 120.0,
         batching: BatchPolicy | None = None,
         queue_limit: int = 1024,
-        on_generation_loaded: Callable[[GenerationLoaded], None] | None = None,
+        on_load_reported: Callable[[GenerationLoaded], None] | None = None,
         worker_factory: WorkerFactory | None = None,
     ) -> None:
         self.size = size
-        self._on_generation_loaded = on_generation_loaded
+        self._on_load_reported = on_load_reported
         self._supervisor = Supervisor(
             size,
             worker_factory or spawn_worker(worker_options),
@@ -131,8 +132,8 @@ class InferencePool:
 
     # -- generations -----------------------------------------------------------------------------
 
-    async def load(self, generation: int, artifacts: Sequence[ModelArtifact]) -> dict[str, str]:
-        """Load `generation` in every live worker beside what they serve; return errors per model key.
+    async def load(self, generation: int, artifacts: Sequence[ModelArtifact]) -> LoadReport:
+        """Load `generation` in every live worker beside what they serve; what they reported, errors per model key.
 
         All or nothing: when any worker fails to load any model, every worker drops the generation.
         """
@@ -167,8 +168,8 @@ class InferencePool:
         if isinstance(message, Scored | ScoreFailed):
             self._dispatcher.answered(worker, message)
         elif isinstance(message, GenerationLoaded):
-            if self._on_generation_loaded is not None:
-                self._on_generation_loaded(message)
+            if self._on_load_reported is not None:
+                self._on_load_reported(message)
             self._generations.loaded(worker, message)
             if not message.errors:
                 self._supervisor.loaded(worker)

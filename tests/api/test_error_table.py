@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fraud_inference import service
+from fraud_inference import errors
 from fraud_inference.api.error_table import ERRORS, answer_of, where
-from fraud_inference.service import InvalidRowsError, PredictionError, TooManyRowsError
+from fraud_inference.errors import InvalidRowsError, PredictionError, TooManyRowsError
 
 
 def every_subclass(cls: type[PredictionError]) -> set[type[PredictionError]]:
@@ -17,7 +17,7 @@ def every_subclass(cls: type[PredictionError]) -> set[type[PredictionError]]:
 
 
 def test_every_error_the_core_defines_has_its_own_row() -> None:
-    defined = {cls for cls in every_subclass(PredictionError) if cls.__module__ == service.__name__}
+    defined = {cls for cls in every_subclass(PredictionError) if cls.__module__ == errors.__name__}
     assert defined
     assert defined <= set(ERRORS), defined - set(ERRORS)
 

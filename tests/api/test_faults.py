@@ -9,7 +9,7 @@ import pytest
 import structlog
 from litestar.testing import TestClient
 
-from fraud_inference.service import FraudService
+from fraud_inference.dataplane import DataPlane
 
 
 @pytest.fixture
@@ -17,13 +17,13 @@ def broken_core(monkeypatch: pytest.MonkeyPatch) -> None:
     """Faked: the scoring core raises what no handler expects. A real one cannot be produced on demand (the
     known ones were fixed), so this stands in for the next unknown bug.
 
-    Faked at `FraudService.score`, the public step every protocol's scoring passes through (rows to the pool),
+    Faked at `DataPlane.score`, the public step every protocol's scoring passes through (rows to the pool),
     not at a private method."""
 
     async def fail(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("an unforeseen fault")
 
-    monkeypatch.setattr(FraudService, "score", fail)
+    monkeypatch.setattr(DataPlane, "score", fail)
 
 
 @pytest.mark.parametrize(

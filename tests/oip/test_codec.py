@@ -11,6 +11,9 @@ import msgspec
 import numpy as np
 import pytest
 
+from fraud_inference.dataplane import ScoredRows, Selection
+from fraud_inference.errors import InvalidRowsError
+from fraud_inference.lifecycle import Generation
 from fraud_inference.models.artifact import FeatureSpec, ModelArtifact, ModelFile
 from fraud_inference.oip import (
     InferRequest,
@@ -25,7 +28,6 @@ from fraud_inference.oip import (
 )
 from fraud_inference.pool import Columns
 from fraud_inference.registry import ModelRef
-from fraud_inference.service import Generation, InvalidRowsError, ScoredRows, Selection
 
 FEATURES = (
     FeatureSpec("amount", "double"),

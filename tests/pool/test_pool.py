@@ -112,9 +112,9 @@ def test_each_request_is_scored_by_exactly_the_generation_it_names(
     assert not np.allclose(by_xgboost, by_lightgbm)
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [under_key(artifacts["xgboost"], "fraud")]) == {}
+        assert (await pool.load(1, [under_key(artifacts["xgboost"], "fraud")])).errors == {}
         pool.activate(1)
-        assert await pool.load(2, [under_key(artifacts["lightgbm"], "fraud")]) == {}
+        assert (await pool.load(2, [under_key(artifacts["lightgbm"], "fraud")])).errors == {}
         # Both generations are held until 2 is activated: interleave requests for each.
         results = await asyncio.gather(*(pool.score(1 + i % 2, "fraud", body, f"req-{i}") for i in range(40)))
         for i, probabilities in enumerate(result.probabilities for result in results):
@@ -131,7 +131,7 @@ def test_concurrent_batches_get_exactly_their_own_rows_back(
     slices = [slice(start, start + size) for start, size in zip(range(0, 400, 7), [1, 5, 13, 2, 40] * 20, strict=False)]
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [artifacts["sklearn"]]) == {}
+        assert (await pool.load(1, [artifacts["sklearn"]])).errors == {}
         pool.activate(1)
         results = await asyncio.gather(
             *(pool.score(1, "sklearn", instances(transactions, rows), f"r{i}") for i, rows in enumerate(slices))
@@ -151,7 +151,7 @@ def test_a_burst_is_shared_between_the_idle_workers(
     slices = [slice(start, start + 40) for start in range(0, 320, 40)]
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [artifacts["xgboost"]]) == {}
+        assert (await pool.load(1, [artifacts["xgboost"]])).errors == {}
         pool.activate(1)
         before = pool.status()
         results = await asyncio.gather(
@@ -181,10 +181,10 @@ def test_coalesced_requests_get_exactly_their_own_rows_scores_and_errors(
     bad_row = b'[{"amount": 1.0}]'  # misses every other feature of the signature
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [artifacts["xgboost"], artifacts["lightgbm"]]) == {}
+        assert (await pool.load(1, [artifacts["xgboost"], artifacts["lightgbm"]])).errors == {}
         pool.activate(1)
         swapped = [under_key(artifacts["lightgbm"], "xgboost"), under_key(artifacts["xgboost"], "lightgbm")]
-        assert await pool.load(2, swapped) == {}  # generation 2 scores each key with the other model
+        assert (await pool.load(2, swapped)).errors == {}  # generation 2 scores each key with the other model
         outcomes = await asyncio.gather(
             *(
                 pool.score(generation, model, instances(transactions, rows) if valid else bad_row, f"r{i}")
@@ -211,7 +211,7 @@ def test_coalesced_requests_get_exactly_their_own_rows_scores_and_errors(
 
 def test_rows_past_max_batch_rows_are_refused(artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame) -> None:
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [artifacts["xgboost"]]) == {}
+        assert (await pool.load(1, [artifacts["xgboost"]])).errors == {}
         pool.activate(1)
         with pytest.raises(RequestRefusedError) as refused:
             await pool.score(1, "xgboost", instances(transactions, slice(0, 11)), "too-many")
@@ -236,9 +236,9 @@ def test_a_generation_that_fails_to_load_anywhere_is_dropped_everywhere(
     features = instances(transactions, slice(0, 3))
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [artifacts["xgboost"], artifacts["lightgbm"]]) == {}
+        assert (await pool.load(1, [artifacts["xgboost"], artifacts["lightgbm"]])).errors == {}
         pool.activate(1)
-        errors = await pool.load(2, [artifacts["xgboost"], broken])
+        errors = (await pool.load(2, [artifacts["xgboost"], broken])).errors
         assert set(errors) == {"lightgbm"}
         assert pool.status().active_generation == 1
         assert len((await pool.score(1, "lightgbm", features, "still-served")).probabilities) == 3
@@ -255,7 +255,7 @@ def test_kill_9_of_a_worker_loses_no_request_and_the_pool_heals(
     expected = load_scorer(artifacts["xgboost"]).fraud_probability(matrix(transactions, slice(0, 20)))
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [artifacts["xgboost"]]) == {}
+        assert (await pool.load(1, [artifacts["xgboost"]])).errors == {}
         pool.activate(1)
         victim = pool.worker_pids()[1]
         assert victim is not None
@@ -302,7 +302,7 @@ def test_requests_waiting_when_the_only_worker_dies_are_scored_by_its_replacemen
     expected = load_scorer(slow_xgboost).fraud_probability(matrix(transactions, slice(0, 5)))
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [slow_xgboost]) == {}
+        assert (await pool.load(1, [slow_xgboost])).errors == {}
         pool.activate(1)
         victim = pool.worker_pids()[1]
         assert victim is not None
@@ -331,7 +331,7 @@ def test_a_hung_worker_times_out_its_request_and_is_replaced(
     features = instances(transactions, slice(0, 5))
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [artifacts["xgboost"]]) == {}
+        assert (await pool.load(1, [artifacts["xgboost"]])).errors == {}
         pool.activate(1)
         hung = pool.worker_pids()[1]
         assert hung is not None
@@ -386,7 +386,7 @@ def test_a_batch_the_model_refuses_fails_only_the_request_it_cannot_score(
         bodies[i] = json.dumps([{**rows[0], "amount": -5.0}]).encode()
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [artifact]) == {}
+        assert (await pool.load(1, [artifact])).errors == {}
         pool.activate(1)
         with pytest.raises(RequestRefusedError) as alone:
             await pool.score(1, "custom", bodies[4], "alone")  # a batch of one request
@@ -417,7 +417,7 @@ def test_a_slow_request_times_out_alone_and_no_worker_is_replaced(
     small = instances(transactions, slice(0, 5))
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [artifacts["xgboost"], slow_xgboost]) == {}
+        assert (await pool.load(1, [artifacts["xgboost"], slow_xgboost])).errors == {}
         pool.activate(1)
         pids = pool.worker_pids()
         slow = asyncio.ensure_future(pool.score(1, "slow", large, "large"))
@@ -442,7 +442,7 @@ def test_a_batch_scored_past_hung_worker_s_gets_its_worker_replaced(
     large = instances(pd.concat([transactions] * 20), slice(0, 10_000))
 
     async def scenario(pool: InferencePool) -> None:
-        assert await pool.load(1, [slow_xgboost]) == {}
+        assert (await pool.load(1, [slow_xgboost])).errors == {}
         pool.activate(1)
         first = pool.worker_pids()[1]
         with pytest.raises(WorkerLostError):  # killed while scoring it; no other worker holds the model
