@@ -232,24 +232,30 @@ def _rows_of_columns(raw: bytes, name: str, detail: ErrorDetail) -> bytes | Colu
 def _rows_of_csv(body: bytes, features: tuple[FeatureSpec, ...], detail: ErrorDetail) -> bytes:
     """CSV with a header row, as `pandas.DataFrame.to_csv(index=False)` writes it; cells typed by the signature."""
     try:
-        text = body.decode("utf-8")
+        # NOTE: utf-8-sig: a byte-order mark (Excel writes one) is dropped, as pandas' read_csv drops it.
+        text = body.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise _Refusal(
             400, "BAD_REQUEST", f"Ensure that input is a valid UTF-8 encoded string. Error: {error}"
         ) from None
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header:
-        raise _Refusal(400, "BAD_REQUEST", "CSV input needs a header row naming the columns")
-    _refuse_repeated("CSV header: column", header)
-    types = {spec.name: spec.type for spec in features}
-    rows = []
-    for number, record in enumerate(reader):
-        if not record:
-            continue
-        if len(record) != len(header):
-            raise _Refusal(400, "BAD_REQUEST", f"CSV row {number}: {len(record)} values for {len(header)} columns")
-        rows.append({name: _cell(cell, types.get(name)) for name, cell in zip(header, record, strict=True)})
+    reader = csv.reader(io.StringIO(text, newline=""))  # the csv module reads CR, LF and CRLF line ends itself
+    try:
+        header = next(reader, None)
+        if not header:
+            raise _Refusal(400, "BAD_REQUEST", "CSV input needs a header row naming the columns")
+        _refuse_repeated("CSV header: column", header)
+        types = {spec.name: spec.type for spec in features}
+        rows = []
+        for number, record in enumerate(reader):
+            if not record:
+                continue
+            if len(record) != len(header):
+                raise _Refusal(400, "BAD_REQUEST", f"CSV row {number}: {len(record)} values for {len(header)} columns")
+            rows.append({name: _cell(cell, types.get(name)) for name, cell in zip(header, record, strict=True)})
+    except csv.Error as error:  # e.g. a cell over the csv module's field limit: an unclosed quote runs on
+        raise _Refusal(
+            400, "BAD_REQUEST", f"CSV input is malformed at line {reader.line_num}: {error} (an unclosed quote?)"
+        ) from None
     if not rows:
         raise refuse_empty("the CSV input under its header row")
     return encode_rows(rows, detail=detail)

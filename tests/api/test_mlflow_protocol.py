@@ -314,3 +314,26 @@ def test_a_column_named_twice_is_refused_in_a_split_and_in_csv(client: TestClien
     response = client.post("/invocations", content=doubled, headers={"content-type": "text/csv"})
     assert response.status_code == 400, response.text
     assert "'amount' is named more than once" in response.json()["message"]
+
+
+def test_csv_with_a_byte_order_mark_scores_as_pandas_reads_it(
+    client: TestClient,  # type: ignore[type-arg]
+    transactions: pd.DataFrame,
+) -> None:
+    text = transactions.head(3).to_csv(index=False)
+    plain = client.post("/invocations", content=text, headers={"content-type": "text/csv"})
+    marked = client.post("/invocations", content="\ufeff" + text, headers={"content-type": "text/csv"})
+    assert plain.status_code == marked.status_code == 200, marked.text
+    assert marked.json() == plain.json()
+
+
+def test_csv_with_old_mac_line_ends_scores_as_pandas_reads_it(
+    client: TestClient,  # type: ignore[type-arg]
+    transactions: pd.DataFrame,
+) -> None:
+    """A bare CR ends a line for pandas.read_csv (MLflow's server); the csv module raised on it unless told."""
+    text = transactions.head(3).to_csv(index=False)
+    plain = client.post("/invocations", content=text, headers={"content-type": "text/csv"})
+    cr = client.post("/invocations", content=text.replace("\n", "\r"), headers={"content-type": "text/csv"})
+    assert plain.status_code == cr.status_code == 200, cr.text
+    assert cr.json() == plain.json()

@@ -167,3 +167,19 @@ def _send_until_refused(connection: socket.socket, body: bytes) -> None:
     # The server closes the connection after its answer: the rest of the bomb is never read.
     with contextlib.suppress(OSError):
         connection.sendall(body)
+
+
+def test_a_csv_field_past_the_csv_modules_limit_is_a_400_naming_the_line(
+    service: RunningService, transactions: pd.DataFrame
+) -> None:
+    """An unclosed quote runs on to the end of the body: past the csv module's field limit (131,072 characters) its
+    `csv.Error` was an unhandled 500 (bodies that long do not fit the in-process tests' MAX_BODY_BYTES)."""
+    header, rest = transactions.to_csv(index=False).split("\n", 1)
+    rest = rest * (1 + 140_000 // len(rest))
+    with service.client() as client:
+        for path in ("/invocations", "/invocations/xgboost"):
+            answer = client.post(path, content=f'{header}\n"{rest}', headers={"content-type": "text/csv"})
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error_code"] == "BAD_REQUEST"
+            assert "CSV input is malformed at line" in answer.json()["message"]
+            assert "field larger than field limit" in answer.json()["message"]
