@@ -82,7 +82,7 @@ def check_parity(
     from threadpoolctl import threadpool_limits
 
     from fraud_inference.models.scoring import example_rows, load_model
-    from fraud_inference.models.signature import InstancesError
+    from fraud_inference.models.signature_errors import InstancesError
 
     ref = artifact.ref
     report = ParityReport(model=ref.key, name=ref.name, version=ref.version)

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from fraud_inference.models.signature import ErrorDetail, first_infinity
+from fraud_inference.models.signature_errors import ErrorDetail, first_infinity
 from fraud_inference.pool.messages import Columns
 from fraud_inference.service import InvalidRowsError
 

@@ -42,7 +42,7 @@ from fraud_inference.api.protocol import (
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.models.artifact import FeatureSpec
 from fraud_inference.models.flavors import flavor_named
-from fraud_inference.models.signature import ErrorDetail, clip_names
+from fraud_inference.models.signature_errors import ErrorDetail, clip_names
 from fraud_inference.pool import Columns
 from fraud_inference.pool.messages import PYFUNC_ANSWER
 from fraud_inference.rows import columns_body, encode_rows, refuse_empty

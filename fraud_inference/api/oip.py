@@ -38,7 +38,7 @@ from fraud_inference.api.protocol import (
     service_of,
 )
 from fraud_inference.api.request_id import request_id_of
-from fraud_inference.models.signature import clip_names
+from fraud_inference.models.signature_errors import clip_names
 from fraud_inference.oip import (
     DATATYPE_NAMES,
     OUTPUTS,

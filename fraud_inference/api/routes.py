@@ -30,7 +30,7 @@ from fraud_inference.api.schemas import (
     Probe,
     VersionResponse,
 )
-from fraud_inference.models.signature import clip_names, instances_message
+from fraud_inference.models.signature_errors import clip_names, instances_message
 from fraud_inference.observability.metrics import CONTENT_TYPE
 from fraud_inference.service import (
     Generation,

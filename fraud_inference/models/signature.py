@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from itertools import chain
@@ -13,21 +12,18 @@ import numpy as np
 import numpy.typing as npt
 
 from fraud_inference.models.artifact import FeatureSpec
+from fraud_inference.models.signature_errors import (
+    ErrorDetail,
+    InstancesError,
+    clip_names,
+    first_infinity,
+    infinity_problem,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = [
-    "ErrorDetail",
-    "ExtraFeatures",
-    "InstancesError",
-    "SignatureDecoder",
-    "clip_names",
-    "first_infinity",
-    "instances_message",
-    "on_training_categories",
-    "text_dtype",
-]
+__all__ = ["ExtraFeatures", "SignatureDecoder", "on_training_categories", "text_dtype"]
 
 # Integers beyond 2**53 cannot reach the model exactly as float64; refuse them rather than round silently.
 # Decoded as float so that `3.0` (what many clients write for an integer) is accepted; fractions are refused
@@ -47,31 +43,8 @@ _PYTHON_TYPES: dict[str, Any] = {
 _WHOLE_TYPES = frozenset({"long", "integer", "boolean"})
 _FRAME_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
 _PATH = re.compile(r"`\$\[(\d+)\](?:\.([^`]*))?`")
-_QUOTED = re.compile(r"`([^`]*)`")
-ErrorDetail = Literal["full", "generic"]
 ExtraFeatures = Literal["reject", "ignore"]
 Matrix = npt.NDArray[np.float64]
-
-
-def instances_message(problem: str, *, row: int | None = None, feature: str | None = None) -> str:
-    """`instances[3].amount: <problem>`: where in a body of row objects the problem is, then what it is."""
-    where = "instances" + ("" if row is None else f"[{row}]") + ("" if feature is None else f".{feature}")
-    return f"{where} {problem}" if problem.startswith("is ") else f"{where}: {problem}"
-
-
-class InstancesError(ValueError):
-    """The rows do not match the model's signature: `problem` says what, at `row` (index) and `feature`.
-
-    `str()` is the whole message, e.g. `instances[3].amount: Expected `float`, got `str``; `row` and `feature`
-    are None when the problem is not in one row (or not in one feature), and `feature` is always None under
-    ERROR_DETAIL=generic.
-    """
-
-    def __init__(self, problem: str, *, row: int | None = None, feature: str | None = None) -> None:
-        super().__init__(instances_message(problem, row=row, feature=feature))
-        self.problem = problem
-        self.row = row
-        self.feature = feature
 
 
 class SignatureDecoder:
@@ -196,7 +169,7 @@ class SignatureDecoder:
         infinity = first_infinity(rows)
         if infinity is not None:  # JSON has none: the rows would carry it as null, a missing value
             row, name, value = infinity
-            raise InstancesError(_infinite(value), row=row, feature=None if self._detail == "generic" else name)
+            raise InstancesError(infinity_problem(value), row=row, feature=None if self._detail == "generic" else name)
         return self.decode(msgspec.json.encode(rows))
 
     def _frame(self, columns: Sequence[Sequence[Any]], count: int, *, columnar: bool = False) -> pd.DataFrame:
@@ -276,7 +249,7 @@ class SignatureDecoder:
         """
         if np.isinf(numbers).any():
             row, position = np.argwhere(np.isinf(numbers))[0]
-            problem = _infinite(float(numbers[row, position])) if columnar else "value is not a finite number"
+            problem = infinity_problem(float(numbers[row, position])) if columnar else "value is not a finite number"
             raise InstancesError(problem, row=int(row), feature=self._feature(columns[position]))
         integers, refused = checks
         if integers:
@@ -308,19 +281,6 @@ class SignatureDecoder:
         return None if self._detail == "generic" else self.features[column].name
 
 
-def first_infinity(rows: Sequence[Mapping[str, Any]]) -> tuple[int, str, float] | None:
-    """The first infinite value of row objects, in row order: (row, feature, value); None when there is none."""
-    for index, row in enumerate(rows):
-        for name, value in row.items():
-            if type(value) is float and math.isinf(value):
-                return index, name, value
-    return None
-
-
-def _infinite(value: float) -> str:
-    return f"value {value} is not a finite number: send a finite number, or leave it empty (null) for a missing value"
-
-
 def on_training_categories(values: Any, dtype: pd.CategoricalDtype) -> pd.Categorical:
     """`values` as a categorical on the training categories `dtype`: a value never seen in training is missing,
     never re-coded from the batch's own values."""
@@ -334,11 +294,6 @@ def text_dtype() -> Any:
     import pandas as pd
 
     return pd.Series(["text"]).dtype
-
-
-def clip_names(message: str, limit: int = 64) -> str:
-    """Shorten every `quoted` name in an error to `limit` characters: a caller's 1 MB key is not echoed back."""
-    return _QUOTED.sub(lambda m: f"`{m.group(1)[:limit]}...`" if len(m.group(1)) > limit else m.group(0), message)
 
 
 def _generic(message: str) -> InstancesError:

@@ -17,7 +17,8 @@ import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
 from fraud_inference.lifetime import die_with_parent
-from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, InstancesError, SignatureDecoder
+from fraud_inference.models.signature import ExtraFeatures, SignatureDecoder
+from fraud_inference.models.signature_errors import ErrorDetail, InstancesError
 from fraud_inference.pool.messages import (
     FRAUD_PROBABILITY,
     PYFUNC_ANSWER,
