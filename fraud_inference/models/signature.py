@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fraud_inference.models.artifact import FeatureSpec
+from fraud_inference.models.signature_checks import ValueChecks
 from fraud_inference.models.signature_errors import (
     ErrorDetail,
     InstancesError,
@@ -30,7 +31,6 @@ __all__ = ["ExtraFeatures", "SignatureDecoder", "on_training_categories", "text_
 # after decoding, naming the row and feature.
 _SafeInt = Annotated[float, msgspec.Meta(gt=-(2**53), lt=2**53)]
 _BEYOND_SAFE_INT = frozenset({f"Expected `float` < {2.0**53}", f"Expected `float` > {-(2.0**53)}"})
-_INTEGER_TYPES = frozenset({"long", "integer"})
 _PYTHON_TYPES: dict[str, Any] = {
     "double": float,
     "float": float,
@@ -95,14 +95,13 @@ class SignatureDecoder:
         self._extra = extra
         self._astuple = msgspec.structs.astuple
         self._width = len(self.features)
-        self._integer_columns = [i for i, spec in enumerate(self.features) if spec.type in _INTEGER_TYPES]
         self._numeric_columns = [i for i, spec in enumerate(self.features) if spec.type != "string"]
-        self._refuse_missing = [i for i, spec in enumerate(self.features) if spec.name in set(refuse_missing)]
+        self._checks = ValueChecks(self.features, detail=detail, refuse_missing=refuse_missing)
         # Which positions of the checked matrix hold integer columns, and columns that may not miss a value:
         # on the fast path the matrix holds every column, in a frame only the numeric ones.
         self._all_columns = list(range(self._width))
-        self._matrix_checks = self._checks_for(self._all_columns)
-        self._frame_checks = self._checks_for(self._numeric_columns)
+        self._matrix_checks = self._checks.checks_for(self._all_columns)
+        self._frame_checks = self._checks.checks_for(self._numeric_columns)
         import pandas as pd
 
         self._text = text_dtype()
@@ -122,7 +121,7 @@ class SignatureDecoder:
             matrix = matrix.reshape(len(rows), self._width)
         except TypeError:  # a null or a left-out optional column (None): np.array makes it NaN
             matrix = np.array(list(map(self._astuple, rows)), dtype=np.float64).reshape(len(rows), self._width)
-        self._check_numbers(matrix, self._all_columns, self._matrix_checks)
+        self._checks.check_numbers(matrix, self._all_columns, self._matrix_checks)
         return matrix
 
     def dataframe(self, instances: bytes) -> pd.DataFrame:
@@ -156,7 +155,7 @@ class SignatureDecoder:
         if self.frame:
             return self._frame(columns, count, columnar=True)
         matrix = np.array(columns, dtype=np.float64).T.copy()
-        self._check_numbers(matrix, self._all_columns, self._matrix_checks, columnar=True)
+        self._checks.check_numbers(matrix, self._all_columns, self._matrix_checks, columnar=True)
         return matrix
 
     def _as_rows(self, names: Sequence[str], values: Sequence[bytes]) -> Matrix | pd.DataFrame:
@@ -179,7 +178,7 @@ class SignatureDecoder:
         numbers = np.array([columns[i] for i in self._numeric_columns], dtype=np.float64).T.reshape(
             count, len(self._numeric_columns)
         )
-        self._check_numbers(numbers, self._numeric_columns, self._frame_checks, columnar=columnar)
+        self._checks.check_numbers(numbers, self._numeric_columns, self._frame_checks, columnar=columnar)
         data: dict[str, Any] = {}
         numeric_index = {column: position for position, column in enumerate(self._numeric_columns)}
         for i, spec in enumerate(self.features):
@@ -189,8 +188,8 @@ class SignatureDecoder:
                 whole = spec.type in _WHOLE_TYPES and bool(np.isnan(values).any())
                 data[spec.name] = values if whole else values.astype(_FRAME_DTYPES[spec.type])
                 continue
-            if i in self._refuse_missing:
-                self._refuse_if_missing([value is None for value in columns[i]], i)
+            if i in self._checks.refuse_missing:
+                self._checks.refuse_if_missing([value is None for value in columns[i]], i)
             dtype = self._categories.get(spec.name)
             if dtype is None:
                 # NOTE: always pandas's own string dtype (`str` with NaN from pandas 3), whatever the batch holds: a
@@ -231,54 +230,6 @@ class SignatureDecoder:
         if not rows:
             raise InstancesError("is empty: send at least one row")
         return rows
-
-    def _checks_for(self, columns: Sequence[int]) -> tuple[list[int], list[int]]:
-        """The positions, in a matrix of `columns`, of integer columns and of columns that may not miss a value."""
-        return (
-            [position for position, column in enumerate(columns) if column in self._integer_columns],
-            [position for position, column in enumerate(columns) if column in self._refuse_missing],
-        )
-
-    def _check_numbers(
-        self, numbers: Matrix, columns: Sequence[int], checks: tuple[list[int], list[int]], *, columnar: bool = False
-    ) -> None:
-        """Refuse infinities, fractions in integer columns, and missing values the model cannot take.
-
-        `numbers` holds the feature columns `columns` (all of them on the fast path), in that order. A columnar
-        request's infinity is refused in the words the HTTP process used when it built rows of columns.
-        """
-        if np.isinf(numbers).any():
-            row, position = np.argwhere(np.isinf(numbers))[0]
-            problem = infinity_problem(float(numbers[row, position])) if columnar else "value is not a finite number"
-            raise InstancesError(problem, row=int(row), feature=self._feature(columns[position]))
-        integers, refused = checks
-        if integers:
-            values = numbers[:, integers]
-            fractional = values != np.floor(values)
-            if fractional.any() and (fractional := fractional & ~np.isnan(values)).any():  # NaN is a missing value
-                row, index = np.argwhere(fractional)[0]
-                column = columns[integers[index]]
-                detail = "" if self._detail == "generic" else f" (the model expects type {self.features[column].type})"
-                raise InstancesError(
-                    f"Expected `int`, got a fraction{detail}", row=int(row), feature=self._feature(column)
-                )
-        for position in refused:
-            self._refuse_if_missing(np.isnan(numbers[:, position]), columns[position])
-
-    def _refuse_if_missing(self, missing: Any, column: int) -> None:
-        missing = np.asarray(missing, dtype=bool)
-        if missing.any():
-            name = self.features[column].name
-            what = "a value" if self._detail == "generic" else f"{name!r}"
-            raise InstancesError(
-                f"missing (null or left out), and this model cannot score a row without {what}: send it",
-                row=int(np.argmax(missing)),
-                feature=self._feature(column),
-            )
-
-    def _feature(self, column: int) -> str | None:
-        """The feature's name for an error, or None under ERROR_DETAIL=generic."""
-        return None if self._detail == "generic" else self.features[column].name
 
 
 def on_training_categories(values: Any, dtype: pd.CategoricalDtype) -> pd.Categorical:
