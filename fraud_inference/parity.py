@@ -23,7 +23,7 @@ import msgspec
 
 from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.models.flavors import flavor_named
-from fraud_inference.models.signature import on_training_categories, text_dtype
+from fraud_inference.models.signature_frame import on_training_categories, text_dtype
 from fraud_inference.models.tolerance import TOLERANCE
 from fraud_inference.observability.logging import configure_logging
 

@@ -1,4 +1,8 @@
-"""Check request rows against a model's signature and build its batch: a float64 matrix, or a typed DataFrame."""
+"""Check request rows against a model's signature and build its batch: a float64 matrix, or a typed DataFrame.
+
+The values' checks live in `signature_checks`, the DataFrame path in `signature_frame`, and the refusal
+(`InstancesError`, its message) in `signature_errors`.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +24,12 @@ from fraud_inference.models.signature_errors import (
     first_infinity,
     infinity_problem,
 )
+from fraud_inference.models.signature_frame import FrameBuilder
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ExtraFeatures", "SignatureDecoder", "on_training_categories", "text_dtype"]
+__all__ = ["ExtraFeatures", "SignatureDecoder"]
 
 # Integers beyond 2**53 cannot reach the model exactly as float64; refuse them rather than round silently.
 # Decoded as float so that `3.0` (what many clients write for an integer) is accepted; fractions are refused
@@ -39,9 +44,6 @@ _PYTHON_TYPES: dict[str, Any] = {
     "boolean": bool,
     "string": str,
 }
-# What MLflow's schema enforcement gives each type when no value is missing; a missing value makes a number NaN.
-_WHOLE_TYPES = frozenset({"long", "integer", "boolean"})
-_FRAME_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
 _PATH = re.compile(r"`\$\[(\d+)\](?:\.([^`]*))?`")
 ExtraFeatures = Literal["reject", "ignore"]
 Matrix = npt.NDArray[np.float64]
@@ -95,17 +97,12 @@ class SignatureDecoder:
         self._extra = extra
         self._astuple = msgspec.structs.astuple
         self._width = len(self.features)
-        self._numeric_columns = [i for i, spec in enumerate(self.features) if spec.type != "string"]
         self._checks = ValueChecks(self.features, detail=detail, refuse_missing=refuse_missing)
         # Which positions of the checked matrix hold integer columns, and columns that may not miss a value:
         # on the fast path the matrix holds every column, in a frame only the numeric ones.
         self._all_columns = list(range(self._width))
         self._matrix_checks = self._checks.checks_for(self._all_columns)
-        self._frame_checks = self._checks.checks_for(self._numeric_columns)
-        import pandas as pd
-
-        self._text = text_dtype()
-        self._categories = {name: pd.CategoricalDtype(pd.Index(values)) for name, values in (categories or {}).items()}
+        self._frames = FrameBuilder(self.features, checks=self._checks, categories=categories)
 
     def decode(self, instances: bytes) -> Matrix | pd.DataFrame:
         """The batch for the raw JSON array `instances`: the matrix, or with `frame` the DataFrame."""
@@ -127,7 +124,7 @@ class SignatureDecoder:
     def dataframe(self, instances: bytes) -> pd.DataFrame:
         """Decode `instances` into a DataFrame with MLflow's dtypes, categorical columns on training categories."""
         rows = self._rows(instances)
-        return self._frame(list(zip(*map(self._astuple, rows), strict=True)), len(rows))
+        return self._frames.frame(list(zip(*map(self._astuple, rows), strict=True)), len(rows))
 
     def columns(self, names: Sequence[str], values: Sequence[bytes]) -> Matrix | pd.DataFrame:
         """The batch for one request sent as columns: `values[i]` is column `names[i]`, a msgpack array of one
@@ -153,7 +150,7 @@ class SignatureDecoder:
             raise InstancesError("is empty: send at least one row")
         columns = [[None] * count if column is None else column for column in decoded]
         if self.frame:
-            return self._frame(columns, count, columnar=True)
+            return self._frames.frame(columns, count, columnar=True)
         matrix = np.array(columns, dtype=np.float64).T.copy()
         self._checks.check_numbers(matrix, self._all_columns, self._matrix_checks, columnar=True)
         return matrix
@@ -171,52 +168,13 @@ class SignatureDecoder:
             raise InstancesError(infinity_problem(value), row=row, feature=None if self._detail == "generic" else name)
         return self.decode(msgspec.json.encode(rows))
 
-    def _frame(self, columns: Sequence[Sequence[Any]], count: int, *, columnar: bool = False) -> pd.DataFrame:
-        """The DataFrame of `columns` (one sequence of values per feature, in the signature's order)."""
-        import pandas as pd
-
-        numbers = np.array([columns[i] for i in self._numeric_columns], dtype=np.float64).T.reshape(
-            count, len(self._numeric_columns)
-        )
-        self._checks.check_numbers(numbers, self._numeric_columns, self._frame_checks, columnar=columnar)
-        data: dict[str, Any] = {}
-        numeric_index = {column: position for position, column in enumerate(self._numeric_columns)}
-        for i, spec in enumerate(self.features):
-            if spec.type != "string":
-                values = numbers[:, numeric_index[i]]
-                # A missing value makes an integer or boolean column float64 (NaN), as MLflow gives it.
-                whole = spec.type in _WHOLE_TYPES and bool(np.isnan(values).any())
-                data[spec.name] = values if whole else values.astype(_FRAME_DTYPES[spec.type])
-                continue
-            if i in self._checks.refuse_missing:
-                self._checks.refuse_if_missing([value is None for value in columns[i]], i)
-            dtype = self._categories.get(spec.name)
-            if dtype is None:
-                # NOTE: always pandas's own string dtype (`str` with NaN from pandas 3), whatever the batch holds: a
-                # column of only nulls would otherwise be object None, which a OneHotEncoder scores differently.
-                data[spec.name] = pd.Series(columns[i], dtype=self._text)
-            else:
-                data[spec.name] = on_training_categories(columns[i], dtype)
-        return pd.DataFrame(data)
-
     def stack(self, batches: Sequence[Any]) -> Any:
-        """One batch of the rows of several requests: the matrices stacked, or the DataFrames concatenated.
-
-        A number column that is bool or int in one request and NaN-holding float in another stays float64 (pandas
-        would make it object, which the libraries refuse).
-        """
+        """One batch of the rows of several requests: the matrices stacked, or the DataFrames concatenated."""
         if len(batches) == 1:
             return batches[0]
         if not self.frame:
             return np.concatenate(batches)
-        import pandas as pd
-
-        frame = pd.concat(batches, ignore_index=True)
-        for index in self._numeric_columns:
-            name = self.features[index].name
-            if frame[name].dtype == object:
-                frame[name] = frame[name].astype("float64")
-        return frame
+        return self._frames.stack(batches)
 
     def _rows(self, instances: bytes) -> list[Any]:
         try:
@@ -230,21 +188,6 @@ class SignatureDecoder:
         if not rows:
             raise InstancesError("is empty: send at least one row")
         return rows
-
-
-def on_training_categories(values: Any, dtype: pd.CategoricalDtype) -> pd.Categorical:
-    """`values` as a categorical on the training categories `dtype`: a value never seen in training is missing,
-    never re-coded from the batch's own values."""
-    import pandas as pd
-
-    return pd.Categorical.from_codes(dtype.categories.get_indexer(pd.Index(values, dtype=object)), dtype=dtype)
-
-
-def text_dtype() -> Any:
-    """The dtype pandas gives a column of strings (object before pandas 3, `str` from pandas 3)."""
-    import pandas as pd
-
-    return pd.Series(["text"]).dtype
 
 
 def _generic(message: str) -> InstancesError:
