@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import gc
 import os
 import signal
@@ -22,7 +21,6 @@ from fraud_inference.models.signature_errors import ErrorDetail, InstancesError
 from fraud_inference.pool.messages import (
     FRAUD_PROBABILITY,
     PYFUNC_ANSWER,
-    Cancel,
     Columns,
     DropGeneration,
     GenerationLoaded,
@@ -33,11 +31,9 @@ from fraud_inference.pool.messages import (
     Score,
     Scored,
     ScoreFailed,
-    ToWorker,
     WorkerStarted,
-    decode_to_worker,
-    encode,
 )
+from fraud_inference.pool.worker_pipe import ServerPipe
 
 if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
@@ -140,31 +136,27 @@ def run_worker(conn: Connection, options: WorkerOptions) -> None:
 
 class _Worker:
     def __init__(self, conn: Connection, options: WorkerOptions, log: FilteringBoundLogger) -> None:
-        self._conn = conn
         self._index = options.index
         self._max_rows = options.max_rows
         self._error_detail = options.error_detail
         self._extra_features = options.extra_features
         self._heartbeat_s = options.heartbeat_s
         self._log = log
-        self._send_lock = threading.Lock()
+        self._pipe = ServerPipe(conn)
         self._generations: dict[int, dict[str, ServedModel]] = {}
         # The same files (same version, same download) load once and are shared between generations.
         self._models_by_path: dict[int, dict[str, ServedModel]] = {}
-        self._held: collections.deque[ToWorker | None] = collections.deque()  # read while scoring, for later
-        self._server_gone = False
-        self._cancelled: set[int] = set()
         self._scoring: tuple[int, int] = (0, 0)  # (batch seq, monotonic ns it started), 0 when idle
         self._frozen = False
 
     def serve(self) -> None:
         self._preload()
-        self._send(WorkerStarted(pid=os.getpid()))
+        self._pipe.send(WorkerStarted(pid=os.getpid()))
         # NOTE: heartbeats come from a thread of their own: a slow batch is not a stuck worker (see Heartbeat).
         # The pipe is read here, on the scoring thread, and polled between a batch's chunks for a Cancel: a
         # reader thread handing messages over through a queue cost a second thread wake-up per batch.
         threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
-        while (message := self._next()) is not None:
+        while (message := self._pipe.next()) is not None:
             if isinstance(message, Score):
                 self._score(message)
             elif isinstance(message, LoadGeneration):
@@ -174,43 +166,11 @@ class _Worker:
                 self._generations.pop(message.generation, None)
                 self._models_by_path.pop(message.generation, None)
 
-    def _next(self) -> ToWorker | None:
-        """The next message to act on, waiting for it; None once the server is gone."""
-        if self._held:
-            return self._held.popleft()
-        while (message := self._receive()) is not None:
-            if isinstance(message, Cancel):
-                self._cancelled.add(message.seq)
-            else:
-                return message
-        return None
-
-    def _receive(self) -> ToWorker | None:
-        try:
-            message: ToWorker = decode_to_worker(self._conn.recv_bytes())
-        except (EOFError, OSError):
-            return None  # the server is gone: nothing left to score for
-        return message
-
-    def _is_cancelled(self, seq: int) -> bool:
-        """Whether every request of batch `seq` has given up, reading the Cancels sent meanwhile; other messages
-        wait their turn (batches come in order)."""
-        while seq not in self._cancelled and not self._server_gone and self._conn.poll(0):
-            message = self._receive()
-            if message is None:
-                self._server_gone = True
-                self._held.append(None)
-            elif isinstance(message, Cancel):
-                self._cancelled.add(message.seq)
-            else:
-                self._held.append(message)
-        return seq in self._cancelled
-
     def _beat(self) -> None:
         while True:
             time.sleep(self._heartbeat_s)
             seq, started_ns = self._scoring
-            self._send(Heartbeat(scoring=seq, scoring_ns=time.monotonic_ns() - started_ns if seq else 0))
+            self._pipe.send(Heartbeat(scoring=seq, scoring_ns=time.monotonic_ns() - started_ns if seq else 0))
 
     def _preload(self) -> None:
         """Import the model libraries and pin their thread pools before the first load.
@@ -230,13 +190,12 @@ class _Worker:
         finally:
             self._scoring = (0, 0)
             # Batches come in order: a Cancel for this one or an earlier one arrived too late to matter.
-            for seq in [seq for seq in self._cancelled if seq <= request.seq]:
-                self._cancelled.discard(seq)
+            self._pipe.forget_cancels(request.seq)
 
     def _score_batch(self, request: Score) -> None:
         served = self._generations.get(request.generation, {}).get(request.model)
         if served is None:
-            self._send(
+            self._pipe.send(
                 ScoreFailed(
                     seq=request.seq,
                     error=f"generation {request.generation} model {request.model!r} is not loaded in this worker",
@@ -246,7 +205,7 @@ class _Worker:
         started = time.perf_counter()
         outcomes: list[int | Refused] = []
         batches: list[Any] = []
-        if self._is_cancelled(request.seq):
+        if self._pipe.is_cancelled(request.seq):
             self._dropped(request)
             return
         for body in request.bodies:
@@ -267,7 +226,7 @@ class _Worker:
             chunks: list[Matrix] = []
             start, rows = 0, _FIRST_CHUNK_ROWS
             while start < total:
-                if self._is_cancelled(request.seq):
+                if self._pipe.is_cancelled(request.seq):
                     self._dropped(request, scored_rows=start)
                     return
                 chunk_started = time.monotonic_ns()
@@ -291,7 +250,7 @@ class _Worker:
             seq=request.seq, outcomes=tuple(outcomes), outputs=_outputs(request, outcomes, probabilities, outputs),
             seconds=seconds,
         )  # fmt: skip
-        self._send(scored)
+        self._pipe.send(scored)
 
     def _score_alone(
         self,
@@ -339,7 +298,7 @@ class _Worker:
     def _dropped(self, request: Score, *, scored_rows: int = 0) -> None:
         """Answer a cancelled batch without scoring the rest: nobody waits for it, but its slot is freed."""
         self._log.info("batch.cancelled", request_ids=request.request_ids, scored_rows=scored_rows)
-        self._send(ScoreFailed(seq=request.seq, error="cancelled: every request of the batch gave up"))
+        self._pipe.send(ScoreFailed(seq=request.seq, error="cancelled: every request of the batch gave up"))
 
     def _decode(self, decoder: SignatureDecoder, body: bytes | Columns) -> Any:
         try:
@@ -398,16 +357,8 @@ class _Worker:
                 gc.freeze()
                 self._frozen = True
         classes = {key: served.scorer.positive_class for key, served in loaded.items()}
-        self._send(
+        self._pipe.send(
             GenerationLoaded(
                 generation=request.generation, errors=errors, load_seconds=seconds, positive_classes=classes
             )
         )
-
-    def _send(self, message: WorkerStarted | GenerationLoaded | Scored | ScoreFailed | Heartbeat) -> None:
-        payload = encode(message)
-        with self._send_lock:
-            try:
-                self._conn.send_bytes(payload)
-            except (BrokenPipeError, OSError):
-                os._exit(0)  # the server is gone
