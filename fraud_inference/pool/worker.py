@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import threading
@@ -23,7 +22,6 @@ from fraud_inference.pool.messages import (
     PYFUNC_ANSWER,
     Columns,
     DropGeneration,
-    GenerationLoaded,
     Heartbeat,
     LoadGeneration,
     Output,
@@ -33,6 +31,7 @@ from fraud_inference.pool.messages import (
     ScoreFailed,
     WorkerStarted,
 )
+from fraud_inference.pool.worker_models import HeldGenerations
 from fraud_inference.pool.worker_pipe import ServerPipe
 
 if TYPE_CHECKING:
@@ -138,16 +137,13 @@ class _Worker:
     def __init__(self, conn: Connection, options: WorkerOptions, log: FilteringBoundLogger) -> None:
         self._index = options.index
         self._max_rows = options.max_rows
-        self._error_detail = options.error_detail
-        self._extra_features = options.extra_features
         self._heartbeat_s = options.heartbeat_s
         self._log = log
         self._pipe = ServerPipe(conn)
-        self._generations: dict[int, dict[str, ServedModel]] = {}
-        # The same files (same version, same download) load once and are shared between generations.
-        self._models_by_path: dict[int, dict[str, ServedModel]] = {}
+        self._generations = HeldGenerations(
+            error_detail=options.error_detail, extra_features=options.extra_features, log=log
+        )
         self._scoring: tuple[int, int] = (0, 0)  # (batch seq, monotonic ns it started), 0 when idle
-        self._frozen = False
 
     def serve(self) -> None:
         self._preload()
@@ -163,8 +159,7 @@ class _Worker:
                 # NOTE: load beside the served generation in a thread, so scoring goes on during a swap.
                 threading.Thread(target=self._load, args=(message,), daemon=True).start()
             elif isinstance(message, DropGeneration):
-                self._generations.pop(message.generation, None)
-                self._models_by_path.pop(message.generation, None)
+                self._generations.drop(message.generation)
 
     def _beat(self) -> None:
         while True:
@@ -193,7 +188,7 @@ class _Worker:
             self._pipe.forget_cancels(request.seq)
 
     def _score_batch(self, request: Score) -> None:
-        served = self._generations.get(request.generation, {}).get(request.model)
+        served = self._generations.model(request.generation, request.model)
         if served is None:
             self._pipe.send(
                 ScoreFailed(
@@ -317,48 +312,4 @@ class _Worker:
         return matrix
 
     def _load(self, request: LoadGeneration) -> None:
-        from fraud_inference.models.scoring import load_model
-
-        loaded: dict[str, ServedModel] = {}
-        errors: dict[str, str] = {}
-        seconds: dict[str, float] = {}
-        held = {path: model for by_path in list(self._models_by_path.values()) for path, model in by_path.items()}
-        by_path: dict[str, ServedModel] = {}
-        for artifact in request.models:
-            started = time.perf_counter()
-            key = artifact.ref.key
-            try:
-                # Loaded, warmed up and probed: it scores before the generation can become active.
-                served = held.get(artifact.path) or load_model(
-                    artifact, detail=self._error_detail, extra=self._extra_features
-                )
-                by_path[artifact.path] = served
-                loaded[key] = served
-            except Exception as error:
-                errors[key] = f"{type(error).__name__}: {error}"
-            seconds[key] = time.perf_counter() - started
-            if key in loaded:
-                self._log.info(
-                    "model.loaded", model=key, name=artifact.ref.name, version=artifact.ref.version,
-                    generation=request.generation, seconds=round(seconds[key], 3),
-                )  # fmt: skip
-            else:
-                self._log.error(
-                    "model.load_failed", model=key, name=artifact.ref.name, version=artifact.ref.version,
-                    generation=request.generation, seconds=round(seconds[key], 3), error=errors[key],
-                )  # fmt: skip
-        if not errors:
-            self._models_by_path[request.generation] = by_path
-            self._generations[request.generation] = loaded
-            if not self._frozen:
-                # The libraries stay: keep full collections from rescanning them (see service). Once, after a
-                # collection: a frozen cycle is never freed, and every later generation's models are dropped.
-                gc.collect()
-                gc.freeze()
-                self._frozen = True
-        classes = {key: served.scorer.positive_class for key, served in loaded.items()}
-        self._pipe.send(
-            GenerationLoaded(
-                generation=request.generation, errors=errors, load_seconds=seconds, positive_classes=classes
-            )
-        )
+        self._pipe.send(self._generations.load(request))
