@@ -23,7 +23,7 @@ import msgspec
 
 from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.models.flavors import flavor_named
-from fraud_inference.models.signature import on_training_categories, text_dtype
+from fraud_inference.models.signature_frame import on_training_categories, text_dtype
 from fraud_inference.models.tolerance import TOLERANCE
 from fraud_inference.observability.logging import configure_logging
 
@@ -82,7 +82,7 @@ def check_parity(
     from threadpoolctl import threadpool_limits
 
     from fraud_inference.models.scoring import example_rows, load_model
-    from fraud_inference.models.signature import InstancesError
+    from fraud_inference.models.signature_errors import InstancesError
 
     ref = artifact.ref
     report = ParityReport(model=ref.key, name=ref.name, version=ref.version)

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from fraud_inference.errors import InvalidRowsError
-from fraud_inference.models.signature import ErrorDetail, first_infinity
+from fraud_inference.models.signature_errors import ErrorDetail, first_infinity
 from fraud_inference.pool.messages import Columns
 
 __all__ = ["columns_body", "encode_rows", "refuse_empty", "rows_of_columns"]

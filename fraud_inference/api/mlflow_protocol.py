@@ -43,7 +43,7 @@ from fraud_inference.dataplane import Selection
 from fraud_inference.errors import InvalidRowsError, PredictionError
 from fraud_inference.models.artifact import FeatureSpec
 from fraud_inference.models.flavors import flavor_named
-from fraud_inference.models.signature import ErrorDetail, clip_names
+from fraud_inference.models.signature_errors import ErrorDetail, clip_names
 from fraud_inference.pool import Columns
 from fraud_inference.pool.messages import PYFUNC_ANSWER
 from fraud_inference.rows import columns_body, encode_rows, refuse_empty

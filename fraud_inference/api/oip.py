@@ -39,7 +39,7 @@ from fraud_inference.api.protocol import (
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.dataplane import ScoredRows, Selection
 from fraud_inference.errors import InvalidRowsError, NotReadyError, PredictionError
-from fraud_inference.models.signature import clip_names
+from fraud_inference.models.signature_errors import clip_names
 from fraud_inference.oip import (
     DATATYPE_NAMES,
     OUTPUTS,

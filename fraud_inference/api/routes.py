@@ -32,7 +32,7 @@ from fraud_inference.api.schemas import (
 )
 from fraud_inference.errors import InvalidRowsError, PredictionError, TooManyRowsError
 from fraud_inference.lifecycle import Generation
-from fraud_inference.models.signature import clip_names, instances_message
+from fraud_inference.models.signature_errors import clip_names, instances_message
 from fraud_inference.observability.metrics import CONTENT_TYPE
 
 __all__ = ["livez", "metrics", "model_infos", "predict", "readyz", "v1_router", "version"]

@@ -14,7 +14,8 @@ import numpy.typing as npt
 from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
 from fraud_inference.models.flavors import Scorer, flavor_named
 from fraud_inference.models.flavors._base import RecordsSplits
-from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, SignatureDecoder
+from fraud_inference.models.signature import ExtraFeatures, SignatureDecoder
+from fraud_inference.models.signature_errors import ErrorDetail
 
 __all__ = ["ServedModel", "example_rows", "load_model", "load_scorer"]
 

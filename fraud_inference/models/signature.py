@@ -1,8 +1,11 @@
-"""Check request rows against a model's signature and build its batch: a float64 matrix, or a typed DataFrame."""
+"""Check request rows against a model's signature and build its batch: a float64 matrix, or a typed DataFrame.
+
+The values' checks live in `signature_checks`, the DataFrame path in `signature_frame`, and the refusal
+(`InstancesError`, its message) in `signature_errors`.
+"""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from itertools import chain
@@ -13,28 +16,26 @@ import numpy as np
 import numpy.typing as npt
 
 from fraud_inference.models.artifact import FeatureSpec
+from fraud_inference.models.signature_checks import ValueChecks
+from fraud_inference.models.signature_errors import (
+    ErrorDetail,
+    InstancesError,
+    clip_names,
+    first_infinity,
+    infinity_problem,
+)
+from fraud_inference.models.signature_frame import FrameBuilder
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = [
-    "ErrorDetail",
-    "ExtraFeatures",
-    "InstancesError",
-    "SignatureDecoder",
-    "clip_names",
-    "first_infinity",
-    "instances_message",
-    "on_training_categories",
-    "text_dtype",
-]
+__all__ = ["ExtraFeatures", "SignatureDecoder"]
 
 # Integers beyond 2**53 cannot reach the model exactly as float64; refuse them rather than round silently.
 # Decoded as float so that `3.0` (what many clients write for an integer) is accepted; fractions are refused
 # after decoding, naming the row and feature.
 _SafeInt = Annotated[float, msgspec.Meta(gt=-(2**53), lt=2**53)]
 _BEYOND_SAFE_INT = frozenset({f"Expected `float` < {2.0**53}", f"Expected `float` > {-(2.0**53)}"})
-_INTEGER_TYPES = frozenset({"long", "integer"})
 _PYTHON_TYPES: dict[str, Any] = {
     "double": float,
     "float": float,
@@ -43,35 +44,9 @@ _PYTHON_TYPES: dict[str, Any] = {
     "boolean": bool,
     "string": str,
 }
-# What MLflow's schema enforcement gives each type when no value is missing; a missing value makes a number NaN.
-_WHOLE_TYPES = frozenset({"long", "integer", "boolean"})
-_FRAME_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
 _PATH = re.compile(r"`\$\[(\d+)\](?:\.([^`]*))?`")
-_QUOTED = re.compile(r"`([^`]*)`")
-ErrorDetail = Literal["full", "generic"]
 ExtraFeatures = Literal["reject", "ignore"]
 Matrix = npt.NDArray[np.float64]
-
-
-def instances_message(problem: str, *, row: int | None = None, feature: str | None = None) -> str:
-    """`instances[3].amount: <problem>`: where in a body of row objects the problem is, then what it is."""
-    where = "instances" + ("" if row is None else f"[{row}]") + ("" if feature is None else f".{feature}")
-    return f"{where} {problem}" if problem.startswith("is ") else f"{where}: {problem}"
-
-
-class InstancesError(ValueError):
-    """The rows do not match the model's signature: `problem` says what, at `row` (index) and `feature`.
-
-    `str()` is the whole message, e.g. `instances[3].amount: Expected `float`, got `str``; `row` and `feature`
-    are None when the problem is not in one row (or not in one feature), and `feature` is always None under
-    ERROR_DETAIL=generic.
-    """
-
-    def __init__(self, problem: str, *, row: int | None = None, feature: str | None = None) -> None:
-        super().__init__(instances_message(problem, row=row, feature=feature))
-        self.problem = problem
-        self.row = row
-        self.feature = feature
 
 
 class SignatureDecoder:
@@ -122,18 +97,12 @@ class SignatureDecoder:
         self._extra = extra
         self._astuple = msgspec.structs.astuple
         self._width = len(self.features)
-        self._integer_columns = [i for i, spec in enumerate(self.features) if spec.type in _INTEGER_TYPES]
-        self._numeric_columns = [i for i, spec in enumerate(self.features) if spec.type != "string"]
-        self._refuse_missing = [i for i, spec in enumerate(self.features) if spec.name in set(refuse_missing)]
+        self._checks = ValueChecks(self.features, detail=detail, refuse_missing=refuse_missing)
         # Which positions of the checked matrix hold integer columns, and columns that may not miss a value:
         # on the fast path the matrix holds every column, in a frame only the numeric ones.
         self._all_columns = list(range(self._width))
-        self._matrix_checks = self._checks_for(self._all_columns)
-        self._frame_checks = self._checks_for(self._numeric_columns)
-        import pandas as pd
-
-        self._text = text_dtype()
-        self._categories = {name: pd.CategoricalDtype(pd.Index(values)) for name, values in (categories or {}).items()}
+        self._matrix_checks = self._checks.checks_for(self._all_columns)
+        self._frames = FrameBuilder(self.features, checks=self._checks, categories=categories)
 
     def decode(self, instances: bytes) -> Matrix | pd.DataFrame:
         """The batch for the raw JSON array `instances`: the matrix, or with `frame` the DataFrame."""
@@ -149,13 +118,13 @@ class SignatureDecoder:
             matrix = matrix.reshape(len(rows), self._width)
         except TypeError:  # a null or a left-out optional column (None): np.array makes it NaN
             matrix = np.array(list(map(self._astuple, rows)), dtype=np.float64).reshape(len(rows), self._width)
-        self._check_numbers(matrix, self._all_columns, self._matrix_checks)
+        self._checks.check_numbers(matrix, self._all_columns, self._matrix_checks)
         return matrix
 
     def dataframe(self, instances: bytes) -> pd.DataFrame:
         """Decode `instances` into a DataFrame with MLflow's dtypes, categorical columns on training categories."""
         rows = self._rows(instances)
-        return self._frame(list(zip(*map(self._astuple, rows), strict=True)), len(rows))
+        return self._frames.frame(list(zip(*map(self._astuple, rows), strict=True)), len(rows))
 
     def columns(self, names: Sequence[str], values: Sequence[bytes]) -> Matrix | pd.DataFrame:
         """The batch for one request sent as columns: `values[i]` is column `names[i]`, a msgpack array of one
@@ -181,9 +150,9 @@ class SignatureDecoder:
             raise InstancesError("is empty: send at least one row")
         columns = [[None] * count if column is None else column for column in decoded]
         if self.frame:
-            return self._frame(columns, count, columnar=True)
+            return self._frames.frame(columns, count, columnar=True)
         matrix = np.array(columns, dtype=np.float64).T.copy()
-        self._check_numbers(matrix, self._all_columns, self._matrix_checks, columnar=True)
+        self._checks.check_numbers(matrix, self._all_columns, self._matrix_checks, columnar=True)
         return matrix
 
     def _as_rows(self, names: Sequence[str], values: Sequence[bytes]) -> Matrix | pd.DataFrame:
@@ -196,55 +165,16 @@ class SignatureDecoder:
         infinity = first_infinity(rows)
         if infinity is not None:  # JSON has none: the rows would carry it as null, a missing value
             row, name, value = infinity
-            raise InstancesError(_infinite(value), row=row, feature=None if self._detail == "generic" else name)
+            raise InstancesError(infinity_problem(value), row=row, feature=None if self._detail == "generic" else name)
         return self.decode(msgspec.json.encode(rows))
 
-    def _frame(self, columns: Sequence[Sequence[Any]], count: int, *, columnar: bool = False) -> pd.DataFrame:
-        """The DataFrame of `columns` (one sequence of values per feature, in the signature's order)."""
-        import pandas as pd
-
-        numbers = np.array([columns[i] for i in self._numeric_columns], dtype=np.float64).T.reshape(
-            count, len(self._numeric_columns)
-        )
-        self._check_numbers(numbers, self._numeric_columns, self._frame_checks, columnar=columnar)
-        data: dict[str, Any] = {}
-        numeric_index = {column: position for position, column in enumerate(self._numeric_columns)}
-        for i, spec in enumerate(self.features):
-            if spec.type != "string":
-                values = numbers[:, numeric_index[i]]
-                # A missing value makes an integer or boolean column float64 (NaN), as MLflow gives it.
-                whole = spec.type in _WHOLE_TYPES and bool(np.isnan(values).any())
-                data[spec.name] = values if whole else values.astype(_FRAME_DTYPES[spec.type])
-                continue
-            if i in self._refuse_missing:
-                self._refuse_if_missing([value is None for value in columns[i]], i)
-            dtype = self._categories.get(spec.name)
-            if dtype is None:
-                # NOTE: always pandas's own string dtype (`str` with NaN from pandas 3), whatever the batch holds: a
-                # column of only nulls would otherwise be object None, which a OneHotEncoder scores differently.
-                data[spec.name] = pd.Series(columns[i], dtype=self._text)
-            else:
-                data[spec.name] = on_training_categories(columns[i], dtype)
-        return pd.DataFrame(data)
-
     def stack(self, batches: Sequence[Any]) -> Any:
-        """One batch of the rows of several requests: the matrices stacked, or the DataFrames concatenated.
-
-        A number column that is bool or int in one request and NaN-holding float in another stays float64 (pandas
-        would make it object, which the libraries refuse).
-        """
+        """One batch of the rows of several requests: the matrices stacked, or the DataFrames concatenated."""
         if len(batches) == 1:
             return batches[0]
         if not self.frame:
             return np.concatenate(batches)
-        import pandas as pd
-
-        frame = pd.concat(batches, ignore_index=True)
-        for index in self._numeric_columns:
-            name = self.features[index].name
-            if frame[name].dtype == object:
-                frame[name] = frame[name].astype("float64")
-        return frame
+        return self._frames.stack(batches)
 
     def _rows(self, instances: bytes) -> list[Any]:
         try:
@@ -258,87 +188,6 @@ class SignatureDecoder:
         if not rows:
             raise InstancesError("is empty: send at least one row")
         return rows
-
-    def _checks_for(self, columns: Sequence[int]) -> tuple[list[int], list[int]]:
-        """The positions, in a matrix of `columns`, of integer columns and of columns that may not miss a value."""
-        return (
-            [position for position, column in enumerate(columns) if column in self._integer_columns],
-            [position for position, column in enumerate(columns) if column in self._refuse_missing],
-        )
-
-    def _check_numbers(
-        self, numbers: Matrix, columns: Sequence[int], checks: tuple[list[int], list[int]], *, columnar: bool = False
-    ) -> None:
-        """Refuse infinities, fractions in integer columns, and missing values the model cannot take.
-
-        `numbers` holds the feature columns `columns` (all of them on the fast path), in that order. A columnar
-        request's infinity is refused in the words the HTTP process used when it built rows of columns.
-        """
-        if np.isinf(numbers).any():
-            row, position = np.argwhere(np.isinf(numbers))[0]
-            problem = _infinite(float(numbers[row, position])) if columnar else "value is not a finite number"
-            raise InstancesError(problem, row=int(row), feature=self._feature(columns[position]))
-        integers, refused = checks
-        if integers:
-            values = numbers[:, integers]
-            fractional = values != np.floor(values)
-            if fractional.any() and (fractional := fractional & ~np.isnan(values)).any():  # NaN is a missing value
-                row, index = np.argwhere(fractional)[0]
-                column = columns[integers[index]]
-                detail = "" if self._detail == "generic" else f" (the model expects type {self.features[column].type})"
-                raise InstancesError(
-                    f"Expected `int`, got a fraction{detail}", row=int(row), feature=self._feature(column)
-                )
-        for position in refused:
-            self._refuse_if_missing(np.isnan(numbers[:, position]), columns[position])
-
-    def _refuse_if_missing(self, missing: Any, column: int) -> None:
-        missing = np.asarray(missing, dtype=bool)
-        if missing.any():
-            name = self.features[column].name
-            what = "a value" if self._detail == "generic" else f"{name!r}"
-            raise InstancesError(
-                f"missing (null or left out), and this model cannot score a row without {what}: send it",
-                row=int(np.argmax(missing)),
-                feature=self._feature(column),
-            )
-
-    def _feature(self, column: int) -> str | None:
-        """The feature's name for an error, or None under ERROR_DETAIL=generic."""
-        return None if self._detail == "generic" else self.features[column].name
-
-
-def first_infinity(rows: Sequence[Mapping[str, Any]]) -> tuple[int, str, float] | None:
-    """The first infinite value of row objects, in row order: (row, feature, value); None when there is none."""
-    for index, row in enumerate(rows):
-        for name, value in row.items():
-            if type(value) is float and math.isinf(value):
-                return index, name, value
-    return None
-
-
-def _infinite(value: float) -> str:
-    return f"value {value} is not a finite number: send a finite number, or leave it empty (null) for a missing value"
-
-
-def on_training_categories(values: Any, dtype: pd.CategoricalDtype) -> pd.Categorical:
-    """`values` as a categorical on the training categories `dtype`: a value never seen in training is missing,
-    never re-coded from the batch's own values."""
-    import pandas as pd
-
-    return pd.Categorical.from_codes(dtype.categories.get_indexer(pd.Index(values, dtype=object)), dtype=dtype)
-
-
-def text_dtype() -> Any:
-    """The dtype pandas gives a column of strings (object before pandas 3, `str` from pandas 3)."""
-    import pandas as pd
-
-    return pd.Series(["text"]).dtype
-
-
-def clip_names(message: str, limit: int = 64) -> str:
-    """Shorten every `quoted` name in an error to `limit` characters: a caller's 1 MB key is not echoed back."""
-    return _QUOTED.sub(lambda m: f"`{m.group(1)[:limit]}...`" if len(m.group(1)) > limit else m.group(0), message)
 
 
 def _generic(message: str) -> InstancesError:

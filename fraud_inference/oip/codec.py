@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from fraud_inference.dataplane import ScoredRows, Selection
 from fraud_inference.models.artifact import FeatureSpec
-from fraud_inference.models.signature import ErrorDetail
+from fraud_inference.models.signature_errors import ErrorDetail
 from fraud_inference.oip.errors import OipRequestError
 from fraud_inference.oip.tensors import DATATYPES, check_datatype, from_raw, to_raw, values_of
 from fraud_inference.oip.types import InferRequest, InferResponse, ModelMetadata, ResponseOutput, TensorMetadata

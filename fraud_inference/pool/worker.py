@@ -2,108 +2,32 @@
 
 from __future__ import annotations
 
-import collections
-import gc
 import os
 import signal
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
 from fraud_inference.lifetime import die_with_parent
-from fraud_inference.models.signature import ErrorDetail, ExtraFeatures, InstancesError, SignatureDecoder
+from fraud_inference.models.signature import ExtraFeatures
+from fraud_inference.models.signature_errors import ErrorDetail
 from fraud_inference.pool.messages import (
-    FRAUD_PROBABILITY,
-    PYFUNC_ANSWER,
-    Cancel,
-    Columns,
     DropGeneration,
-    GenerationLoaded,
     Heartbeat,
     LoadGeneration,
-    Output,
-    Refused,
     Score,
     Scored,
     ScoreFailed,
-    ToWorker,
     WorkerStarted,
-    decode_to_worker,
-    encode,
 )
-
-if TYPE_CHECKING:
-    from fraud_inference.models.flavors import Scorer
-    from fraud_inference.models.scoring import ServedModel
+from fraud_inference.pool.worker_batch import BatchScorer
+from fraud_inference.pool.worker_models import HeldGenerations
+from fraud_inference.pool.worker_pipe import ServerPipe
 
 __all__ = ["WorkerOptions", "run_worker"]
-
-Matrix = npt.NDArray[np.float64]
-_EMPTY: Matrix = np.empty(0, dtype=np.float64)
-# A large batch is scored in chunks of about this long, so a cancelled one stops soon after its requests gave
-# up; the chunk's rows adapt to the model's speed (a fast model scores 10,000 rows in one or two calls, whose
-# fixed cost, ~100 us for XGBoost, is then nothing beside the rows' own).
-_CHUNK_NS = 50_000_000
-_FIRST_CHUNK_ROWS = 256
-_MAX_CHUNK_ROWS = 16_384
-
-
-def _row_slice(features: Any, start: int, stop: int) -> Any:
-    """Rows `start:stop` of a batch: a float64 matrix, or a DataFrame on the frame path."""
-    return features.iloc[start:stop] if hasattr(features, "iloc") else features[start:stop]
-
-
-def _jsonable(value: Any) -> Any:
-    """What MLflow's scoring server's encoder (`NumpyEncoder`) makes of a value JSON has no type for."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    isoformat = getattr(value, "isoformat", None)  # pandas Timestamp, datetime, date, time
-    if callable(isoformat):
-        return isoformat()
-    raise TypeError(f"predict returned a {type(value).__name__}, which MLflow's scoring server cannot encode")
-
-
-# NOTE: a non-finite float becomes null (valid JSON), where MLflow's json.dump writes a bare NaN.
-_encode_json = msgspec.json.Encoder(enc_hook=_jsonable).encode
-
-
-def _score_rows(scorer: Scorer, rows: Any, outputs: list[Any] | None) -> Matrix:
-    """The fraud probabilities of `rows`; with `outputs`, also MLflow's pyfunc answer per row, appended to it."""
-    if outputs is None:
-        return scorer.fraud_probability(rows)
-    probabilities, answers = scorer.mlflow_predictions(rows)
-    outputs.extend(answers)
-    return probabilities
-
-
-def _wants_pyfunc(request: Score) -> bool:
-    return any(PYFUNC_ANSWER in wants for wants in request.wants)
-
-
-def _outputs(
-    request: Score, outcomes: list[int | Refused], probabilities: Matrix, answers: list[Any] | None
-) -> dict[str, Output]:
-    """The batch's named outputs, each request's part in batch order: the fraud probabilities (float64) of every
-    scored request and, when some request wanted it, MLflow's pyfunc answer for its own rows (a JSON array)."""
-    rows = [0 if isinstance(outcome, Refused) else outcome for outcome in outcomes]
-    outputs = {FRAUD_PROBABILITY: Output(probabilities.tobytes(), tuple(8 * count for count in rows))}
-    if answers is not None:
-        parts: list[bytes] = []
-        offset = 0
-        for wants, outcome, count in zip(request.wants, outcomes, rows, strict=True):
-            wanted = PYFUNC_ANSWER in wants and not isinstance(outcome, Refused)
-            parts.append(_encode_json(answers[offset : offset + count]) if wanted else b"")
-            offset += count
-        outputs[PYFUNC_ANSWER] = Output(b"".join(parts), tuple(map(len, parts)))
-    return outputs
 
 
 class WorkerOptions(msgspec.Struct, frozen=True):
@@ -138,78 +62,39 @@ def run_worker(conn: Connection, options: WorkerOptions) -> None:
 
 
 class _Worker:
+    """Act on the server's messages in order: score batches, load and drop generations; beat meanwhile."""
+
     def __init__(self, conn: Connection, options: WorkerOptions, log: FilteringBoundLogger) -> None:
-        self._conn = conn
         self._index = options.index
-        self._max_rows = options.max_rows
-        self._error_detail = options.error_detail
-        self._extra_features = options.extra_features
         self._heartbeat_s = options.heartbeat_s
-        self._log = log
-        self._send_lock = threading.Lock()
-        self._generations: dict[int, dict[str, ServedModel]] = {}
-        # The same files (same version, same download) load once and are shared between generations.
-        self._models_by_path: dict[int, dict[str, ServedModel]] = {}
-        self._held: collections.deque[ToWorker | None] = collections.deque()  # read while scoring, for later
-        self._server_gone = False
-        self._cancelled: set[int] = set()
+        self._pipe = ServerPipe(conn)
+        self._generations = HeldGenerations(
+            error_detail=options.error_detail, extra_features=options.extra_features, log=log
+        )
+        self._batches = BatchScorer(max_rows=options.max_rows, is_cancelled=self._pipe.is_cancelled, log=log)
         self._scoring: tuple[int, int] = (0, 0)  # (batch seq, monotonic ns it started), 0 when idle
-        self._frozen = False
 
     def serve(self) -> None:
         self._preload()
-        self._send(WorkerStarted(pid=os.getpid()))
+        self._pipe.send(WorkerStarted(pid=os.getpid()))
         # NOTE: heartbeats come from a thread of their own: a slow batch is not a stuck worker (see Heartbeat).
         # The pipe is read here, on the scoring thread, and polled between a batch's chunks for a Cancel: a
         # reader thread handing messages over through a queue cost a second thread wake-up per batch.
         threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
-        while (message := self._next()) is not None:
+        while (message := self._pipe.next()) is not None:
             if isinstance(message, Score):
                 self._score(message)
             elif isinstance(message, LoadGeneration):
                 # NOTE: load beside the served generation in a thread, so scoring goes on during a swap.
                 threading.Thread(target=self._load, args=(message,), daemon=True).start()
             elif isinstance(message, DropGeneration):
-                self._generations.pop(message.generation, None)
-                self._models_by_path.pop(message.generation, None)
-
-    def _next(self) -> ToWorker | None:
-        """The next message to act on, waiting for it; None once the server is gone."""
-        if self._held:
-            return self._held.popleft()
-        while (message := self._receive()) is not None:
-            if isinstance(message, Cancel):
-                self._cancelled.add(message.seq)
-            else:
-                return message
-        return None
-
-    def _receive(self) -> ToWorker | None:
-        try:
-            message: ToWorker = decode_to_worker(self._conn.recv_bytes())
-        except (EOFError, OSError):
-            return None  # the server is gone: nothing left to score for
-        return message
-
-    def _is_cancelled(self, seq: int) -> bool:
-        """Whether every request of batch `seq` has given up, reading the Cancels sent meanwhile; other messages
-        wait their turn (batches come in order)."""
-        while seq not in self._cancelled and not self._server_gone and self._conn.poll(0):
-            message = self._receive()
-            if message is None:
-                self._server_gone = True
-                self._held.append(None)
-            elif isinstance(message, Cancel):
-                self._cancelled.add(message.seq)
-            else:
-                self._held.append(message)
-        return seq in self._cancelled
+                self._generations.drop(message.generation)
 
     def _beat(self) -> None:
         while True:
             time.sleep(self._heartbeat_s)
             seq, started_ns = self._scoring
-            self._send(Heartbeat(scoring=seq, scoring_ns=time.monotonic_ns() - started_ns if seq else 0))
+            self._pipe.send(Heartbeat(scoring=seq, scoring_ns=time.monotonic_ns() - started_ns if seq else 0))
 
     def _preload(self) -> None:
         """Import the model libraries and pin their thread pools before the first load.
@@ -225,188 +110,21 @@ class _Worker:
     def _score(self, request: Score) -> None:
         self._scoring = (request.seq, time.monotonic_ns())
         try:
-            self._score_batch(request)
+            self._pipe.send(self._answer(request))
         finally:
             self._scoring = (0, 0)
             # Batches come in order: a Cancel for this one or an earlier one arrived too late to matter.
-            for seq in [seq for seq in self._cancelled if seq <= request.seq]:
-                self._cancelled.discard(seq)
+            self._pipe.forget_cancels(request.seq)
 
-    def _score_batch(self, request: Score) -> None:
-        served = self._generations.get(request.generation, {}).get(request.model)
+    def _answer(self, request: Score) -> Scored | ScoreFailed:
+        """Score batch `request` with the model of its generation, or fail it when this worker does not hold it."""
+        served = self._generations.model(request.generation, request.model)
         if served is None:
-            self._send(
-                ScoreFailed(
-                    seq=request.seq,
-                    error=f"generation {request.generation} model {request.model!r} is not loaded in this worker",
-                )
+            return ScoreFailed(
+                seq=request.seq,
+                error=f"generation {request.generation} model {request.model!r} is not loaded in this worker",
             )
-            return
-        started = time.perf_counter()
-        outcomes: list[int | Refused] = []
-        batches: list[Any] = []
-        if self._is_cancelled(request.seq):
-            self._dropped(request)
-            return
-        for body in request.bodies:
-            outcome = self._decode(served.decoder, body)
-            if isinstance(outcome, Refused):
-                outcomes.append(outcome)
-            else:
-                outcomes.append(len(outcome))
-                batches.append(outcome)
-        # MLflow's pyfunc answer comes from the same model call as the probabilities, for every row of the batch.
-        outputs: list[Any] | None = [] if _wants_pyfunc(request) else None
-        try:
-            # One model call per chunk of the whole batch: its fixed cost (~100 us for XGBoost) is paid once
-            # for a batch of small requests; a large one is scored chunk by chunk, and dropped between two
-            # when every request of the batch has given up.
-            features = served.decoder.stack(batches) if batches else None
-            total = 0 if features is None else len(features)
-            chunks: list[Matrix] = []
-            start, rows = 0, _FIRST_CHUNK_ROWS
-            while start < total:
-                if self._is_cancelled(request.seq):
-                    self._dropped(request, scored_rows=start)
-                    return
-                chunk_started = time.monotonic_ns()
-                chunks.append(_score_rows(served.scorer, _row_slice(features, start, start + rows), outputs))
-                start += rows
-                elapsed = max(time.monotonic_ns() - chunk_started, 1)
-                rows = max(1, min(_MAX_CHUNK_ROWS, rows * _CHUNK_NS // elapsed))
-            probabilities = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else _EMPTY
-        except Exception as error:
-            outcomes, probabilities, outputs = self._score_alone(request, served, outcomes, batches, error)
-        seconds = time.perf_counter() - started
-        self._log.debug(
-            "batch.scored",
-            request_ids=request.request_ids,
-            model=request.model,
-            generation=request.generation,
-            rows=len(probabilities),
-            ms=round(seconds * 1000, 3),
-        )
-        scored = Scored(
-            seq=request.seq, outcomes=tuple(outcomes), outputs=_outputs(request, outcomes, probabilities, outputs),
-            seconds=seconds,
-        )  # fmt: skip
-        self._send(scored)
-
-    def _score_alone(
-        self,
-        request: Score,
-        served: ServedModel,
-        outcomes: list[int | Refused],
-        batches: list[Any],
-        error: Exception,
-    ) -> tuple[list[int | Refused], Matrix, list[Any] | None]:
-        """Answer a batch the model failed on with `error`: each request is scored on its own, and each one the
-        model still fails on is a 422 (`invalid_rows`), so it never fails the requests batched with it.
-
-        NOTE: rows the probes at load did not foresee (a custom model's own checks): this is the one place that
-        turns the model's failure into a request's 422, for a batch of one request or of many.
-        """
-        self._log.error(
-            "score.failed", request_ids=request.request_ids, model=request.model, generation=request.generation,
-            requests=len(batches), error=repr(error)[:200],
-        )  # fmt: skip
-        scored: list[Matrix] = []
-        pending = iter(batches)
-        answered: list[int | Refused] = []
-        outputs: list[Any] | None = [] if _wants_pyfunc(request) else None
-        for request_id, outcome in zip(request.request_ids, outcomes, strict=True):
-            if isinstance(outcome, Refused):
-                answered.append(outcome)
-                continue
-            try:
-                if len(batches) == 1:
-                    raise error  # alone in its batch: the error is its own, no need to score it again
-                own: list[Any] | None = None if outputs is None else []
-                scored.append(_score_rows(served.scorer, next(pending), own))
-                if outputs is not None and own is not None:
-                    outputs.extend(own)
-            except Exception as refusal:
-                self._log.warning(
-                    "score.refused_by_model", request_id=request_id, model=request.model,
-                    generation=request.generation, error=repr(refusal)[:200],
-                )  # fmt: skip
-                answered.append(Refused(reason="invalid_rows", message=f"the model cannot score these rows: {refusal}"))
-            else:
-                answered.append(outcome)
-        return answered, np.concatenate(scored) if scored else _EMPTY, outputs
-
-    def _dropped(self, request: Score, *, scored_rows: int = 0) -> None:
-        """Answer a cancelled batch without scoring the rest: nobody waits for it, but its slot is freed."""
-        self._log.info("batch.cancelled", request_ids=request.request_ids, scored_rows=scored_rows)
-        self._send(ScoreFailed(seq=request.seq, error="cancelled: every request of the batch gave up"))
-
-    def _decode(self, decoder: SignatureDecoder, body: bytes | Columns) -> Any:
-        try:
-            matrix = decoder.decode(body) if isinstance(body, bytes) else decoder.columns(body.names, body.values)
-        except InstancesError as error:
-            return Refused(reason="invalid_rows", message=error.problem, row=error.row, feature=error.feature)
-        except Exception as error:  # whatever a hostile body does, it fails alone and the worker lives on
-            self._log.error("decode.failed", error=repr(error)[:200])
-            return Refused(reason="invalid_rows", message="cannot be decoded")
-        if len(matrix) > self._max_rows:
-            return Refused(
-                reason="too_many_rows",
-                message=f"{len(matrix)} rows exceed MAX_BATCH_ROWS={self._max_rows}",
-                rows=len(matrix),
-            )
-        return matrix
+        return self._batches.score(request, served)
 
     def _load(self, request: LoadGeneration) -> None:
-        from fraud_inference.models.scoring import load_model
-
-        loaded: dict[str, ServedModel] = {}
-        errors: dict[str, str] = {}
-        seconds: dict[str, float] = {}
-        held = {path: model for by_path in list(self._models_by_path.values()) for path, model in by_path.items()}
-        by_path: dict[str, ServedModel] = {}
-        for artifact in request.models:
-            started = time.perf_counter()
-            key = artifact.ref.key
-            try:
-                # Loaded, warmed up and probed: it scores before the generation can become active.
-                served = held.get(artifact.path) or load_model(
-                    artifact, detail=self._error_detail, extra=self._extra_features
-                )
-                by_path[artifact.path] = served
-                loaded[key] = served
-            except Exception as error:
-                errors[key] = f"{type(error).__name__}: {error}"
-            seconds[key] = time.perf_counter() - started
-            if key in loaded:
-                self._log.info(
-                    "model.loaded", model=key, name=artifact.ref.name, version=artifact.ref.version,
-                    generation=request.generation, seconds=round(seconds[key], 3),
-                )  # fmt: skip
-            else:
-                self._log.error(
-                    "model.load_failed", model=key, name=artifact.ref.name, version=artifact.ref.version,
-                    generation=request.generation, seconds=round(seconds[key], 3), error=errors[key],
-                )  # fmt: skip
-        if not errors:
-            self._models_by_path[request.generation] = by_path
-            self._generations[request.generation] = loaded
-            if not self._frozen:
-                # The libraries stay: keep full collections from rescanning them (see service). Once, after a
-                # collection: a frozen cycle is never freed, and every later generation's models are dropped.
-                gc.collect()
-                gc.freeze()
-                self._frozen = True
-        classes = {key: served.scorer.positive_class for key, served in loaded.items()}
-        self._send(
-            GenerationLoaded(
-                generation=request.generation, errors=errors, load_seconds=seconds, positive_classes=classes
-            )
-        )
-
-    def _send(self, message: WorkerStarted | GenerationLoaded | Scored | ScoreFailed | Heartbeat) -> None:
-        payload = encode(message)
-        with self._send_lock:
-            try:
-                self._conn.send_bytes(payload)
-            except (BrokenPipeError, OSError):
-                os._exit(0)  # the server is gone
+        self._pipe.send(self._generations.load(request))

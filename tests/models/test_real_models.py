@@ -21,7 +21,7 @@ import pytest
 from fraud_inference.models.artifact import ModelArtifact, UnservableModelError
 from fraud_inference.models.reading import fetch_artifact, read_artifact
 from fraud_inference.models.scoring import load_model
-from fraud_inference.models.signature import InstancesError
+from fraud_inference.models.signature_errors import InstancesError
 from fraud_inference.models.trust import ModelTrust
 from fraud_inference.registry import ModelRef, Registry
 from tests.conftest import RunningService, use_registry

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from fraud_inference.models.artifact import FeatureSpec
-from fraud_inference.models.signature import InstancesError, SignatureDecoder
+from fraud_inference.models.signature import SignatureDecoder
+from fraud_inference.models.signature_errors import InstancesError
 
 FEATURES = (FeatureSpec("amount", "double"), FeatureSpec("hour_of_day", "long"), FeatureSpec("is_foreign", "boolean"))
 
