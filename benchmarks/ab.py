@@ -2,6 +2,7 @@
 ratios measured side by side mean something).
 
     uv run python -m benchmarks.ab --a-checkout ../other        # that checkout's build (A) against this one (B)
+    uv run python -m benchmarks.ab --a-checkout ../old --b-checkout ../new    # two other builds
     uv run python -m benchmarks.ab --b-setting DECISION_LOG=/tmp/decisions   # a setting off (A) and on (B)
 
 Seeds the demo registry once in a temporary home. Each round serves it with A, loads it with every scenario
@@ -43,18 +44,16 @@ class Arm(msgspec.Struct, frozen=True):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a-checkout", type=Path, help="A runs this checkout's .venv/bin/fraud-inference")
+    parser.add_argument("--b-checkout", type=Path, help="B runs this checkout's (default: this environment's)")
     parser.add_argument("--a-setting", action="append", default=[], metavar="NAME=VALUE", help="a variable of A's")
     parser.add_argument("--b-setting", action="append", default=[], metavar="NAME=VALUE", help="a variable of B's")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="per scenario and round")
     parser.add_argument("--protocol", choices=("v1", "mlflow", "oip"), default="v1")
     args = parser.parse_args(argv)
-    a_executable = None if args.a_checkout is None else args.a_checkout.resolve() / ".venv/bin/fraud-inference"
-    if a_executable is not None and not a_executable.exists():
-        parser.error(f"{a_executable} is missing: run `uv sync` in {args.a_checkout} first")
     arms = (
-        Arm("A", a_executable, _settings(args.a_setting, parser)),
-        Arm("B", None, _settings(args.b_setting, parser)),
+        Arm("A", _executable(args.a_checkout, parser), _settings(args.a_setting, parser)),
+        Arm("B", _executable(args.b_checkout, parser), _settings(args.b_setting, parser)),
     )
     scenarios = [msgspec.structs.replace(scenario, protocol=args.protocol) for scenario in SCENARIOS]
     results: dict[tuple[str, str], list[LoadResult]] = {}
@@ -102,6 +101,15 @@ def _load(
     finally:
         service.stop(timeout_s=60)
     return measured
+
+
+def _executable(checkout: Path | None, parser: argparse.ArgumentParser) -> Path | None:
+    if checkout is None:
+        return None
+    executable = checkout.resolve() / ".venv/bin/fraud-inference"
+    if not executable.exists():
+        parser.error(f"{executable} is missing: run `uv sync` in {checkout} first")
+    return executable
 
 
 def _settings(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
