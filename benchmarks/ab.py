@@ -8,8 +8,9 @@ ratios measured side by side mean something).
 Seeds the demo registry once in a temporary home. Each round serves it with A, loads it with every scenario
 (XGBoost, 1 row at 64 connections and 100 rows at 8, through /v1/predict unless `--protocol`), stops it, then
 does the same with B; A and B swap order every round. wrk checks every answer; a failed request ends the run
-(exit 1). Prints each round's requests/s and p99 per arm, and per scenario the median ratio B/A of requests/s
-and of p99 over the rounds.
+(exit 1). Prints each round's requests/s, p99 and CPU microseconds per request (the HTTP process and the
+workers, from /proc) per arm, and per scenario the median ratio B/A of each over the rounds. CPU per request
+moves far less than requests/s when other work shares the machine: read it first on a busy one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import msgspec
 
 from benchmarks.loadgen import LoadResult, run_load
 from benchmarks.scenarios import Scenario, our_requests
-from benchmarks.service import OurService
+from benchmarks.service import CpuSeconds, OurService
 from fraud_inference.demo.seeding import embedded_registry, seed_demo
 
 SCENARIOS = (
@@ -56,32 +57,43 @@ def main(argv: list[str] | None = None) -> int:
         Arm("B", _executable(args.b_checkout, parser), _settings(args.b_setting, parser)),
     )
     scenarios = [msgspec.structs.replace(scenario, protocol=args.protocol) for scenario in SCENARIOS]
-    results: dict[tuple[str, str], list[LoadResult]] = {}
+    results: dict[tuple[str, str], list[tuple[LoadResult, CpuSeconds]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as home:
         tracking_uri, artifact_location = embedded_registry(Path(home))
         seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None)
         for round_ in range(args.rounds):
             for arm in arms if round_ % 2 == 0 else arms[::-1]:
-                for scenario, result in _load(arm, tracking_uri, Path(home), scenarios, args.seconds):
-                    results.setdefault((arm.name, scenario.name), []).append(result)
+                for scenario, result, cpu in _load(arm, tracking_uri, Path(home), scenarios, args.seconds):
+                    results.setdefault((arm.name, scenario.name), []).append((result, cpu))
                     print(
                         f"round {round_ + 1} {arm.name} {scenario.name}: {result.requests_per_s:.0f} req/s, "
-                        f"p99 {result.p99_ms:.1f} ms",
+                        f"p99 {result.p99_ms:.1f} ms, CPU per request: HTTP {_per_request_us(cpu.http, result):.0f} "
+                        f"us, workers {_per_request_us(cpu.workers, result):.0f} us",
                         flush=True,
                     )
     for arm in arms:
         print(f"{arm.name}: {arm.executable or 'this checkout'} {arm.settings or ''}")
     for scenario in scenarios:
-        a, b = results[("A", scenario.name)], results[("B", scenario.name)]
-        throughput = statistics.median(y.requests_per_s / x.requests_per_s for x, y in zip(a, b, strict=True))
-        p99 = statistics.median(y.p99_ms / x.p99_ms for x, y in zip(a, b, strict=True))
-        print(f"{scenario.name}: B/A requests/s {throughput:.2f}x, p99 {p99:.2f}x (median of {len(a)} rounds)")
+        pairs = list(zip(results[("A", scenario.name)], results[("B", scenario.name)], strict=True))
+        throughput = statistics.median(b.requests_per_s / a.requests_per_s for (a, _), (b, _) in pairs)
+        p99 = statistics.median(b.p99_ms / a.p99_ms for (a, _), (b, _) in pairs)
+        cpu = statistics.median(
+            _per_request_us(b_cpu.total, b) / _per_request_us(a_cpu.total, a) for (a, a_cpu), (b, b_cpu) in pairs
+        )
+        print(
+            f"{scenario.name}: B/A requests/s {throughput:.2f}x, p99 {p99:.2f}x, CPU per request {cpu:.2f}x "
+            f"(median of {len(pairs)} rounds)"
+        )
     return 0
+
+
+def _per_request_us(seconds: float, result: LoadResult) -> float:
+    return seconds / max(result.requests, 1) * 1e6
 
 
 def _load(
     arm: Arm, tracking_uri: str, home: Path, scenarios: list[Scenario], seconds: float
-) -> list[tuple[Scenario, LoadResult]]:
+) -> list[tuple[Scenario, LoadResult, CpuSeconds]]:
     """Serve with `arm`, warm up, and load every scenario once; exit 1 on any failed or wrong answer."""
     service = OurService.start(
         tracking_uri, workers=2, log_dir=home, settings=arm.settings, executable=arm.executable, timeout_s=300
@@ -92,12 +104,16 @@ def _load(
             requests = our_requests(scenario, service.base_url)
             run_load("wrk", requests.url, requests.bodies, connections=scenario.connections, seconds=2,
                      expect=requests.expect)  # fmt: skip
+            before = service.cpu()
             result = run_load("wrk", requests.url, requests.bodies, connections=scenario.connections,
                               seconds=seconds, expect=requests.expect)  # fmt: skip
+            after = service.cpu()
+            if before is None or after is None:
+                sys.exit(f"{arm.name}: its processes cannot be read in /proc")
             failed = result.non_2xx + result.bad_body + result.connect_errors + result.read_errors + result.timeouts
             if failed:
                 sys.exit(f"{arm.name} {scenario.name}: {failed} request(s) failed: the figures would mean nothing")
-            measured.append((scenario, result))
+            measured.append((scenario, result, after.minus(before)))
     finally:
         service.stop(timeout_s=60)
     return measured
