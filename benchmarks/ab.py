@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         pairs = list(zip(results[("A", scenario.name)], results[("B", scenario.name)], strict=True))
         throughput = statistics.median(b.requests_per_s / a.requests_per_s for (a, _), (b, _) in pairs)
         p99 = statistics.median(b.p99_ms / a.p99_ms for (a, _), (b, _) in pairs)
-        cpu = statistics.median(
+        cpu_ratio = statistics.median(
             _per_request_us(b_cpu.total, b) / _per_request_us(a_cpu.total, a) for (a, a_cpu), (b, b_cpu) in pairs
         )
         print(
-            f"{scenario.name}: B/A requests/s {throughput:.2f}x, p99 {p99:.2f}x, CPU per request {cpu:.2f}x "
+            f"{scenario.name}: B/A requests/s {throughput:.2f}x, p99 {p99:.2f}x, CPU per request {cpu_ratio:.2f}x "
             f"(median of {len(pairs)} rounds)"
         )
     return 0
