@@ -32,6 +32,7 @@ from benchmarks.scenarios import Scenario, our_requests
 from fraud_inference.api.app import create_app
 from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
 from fraud_inference.models.flavors._base import ModelFile
+from fraud_inference.observers import ProtocolName
 from fraud_inference.pool.messages import Columns
 from fraud_inference.registry import ModelRef
 from fraud_inference.service import FraudService, Generation, ScoredRows, Selection
@@ -152,7 +153,13 @@ class _InstantService(FraudService):
         self._rows_of = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
     async def _predict(
-        self, model: str | Selection | None, rows: bytes | Columns, request_id: str, *, wants: tuple[str, ...]
+        self,
+        model: str | Selection | None,
+        rows: bytes | Columns,
+        request_id: str,
+        *,
+        wants: tuple[str, ...],
+        protocol: ProtocolName = "v1",
     ) -> ScoredRows:
         selection = model if isinstance(model, Selection) else self.select(model)
         count = len(self._rows_of(rows)) if isinstance(rows, bytes) else len(msgspec.msgpack.decode(rows.values[0]))

@@ -20,7 +20,7 @@ from fraud_inference.models.artifact import ModelArtifact, UnservableModelError
 from fraud_inference.models.reading import fetch_artifact
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
-from fraud_inference.observers import Observers, ScoredRequest
+from fraud_inference.observers import Observers, ProtocolName, ScoredRequest
 from fraud_inference.parity import check_parity_isolated
 from fraud_inference.pool import (
     BatchPolicy,
@@ -348,23 +348,41 @@ class FraudService:
         return Selection(key=key, generation=generation)
 
     async def predict(
-        self, model: str | Selection | None, rows: bytes, request_id: str, *, wants: tuple[str, ...] = ()
+        self,
+        model: str | Selection | None,
+        rows: bytes,
+        request_id: str,
+        *,
+        wants: tuple[str, ...] = (),
+        protocol: ProtocolName = "v1",
     ) -> ScoredRows:
         """Score `rows` (raw JSON: an array of row objects) with `model`, a key or a `Selection` made earlier.
 
         See `_predict`, the one scoring path of every protocol.
         """
-        return await self._predict(model, rows, request_id, wants=wants)
+        return await self._predict(model, rows, request_id, wants=wants, protocol=protocol)
 
     async def predict_columns(
-        self, model: str | Selection | None, columns: Columns, request_id: str, *, wants: tuple[str, ...] = ()
+        self,
+        model: str | Selection | None,
+        columns: Columns,
+        request_id: str,
+        *,
+        wants: tuple[str, ...] = (),
+        protocol: ProtocolName = "v1",
     ) -> ScoredRows:
         """Score rows sent as `columns` (`dataframe_split`, OIP tensors), as `predict` scores rows: the worker
         decodes them straight into the model's batch, with the same checks and refusals."""
-        return await self._predict(model, columns, request_id, wants=wants)
+        return await self._predict(model, columns, request_id, wants=wants, protocol=protocol)
 
     async def _predict(
-        self, model: str | Selection | None, rows: bytes | Columns, request_id: str, *, wants: tuple[str, ...]
+        self,
+        model: str | Selection | None,
+        rows: bytes | Columns,
+        request_id: str,
+        *,
+        wants: tuple[str, ...],
+        protocol: ProtocolName,
     ) -> ScoredRows:
         """Score `rows` with `model`, a key or a `Selection` made earlier; with the named outputs in `wants` too
         (`pool.messages.PYFUNC_ANSWER`: what MLflow's pyfunc wrapper of the version returns for them, scored in
@@ -391,7 +409,7 @@ class FraudService:
             raise InferenceFailedError(f"inference failed: {error}") from None
         scored = ScoredRows(selection=selection, probabilities=scores.probabilities, outputs=scores.outputs)
         if self.observers:  # NOTE: a truth test, not a call, when nobody observes: the hot path stays as it was
-            self.observers.notify(ScoredRequest(request_id=request_id, rows=rows, scored=scored))
+            self.observers.notify(ScoredRequest(request_id=request_id, rows=rows, scored=scored, protocol=protocol))
         return scored
 
     async def score(

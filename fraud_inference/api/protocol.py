@@ -12,6 +12,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
 
 from fraud_inference.api.request_id import note_for_access_log
+from fraud_inference.observers import ProtocolName
 from fraud_inference.pool.messages import Columns
 from fraud_inference.service import FraudService, ScoredRows, Selection
 
@@ -52,13 +53,20 @@ def service_of(request: Request[Any, Any, Any]) -> FraudService:
 
 
 async def score(
-    service: FraudService, selection: Selection, rows: bytes | Columns, request_id: str, *, wants: tuple[str, ...] = ()
+    service: FraudService,
+    selection: Selection,
+    rows: bytes | Columns,
+    request_id: str,
+    *,
+    protocol: ProtocolName,
+    wants: tuple[str, ...] = (),
 ) -> ScoredRows:
     """Score a protocol's rows, raw JSON row objects or `Columns`, with the service; with the named outputs in
-    `wants` too (`pool.messages.PYFUNC_ANSWER`: what MLflow's pyfunc wrapper of the version returns for them)."""
+    `wants` too (`pool.messages.PYFUNC_ANSWER`: what MLflow's pyfunc wrapper of the version returns for them).
+    `protocol` names the router, for the observers (the decision log)."""
     if isinstance(rows, bytes):
-        return await service.predict(selection, rows, request_id, wants=wants)
-    return await service.predict_columns(selection, rows, request_id, wants=wants)
+        return await service.predict(selection, rows, request_id, wants=wants, protocol=protocol)
+    return await service.predict_columns(selection, rows, request_id, wants=wants, protocol=protocol)
 
 
 def media_type_of(request: Request[Any, Any, Any]) -> str:
