@@ -141,6 +141,8 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
     tracking_uri = _seed(settings)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    # A newcomer sees the decision log: on under the demo's home unless DECISION_LOG is set (empty: off).
+    os.environ.setdefault("DECISION_LOG", str(settings.home / "decisions"))
     return _run_server(Settings.from_env())
 
 
