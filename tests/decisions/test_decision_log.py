@@ -74,6 +74,23 @@ def ask_v1(client: TestClient, model: str, instances: list[dict[str, Any]], requ
     return answered
 
 
+def ask_mlflow(
+    client: TestClient,  # type: ignore[type-arg]
+    model: str,
+    sent: list[dict[str, Any]],
+    body: dict[str, Any],
+    name: str,
+) -> list[Answered]:
+    """`/invocations` of `body` (holding the rows `sent`), then `/v1/predict` of the same rows: MLflow's answer for
+    these models is labels, so the probabilities its records must hold are the ones /v1 answers."""
+    invocation = Answered(f"logged-{name}", "mlflow", model, sent)
+    response = client.post(f"/invocations/{model}", json=body, headers={"x-request-id": invocation.request_id})
+    assert response.status_code == 200, response.text
+    v1 = ask_v1(client, model, sent, f"logged-v1-{name}")
+    invocation.probabilities = v1.probabilities
+    return [invocation, v1]
+
+
 @pytest.fixture(scope="module")
 def logged(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Answered]]:
     """Requests of every protocol answered by an app whose decision log is on, and the log's directory once the
@@ -92,29 +109,10 @@ def logged(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
         # MLflow's answer for these models is labels: the probabilities the log must hold are /v1's for the rows.
         frame = transactions.iloc[5:9]
-        split = Answered("logged-split", "mlflow", "lightgbm", rows(frame, len(frame)))
-        response = client.post(
-            "/invocations/lightgbm",
-            json={
-                "dataframe_split": {"columns": list(frame.columns), "data": json.loads(frame.to_json(orient="values"))}
-            },
-            headers={"x-request-id": split.request_id},
-        )
-        assert response.status_code == 200, response.text
-        answered.append(split)
-        answered.append(ask_v1(client, "lightgbm", split.sent, "logged-v1-split"))
-        split.probabilities = answered[-1].probabilities
-
-        records = Answered("logged-records", "mlflow", "sklearn", rows(transactions.iloc[9:], 3))
-        response = client.post(
-            "/invocations/sklearn",
-            json={"dataframe_records": records.sent},
-            headers={"x-request-id": records.request_id},
-        )
-        assert response.status_code == 200, response.text
-        answered.append(records)
-        answered.append(ask_v1(client, "sklearn", records.sent, "logged-v1-records"))
-        records.probabilities = answered[-1].probabilities
+        split = {"columns": list(frame.columns), "data": json.loads(frame.to_json(orient="values"))}
+        answered += ask_mlflow(client, "lightgbm", rows(frame, len(frame)), {"dataframe_split": split}, "split")
+        records = rows(transactions.iloc[9:], 3)
+        answered += ask_mlflow(client, "sklearn", records, {"dataframe_records": records}, "records")
 
         oip = Answered("logged-oip", "oip", "xgboost", rows(transactions.iloc[12:], 6))
         body = client.post(
