@@ -15,7 +15,6 @@ import pyarrow as pa
 from fraud_inference.models.artifact import FeatureSpec, FeatureType
 from fraud_inference.models.signature import SignatureDecoder
 from fraud_inference.observers import ScoredRequest
-from fraud_inference.pool.messages import Columns
 
 __all__ = ["FEATURE_PREFIX", "DecisionRecords", "feature_column", "record_schema"]
 
@@ -69,39 +68,99 @@ class DecisionRecords:
         stored = [FeatureSpec(f.name, "double" if f.type == "float" else f.type, f.required) for f in self.features]
         self._decoder = SignatureDecoder(model, stored, extra="ignore") if stored else None
 
-    def table(self, request: ScoredRequest, time_us: int) -> pa.Table:
-        """The records of `request`, answered at `time_us` (microseconds since the epoch, UTC)."""
-        scored = request.scored
-        ref = scored.ref
-        count = len(scored.probabilities)
+    def table(self, requests: Sequence[tuple[ScoredRequest, int]]) -> tuple[pa.Table | None, list[ScoredRequest]]:
+        """The records of `requests` (each with the time it was answered, in microseconds since the epoch, UTC),
+        and those whose rows could not be decoded again (left out).
+
+        NOTE: built once per file, not per request: an Arrow array per column per request cost a 1-row request
+        more CPU than serving it, in the HTTP process, whose GIL the event loop shares.
+        """
+        batches, failed = self._feature_batches([request for request, _time in requests])
+        if failed:
+            left_out = {id(request) for request in failed}
+            kept = [(request, time_us) for request, time_us in requests if id(request) not in left_out]
+            return (self.table(kept)[0] if kept else None), failed
+        counts = np.array([len(request.scored.probabilities) for request, _time in requests], dtype=np.int64)
+        refs = [request.scored.ref for request, _time in requests]
+        probabilities = np.concatenate([request.scored.probabilities for request, _time in requests])
+        thresholds = np.repeat(np.array([ref.threshold for ref in refs], dtype=np.float64), counts)
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+
+        def each(values: list[Any]) -> Any:
+            return np.repeat(np.array(values, dtype=object), counts)
+
         columns: list[pa.Array] = [
-            pa.array(np.full(count, time_us, dtype=np.int64), pa.timestamp("us", tz="UTC")),
-            pa.array([request.request_id] * count, pa.string()),
-            pa.array(np.arange(count, dtype=np.int32)),
-            pa.array([request.protocol] * count, pa.string()),
-            pa.array([ref.name] * count, pa.string()),
-            pa.array([ref.version] * count, pa.string()),
-            pa.array(np.full(count, scored.selection.generation.number, dtype=np.int64)),
-            pa.array([ref.selected_by] * count, pa.string()),
-            pa.array(scored.probabilities, pa.float64()),
-            pa.array(np.full(count, ref.threshold, dtype=np.float64)),
-            pa.array(scored.flagged),
+            pa.array(np.repeat(np.array([t for _r, t in requests], dtype=np.int64), counts), _RECORD_FIELDS[0].type),
+            pa.array(each([request.request_id for request, _time in requests]), pa.string()),
+            pa.array((np.arange(len(probabilities)) - starts).astype(np.int32)),
+            pa.array(each([request.protocol for request, _time in requests]), pa.string()),
+            pa.array(each([ref.name for ref in refs]), pa.string()),
+            pa.array(each([ref.version for ref in refs]), pa.string()),
+            pa.array(np.repeat([r.scored.selection.generation.number for r, _time in requests], counts), pa.int64()),
+            pa.array(each([ref.selected_by for ref in refs]), pa.string()),
+            pa.array(probabilities, pa.float64()),
+            pa.array(thresholds),
+            pa.array(probabilities >= thresholds),  # `ScoredRows.flagged`: the decision each client got
         ]
         if self._decoder is not None:
-            columns.extend(self._feature_arrays(request.rows, count))
-        return pa.Table.from_arrays(columns, schema=self.schema)
+            features = self._decoder.stack(batches)
+            if len(features) != len(probabilities):
+                raise ValueError(f"{len(features)} rows decoded for {len(probabilities)} probabilities")
+            columns.extend(self._feature_arrays(features))
+        return pa.Table.from_arrays(columns, schema=self.schema), []
 
-    def _feature_arrays(self, rows: bytes | Columns, count: int) -> list[pa.Array]:
+    def _feature_batches(self, requests: Sequence[ScoredRequest]) -> tuple[list[Any], list[ScoredRequest]]:
+        """The decoded features of `requests`, in order: each run of requests sent as JSON rows decoded as one
+        array, each request sent as columns on its own. A run that fails is decoded request by request, so only
+        the requests that fail themselves are left out (returned)."""
+        if self._decoder is None:
+            return [], []
+        batches: list[Any] = []
+        failed: list[ScoredRequest] = []
+        run: list[ScoredRequest] = []
+        bodies: list[bytes] = []
+        for request in [*requests, None]:
+            if request is not None and isinstance(request.rows, bytes):
+                run.append(request)
+                bodies.append(request.rows)
+                continue
+            if run:
+                try:
+                    batches.append(self._decoder.decode(_joined(bodies)))
+                except Exception:
+                    for single in run:
+                        self._decode_alone(single, batches, failed)
+                run, bodies = [], []
+            if request is not None:
+                self._decode_alone(request, batches, failed)
+        return batches, failed
+
+    def _decode_alone(self, request: ScoredRequest, batches: list[Any], failed: list[ScoredRequest]) -> None:
         assert self._decoder is not None
-        decoder = self._decoder
-        batch: Any = decoder.decode(rows) if isinstance(rows, bytes) else decoder.columns(rows.names, rows.values)
-        if len(batch) != count:
-            raise ValueError(f"{len(batch)} rows decoded for {count} probabilities")
+        rows = request.rows
+        try:
+            decoder = self._decoder
+            batch = decoder.decode(rows) if isinstance(rows, bytes) else decoder.columns(rows.names, rows.values)
+            if len(batch) != len(request.scored.probabilities):
+                raise ValueError(f"{len(batch)} rows decoded for {len(request.scored.probabilities)} probabilities")
+        except Exception:
+            failed.append(request)
+            return
+        batches.append(batch)
+
+    def _feature_arrays(self, batch: Any) -> list[pa.Array]:
         arrays = []
         for index, feature in enumerate(self.features):
             values = batch[feature.name].to_numpy() if hasattr(batch, "iloc") else batch[:, index]
             arrays.append(_typed(values, feature.type))
         return arrays
+
+
+def _joined(bodies: Sequence[bytes]) -> bytes:
+    """JSON arrays of row objects as one array of all their rows, in order."""
+    if len(bodies) == 1:
+        return bodies[0]
+    return b"[" + b",".join(body.strip()[1:-1] for body in bodies) + b"]"
 
 
 def _typed(values: Any, feature_type: FeatureType) -> pa.Array:

@@ -158,21 +158,23 @@ class DecisionLog:
 
     def _flush(self, pending: Sequence[_Observed]) -> None:
         """Write `pending` as one file per model version and date (more when one passes DECISION_LOG_MAX_ROWS)."""
-        groups: dict[_Group, list[pa.Table]] = {}
+        groups: dict[_Group, list[tuple[ScoredRequest, int]]] = {}
         for observed in pending:
-            request = observed.request
-            selection = request.scored.selection
+            selection = observed.request.scored.selection
             date = datetime.datetime.fromtimestamp(observed.time_us / 1e6, datetime.UTC).date().isoformat()
             group = _Group(selection.key, date, selection.artifact.path)
+            groups.setdefault(group, []).append((observed.request, observed.time_us))
+        for group, requests in groups.items():
             try:
-                table = self._records_of(request).table(request, observed.time_us)
-            except Exception as error:  # a bug, not the client's rows: the worker decoded them already
+                table, failed = self._records_of(requests[0][0]).table(requests)
+            except Exception as error:  # a bug, not the client's rows: the workers decoded them already
+                table, failed = None, [request for request, _time in requests]
+                log.error("decision_log.records_failed", model=group.model, error=repr(error)[:300])
+            for request in failed:
                 self._drop(len(request.scored.probabilities), "unreadable_rows")
-                log.error("decision_log.unreadable_rows", request_id=request.request_id, error=repr(error)[:300])
+                log.error("decision_log.unreadable_rows", request_id=request.request_id, model=group.model)
+            if table is None:
                 continue
-            groups.setdefault(group, []).append(table)
-        for group, tables in groups.items():
-            table = pa.concat_tables(tables)
             for start in range(0, table.num_rows, self._max_rows):
                 self._write(group, table.slice(start, self._max_rows))
 
