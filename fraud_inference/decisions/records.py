@@ -45,6 +45,8 @@ _ARROW_TYPES: dict[FeatureType, pa.DataType] = {
     "string": pa.string(),
 }
 _NUMPY_TYPES: dict[FeatureType, Any] = {"long": np.int64, "integer": np.int32, "boolean": np.bool_}
+_DECODE_ROWS = 1024
+"""Rows decoded in one call at most: the decoder holds the GIL, which the event loop needs (~1 ms per call)."""
 
 
 def feature_column(name: str) -> str:
@@ -118,22 +120,30 @@ class DecisionRecords:
         batches: list[Any] = []
         failed: list[ScoredRequest] = []
         run: list[ScoredRequest] = []
-        bodies: list[bytes] = []
-        for request in [*requests, None]:
-            if request is not None and isinstance(request.rows, bytes):
-                run.append(request)
-                bodies.append(request.rows)
-                continue
-            if run:
-                try:
-                    batches.append(self._decoder.decode(_joined(bodies)))
-                except Exception:
-                    for single in run:
-                        self._decode_alone(single, batches, failed)
-                run, bodies = [], []
-            if request is not None:
+        rows = 0
+        for request in requests:
+            if not isinstance(request.rows, bytes):
+                self._decode_run(run, batches, failed)
                 self._decode_alone(request, batches, failed)
+                continue
+            run.append(request)
+            rows = (rows if len(run) > 1 else 0) + len(request.scored.probabilities)
+            if rows >= _DECODE_ROWS:
+                self._decode_run(run, batches, failed)
+        self._decode_run(run, batches, failed)
         return batches, failed
+
+    def _decode_run(self, run: list[ScoredRequest], batches: list[Any], failed: list[ScoredRequest]) -> None:
+        """Decode the JSON rows of the requests in `run` as one array (emptying `run`)."""
+        assert self._decoder is not None
+        if not run:
+            return
+        try:
+            batches.append(self._decoder.decode(_joined([r.rows for r in run if isinstance(r.rows, bytes)])))
+        except Exception:
+            for single in run:
+                self._decode_alone(single, batches, failed)
+        run.clear()
 
     def _decode_alone(self, request: ScoredRequest, batches: list[Any], failed: list[ScoredRequest]) -> None:
         assert self._decoder is not None
