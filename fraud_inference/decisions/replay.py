@@ -96,7 +96,12 @@ def replay(
     if logged.num_rows == 0:
         raise ReplayError(f"no logged rows of model {model!r} in the time range asked")
     name = _registered_name(settings, model, logged)
-    spec = f"{name}/{version}" if version is not None else f"{name}@{alias}" if alias is not None else name
+    if version is not None:
+        spec = f"{name}/{version}"
+    elif alias is not None:
+        spec = f"{name}@{alias}"
+    else:  # what the service would serve now: MODELS's entry as written (a pin, an alias), else the name
+        spec = settings.models.get(model, name)
     ModelSpec.parse(spec)
     artifact, probabilities = _score(settings, model, spec, logged)
     ref = artifact.ref

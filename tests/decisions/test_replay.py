@@ -4,6 +4,7 @@ own loader of that version gives."""
 
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from litestar.testing import TestClient
 
 from fraud_inference.api.app import create_app
 from fraud_inference.decisions import feature_column
-from fraud_inference.decisions.replay import replay
+from fraud_inference.decisions.replay import parse_time, read_logged, replay
 from fraud_inference.demo.dataset import FEATURE_NAMES, make_transactions
 from fraud_inference.settings import Settings
 from tests.api.conftest import wait_ready
@@ -80,6 +81,26 @@ def test_replay_through_the_logged_version_gives_the_logged_probabilities(
     np.testing.assert_allclose(again, logged, rtol=0, atol=1e-6)
     assert summary.flips == 0
     assert summary.counts["legit->fraud"] == summary.counts["fraud->legit"] == 0
+
+
+def test_since_and_until_select_rows_by_their_logged_time(shapes_logged: tuple[Settings, Path, dict[str, int]]) -> None:
+    _settings, directory, sent = shapes_logged
+    key = next(iter(SHAPES))
+    logged = read_logged(directory, key)
+    (answered_at,) = set(logged.column("time").to_pylist())  # one request: one time
+    after = answered_at + datetime.timedelta(microseconds=1)
+    assert read_logged(directory, key, since=answered_at).num_rows == sent[key]
+    assert read_logged(directory, key, since=after).num_rows == 0
+    assert read_logged(directory, key, until=answered_at).num_rows == 0
+    assert read_logged(directory, key, since=answered_at, until=after).num_rows == sent[key]
+    assert parse_time(answered_at.replace(tzinfo=None).isoformat()) == answered_at  # no offset: UTC
+
+
+def test_replay_of_a_model_with_no_rows_exits_1_naming_where_it_looked(demo_registry: str, tmp_path: Path) -> None:
+    done = run_cli(["replay", str(tmp_path), "--model", "xgboost"], {"MLFLOW_TRACKING_URI": demo_registry}, tmp_path)
+    assert done.returncode == 1
+    assert "cannot replay: no decision-log files for model 'xgboost'" in done.stderr
+    assert str(tmp_path / "model=xgboost") in done.stderr
 
 
 def test_replay_through_another_version_prints_the_decisions_of_mlflow_loader_of_that_version(
