@@ -48,6 +48,9 @@ def test_each_scored_request_is_handed_to_observers_as_served_and_a_failing_one_
             "/invocations/xgboost", json={"dataframe_records": instances}, headers={"x-request-id": "observed-2"}
         )
         assert oip.status_code == 200, oip.text
+        # Handed over after the answer: the client can have it before `record` has run.
+        handed.clear()
+        assert len(seen) == 2 or handed.wait(10)
     finally:
         service.observers.remove(fail)
         service.observers.remove(record)
@@ -62,3 +65,4 @@ def test_each_scored_request_is_handed_to_observers_as_served_and_a_failing_one_
     served = [prediction["fraud_probability"] for prediction in answer["predictions"]]
     np.testing.assert_array_equal(first.scored.probabilities, served)
     assert [request.request_id for request in seen] == ["observed-1", "observed-2"]
+    assert [request.protocol for request in seen] == ["v1", "mlflow"]
