@@ -1,4 +1,4 @@
-"""The `fraud-inference` command: serve, demo, seed-demo."""
+"""The `fraud-inference` command: serve, demo, seed-demo, check, replay."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fraud_inference import __version__
@@ -71,6 +72,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(command=_check)
+    replay = commands.add_parser(
+        "replay",
+        help="score decision-log rows again through a model version, beside the logged scores",
+        description="Score the rows DECISION_LOG holds for one model through a version of its registered model "
+        "(MLFLOW_TRACKING_URI), loaded and scored by the workers' own code; print the rows, the decision counts "
+        "(logged x replayed, each at its version's threshold), the score shift's quantiles and the flipped rows.",
+    )
+    replay.add_argument("directory", type=Path, metavar="DIR", help="the decision log's directory (DECISION_LOG)")
+    replay.add_argument("--model", required=True, metavar="KEY", help="the model key the rows were logged under")
+    which = replay.add_mutually_exclusive_group()
+    which.add_argument("--version", metavar="N", help="replay through version N (default: what MODELS serves now)")
+    which.add_argument("--alias", metavar="NAME", help="replay through the version alias NAME points at")
+    replay.add_argument("--since", metavar="T", help="only rows logged at or after T (ISO 8601, UTC if no offset)")
+    replay.add_argument("--until", metavar="T", help="only rows logged before T (ISO 8601, UTC if no offset)")
+    replay.add_argument("--output", type=Path, metavar="FILE.parquet", help="write every row, logged and replayed")
+    replay.set_defaults(command=_replay)
     return parser
 
 
@@ -124,6 +141,8 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
     tracking_uri = _seed(settings)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    # A newcomer sees the decision log: on under the demo's home unless DECISION_LOG is set (empty: off).
+    os.environ.setdefault("DECISION_LOG", str(settings.home / "decisions"))
     return _run_server(Settings.from_env())
 
 
@@ -140,6 +159,33 @@ def _check(args: argparse.Namespace) -> int:
     report = run_checks(settings, load=True)
     print(msgspec.json.encode(report).decode() if args.json else render(report), flush=True)
     return 0 if report.ok else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from fraud_inference.decisions.replay import ReplayError, parse_time, render, replay, write_output
+    from fraud_inference.models.artifact import UnservableModelError
+    from fraud_inference.registry import RegistryUnavailableError, ResolutionError
+
+    settings = Settings.from_env()
+    if settings.mlflow_tracking_uri is None:
+        print(
+            "fraud-inference: MLFLOW_TRACKING_URI is not set: name the registry holding the versions.", file=sys.stderr
+        )
+        return 1
+    _check_registry_uri(settings.mlflow_tracking_uri, must_exist=True)
+    try:
+        since = None if args.since is None else parse_time(args.since)
+        until = None if args.until is None else parse_time(args.until)
+        summary, replayed = replay(
+            settings, args.directory, args.model, version=args.version, alias=args.alias, since=since, until=until
+        )
+    except (ReplayError, ResolutionError, RegistryUnavailableError, UnservableModelError) as error:
+        print(f"fraud-inference: cannot replay: {error}", file=sys.stderr)
+        return 1
+    if args.output is not None:
+        write_output(replayed, args.output)
+    print(render(summary, replayed), flush=True)
+    return 0
 
 
 def _seed_demo(_args: argparse.Namespace) -> int:

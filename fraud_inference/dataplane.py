@@ -21,7 +21,7 @@ from fraud_inference.errors import (
 from fraud_inference.lifecycle import Generation
 from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.observability.metrics import Metrics
-from fraud_inference.observers import Observers, ScoredRequest
+from fraud_inference.observers import Observers, ProtocolName, ScoredRequest
 from fraud_inference.pool import (
     Columns,
     InferencePool,
@@ -117,12 +117,18 @@ class DataPlane:
         return Selection(key=key, generation=generation)
 
     async def predict(
-        self, model: str | Selection | None, rows: bytes | Columns, request_id: str, *, wants: tuple[str, ...] = ()
+        self,
+        model: str | Selection | None,
+        rows: bytes | Columns,
+        request_id: str,
+        *,
+        protocol: ProtocolName = "v1",
+        wants: tuple[str, ...] = (),
     ) -> ScoredRows:
         """Score `rows` (raw JSON: an array of row objects; or `Columns`: `dataframe_split`, OIP tensors) with
         `model`, a key or a `Selection` made earlier; with the named outputs in `wants` too
         (`pool.messages.PYFUNC_ANSWER`: what MLflow's pyfunc wrapper of the version returns for them, scored in
-        the worker by the same model call).
+        the worker by the same model call). `protocol` names the router, for the observers (the decision log).
 
         The one scoring path of every protocol: which model, ready or not, which generation, counted in the
         metrics, handed to the observers. Raises the `PredictionError`s: `NotReadyError`, `UnknownModelError`,
@@ -145,7 +151,7 @@ class DataPlane:
             raise InferenceFailedError(f"inference failed: {error}") from None
         scored = ScoredRows(selection=selection, probabilities=scores.probabilities, outputs=scores.outputs)
         if self.observers:  # NOTE: a truth test, not a call, when nobody observes: the hot path stays as it was
-            self.observers.notify(ScoredRequest(request_id=request_id, rows=rows, scored=scored))
+            self.observers.notify(ScoredRequest(request_id=request_id, rows=rows, scored=scored, protocol=protocol))
         return scored
 
     async def score(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
@@ -15,19 +15,23 @@ if TYPE_CHECKING:
     from fraud_inference.dataplane import ScoredRows
     from fraud_inference.pool.messages import Columns
 
-__all__ = ["Observers", "ScoredRequest", "ScoringObserver"]
+__all__ = ["Observers", "ProtocolName", "ScoredRequest", "ScoringObserver"]
 
 log = get_logger("fraud_inference.observers")
+
+ProtocolName = Literal["v1", "mlflow", "oip"]
+"""Which protocol a request came through: `/v1/predict`, MLflow's `/invocations`, or the Open Inference Protocol."""
 
 
 class ScoredRequest(msgspec.Struct, frozen=True):
     """One scored request, as the core served it: the model, generation and threshold that decided it (`scored`),
     its request id, and its rows exactly as the protocol handed them to the core (raw JSON row objects, or
-    `Columns`)."""
+    `Columns`), and the protocol it came through."""
 
     request_id: str
     rows: bytes | Columns
     scored: ScoredRows
+    protocol: ProtocolName = "v1"
 
 
 ScoringObserver = Callable[[ScoredRequest], None]

@@ -167,6 +167,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rows); a version that cannot compile exactly is served natively, and the log says why. off: always native."""
     home: Annotated[Path, Meta(extra={"shown": "./.fraud-inference"})] = Path(".fraud-inference")
     """FRAUD_INFERENCE_HOME: where `demo` keeps its embedded registry and COMPILED_TREES its compiled models."""
+    decision_log: Annotated[
+        Path | None, Meta(extra={"shown": "none (off; `demo`: FRAUD_INFERENCE_HOME/decisions)"})
+    ] = None
+    """DECISION_LOG: a directory where every scored row is logged (model, version, features, probability, threshold,
+    decision) as a Parquet dataset partitioned by model and date; unset: no log."""
+    decision_log_features: Literal["all", "none"] = "all"
+    """DECISION_LOG_FEATURES: all logs each feature as the model received it; none leaves features out (no replay)."""
+    decision_log_flush_s: Annotated[float, Meta(ge=0.05, le=3600.0)] = 1.0
+    """DECISION_LOG_FLUSH_S: the decision log writes a new file this often (when rows came): what `kill -9` can lose."""
+    decision_log_max_rows: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    """DECISION_LOG_MAX_ROWS: most rows in one decision-log file (a busier interval writes more files); requests
+    waiting to be written past 10 times it are dropped and counted."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -279,6 +291,8 @@ def settings_reference() -> tuple[Setting, ...]:
             kind = typing.get_origin(kind)
         elif kind == str | None:
             kind = str
+        elif kind == Path | None:
+            kind = Path
         reference.append(
             Setting(
                 field=field,

@@ -21,6 +21,7 @@ from fraud_inference.api.oip import oip_router
 from fraud_inference.api.ready import announce_ready
 from fraud_inference.api.request_id import RequestEdge
 from fraud_inference.api.routes import v1_router
+from fraud_inference.decisions import open_decision_log
 from fraud_inference.lifetime import die_with_parent
 from fraud_inference.observability.logging import configure_logging, get_logger
 from fraud_inference.observability.metrics import Metrics
@@ -50,13 +51,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
         service = FraudService(settings, app.state.metrics)
         app.state.service = service
         log.info("server.starting", settings=settings.redacted())
+        decisions = open_decision_log(settings, app.state.metrics)
+        if decisions is not None:
+            service.observers.add(decisions.observe)
         await service.start()
         announcer = asyncio.get_running_loop().create_task(_announce_when_serving(service, settings))
         try:
             yield
         finally:
             announcer.cancel()
-            await service.stop()
+            try:
+                await service.stop()
+            finally:
+                if decisions is not None:
+                    # Every answered request's records are on disk before the process exits (SIGTERM).
+                    await asyncio.to_thread(decisions.close)
             log.info("server.stopped")
 
     app = Litestar(

@@ -321,7 +321,9 @@ async def _invoke(request: Request[Any, Any, Any], model: str | None) -> ASGIApp
         form, raw, params = _parse_invocation(body)
         _check_servable(selection, params)
         rows = _rows_of_json(form, raw, detail)
-    scored = await service.dataplane.predict(selection, rows, request_id_of(request.scope), wants=(PYFUNC_ANSWER,))
+    scored = await service.dataplane.predict(
+        selection, rows, request_id_of(request.scope), protocol="mlflow", wants=(PYFUNC_ANSWER,)
+    )
     note_scored(request, scored, "mlflow")
     # The worker encoded the predictions' JSON array: wrapped here, never decoded in the HTTP process.
     return EncodedAnswer(b'{"predictions":' + (scored.pyfunc_output or b"[]") + b"}")

@@ -150,7 +150,7 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str | Non
     infer = _parse(request, body)
     request_id = request_id_of(request.scope)
     rows = columns_of(infer, selection.artifact.features, detail=service.settings.error_detail)
-    scored = await service.dataplane.predict(selection, rows, request_id)
+    scored = await service.dataplane.predict(selection, rows, request_id, protocol="oip")
     note_scored(request, scored, "oip")
     return _answer(infer, scored, request_id)
 

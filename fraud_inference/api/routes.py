@@ -115,7 +115,7 @@ async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
     except RecursionError:
         raise HTTPException(status_code=400, detail="malformed JSON: nested too deeply") from None
     request_id = request_id_of(request.scope)
-    scored = await service.dataplane.predict(parsed.model, bytes(parsed.instances), request_id)
+    scored = await service.dataplane.predict(parsed.model, bytes(parsed.instances), request_id, protocol="v1")
     note_scored(request, scored, "v1")
     ref = scored.ref
     answer = PredictResponse(

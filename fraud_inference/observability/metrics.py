@@ -72,6 +72,23 @@ class Metrics:
         self.fraud_score = BucketHistogram(
             f"{_PREFIX}_fraud_score", "Fraud probabilities served", "model", _SCORE_BUCKETS
         )
+        # The decision log's writer thread counts these (prometheus-client's counters take their own lock).
+        self.decision_records_written = Counter(
+            f"{_PREFIX}_decision_log_records_written", "Scored rows written to the decision log", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.decision_records_dropped = Counter(
+            f"{_PREFIX}_decision_log_records_dropped",
+            "Scored rows the decision log could not write (backlog: the writer fell behind; write_failed: the disk "
+            "refused; unreadable_rows: the rows did not decode again)",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.decision_bytes_written = Counter(
+            f"{_PREFIX}_decision_log_bytes_written", "Bytes of decision-log files written", registry=r
+        )
+        self.decision_files_written = Counter(
+            f"{_PREFIX}_decision_log_files_written", "Decision-log files written", registry=r
+        )
         self._read_at_scrape = _ReadAtScrape(
             (self.http_duration, self.inference_duration, self.batch_rows, self.fraud_score)
         )

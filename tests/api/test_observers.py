@@ -61,3 +61,4 @@ def test_each_scored_request_is_handed_to_observers_as_served_and_a_failing_one_
     served = [prediction["fraud_probability"] for prediction in answer["predictions"]]
     np.testing.assert_array_equal(first.scored.probabilities, served)
     assert (first.request_id, second.request_id) == ("observed-1", "observed-2")
+    assert (first.protocol, second.protocol) == ("v1", "mlflow")

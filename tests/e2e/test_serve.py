@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import descendants, left_alive, run_cli
+from tests.decisions.conftest import read_log
 
 pytestmark = pytest.mark.slow
 
@@ -65,10 +66,19 @@ def test_demo_serves_the_embedded_registry_and_prints_its_uri(
     service.wait_ready()
     assert f"MLFLOW_TRACKING_URI=sqlite:///{demo_home / 'mlflow.db'}" in service.log()
     with service.client() as client:
-        response = client.post("/v1/predict", json={"model": "sklearn", "instances": instances(transactions, 1)})
+        response = client.post(
+            "/v1/predict",
+            json={"model": "sklearn", "instances": instances(transactions, 1)},
+            headers={"x-request-id": "demo-decision-1"},
+        )
     assert response.status_code == 200
     assert response.json()["selected_by"] == "alias:champion"
     assert service.stop() == 0
+    # The demo turns the decision log on under its home, so a newcomer sees it.
+    logged = read_log(demo_home / "decisions")
+    assert logged[logged.request_id == "demo-decision-1"].fraud_probability.tolist() == [
+        response.json()["predictions"][0]["fraud_probability"]
+    ]
 
 
 def test_serve_without_tracking_uri_points_to_demo(tmp_path: Path) -> None:

@@ -37,13 +37,13 @@ def test_the_alert_rules_and_the_scrape_config_pass_promtool(promtool: str) -> N
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_alert_uses_an_exposed_series_and_the_five_are_there() -> None:
+def test_every_alert_uses_an_exposed_series_and_the_six_are_there() -> None:
     used = {name for rule in rules() for name in re.findall(r"fraud_inference_[a-z_]+", str(rule["expr"]))}
     assert used - exposed_series() == set()
     names = {rule["alert"] for rule in rules()}
     assert names == {
         "FraudInferenceErrorRatioHigh", "FraudInferenceLatencyP99High", "FraudInferenceNotReady",
-        "FraudInferenceWorkerRestarts", "FraudInferenceRefreshFailing",
+        "FraudInferenceWorkerRestarts", "FraudInferenceRefreshFailing", "FraudInferenceDecisionLogDropping",
     }  # fmt: skip
 
 
@@ -57,6 +57,7 @@ def test_each_alert_fires_on_the_replica_in_trouble_only(promtool: str, tmp_path
     requests = "fraud_inference_http_requests_total"
     predict = {"route": "/v1/predict", "method": "POST"}
     latency = "fraud_inference_http_request_duration_seconds_bucket"
+    dropped = "fraud_inference_decision_log_records_dropped_total"
     # Replica "healthy" starts: its /readyz answers 503 a lot, which is no error a client saw.
     # Replica "sick" answers 10% of its predictions with 503, slowly, restarts workers and cannot refresh.
     inputs = [
@@ -76,6 +77,8 @@ def test_each_alert_fires_on_the_replica_in_trouble_only(promtool: str, tmp_path
         series("fraud_inference_worker_restarts_total", "0+1x40", instance="sick"),
         series("fraud_inference_refreshes_total", "0+1x40", instance="healthy", outcome="unchanged"),
         series("fraud_inference_refreshes_total", "0+1x40", instance="sick", outcome="registry_unavailable"),
+        series(dropped, "0x40", instance="healthy", reason="write_failed"),
+        series(dropped, "0+100x40", instance="sick", reason="write_failed"),
     ]
     # What the person paged reads, for the sick replica only.
     summaries = {
@@ -84,8 +87,12 @@ def test_each_alert_fires_on_the_replica_in_trouble_only(promtool: str, tmp_path
         "FraudInferenceNotReady": "sick has not been ready for 5 minutes",
         "FraudInferenceWorkerRestarts": "sick: 15 inference workers replaced in 15 minutes",
         "FraudInferenceRefreshFailing": "sick: model refreshes fail (registry_unavailable)",
+        "FraudInferenceDecisionLogDropping": "sick: 1k decision-log records dropped in 10 minutes (write_failed)",
     }
-    extra = {"FraudInferenceRefreshFailing": {"outcome": "registry_unavailable"}}
+    extra = {
+        "FraudInferenceRefreshFailing": {"outcome": "registry_unavailable"},
+        "FraudInferenceDecisionLogDropping": {"reason": "write_failed"},
+    }
     by_name = {str(rule["alert"]): rule for rule in rules()}
     tests = {
         "rule_files": [str(ALERTS)],

@@ -1,0 +1,53 @@
+"""The decision log of a real `serve` under load: SIGTERM writes every record of every answered request before the
+process exits, even when the last flush interval has not ended."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.decisions.conftest import read_log
+from tests.load import Load
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigterm_under_load_loses_no_record_of_an_answered_request(
+    service_factory, demo_registry: str, transactions: pd.DataFrame, tmp_path: Path
+) -> None:
+    directory = tmp_path / "decisions"
+    # A flush interval longer than the test: every record on disk at the end was written by the shutdown.
+    env = {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "DECISION_LOG": str(directory),
+           "DECISION_LOG_FLUSH_S": "3600"}  # fmt: skip
+    service = service_factory(["serve"], env)
+    service.wait_ready()
+    payload = {"model": "xgboost", "instances": json.loads(transactions.head(3).to_json(orient="records"))}
+    load = Load(service.base_url, lambda: payload, clients=4, max_seconds=120, max_requests=1_000_000)
+    with load:
+        deadline = time.monotonic() + 60
+        while load.count() < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(directory.rglob("*.parquet")), "written before the interval ended: the test proves nothing"
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(timeout=60) == 0
+    answers = load.stop()
+    answered = {a.request_id: a for a in answers if a.status == 200}
+    print(f"\nSIGTERM under load: {len(answers)} requests, {len(answered)} answered")
+
+    assert len(answered) >= 200
+    logged = read_log(directory)
+    by_request = logged.groupby("request_id")
+    missing = sorted(set(answered) - set(by_request.groups))
+    assert missing == [], f"{len(missing)} answered requests are not in the log, e.g. {missing[:5]}"
+    for request_id, answer in answered.items():
+        rows = by_request.get_group(request_id).sort_values("row")
+        assert answer.body is not None
+        served = [p["fraud_probability"] for p in answer.body["predictions"]]
+        assert rows.fraud_probability.tolist() == served, request_id
+    assert set(logged.request_id) <= {a.request_id for a in answers}  # nothing logged that no client sent
+    assert not [path for path in directory.rglob("*") if path.name.startswith(".")], "a temporary file was left"
