@@ -108,6 +108,8 @@ def test_replay_through_another_version_prints_the_decisions_of_mlflow_loader_of
 ) -> None:
     # COMPILED_TREES=off here: the shapes above replay compiled; this one is about the counts, not gcc's time.
     # Version 2 of fraud-xgboost: the demo's LightGBM model, at another threshold. Version 1 stays the champion.
+    # A `models:/m-...` source is looked up through the process-wide tracking URI, which another test may have moved.
+    use_registry(private_registry)
     client = mlflow.MlflowClient(tracking_uri=private_registry, registry_uri=private_registry)
     source = client.get_model_version("fraud-lightgbm", "1").source
     version = client.create_model_version("fraud-xgboost", source, tags={"threshold": "0.2"}).version
