@@ -20,6 +20,8 @@ class Answer(msgspec.Struct):
     error: str | None
     sent_ns: int = 0
     """`sent_at` as integer monotonic nanoseconds, to compare with other times taken by a test."""
+    received_ns: int = 0
+    """`received_at` as integer monotonic nanoseconds."""
 
     @property
     def latency_s(self) -> float:
@@ -81,12 +83,13 @@ class Load:
                 sent_at = sent_ns / 1e9
                 try:
                     response = client.post(self._path, json=self._payload(), headers=headers)
-                    answer = Answer(
-                        request_id, sent_at, time.monotonic(), response.status_code, response.json(), None, sent_ns
-                    )
+                    received_ns = time.monotonic_ns()
+                    answer = Answer(request_id, sent_at, received_ns / 1e9, response.status_code, response.json(),
+                                    None, sent_ns, received_ns)  # fmt: skip
                 except (httpx.HTTPError, ValueError) as error:
                     failure = f"{type(error).__name__}: {error}"
-                    answer = Answer(request_id, sent_at, time.monotonic(), None, None, failure, sent_ns)
+                    received_ns = time.monotonic_ns()
+                    answer = Answer(request_id, sent_at, received_ns / 1e9, None, None, failure, sent_ns, received_ns)
                 with self._lock:
                     self.answers.append(answer)
                     if len(self.answers) >= self._max_requests:
