@@ -223,6 +223,7 @@ class OurService:
             "MLFLOW_TRACKING_URI": tracking_uri,
             "HOST": "127.0.0.1",
             "PORT": str(port),
+            "GRPC_PORT": str(free_port()),
             "WORKERS": str(workers),
             "LOG_LEVEL": log_level,
             **(settings or {}),

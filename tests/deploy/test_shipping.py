@@ -142,7 +142,7 @@ def test_the_image_command_line_serves_from_a_real_mlflow_server(
     env = {
         "PATH": f"{BIN}:/usr/bin:/bin", "TMPDIR": str(tmp_path), "FRAUD_INFERENCE_HOME": str(tmp_path / "home"),
         "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1", "HOST": "127.0.0.1", "PORT": str(port),
-        "WORKERS": "1", "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
+        "GRPC_PORT": str(free_port()), "WORKERS": "1", "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
     }  # fmt: skip
     log_path = tmp_path / "service.log"
     with log_path.open("w") as log:

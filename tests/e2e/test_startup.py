@@ -43,6 +43,7 @@ def test_on_a_terminal_the_ready_line_is_plain_text(demo_registry: str, tmp_path
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
         "MLFLOW_TRACKING_URI": demo_registry, "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": "1",
+        "GRPC_PORT": str(free_port()),
     }  # fmt: skip
     primary, secondary = pty.openpty()
     process = subprocess.Popen([FRAUD_INFERENCE, "serve"], env=env, stdout=secondary, stderr=secondary, cwd=tmp_path)
