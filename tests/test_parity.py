@@ -294,7 +294,13 @@ def test_a_refresh_to_a_version_failing_the_gate_is_a_422_and_the_active_one_kee
     registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log_labelled_classifier(registry, tmp_path, "fraud-labels", {1: 1, 0: 0})
     settings = Settings.from_env(
-        {"MLFLOW_TRACKING_URI": registry, "MODELS": "fraud=fraud-labels", "WORKERS": "1", "API_KEYS": "admin-key"}
+        {
+            "GRPC": "off",
+            "MLFLOW_TRACKING_URI": registry,
+            "MODELS": "fraud=fraud-labels",
+            "WORKERS": "1",
+            "API_KEYS": "admin-key",
+        }
     )
     row = {"amount": 120.0, "txn_count_24h": 2}
     with TestClient(create_app(settings)) as client:
