@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 import msgspec
 import numpy as np
 
+from benchmarks.grpc_load import GRPC_SCHEME, run_grpc_load
+
 __all__ = [
     "LoadResult",
     "Loadgen",
@@ -53,7 +55,7 @@ class LoadgenError(RuntimeError):
 class LoadResult(msgspec.Struct, frozen=True):
     """What one bounded load run measured; latencies in milliseconds, CPU in seconds."""
 
-    tool: Loadgen
+    tool: Loadgen | Literal["tritonclient.grpc"]
     requests: int
     duration_s: float
     requests_per_s: float
@@ -108,7 +110,10 @@ def _apt_get(*arguments: str) -> int:
 def run_load(
     tool: Loadgen, url: str, bodies: Sequence[bytes], *, connections: int, seconds: float, expect: str = PREDICTIONS
 ) -> LoadResult:
-    """POST `bodies` in turn to `url` over `connections` keep-alive connections for `seconds`."""
+    """POST `bodies` in turn to `url` over `connections` keep-alive connections for `seconds` (a `grpc://` URL:
+    OIP's ModelInfer through tritonclient.grpc, whatever `tool`)."""
+    if url.startswith(GRPC_SCHEME):
+        return _run_grpc(url, bodies, connections=connections, seconds=seconds)
     if tool == "wrk":
         return _run_wrk(url, bodies, connections=connections, seconds=seconds, expect=expect)
     return _run_python(url, bodies, connections=connections, seconds=seconds, expect=expect)
@@ -217,6 +222,33 @@ def _run_wrk(url: str, bodies: Sequence[bytes], *, connections: int, seconds: fl
     if completed.returncode != 0:
         raise LoadgenError(f"wrk exited with {completed.returncode}: {completed.stderr or completed.stdout}")
     return parse_wrk_output(completed.stdout, loadgen_cpu_s=cpu_s)
+
+
+def _run_grpc(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float) -> LoadResult:
+    before = _children_cpu_s()
+    parts = run_grpc_load(url, bodies, connections=connections, seconds=seconds)
+    cpu_s = _children_cpu_s() - before
+    latencies_ms = np.array([latency for part in parts for latency in part.latencies_s]) * 1e3
+    if not latencies_ms.size or all(part.unreachable == len(part.latencies_s) for part in parts):
+        raise LoadgenError(f"no gRPC call to {url} was answered")
+    p50, p90, p99, top = np.percentile(latencies_ms, [50, 90, 99, 100])
+    return LoadResult(
+        tool="tritonclient.grpc",
+        requests=int(latencies_ms.size),
+        duration_s=seconds,
+        requests_per_s=sum(len(part.latencies_s) / part.elapsed_s for part in parts if part.elapsed_s > 0),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        max_ms=float(top),
+        non_2xx=sum(part.failed for part in parts),
+        bad_body=sum(part.bad_body for part in parts),
+        connect_errors=sum(part.unreachable for part in parts),
+        read_errors=0,
+        write_errors=0,
+        timeouts=sum(part.timeouts for part in parts),
+        loadgen_cpu_s=cpu_s,
+    )
 
 
 class _ClientCounts(msgspec.Struct):
