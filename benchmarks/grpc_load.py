@@ -8,18 +8,15 @@ each run one thread per connection, each thread with its own channel (a connecti
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import threading
 import time
-from collections.abc import Sequence
 from multiprocessing.queues import SimpleQueue
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import numpy as np
 
-__all__ = ["GRPC_SCHEME", "grpc_url", "run_grpc_load"]
+__all__ = ["GRPC_SCHEME", "grpc_client_process", "grpc_url"]
 
 GRPC_SCHEME = "grpc://"
 _TIMEOUT_S = 10.0
@@ -30,46 +27,21 @@ def grpc_url(target: str, model: str, *, rows: int, features: int) -> str:
     return f"{GRPC_SCHEME}{target}/{model}?rows={rows}&features={features}"
 
 
-class GrpcCounts(msgspec.Struct):
-    latencies_s: list[float]
-    elapsed_s: float
-    failed: int = 0
-    """Calls answered with a status other than OK."""
-    unreachable: int = 0
-    """Calls that found no server (UNAVAILABLE before any answer)."""
-    timeouts: int = 0
-    bad_body: int = 0
-    """OK answers without one fraud probability per row."""
-
-
-def run_grpc_load(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float) -> list[GrpcCounts]:
-    """Send `bodies` in turn through `connections` channels for `seconds`; the counts of each client process."""
-    processes = min(connections, os.cpu_count() or 1, 4)
-    threads_each = [connections // processes + (1 if n < connections % processes else 0) for n in range(processes)]
-    context = multiprocessing.get_context("spawn")  # NOTE: spawn: gRPC's threads and OpenMP do not survive fork
-    queue = context.SimpleQueue()
-    workers = [
-        context.Process(target=_client_process, args=(url, list(bodies), threads, seconds, queue), daemon=True)
-        for threads in threads_each
-    ]
-    for worker in workers:
-        worker.start()
-    parts = [msgspec.json.decode(queue.get(), type=GrpcCounts) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=_TIMEOUT_S + 5)
-    return parts
-
-
-def _client_process(url: str, bodies: list[bytes], threads: int, seconds: float, queue: SimpleQueue[bytes]) -> None:
+def grpc_client_process(url: str, bodies: list[bytes], threads: int, seconds: float, queue: SimpleQueue[bytes]) -> None:
+    """One client process (`loadgen` spawns them): `threads` channels calling ModelInfer until `seconds` have passed;
+    its `loadgen.ClientCounts` (a status other than OK counts as non_2xx, UNAVAILABLE as a connect error) on
+    `queue`."""
     import tritonclient.grpc as triton
     from tritonclient.utils import InferenceServerException
+
+    from benchmarks.loadgen import ClientCounts  # NOTE: here, in the client process: loadgen imports this module
 
     parts = urlsplit(url)
     model = parts.path.strip("/")
     shape = parse_qs(parts.query)
     rows, features = int(shape["rows"][0]), int(shape["features"][0])
     matrices = [np.frombuffer(body, dtype=np.float64).reshape(rows, features) for body in bodies]
-    counts = GrpcCounts(latencies_s=[], elapsed_s=0.0)
+    counts = ClientCounts(latencies_s=[], elapsed_s=0.0)
     lock = threading.Lock()
     started = time.perf_counter()
     deadline = started + seconds
@@ -95,7 +67,7 @@ def _client_process(url: str, bodies: list[bytes], threads: int, seconds: float,
             except InferenceServerException as error:
                 status = str(error.status())
                 failure = ("timeouts" if "DEADLINE_EXCEEDED" in status
-                           else "unreachable" if "UNAVAILABLE" in status else "failed")  # fmt: skip
+                           else "connect_errors" if "UNAVAILABLE" in status else "non_2xx")  # fmt: skip
             received = time.perf_counter()
             with lock:
                 counts.latencies_s.append(received - sent)
