@@ -29,7 +29,7 @@ from fraud_inference.service import FraudService
 from fraud_inference.settings import Settings
 
 if TYPE_CHECKING:
-    from fraud_inference.grpc import GrpcServer
+    from fraud_inference.grpc.server import GrpcServer
 
 __all__ = ["create_app"]
 
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 async def _start_grpc(service: FraudService) -> GrpcServer:
     """OIP over gRPC on this loop, over the same service. NOTE: imported here, in the HTTP process only: granian's
     supervisor forks this process, and gRPC's threads must not exist before a fork."""
-    from fraud_inference.grpc import GrpcServer
+    from fraud_inference.grpc.server import GrpcServer
 
     server = GrpcServer(service)
     try:

@@ -5,8 +5,8 @@ serve it) and the standard health service, beside HTTP in the process that holds
 `converters` turn protobuf messages into the `fraud_inference.oip` codec's types and back, `calls` accounts every
 call (request id, status codes, metrics, access log), `health` answers as /readyz. The generated protobuf modules
 live in `_generated`, beside the proto they are compiled from.
+
+NOTE: this package imports nothing itself: importing `fraud_inference.grpc.server` registers the protocol's
+messages (package `inference`) in protobuf's default pool, which a process that also imports `tritonclient.grpc`
+(the tests, a client) cannot do twice; only the HTTP process imports it, from the app's lifespan.
 """
-
-from fraud_inference.grpc.server import GrpcServer, grpc_address
-
-__all__ = ["GrpcServer", "grpc_address"]
