@@ -1,6 +1,6 @@
 """gRPC through the service's life, with the real tritonclient.grpc client: a client's deadline shorter than the
 scoring (DEADLINE_EXCEEDED, the work freed as REST's timeout frees it) and an overloaded queue
-(RESOURCE_EXHAUSTED); a refresh under gRPC load; health and readiness while the first models load; SIGTERM
+(RESOURCE_EXHAUSTED); a refresh under gRPC load; health and readiness while no model can load; SIGTERM
 draining the calls in flight; BYTES tensors for a real model's string features.
 """
 
@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from fraud_inference.demo.dataset import FEATURES
-from tests.conftest import RunningService, slow_xgboost_copy, use_registry
+from tests.conftest import RunningService, free_port, slow_xgboost_copy, use_registry
 from tests.e2e.test_hot_swap import ADMIN_KEY, probabilities, promote, worker_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak]
@@ -189,47 +189,45 @@ def test_a_deadline_shorter_than_scoring_is_deadline_exceeded_and_frees_the_work
     assert {line["status"] for line in lines} >= {"OK", "RESOURCE_EXHAUSTED"}
 
 
-def test_health_and_readiness_follow_the_first_load_and_sigterm_drains_grpc_calls(
-    service_factory: Any, demo_registry: str, transactions: pd.DataFrame
+def test_health_and_readiness_answer_not_ready_with_the_reason_while_the_registry_is_unreachable(
+    service_factory: Any, transactions: pd.DataFrame
 ) -> None:
-    service: RunningService = service_factory(
-        ["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "PARITY_CHECK": "off"}
-    )
-    seen: list[tuple[Any, bool, str]] = []
+    registry = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the first generation never loads
+    service: RunningService = service_factory(["serve"], {"MLFLOW_TRACKING_URI": registry, "WORKERS": "1"})
+    service.wait_listening()
     request = health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
     client = triton.InferenceServerClient(service.grpc_target)
-    deadline = time.monotonic() + 180
-    with grpc.insecure_channel(service.grpc_target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert service.process.poll() is None, service.log()
-            try:
-                status = health.Check(request, timeout=2).status
-            except grpc.RpcError:  # not listening yet
-                time.sleep(0.05)
-                continue
-            try:
-                client.infer("xgboost", [matrix_input(transactions.head(1))], client_timeout=5)
-                answer = "OK"
-            except InferenceServerException as error:
-                answer = f"{error.status()}: {error.message()}"
-            seen.append((status, client.is_server_ready(), answer))
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                break
-            time.sleep(0.05)
-    assert seen, service.log()
-    assert seen[-1] == (health_pb2.HealthCheckResponse.SERVING, True, "OK"), seen
-    before = [entry for entry in seen if entry[0] == health_pb2.HealthCheckResponse.NOT_SERVING]
-    assert before, "the gRPC server listens while the first models load: health said NOT_SERVING then"
-    assert all(not ready and answer.startswith("StatusCode.UNAVAILABLE: not ready") for _, ready, answer in before)
+    try:
+        with grpc.insecure_channel(service.grpc_target) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert client.is_server_live()
+        assert not client.is_server_ready()
+        assert not client.is_model_ready("xgboost")
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("xgboost", [matrix_input(transactions.head(1))], client_timeout=10)
+    finally:
+        client.close()
+    assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    assert refused.value.message().startswith("not ready: ")
 
+
+def test_sigterm_drains_the_grpc_calls_in_flight(
+    service_factory: Any, demo_registry: str, transactions: pd.DataFrame
+) -> None:
+    service: RunningService = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1"})
+    service.wait_ready()
+    request = health_pb2.HealthCheckRequest(service="")
+    with grpc.insecure_channel(service.grpc_target) as channel:
+        assert health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status == (
+            health_pb2.HealthCheckResponse.SERVING
+        )
     with GrpcLoad(service.grpc_target, "xgboost", transactions.head(500), clients=4) as load:
         time.sleep(1.0)
         signalled = time.monotonic()
         service.process.send_signal(signal.SIGTERM)
         assert service.process.wait(timeout=60) == 0
     outcomes = load.stop()
-    client.close()
     in_flight = [o for o in outcomes if o.sent_at < signalled < o.received_at]
     assert in_flight, "no call was in flight at SIGTERM"
     assert [o.status for o in outcomes if o.sent_at < signalled and o.status is not None] == []
