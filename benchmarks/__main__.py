@@ -16,6 +16,7 @@ of a timing. Results go to --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -99,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"fraud-inference is ready at {service.base_url}, serving {run.model_versions}"
                  + (f" ({service.ready_s:.1f} s after its start)" if service.ready_s is not None else ""))  # fmt: skip
             try:
-                run.ours = _run_scenarios("fraud-inference", scenarios, lambda s: our_requests(s, service.base_url),
+                requests_of = functools.partial(
+                    our_requests, base_url=service.base_url, grpc_target=service.grpc_target
+                )
+                run.ours = _run_scenarios("fraud-inference", scenarios, requests_of,
                                           service.cpu, loadgen, seconds)  # fmt: skip
                 _footprint(run, service)
                 if args.mlserver:
@@ -175,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         choices=PROTOCOLS,
         help="send each scenario through this protocol: v1 (/v1/predict, the default), mlflow (/invocations/{model}), "
-        "oip (/v2/models/{model}/infer); repeat it to alternate them, scenario by scenario",
+        "oip (/v2/models/{model}/infer), grpc (OIP's ModelInfer through tritonclient.grpc, raw FP64 tensors); "
+        "repeat it to alternate them, scenario by scenario",
     )
     mlflow = parser.add_mutually_exclusive_group()
     mlflow.add_argument("--mlflow", dest="mlflow", action="store_true", default=None, help="run MLflow's server")
@@ -410,7 +415,8 @@ def _pyfunc(
             ours, unread = _our_answers(service, PYFUNC_KEY), None
         except (OSError, msgspec.DecodeError) as failure:
             ours, unread = {}, f"our answers could not be read: {failure}"
-        run.ours += _run_scenarios("fraud-inference", scenarios, lambda s: our_requests(s, service.base_url),
+        requests_of = functools.partial(our_requests, base_url=service.base_url, grpc_target=service.grpc_target)
+        run.ours += _run_scenarios("fraud-inference", scenarios, requests_of,
                                    service.cpu, loadgen, seconds)  # fmt: skip
         _footprint(run, service)
     finally:

@@ -101,7 +101,7 @@ def _load(
     measured = []
     try:
         for scenario in scenarios:
-            requests = our_requests(scenario, service.base_url)
+            requests = our_requests(scenario, service.base_url, service.grpc_target)
             run_load("wrk", requests.url, requests.bodies, connections=scenario.connections, seconds=2,
                      expect=requests.expect)  # fmt: skip
             before = service.cpu()

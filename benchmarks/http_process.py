@@ -99,7 +99,7 @@ def _measure(args: argparse.Namespace, model_directory: Path) -> dict[str, list[
 
 
 def _app_and_routes(model_directory: Path) -> tuple[Any, list[_Route]]:
-    settings = Settings.from_env({"MLFLOW_TRACKING_URI": "sqlite:///unused.db", "LOG_LEVEL": "WARNING"})
+    settings = Settings.from_env({"GRPC": "off", "MLFLOW_TRACKING_URI": "sqlite:///unused.db", "LOG_LEVEL": "WARNING"})
     app = create_app(settings)
     rows: dict[int, list[dict[str, Any]]] = {}
     for n in (1, 100):

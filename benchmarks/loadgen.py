@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 from typing import Literal
@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 import numpy as np
+
+from benchmarks.grpc_load import GRPC_SCHEME, grpc_client_process
 
 __all__ = [
     "LoadResult",
@@ -53,7 +55,7 @@ class LoadgenError(RuntimeError):
 class LoadResult(msgspec.Struct, frozen=True):
     """What one bounded load run measured; latencies in milliseconds, CPU in seconds."""
 
-    tool: Loadgen
+    tool: Loadgen | Literal["tritonclient.grpc"]
     requests: int
     duration_s: float
     requests_per_s: float
@@ -108,7 +110,10 @@ def _apt_get(*arguments: str) -> int:
 def run_load(
     tool: Loadgen, url: str, bodies: Sequence[bytes], *, connections: int, seconds: float, expect: str = PREDICTIONS
 ) -> LoadResult:
-    """POST `bodies` in turn to `url` over `connections` keep-alive connections for `seconds`."""
+    """POST `bodies` in turn to `url` over `connections` keep-alive connections for `seconds` (a `grpc://` URL:
+    OIP's ModelInfer through tritonclient.grpc, whatever `tool`)."""
+    if url.startswith(GRPC_SCHEME):
+        return _run_grpc(url, bodies, connections=connections, seconds=seconds)
     if tool == "wrk":
         return _run_wrk(url, bodies, connections=connections, seconds=seconds, expect=expect)
     return _run_python(url, bodies, connections=connections, seconds=seconds, expect=expect)
@@ -219,10 +224,20 @@ def _run_wrk(url: str, bodies: Sequence[bytes], *, connections: int, seconds: fl
     return parse_wrk_output(completed.stdout, loadgen_cpu_s=cpu_s)
 
 
-class _ClientCounts(msgspec.Struct):
+def _run_grpc(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float) -> LoadResult:
+    parts, cpu_s = _spawn_clients(grpc_client_process, url, bodies, connections=connections, seconds=seconds)
+    if all(part.connect_errors == len(part.latencies_s) for part in parts):
+        raise LoadgenError(f"no gRPC call to {url} was answered")
+    return _load_result("tritonclient.grpc", parts, seconds=seconds, cpu_s=cpu_s)
+
+
+class ClientCounts(msgspec.Struct):
+    """What one client process of a Python load generator (HTTP or gRPC) counted."""
+
     latencies_s: list[float]
     elapsed_s: float
     non_2xx: int = 0
+    """HTTP: a status outside 2xx; gRPC: a status other than OK."""
     bad_body: int = 0
     connect_errors: int = 0
     read_errors: int = 0
@@ -230,27 +245,47 @@ class _ClientCounts(msgspec.Struct):
 
 
 def _run_python(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float, expect: str) -> LoadResult:
+    parts, cpu_s = _spawn_clients(_client_process, url, bodies, connections=connections, seconds=seconds,
+                                  extra=(expect,))  # fmt: skip
+    return _load_result("python", parts, seconds=seconds, cpu_s=cpu_s)
+
+
+def _spawn_clients(
+    client: Callable[..., None],
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    connections: int,
+    seconds: float,
+    extra: tuple[object, ...] = (),
+) -> tuple[list[ClientCounts], float]:
+    """Run `client(url, bodies, threads, seconds, *extra, queue)` in up to 4 processes sharing `connections`; their
+    counts, and the CPU seconds they used."""
     processes = min(connections, os.cpu_count() or 1, 4)
     threads_each = [connections // processes + (1 if n < connections % processes else 0) for n in range(processes)]
     # NOTE: spawn, not fork: the harness may have run OpenMP (training, MLflow) before, and forked children
-    # of an OpenMP process can hang.
+    # of an OpenMP process can hang (gRPC's threads do not survive a fork either).
     context = multiprocessing.get_context("spawn")
     queue = context.SimpleQueue()
     before = _children_cpu_s()
     workers = [
-        context.Process(target=_client_process, args=(url, list(bodies), threads, seconds, expect, queue), daemon=True)
+        context.Process(target=client, args=(url, list(bodies), threads, seconds, *extra, queue), daemon=True)
         for threads in threads_each
     ]
     for worker in workers:
         worker.start()
-    parts = [msgspec.json.decode(queue.get(), type=_ClientCounts) for _ in workers]
+    parts = [msgspec.json.decode(queue.get(), type=ClientCounts) for _ in workers]
     for worker in workers:
         worker.join(timeout=_TIMEOUT_S + 5)
-    cpu_s = _children_cpu_s() - before
+    return parts, _children_cpu_s() - before
+
+
+def _load_result(tool: Loadgen | Literal["tritonclient.grpc"], parts: list[ClientCounts], *, seconds: float,
+                 cpu_s: float) -> LoadResult:  # fmt: skip
     latencies_ms = np.array([latency for part in parts for latency in part.latencies_s]) * 1e3
     p50, p90, p99, top = np.percentile(latencies_ms, [50, 90, 99, 100]) if latencies_ms.size else (0.0,) * 4
     return LoadResult(
-        tool="python",
+        tool=tool,
         requests=int(latencies_ms.size),
         duration_s=seconds,
         requests_per_s=sum(len(part.latencies_s) / part.elapsed_s for part in parts if part.elapsed_s > 0),
@@ -274,7 +309,7 @@ def _client_process(
     """One client process: `threads` keep-alive connections until `seconds` have passed."""
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
-    counts = _ClientCounts(latencies_s=[], elapsed_s=0.0)
+    counts = ClientCounts(latencies_s=[], elapsed_s=0.0)
     lock = threading.Lock()
     started = time.perf_counter()
     deadline = started + seconds

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from typing import Literal
+from urllib.parse import urlsplit
 
 import msgspec
+import numpy as np
 import pandas as pd
 
+from benchmarks.grpc_load import grpc_url
 from fraud_inference.demo.dataset import make_transactions
 
 __all__ = [
@@ -34,9 +37,10 @@ __all__ = [
 ]
 
 Target = Literal["fraud-inference", "mlflow", "mlserver"]
-Protocol = Literal["v1", "mlflow", "oip"]
-PROTOCOLS: tuple[Protocol, ...] = ("v1", "mlflow", "oip")
-"""The protocols fraud-inference speaks: /v1/predict, MLflow's /invocations/{model}, OIP's /v2/.../infer."""
+Protocol = Literal["v1", "mlflow", "oip", "grpc"]
+PROTOCOLS: tuple[Protocol, ...] = ("v1", "mlflow", "oip", "grpc")
+"""The protocols fraud-inference speaks: /v1/predict, MLflow's /invocations/{model}, OIP's /v2/.../infer, and OIP's
+ModelInfer over gRPC (tritonclient.grpc, one raw FP64 [rows, features] tensor)."""
 
 MODEL_KEYS: tuple[str, ...] = ("xgboost", "lightgbm", "sklearn")
 """The model keys the demo registry serves (`fraud_inference.demo.seeding.DEMO_MODELS`)."""
@@ -151,10 +155,15 @@ def workload(rows: int) -> list[pd.DataFrame]:
     return [features.iloc[start : start + rows] for start in range(0, batches * rows, rows)]
 
 
-def our_requests(scenario: Scenario, base_url: str) -> Requests:
-    """The requests of `scenario` in its protocol; for /v1/predict, models interleaved in a mixed scenario."""
+def our_requests(scenario: Scenario, base_url: str, grpc_target: str = "") -> Requests:
+    """The requests of `scenario` in its protocol; for /v1/predict, models interleaved in a mixed scenario;
+    over gRPC (`grpc_target`, host:port), the raw FP64 matrices tritonclient.grpc sends."""
     batches = workload(scenario.rows)
     model = scenario.models[0]
+    if scenario.protocol == "grpc":
+        target = grpc_target or f"{urlsplit(base_url).hostname}:8001"
+        url = grpc_url(target, model, rows=scenario.rows, features=batches[0].shape[1])
+        return Requests(url, [batch.to_numpy(dtype=np.float64).tobytes() for batch in batches], expect="")
     if scenario.protocol == "mlflow":
         bodies = [json.dumps({"dataframe_records": _records(batch)}).encode() for batch in batches]
         return Requests(f"{base_url}/invocations/{model}", bodies)

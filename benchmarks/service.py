@@ -185,6 +185,8 @@ class OurService:
         self.base_url = base_url.rstrip("/")
         self.process = process
         self.models = models
+        self.grpc_target = ""
+        """host:port of its gRPC server (OIP over gRPC), when we started it."""
         self.ready_s = ready_s
         """Seconds from `fraud-inference serve`'s start to /readyz 200 (None for a service we did not start)."""
         self._log = log
@@ -223,6 +225,7 @@ class OurService:
             "MLFLOW_TRACKING_URI": tracking_uri,
             "HOST": "127.0.0.1",
             "PORT": str(port),
+            "GRPC_PORT": str(grpc_port := free_port()),
             "WORKERS": str(workers),
             "LOG_LEVEL": log_level,
             **(settings or {}),
@@ -236,6 +239,7 @@ class OurService:
             command = [str(executable or _BIN / "fraud-inference"), "serve"]
             process = subprocess.Popen(command, env=env, stdout=sink, stderr=sink)
         service = cls(f"http://127.0.0.1:{port}", process, log)
+        service.grpc_target = f"127.0.0.1:{grpc_port}"
         try:
             service.ready_s = wait_until_ok([f"{service.base_url}/readyz"], process, log, timeout_s, started=started)
             service.models = ", ".join(service.model_versions())

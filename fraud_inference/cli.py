@@ -126,7 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 1
     _check_registry_uri(settings.mlflow_tracking_uri, must_exist=True)
-    if (busy := _address_in_use(settings.host, settings.port)) is not None:
+    if (busy := _ports_in_use(settings)) is not None:
         print(busy, file=sys.stderr)
         return 1
     return _run_server(settings)
@@ -136,7 +136,7 @@ def _demo(args: argparse.Namespace) -> int:
     _apply_overrides(args)
     settings = Settings.from_env()
     # Before seeding, which can take a minute: a busy port is known at once.
-    if (busy := _address_in_use(settings.host, settings.port)) is not None:
+    if (busy := _ports_in_use(settings)) is not None:
         print(busy, file=sys.stderr)
         return 1
     tracking_uri = _seed(settings)
@@ -216,7 +216,18 @@ def _check_registry_uri(tracking_uri: str, *, must_exist: bool) -> None:
         raise SettingsError("MLFLOW_TRACKING_URI", problem)
 
 
-def _address_in_use(host: str, port: int) -> str | None:
+def _ports_in_use(settings: Settings) -> str | None:
+    """One line naming the first of PORT and (when GRPC=on) GRPC_PORT that cannot be bound now; None when both can."""
+    if settings.grpc == "on" and settings.grpc_port == settings.port:
+        return (f"fraud-inference: PORT and GRPC_PORT are both {settings.port}: give gRPC its own port "
+                "(or GRPC=off)")  # fmt: skip
+    busy = _address_in_use(settings.host, settings.port)
+    if busy is None and settings.grpc == "on":
+        busy = _address_in_use(settings.host, settings.grpc_port, variable="GRPC_PORT")
+    return busy
+
+
+def _address_in_use(host: str, port: int, *, variable: str = "PORT / --port") -> str | None:
     """One line naming `host:port` when it cannot be bound now, before any slow work; None when it can.
 
     NOTE: SO_REUSEADDR as granian binds, so a port in TIME_WAIT from a previous run is not reported busy.
@@ -235,9 +246,9 @@ def _address_in_use(host: str, port: int) -> str | None:
             if error.errno == errno.EADDRINUSE:
                 return (
                     f"fraud-inference: cannot listen on {host}:{port}: the address is already in use "
-                    "(stop what holds it, or choose another PORT / --port)"
+                    f"(stop what holds it, or choose another {variable})"
                 )
-            return f"fraud-inference: cannot listen on {host}:{port}: {error.strerror} (check HOST / PORT)"
+            return f"fraud-inference: cannot listen on {host}:{port}: {error.strerror} (check HOST / {variable})"
     return None
 
 

@@ -19,7 +19,7 @@ __all__ = ["Observers", "ProtocolName", "ScoredRequest", "ScoringObserver"]
 
 log = get_logger("fraud_inference.observers")
 
-ProtocolName = Literal["v1", "mlflow", "oip"]
+ProtocolName = Literal["v1", "mlflow", "oip", "grpc"]
 """Which protocol a request came through: `/v1/predict`, MLflow's `/invocations`, or the Open Inference Protocol."""
 
 

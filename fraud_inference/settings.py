@@ -97,6 +97,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """HOST: the address the HTTP server listens on."""
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     """PORT: the port the HTTP server listens on."""
+    grpc: Literal["off", "on"] = "on"
+    """GRPC: `on` serves the Open Inference Protocol over gRPC on GRPC_PORT (HOST's address), beside HTTP and over
+    the same models; `off` does not listen for gRPC."""
+    grpc_port: Annotated[int, Meta(ge=1, le=65535)] = 8001
+    """GRPC_PORT: the port the gRPC server listens on (8001: Triton's, beside its HTTP 8000)."""
     header_timeout_s: Annotated[float, Meta(ge=0.5, le=3600.0)] = 10.0
     """HEADER_TIMEOUT_S: a connection that has not sent a complete request header this many seconds after it opened,
     or after its previous answer, is closed: silent, slow-header and idle keep-alive connections alike (one

@@ -85,10 +85,12 @@ def free_port() -> int:
 class RunningService:
     """A `fraud-inference` process started by a test, stopped by PID when the test ends."""
 
-    def __init__(self, process: subprocess.Popen[str], base_url: str, log_path: Path) -> None:
+    def __init__(self, process: subprocess.Popen[str], base_url: str, log_path: Path, grpc_target: str = "") -> None:
         self.process = process
         self.base_url = base_url
         self.log_path = log_path
+        self.grpc_target = grpc_target
+        """`host:port` of its gRPC server (GRPC=on), chosen as its HTTP port is."""
 
     def client(self, **options: object) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=30.0, **options)  # type: ignore[arg-type]
@@ -155,7 +157,9 @@ def start_service(
     port = port or free_port()
     log_path = log_dir / f"service-{port}.log"
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # tests set MLflow globals
-    full_env = {**inherited, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "INFO", **env}
+    # A free gRPC port too: the default (8001) would be shared by every service of the session.
+    grpc_port = env.get("GRPC_PORT") or str(free_port())
+    full_env = {**inherited, "HOST": "127.0.0.1", "PORT": str(port), "GRPC_PORT": grpc_port, "LOG_LEVEL": "INFO", **env}
     if command[:1] == ["serve"] and "FRAUD_INFERENCE_HOME" not in env:
         full_env["FRAUD_INFERENCE_HOME"] = str(_SHARED_HOME)
     with log_path.open("w") as log_file:
@@ -168,7 +172,7 @@ def start_service(
             cwd=log_dir,
             preexec_fn=None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files),
         )
-    return RunningService(process, f"http://127.0.0.1:{port}", log_path)
+    return RunningService(process, f"http://127.0.0.1:{port}", log_path, f"127.0.0.1:{grpc_port}")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from fraud_inference import __version__
 from fraud_inference.settings import settings_reference
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 
 
 def test_version_prints_the_installed_version(tmp_path: Path) -> None:
@@ -24,7 +24,12 @@ def test_a_busy_port_fails_at_once_naming_host_and_port(command: str, demo_regis
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        env = {"MLFLOW_TRACKING_URI": demo_registry, "HOST": "127.0.0.1", "PORT": str(port)}
+        env = {
+            "MLFLOW_TRACKING_URI": demo_registry,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "GRPC_PORT": str(free_port()),
+        }
         result = run_cli([command], {**env, "FRAUD_INFERENCE_HOME": str(tmp_path / "home")}, tmp_path, timeout_s=60)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()

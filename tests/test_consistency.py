@@ -154,7 +154,9 @@ def test_warn_and_off_serve_the_mismatched_models(
 
 
 def test_refresh_to_a_mismatched_version_is_422_and_the_old_one_keeps_serving(private_registry: str) -> None:
-    settings = Settings.from_env({"MLFLOW_TRACKING_URI": private_registry, "WORKERS": "1", "API_KEYS": "k"})
+    settings = Settings.from_env(
+        {"GRPC": "off", "MLFLOW_TRACKING_URI": private_registry, "WORKERS": "1", "API_KEYS": "k"}
+    )
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         old = requirements_with("sklearn", "scikit-learn", f"scikit-learn=={OLD_SKLEARN}")

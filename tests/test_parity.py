@@ -271,7 +271,8 @@ def test_serve_exits_1_before_traffic_on_a_model_its_workers_cannot_load(tmp_pat
 
     registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log_labelled_classifier(registry, tmp_path, "fraud-labels", {1: "fraud", 0: "legit"})
-    env = {"MLFLOW_TRACKING_URI": registry, "MODELS": "fraud=fraud-labels", "PORT": str(free_port())}
+    env = {"MLFLOW_TRACKING_URI": registry, "MODELS": "fraud=fraud-labels", "PORT": str(free_port()),
+           "GRPC_PORT": str(free_port())}  # fmt: skip
     checked = run_cli(["check"], env, tmp_path, timeout_s=120)
     served = run_cli(["serve"], env, tmp_path, timeout_s=120)  # the bound: it must exit, not retry forever
     assert checked.returncode == 1
@@ -293,7 +294,13 @@ def test_a_refresh_to_a_version_failing_the_gate_is_a_422_and_the_active_one_kee
     registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log_labelled_classifier(registry, tmp_path, "fraud-labels", {1: 1, 0: 0})
     settings = Settings.from_env(
-        {"MLFLOW_TRACKING_URI": registry, "MODELS": "fraud=fraud-labels", "WORKERS": "1", "API_KEYS": "admin-key"}
+        {
+            "GRPC": "off",
+            "MLFLOW_TRACKING_URI": registry,
+            "MODELS": "fraud=fraud-labels",
+            "WORKERS": "1",
+            "API_KEYS": "admin-key",
+        }
     )
     row = {"amount": 120.0, "txn_count_24h": 2}
     with TestClient(create_app(settings)) as client:
@@ -368,7 +375,7 @@ def test_serve_exits_1_on_a_model_that_crashes_the_process_loading_it(private_re
     log_crashing_champion(private_registry)
     env = {
         "MLFLOW_TRACKING_URI": private_registry, "MODELS": "sklearn=fraud-sklearn", "SKLEARN_PICKLE": "allow",
-        "PORT": str(free_port()),
+        "PORT": str(free_port()), "GRPC_PORT": str(free_port()),
     }  # fmt: skip
     served = run_cli(["serve"], env, tmp_path, timeout_s=120)
     assert served.returncode == 1

@@ -7,6 +7,7 @@ import multiprocessing
 import signal
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
@@ -27,6 +28,9 @@ from fraud_inference.observability.logging import configure_logging, get_logger
 from fraud_inference.observability.metrics import Metrics
 from fraud_inference.service import FraudService
 from fraud_inference.settings import Settings
+
+if TYPE_CHECKING:
+    from fraud_inference.grpc.server import GrpcServer
 
 __all__ = ["create_app"]
 
@@ -55,12 +59,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if decisions is not None:
             service.observers.add(decisions.observe)
         await service.start()
+        grpc_server = await _start_grpc(service) if settings.grpc == "on" else None
         announcer = asyncio.get_running_loop().create_task(_announce_when_serving(service, settings))
         try:
             yield
         finally:
             announcer.cancel()
             try:
+                if grpc_server is not None:
+                    await grpc_server.stop()  # drains its calls while the pool still answers them
                 await service.stop()
             finally:
                 if decisions is not None:
@@ -81,6 +88,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # Outside Litestar's own layers (exception handlers, CORS), so 404s, 405s and errors get the id and a count.
     app.asgi_handler = RequestEdge(app.asgi_handler, metrics)
     return app
+
+
+async def _start_grpc(service: FraudService) -> GrpcServer:
+    """OIP over gRPC on this loop, over the same service. NOTE: imported here, in the HTTP process only: granian's
+    supervisor forks this process, and gRPC's threads must not exist before a fork."""
+    from fraud_inference.grpc.server import GrpcServer
+
+    server = GrpcServer(service)
+    try:
+        await server.start()
+    except BaseException:
+        await service.stop()
+        raise
+    return server
 
 
 async def _announce_when_serving(service: FraudService, settings: Settings) -> None:

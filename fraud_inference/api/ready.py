@@ -9,7 +9,7 @@ from fraud_inference.lifecycle import Generation
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.settings import Settings
 
-__all__ = ["announce_ready", "base_url"]
+__all__ = ["announce_ready", "base_url", "grpc_target"]
 
 log = get_logger("fraud_inference.server")
 
@@ -28,6 +28,11 @@ def base_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+def grpc_target(host: str, port: int) -> str:
+    """The `host:port` a gRPC client on this machine reaches the gRPC server at."""
+    return base_url(host, port).removeprefix("http://")
+
+
 def announce_ready(settings: Settings, generation: Generation, *, docs_path: str) -> None:
     """Log `service.ready` (url, docs, generation, models); on a terminal, print it also as one plain line."""
     url = base_url(settings.host, settings.port)
@@ -35,7 +40,10 @@ def announce_ready(settings: Settings, generation: Generation, *, docs_path: str
         key: {"name": served.ref.name, "version": served.ref.version, "selected_by": served.ref.selected_by}
         for key, served in generation.models.items()
     }
-    log.info("service.ready", url=url, docs=f"{url}{docs_path}", generation=generation.number, models=models)
+    grpc = grpc_target(settings.host, settings.grpc_port) if settings.grpc == "on" else None
+    log.info("service.ready", url=url, grpc=grpc, docs=f"{url}{docs_path}", generation=generation.number,
+             models=models)  # fmt: skip
     if sys.stdout.isatty():
         served = ", ".join(f"{key} ({m['name']} v{m['version']})" for key, m in models.items())
-        print(f"fraud-inference ready at {url}: serving {served}; docs at {url}{docs_path}", flush=True)
+        grpc_part = f", gRPC at {grpc}" if grpc else ""
+        print(f"fraud-inference ready at {url}{grpc_part}: serving {served}; docs at {url}{docs_path}", flush=True)

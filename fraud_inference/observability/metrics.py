@@ -48,6 +48,10 @@ class Metrics:
             f"{_PREFIX}_http_request_duration_seconds", "HTTP request duration", "route", _LATENCY_BUCKETS
         )
         self.http_in_flight = Gauge(f"{_PREFIX}_http_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.grpc_requests = Counter(f"{_PREFIX}_grpc_requests", "gRPC calls answered", ["method", "code"], registry=r)
+        self.grpc_duration = BucketHistogram(
+            f"{_PREFIX}_grpc_request_duration_seconds", "gRPC call duration", "method", _LATENCY_BUCKETS
+        )
         self.predictions = Counter(f"{_PREFIX}_predictions", "Requests scored", ["model", "version"], registry=r)
         self.rows_scored = Counter(f"{_PREFIX}_rows_scored", "Rows scored", ["model", "version"], registry=r)
         self.fraud_flagged = Counter(
@@ -90,7 +94,7 @@ class Metrics:
             f"{_PREFIX}_decision_log_files_written", "Decision-log files written", registry=r
         )
         self._read_at_scrape = _ReadAtScrape(
-            (self.http_duration, self.inference_duration, self.batch_rows, self.fraud_score)
+            (self.http_duration, self.inference_duration, self.batch_rows, self.fraud_score, self.grpc_duration)
         )
         self._scored_series: dict[tuple[str, str], _ScoredSeries] = {}
         r.register(self._read_at_scrape)

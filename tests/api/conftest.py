@@ -29,6 +29,7 @@ def wait_ready(client: TestClient, timeout_s: float = 90.0) -> None:  # type: ig
 def client(demo_registry: str) -> Iterator[TestClient]:  # type: ignore[type-arg]
     settings = Settings.from_env(
         {
+            "GRPC": "off",  # in-process apps: no gRPC port to share between them
             "MLFLOW_TRACKING_URI": demo_registry,
             "WORKERS": "2",
             "MAX_BATCH_ROWS": str(MAX_BATCH_ROWS),
@@ -46,7 +47,7 @@ def client(demo_registry: str) -> Iterator[TestClient]:  # type: ignore[type-arg
 def unready_client(demo_registry: str) -> Iterator[TestClient]:  # type: ignore[type-arg]
     """An app whose served model exists nowhere: it keeps retrying the registry and never becomes ready."""
     settings = Settings.from_env(
-        {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "MODELS": "fraud=fraud-not-registered"}
+        {"GRPC": "off", "MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "MODELS": "fraud=fraud-not-registered"}
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client

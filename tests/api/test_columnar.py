@@ -50,6 +50,7 @@ def real_client(real_models: tuple[str, dict[str, str]]) -> Iterator[TestClient]
     served = (NUMERIC_MODEL, CATEGORICAL_MODEL, STRING_MODEL)
     settings = Settings.from_env(
         {
+            "GRPC": "off",  # in-process apps: no gRPC port to share between them
             "MLFLOW_TRACKING_URI": tracking_uri,
             "MODELS": ",".join(f"{key}={names[key]}" for key in served),
             "EXTRA_FEATURES": "ignore",

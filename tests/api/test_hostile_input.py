@@ -75,7 +75,9 @@ def test_hostile_rows_in_a_burst_fail_alone_and_no_worker_dies(client: TestClien
 
 @pytest.fixture(scope="module")
 def generic_client(demo_registry: str) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    settings = Settings.from_env({"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "ERROR_DETAIL": "generic"})
+    settings = Settings.from_env(
+        {"GRPC": "off", "MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "ERROR_DETAIL": "generic"}
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         wait_ready(test_client)
         yield test_client

@@ -234,14 +234,15 @@ def test_protocol_option_alternates_the_routes_and_checks_every_answer(demo_regi
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--seconds", "1", "--tracking-uri", demo_registry,
          "--out", str(out), "--only", "xgboost 1 row", "--protocol", "v1", "--protocol", "mlflow",
-         "--protocol", "oip"],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+         "--protocol", "oip", "--protocol", "grpc"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 
     assert completed.returncode == 0, completed.stdout + completed.stderr
     results = json.loads((out / "results.json").read_text())
     names = [scenario["scenario"]["name"] for scenario in results["ours"]]
-    assert names == [f"xgboost 1 row c16 [{protocol}]" for protocol in ("v1", "mlflow", "oip")]
+    assert names == [f"xgboost 1 row c16 [{protocol}]" for protocol in ("v1", "mlflow", "oip", "grpc")]
+    assert results["ours"][-1]["load"]["tool"] == "tritonclient.grpc"
     for scenario in results["ours"]:
         assert scenario["errors"] == 0
         assert scenario["load"]["requests"] > 0

@@ -31,6 +31,7 @@ def app_settings(registry: str, directory: Path, **more: str) -> Settings:
     return Settings.from_env(
         {
             "MLFLOW_TRACKING_URI": registry,
+            "GRPC": "off",  # in-process apps: no gRPC port to share between them
             "WORKERS": "1",
             "DECISION_LOG": str(directory),
             "DECISION_LOG_FLUSH_S": "0.2",

@@ -39,6 +39,7 @@ def shapes_logged(
     settings = Settings.from_env(
         {
             "MLFLOW_TRACKING_URI": tracking_uri,
+            "GRPC": "off",  # in-process apps: no gRPC port to share between them
             "MODELS": ",".join(f"{key}={name}" for key, name in names.items()),
             "PYFUNC": "allow",
             "EXTRA_FEATURES": "ignore",
@@ -118,7 +119,7 @@ def test_replay_through_another_version_prints_the_decisions_of_mlflow_loader_of
     home = tmp_path / "home"
     settings = Settings.from_env(
         {"MLFLOW_TRACKING_URI": private_registry, "WORKERS": "1", "DECISION_LOG": str(directory),
-         "FRAUD_INFERENCE_HOME": str(home), "COMPILED_TREES": "off"}
+         "FRAUD_INFERENCE_HOME": str(home), "COMPILED_TREES": "off", "GRPC": "off"}
     )  # fmt: skip
     transactions, _labels = make_transactions(300, seed=21)
     with TestClient(create_app(settings)) as app:

@@ -56,6 +56,8 @@ def test_compose_validates_with_every_service_and_healthcheck() -> None:
     assert services["fraud-inference"]["read_only"] is True
     assert services["fraud-inference"]["develop"]["watch"][0]["action"] == "sync+restart"
     assert services["prometheus"]["profiles"] == ["monitoring"]
+    published = {(port["target"], port["published"]) for port in services["fraud-inference"]["ports"]}
+    assert published == {(8000, "8000"), (8001, "8001")}  # HTTP, and the Open Inference Protocol over gRPC
 
 
 @pytest.mark.program("docker")  # the CLI alone validates a stack; no engine needed
@@ -78,6 +80,14 @@ def test_swarm_stack_validates_and_keeps_admin_and_metrics_off_the_public_router
     assert "/metrics" not in public_rule
     assert labels["traefik.http.routers.fraud-public.tls.certresolver"]
     assert labels["traefik.http.routers.fraud-internal.entrypoints"] == "internal"
+    # gRPC: its own entrypoint, TLS there, h2c to GRPC_PORT, replicas checked by gRPC's health service.
+    grpc_service = "traefik.http.services.fraud-inference-grpc.loadbalancer"
+    assert labels[f"{grpc_service}.server.port"] == "8001"
+    assert labels[f"{grpc_service}.server.scheme"] == "h2c"
+    assert labels[f"{grpc_service}.healthcheck.mode"] == "grpc"
+    assert labels["traefik.http.routers.fraud-grpc.service"] == "fraud-inference-grpc"
+    assert "PathPrefix(`/inference.GRPCInferenceService/`)" in labels["traefik.http.routers.fraud-grpc.rule"]
+    assert labels["traefik.http.routers.fraud-grpc.tls.certresolver"]
 
 
 def test_containerfile_passes_hadolint() -> None:
@@ -90,6 +100,8 @@ def test_containerfile_runs_the_cli_as_a_non_root_user_with_a_healthcheck() -> N
     assert json.loads(containerfile_instruction("CMD")) == ["serve"]
     assert containerfile_instruction("USER") == "10001:10001"
     assert "/livez" in containerfile_instruction("HEALTHCHECK")
+    assert containerfile_instruction("EXPOSE").split() == ["8000", "8001"]
+    assert "GRPC_PORT=8001" in containerfile_instruction("ENV")
     assert "uv sync --locked --no-dev" in (REPO / "Containerfile").read_text()
 
 
@@ -109,7 +121,12 @@ def test_kubernetes_deployment_has_probes_limits_and_scrape_annotations() -> Non
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Readiness through grpc.health.v1 (it answers as /readyz does) on GRPC_PORT, which the pod exposes.
+    assert container["readinessProbe"]["grpc"]["port"] == 8001
+    assert {"name": "grpc", "containerPort": 8001, "protocol": "TCP"} in container["ports"]
+    service = yaml.safe_load((REPO / "deploy" / "k8s" / "service.yaml").read_text())
+    grpc_port = next(port for port in service["spec"]["ports"] if port["name"] == "grpc")
+    assert (grpc_port["port"], grpc_port["targetPort"], grpc_port["appProtocol"]) == (8001, "grpc", "kubernetes.io/h2c")
     assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
     assert container["resources"]["limits"]
     assert container["resources"]["requests"]
@@ -142,7 +159,7 @@ def test_the_image_command_line_serves_from_a_real_mlflow_server(
     env = {
         "PATH": f"{BIN}:/usr/bin:/bin", "TMPDIR": str(tmp_path), "FRAUD_INFERENCE_HOME": str(tmp_path / "home"),
         "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1", "HOST": "127.0.0.1", "PORT": str(port),
-        "WORKERS": "1", "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
+        "GRPC_PORT": str(free_port()), "WORKERS": "1", "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
     }  # fmt: skip
     log_path = tmp_path / "service.log"
     with log_path.open("w") as log:

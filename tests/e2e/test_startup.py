@@ -43,6 +43,7 @@ def test_on_a_terminal_the_ready_line_is_plain_text(demo_registry: str, tmp_path
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
         "MLFLOW_TRACKING_URI": demo_registry, "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": "1",
+        "GRPC_PORT": str(grpc_port := free_port()),
     }  # fmt: skip
     primary, secondary = pty.openpty()
     process = subprocess.Popen([FRAUD_INFERENCE, "serve"], env=env, stdout=secondary, stderr=secondary, cwd=tmp_path)
@@ -62,7 +63,8 @@ def test_on_a_terminal_the_ready_line_is_plain_text(demo_registry: str, tmp_path
         os.close(primary)
     (line,) = [line for line in output.decode().splitlines() if line.startswith("fraud-inference ready")]
     assert line == (
-        f"fraud-inference ready at http://127.0.0.1:{port}: serving xgboost (fraud-xgboost v1), "
+        f"fraud-inference ready at http://127.0.0.1:{port}, gRPC at 127.0.0.1:{grpc_port}: serving xgboost "
+        "(fraud-xgboost v1), "
         f"lightgbm (fraud-lightgbm v1), sklearn (fraud-sklearn v1); docs at http://127.0.0.1:{port}/docs"
     )
 

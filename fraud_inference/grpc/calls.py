@@ -1,0 +1,126 @@
+"""Around every gRPC call, what `api/request_id.py` does around every HTTP request: the request id (echoed in the
+trailing metadata and bound to every log line the call causes), the core's errors as gRPC status codes, the
+metrics by method and status code, and one access-log line (`grpc.request`, protocol=grpc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import grpc
+import structlog
+
+from fraud_inference.api.error_table import answer_of, where
+from fraud_inference.errors import InvalidRowsError, PredictionError
+from fraud_inference.observability.logging import get_logger
+from fraud_inference.observability.metrics import Metrics
+from fraud_inference.oip import OipRequestError
+
+__all__ = ["REQUEST_ID_KEY", "Accounted", "Call", "handled", "message_of"]
+
+REQUEST_ID_KEY = "x-request-id"
+_SANE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+log = get_logger("fraud_inference.access")
+Servicer = TypeVar("Servicer", bound="Accounted")
+Request = TypeVar("Request")
+Answer = TypeVar("Answer")
+
+
+class Accounted(Protocol):
+    """A servicer whose calls are accounted: the metrics, and its series looked up once each."""
+
+    metrics: Metrics
+    series: dict[tuple[str, str], Any]
+
+
+class Call:
+    """One call in progress: its request id, and the fields its access-log line gets (model, version, rows)."""
+
+    __slots__ = ("fields", "request_id")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.fields: dict[str, object] = {}
+
+
+def _request_id(context: grpc.aio.ServicerContext, request: object) -> str:
+    """The client's `x-request-id` metadata when sane, else the request's own `id` when sane, else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _SANE.fullmatch(value):
+            return value
+    sent = getattr(request, "id", "")
+    return sent if isinstance(sent, str) and _SANE.fullmatch(sent) else os.urandom(16).hex()
+
+
+def message_of(error: PredictionError) -> str:
+    """The core's error in OIP's words (`input 'amount', row 3: ...`), as REST's /v2 words it."""
+    if isinstance(error, InvalidRowsError):
+        located = where(error, row="row", feature="input", feature_first=True)
+        return f"{located}: {error.message}" if located else error.message
+    return str(error)
+
+
+async def _abort(context: Any, code: grpc.StatusCode, details: str, trailer: tuple[tuple[str, str], ...]) -> NoReturn:
+    """End the call with `code`, `details` and the trailing metadata (`context.abort` raises AbortError)."""
+    await context.abort(code, details, trailer)
+    raise AssertionError("context.abort returned")  # unreachable
+
+
+def handled(
+    method: str, *, probe: bool = False
+) -> Callable[
+    [Callable[[Servicer, Request, Any, Call], Awaitable[Answer]]], Callable[[Servicer, Request, Any], Awaitable[Answer]]
+]:
+    """Run a servicer method as one accounted call: it takes `(request, context, call)`. A `PredictionError`
+    becomes its status code from `error_table.ERRORS`, an `OipRequestError` INVALID_ARGUMENT, anything else
+    INTERNAL (logged). Probes (`probe`) are counted but not access-logged, as REST's probes."""
+
+    def wrap(
+        handler: Callable[[Servicer, Request, Any, Call], Awaitable[Answer]],
+    ) -> Callable[[Servicer, Request, Any], Awaitable[Answer]]:
+        @functools.wraps(handler)
+        async def run(self: Servicer, request: Request, context: Any) -> Answer:
+            started_ns = time.perf_counter_ns()
+            call = Call(_request_id(context, request))
+            trailer = ((REQUEST_ID_KEY, call.request_id),)
+            context.set_trailing_metadata(trailer)
+            tokens = structlog.contextvars.bind_contextvars(request_id=call.request_id)
+            code = grpc.StatusCode.OK
+            try:
+                return await handler(self, request, context, call)
+            except PredictionError as error:
+                code = grpc.StatusCode[answer_of(error).grpc]
+                await _abort(context, code, message_of(error), trailer)
+            except OipRequestError as error:
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                await _abort(context, code, error.message, trailer)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the client went away, or its deadline passed
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("grpc.unhandled", method=method)
+                await _abort(context, code, "Internal Server Error", trailer)
+            finally:
+                seconds = (time.perf_counter_ns() - started_ns) / 1e9
+                counter = self.series.get((method, code.name))
+                if counter is None:  # NOTE: labels() costs ~3 us a call: one lookup per series, once
+                    counter = self.series[method, code.name] = self.metrics.grpc_requests.labels(method, code.name)
+                counter.inc()
+                self.metrics.grpc_duration.observe(method, seconds)
+                if not probe:
+                    log.info("grpc.request", protocol="grpc", method=method, status=code.name,
+                             duration_ms=round(seconds * 1000, 3), **call.fields)  # fmt: skip
+                structlog.contextvars.reset_contextvars(**tokens)
+
+        return run
+
+    return wrap
