@@ -31,8 +31,9 @@ class InFlight:
         self.last_answer_ns = now_ns
         return self._batches.pop(seq, None)
 
-    def holds(self, batch: Batch) -> bool:
-        return self._batches.get(batch.seq) is batch
+    def get(self, seq: int) -> Batch | None:
+        """The batch `seq`, if this worker holds it."""
+        return self._batches.get(seq)
 
     def requests(self) -> Iterator[PendingRequest]:
         for batch in self._batches.values():
