@@ -386,7 +386,9 @@ _OPERATION: dict[str, Any] = {
     "operation_class": _InvocationsOperation,
     "raises": [],
     "responses": {
-        200: ResponseSpec(MlflowPredictions, description="What `mlflow models serve` answers for these rows."),
+        200: ResponseSpec(
+            MlflowPredictions, description="What `mlflow models serve` answers for these rows.", generate_examples=False
+        ),
         **_RESPONSES,
     },
     "tags": ["mlflow"],

@@ -287,7 +287,11 @@ _INFER: dict[str, Any] = {
     "tags": ["oip"],
     "raises": [],
     "responses": {
-        200: ResponseSpec(InferResponse, description="`fraud_probability` (FP64) and `is_fraud` (BOOL), one per row."),
+        200: ResponseSpec(
+            InferResponse,
+            description="`fraud_probability` (FP64) and `is_fraud` (BOOL), one per row.",
+            generate_examples=False,
+        ),
         **_errors(400, 404, 408, 413, 415, 503, 504),
     },
 }

@@ -95,7 +95,9 @@ def _render_error(_request: Request[Any, Any, Any], error: PredictionError) -> R
     summary="Score transactions",
     raises=[],
     responses={
-        200: ResponseSpec(PredictResponse, description="One prediction per instance, in request order."),
+        200: ResponseSpec(
+            PredictResponse, description="One prediction per instance, in request order.", generate_examples=False
+        ),
         **error_responses(400, 404, 408, 413, 415, 422, 503, 504),
     },
     tags=["prediction"],
