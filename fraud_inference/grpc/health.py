@@ -60,4 +60,8 @@ class ReadinessHealth:
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
+            if self._draining:
+                # NOTE: ended once NOT_SERVING is sent: an open stream would hold the server's graceful stop for its
+                # whole grace period (INFERENCE_TIMEOUT_S), after every call had been answered.
+                return
             await asyncio.sleep(_WATCH_INTERVAL_S)

@@ -234,6 +234,25 @@ def test_sigterm_drains_the_grpc_calls_in_flight(
     assert '"grpc.stopped"' in service.log()
 
 
+def test_an_open_health_watch_sees_not_serving_and_ends_without_holding_up_the_stop(
+    service_factory: Any, demo_registry: str
+) -> None:
+    """A Watch stream (load balancers keep one open) used to run on until the server's grace period (here 600 s)
+    cancelled it, long after every call had been answered."""
+    env = {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "INFERENCE_TIMEOUT_S": "600"}
+    service: RunningService = service_factory(["serve"], env)
+    service.wait_ready()
+    seen: list[int] = []
+    with grpc.insecure_channel(service.grpc_target) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=300)
+        seen.append(next(stream).status)
+        service.process.send_signal(signal.SIGTERM)
+        seen.extend(response.status for response in stream)  # ends when the server ends it
+        # A deadline far below the grace period: the stop did not wait for the stream.
+        assert service.process.wait(timeout=120) == 0
+    assert seen == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
+
+
 def test_bytes_tensors_score_a_real_string_model_as_v1_predict(
     service_factory: Any, real_models: tuple[str, dict[str, str]]
 ) -> None:
