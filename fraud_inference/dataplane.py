@@ -135,6 +135,8 @@ class DataPlane:
         `InvalidRowsError`, `TooManyRowsError`, `OverloadedError`, `TimedOutError`, `InferenceFailedError`.
         """
         selection = model if isinstance(model, Selection) else self.select(model)
+        if self.observers.wants:
+            wants = (*wants, *(name for name in self.observers.wants if name not in wants))
         try:
             # The worker decodes the rows against this generation's signature: the server process stays free for HTTP.
             scores = await self.score(selection.generation, selection.key, rows, request_id, wants=wants)

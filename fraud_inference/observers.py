@@ -47,12 +47,23 @@ class Observers:
 
     def __init__(self) -> None:
         self._observers: list[ScoringObserver] = []
+        self._wants: dict[ScoringObserver, tuple[str, ...]] = {}
+        self.wants: tuple[str, ...] = ()
+        """The named outputs (`pool.messages`) some observer needs from the worker beside the probabilities."""
 
-    def add(self, observer: ScoringObserver) -> None:
+    def add(self, observer: ScoringObserver, *, wants: tuple[str, ...] = ()) -> None:
+        """Hand every scored request to `observer`, with the worker's named outputs `wants` in its `scored`."""
         self._observers.append(observer)
+        self._wants[observer] = wants
+        self._update_wants()
 
     def remove(self, observer: ScoringObserver) -> None:
         self._observers.remove(observer)
+        self._wants.pop(observer, None)
+        self._update_wants()
+
+    def _update_wants(self) -> None:
+        self.wants = tuple(dict.fromkeys(name for wants in self._wants.values() for name in wants))
 
     def __bool__(self) -> bool:
         return bool(self._observers)

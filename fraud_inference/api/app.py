@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         log.info("server.starting", settings=settings.redacted())
         decisions = open_decision_log(settings, app.state.metrics)
         if decisions is not None:
-            service.observers.add(decisions.observe)
+            service.observers.add(decisions.observe, wants=decisions.wants)
         await service.start()
         grpc_server = await _start_grpc(service) if settings.grpc == "on" else None
         announcer = asyncio.get_running_loop().create_task(_announce_when_serving(service, settings))

@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from fraud_inference.models.artifact import FeatureSpec, FeatureType
 from fraud_inference.models.signature import SignatureDecoder
 from fraud_inference.observers import ScoredRequest
+from fraud_inference.pool.messages import FEATURES
 
 __all__ = ["FEATURE_PREFIX", "DecisionRecords", "feature_column", "record_schema"]
 
@@ -44,6 +46,7 @@ _ARROW_TYPES: dict[FeatureType, pa.DataType] = {
     "boolean": pa.bool_(),
     "string": pa.string(),
 }
+Matrix = npt.NDArray[np.float64]
 _NUMPY_TYPES: dict[FeatureType, Any] = {"long": np.int64, "integer": np.int32, "boolean": np.bool_}
 _DECODE_ROWS = 1024
 """Rows decoded in one call at most: the decoder holds the GIL, which the event loop needs (~1 ms per call)."""
@@ -122,6 +125,11 @@ class DecisionRecords:
         run: list[ScoredRequest] = []
         rows = 0
         for request in requests:
+            matrix = self._as_served(request)
+            if matrix is not None:
+                self._decode_run(run, batches, failed)
+                batches.append(matrix)
+                continue
             if not isinstance(request.rows, bytes):
                 self._decode_run(run, batches, failed)
                 self._decode_alone(request, batches, failed)
@@ -132,6 +140,17 @@ class DecisionRecords:
                 self._decode_run(run, batches, failed)
         self._decode_run(run, batches, failed)
         return batches, failed
+
+    def _as_served(self, request: ScoredRequest) -> Matrix | None:
+        """The rows the worker handed the model (`FEATURES`: its float64 matrix), None when it sent none (a model
+        scored from a DataFrame, or the log started without features): those are decoded here again."""
+        served = request.scored.outputs.get(FEATURES)
+        if not served:
+            return None
+        matrix = np.frombuffer(served, dtype=np.float64).reshape(-1, len(self.features))
+        if len(matrix) != len(request.scored.probabilities):
+            raise ValueError(f"{len(matrix)} rows served for {len(request.scored.probabilities)} probabilities")
+        return matrix
 
     def _decode_run(self, run: list[ScoredRequest], batches: list[Any], failed: list[ScoredRequest]) -> None:
         """Decode the JSON rows of the requests in `run` as one array (emptying `run`)."""

@@ -27,6 +27,7 @@ from fraud_inference.decisions.records import DecisionRecords
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
 from fraud_inference.observers import ScoredRequest
+from fraud_inference.pool.messages import FEATURES
 from fraud_inference.settings import Settings
 
 __all__ = ["DecisionLog", "open_decision_log"]
@@ -95,6 +96,11 @@ class DecisionLog:
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._closed = False
         self._last_failure_logged = -_FAILURE_LOG_EVERY_S
+
+    @property
+    def wants(self) -> tuple[str, ...]:
+        """What the log needs from the workers beside the probabilities: the rows as the model received them."""
+        return (FEATURES,) if self._with_features else ()
 
     def start(self) -> None:
         self._thread.start()

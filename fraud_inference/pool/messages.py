@@ -129,6 +129,10 @@ FRAUD_PROBABILITY = "fraud_probability"
 """The output every request gets: float64, one per row."""
 PYFUNC_ANSWER = "pyfunc"
 """What MLflow's pyfunc wrapper of the version returns for the rows, as one JSON array (`/invocations`)."""
+FEATURES = "features"
+"""The rows as the model received them, for the decision log: the bytes of a C-order (rows, features) float64
+matrix in the signature's order (NaN: missing). Only on the fast path: a model scored from a DataFrame (string
+features) answers it empty, and the log decodes those rows itself."""
 
 
 class Output(msgspec.Struct, frozen=True, array_like=True):
