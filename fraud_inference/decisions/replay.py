@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from fraud_inference.decisions.records import FEATURE_PREFIX, feature_column
 from fraud_inference.models.artifact import ModelArtifact
-from fraud_inference.registry import ModelRef
+from fraud_inference.registry import ModelRef, ResolutionError
 from fraud_inference.settings import ModelSpec, Settings
 
 __all__ = ["Replay", "ReplayError", "parse_time", "read_logged", "render", "replay", "write_output"]
@@ -60,13 +60,20 @@ def read_logged(
     each keep their own columns (missing ones are null).
     """
     root = directory / f"model={model}"
-    files = sorted(
-        path
-        for path in root.glob("date=*/*.parquet")
-        if not path.name.startswith(".") and _in_dates(path.parent.name.removeprefix("date="), since, until)
-    )
+    every = sorted(path for path in root.glob("date=*/*.parquet") if not path.name.startswith("."))
+    if not every:
+        held = sorted(path.name.removeprefix("model=") for path in directory.glob("model=*"))
+        raise ReplayError(
+            f"no decision-log files for model {model!r} under {directory} (looked in {root}); "
+            f"models logged there: {', '.join(held) or 'none'}"
+        )
+    files = [path for path in every if _in_dates(_date_of(path), since, until)]
     if not files:
-        raise ReplayError(f"no decision-log files for model {model!r} under {directory} (looked in {root})")
+        dates = sorted({_date_of(path) for path in every})
+        raise ReplayError(
+            f"no rows of model {model!r} logged {_range_words(since, until)}: its log holds the dates "
+            f"{dates[0]} to {dates[-1]} (UTC)"
+        )
     table = pa.concat_tables([pq.read_table(path) for path in files], promote_options="permissive")
     mask = None
     if since is not None:
@@ -94,7 +101,7 @@ def replay(
     replayed columns beside them."""
     logged = read_logged(directory, model, since=since, until=until)
     if logged.num_rows == 0:
-        raise ReplayError(f"no logged rows of model {model!r} in the time range asked")
+        raise ReplayError(f"no rows of model {model!r} logged {_range_words(since, until)}")
     name = _registered_name(settings, model, logged)
     if version is not None:
         spec = f"{name}/{version}"
@@ -113,7 +120,8 @@ def replay(
         for before in (False, True)
         for after in (False, True)
     }
-    result = logged.append_column("replayed_version", pa.array([ref.version] * logged.num_rows, pa.string()))
+    result = logged.append_column("replayed_name", pa.array([ref.name] * logged.num_rows, pa.string()))
+    result = result.append_column("replayed_version", pa.array([ref.version] * logged.num_rows, pa.string()))
     result = result.append_column("replayed_fraud_probability", pa.array(probabilities, pa.float64()))
     result = result.append_column("replayed_threshold", pa.array(np.full(logged.num_rows, ref.threshold)))
     result = result.append_column("replayed_is_fraud", pa.array(replayed_flag))
@@ -173,7 +181,14 @@ def _score(settings: Settings, model: str, spec: str, logged: pa.Table) -> tuple
         settings.mlflow_tracking_uri, alias=settings.model_alias, stages=settings.model_stages,
         timeout_s=settings.registry_timeout_s,
     )  # fmt: skip
-    ref: ModelRef = registry.resolve(model, spec)
+    try:
+        ref: ModelRef = registry.resolve(model, spec)
+    except ResolutionError as error:
+        parsed = ModelSpec.parse(spec)
+        if parsed.version is None and parsed.alias is None:
+            raise  # what MODELS names: its message says how to fix MODELS
+        asked = f"--version {parsed.version}" if parsed.version is not None else f"--alias {parsed.alias}"
+        raise ReplayError(f"{asked}: {_what_exists(registry.tracking_uri, parsed.name)}") from error
     with tempfile.TemporaryDirectory(prefix="fraud-inference-replay-") as downloads:
         artifact = fetch_artifact(
             registry, ref, Path(downloads), dependency_policy=settings.dependency_check, trust=settings.model_trust(),
@@ -197,6 +212,22 @@ def _score(settings: Settings, model: str, spec: str, logged: pa.Table) -> tuple
     return artifact, np.concatenate(chunks)
 
 
+def _what_exists(tracking_uri: str, name: str) -> str:
+    """What registered model `name` has to replay through: its versions and aliases, for a --version or --alias
+    that names none of them."""
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        versions = sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=_version_order)
+        aliases = client.get_registered_model(name).aliases
+    except Exception:  # the registry went away meanwhile: the message only lacks the list
+        return f"registered model {name!r} has no such version or alias"
+    shown = ", ".join(map(str, versions[-20:])) or "none"
+    named = ", ".join(f"{alias} (version {version})" for alias, version in sorted(aliases.items())) or "none"
+    return f"registered model {name!r} has no such version or alias; its versions: {shown}; its aliases: {named}"
+
+
 def _columns_for(artifact: ModelArtifact, logged: pa.Table) -> tuple[list[str], list[str]]:
     """The version's features the log holds, and its required ones it does not."""
     held = {column.removeprefix(FEATURE_PREFIX) for column in logged.column_names if column.startswith(FEATURE_PREFIX)}
@@ -214,6 +245,16 @@ def _registered_name(settings: Settings, model: str, logged: pa.Table) -> str:
         raise ReplayError(f"model {model!r} was logged under several registered models ({', '.join(names)}): "
                           f"name the one to replay in MODELS, e.g. MODELS={model}={names[-1]}")  # fmt: skip
     return str(names[0])
+
+
+def _date_of(path: Path) -> str:
+    return path.parent.name.removeprefix("date=")
+
+
+def _range_words(since: datetime.datetime | None, until: datetime.datetime | None) -> str:
+    """`--since`/`--until` as words: `from ... until ...` (UTC)."""
+    words = [f"from {since.isoformat()}" if since else "", f"until {until.isoformat()}" if until else ""]
+    return " ".join(word for word in words if word) or "at any time"
 
 
 def _in_dates(date: str, since: datetime.datetime | None, until: datetime.datetime | None) -> bool:

@@ -206,6 +206,7 @@ class DecisionLog:
                 os.fsync(file.fileno())
                 size = file.tell()
             os.rename(temporary, partition / name)
+            _sync_directory(partition)  # the rename itself survives a power cut, not only the file's bytes
         except OSError as error:
             self._drop(table.num_rows, "write_failed")
             with contextlib.suppress(OSError):
@@ -224,6 +225,14 @@ class DecisionLog:
 
     def _drop(self, rows: int, reason: str) -> None:
         self._metrics.decision_records_dropped.labels(reason).inc(rows)
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _safe(text: str) -> str:

@@ -17,7 +17,7 @@ from litestar.testing import TestClient
 
 from fraud_inference.api.app import create_app
 from fraud_inference.decisions import feature_column
-from fraud_inference.decisions.replay import parse_time, read_logged, replay
+from fraud_inference.decisions.replay import ReplayError, parse_time, read_logged, replay
 from fraud_inference.demo.dataset import FEATURE_NAMES, make_transactions
 from fraud_inference.settings import Settings
 from tests.api.conftest import wait_ready
@@ -95,6 +95,50 @@ def test_since_and_until_select_rows_by_their_logged_time(shapes_logged: tuple[S
     assert read_logged(directory, key, until=answered_at).num_rows == 0
     assert read_logged(directory, key, since=answered_at, until=after).num_rows == sent[key]
     assert parse_time(answered_at.replace(tzinfo=None).isoformat()) == answered_at  # no offset: UTC
+
+
+def test_a_version_or_alias_the_model_lacks_names_what_it_has(
+    shapes_logged: tuple[Settings, Path, dict[str, int]],
+) -> None:
+    settings, directory, _sent = shapes_logged
+    key = next(iter(SHAPES))
+    with pytest.raises(ReplayError) as missing_version:
+        replay(settings, directory, key, version="99")
+    assert str(missing_version.value).startswith("--version 99: registered model ")
+    assert "its versions: 1;" in str(missing_version.value)
+    assert "MODELS" not in str(missing_version.value)  # the flag was wrong, not the service's settings
+    with pytest.raises(ReplayError) as missing_alias:
+        replay(settings, directory, key, alias="no-such-alias")
+    assert str(missing_alias.value).startswith("--alias no-such-alias: registered model ")
+
+
+def test_a_time_range_outside_the_log_says_which_dates_it_holds(
+    shapes_logged: tuple[Settings, Path, dict[str, int]],
+) -> None:
+    settings, directory, _sent = shapes_logged
+    key = next(iter(SHAPES))
+    (answered_at,) = set(read_logged(directory, key).column("time").to_pylist())
+    day = answered_at.date().isoformat()
+    later = answered_at + datetime.timedelta(days=3)
+    with pytest.raises(ReplayError) as no_file:
+        replay(settings, directory, key, since=later)
+    assert str(no_file.value) == (
+        f"no rows of model {key!r} logged from {later.isoformat()}: its log holds the dates {day} to {day} (UTC)"
+    )
+    just_after = answered_at + datetime.timedelta(microseconds=1)
+    with pytest.raises(ReplayError, match=f"no rows of model '{key}' logged from {re.escape(just_after.isoformat())}$"):
+        replay(settings, directory, key, since=just_after)
+
+
+def test_the_output_names_the_version_replayed_through(
+    shapes_logged: tuple[Settings, Path, dict[str, int]],
+) -> None:
+    settings, directory, sent = shapes_logged
+    key = next(iter(SHAPES))
+    summary, replayed = replay(settings, directory, key, version="1")
+    assert set(replayed.column("replayed_name").to_pylist()) == {summary.name}
+    assert set(replayed.column("replayed_version").to_pylist()) == {"1"}
+    assert replayed.num_rows == sent[key]
 
 
 def test_replay_of_a_model_with_no_rows_exits_1_naming_where_it_looked(demo_registry: str, tmp_path: Path) -> None:
