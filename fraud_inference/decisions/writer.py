@@ -1,7 +1,8 @@
 """The decision log's writer: a thread that turns scored requests into Parquet files, never in a request's way.
 
-The event loop only stamps the time and puts the request on a queue (`observe`); the thread decodes the rows,
-and every DECISION_LOG_FLUSH_S writes what came in as one file per model and date
+The event loop only stamps the time and appends the request to a list (`observe`); the thread takes the list every
+DECISION_LOG_FLUSH_S (or at DECISION_LOG_MAX_ROWS rows), builds the records (the rows the workers handed the
+model, or decoded again for a model scored from a DataFrame), and writes what came in as one file per model and date
 (`model=KEY/date=YYYY-MM-DD/part-REPLICA-....parquet`), under a hidden temporary name then renamed, so a reader
 never sees a partial file. `close` writes what is left and joins: the lifespan calls it at shutdown (SIGTERM).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import queue
 import re
 import socket
 import threading
@@ -86,7 +86,14 @@ class DecisionLog:
         self._with_features = with_features
         self._flush_s = flush_s
         self._max_rows = max_rows
-        self._queue: queue.Queue[_Observed | None] = queue.Queue(maxsize=_BACKLOG_FACTOR * max_rows)
+        # NOTE: a list the event loop appends to and the thread swaps out once per flush, not a queue.Queue: a
+        # queue woke the thread at every request, and each wake took the GIL from the event loop (the log cost a
+        # 1-row request ~15% more CPU that way).
+        self._pending: list[_Observed] = []
+        self._pending_rows = 0
+        self._backlog_rows = _BACKLOG_FACTOR * max_rows
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
         # NOTE: the host name (a Kubernetes pod's name, a Swarm task's container id), the process and its start:
         # every writer has files of its own, and a restarted container never reuses a name.
         started = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
@@ -107,21 +114,31 @@ class DecisionLog:
         log.info("decision_log.started", directory=str(self.directory), features=self._with_features)
 
     def observe(self, request: ScoredRequest) -> None:
-        """Queue `request`'s rows for the next file; on the event loop, so it only stamps the time and puts."""
-        if self._closed:
-            self._drop(len(request.scored.probabilities), "closed")
-            return
-        try:
-            self._queue.put_nowait(_Observed(request, time.time_ns() // 1000))
-        except queue.Full:
-            self._drop(len(request.scored.probabilities), "backlog")
+        """Keep `request`'s rows for the next file; on the event loop, so it only stamps the time and appends."""
+        rows = len(request.scored.probabilities)
+        refused: str | None = None
+        due = False
+        with self._lock:  # with `close` and the thread's swap: each record is written or counted, exactly once
+            if self._closed:
+                refused = "closed"
+            elif self._pending_rows + rows > self._backlog_rows:
+                refused = "backlog"
+            else:
+                self._pending.append(_Observed(request, time.time_ns() // 1000))
+                self._pending_rows += rows
+                due = self._pending_rows >= self._max_rows
+        if refused is not None:
+            self._drop(rows, refused)
+        elif due:
+            self._wake.set()  # a file of DECISION_LOG_MAX_ROWS now, not at the end of the interval
 
     def close(self, timeout_s: float = 60.0) -> None:
-        """Write every queued record, then stop the thread (blocking: call it from a thread, or at exit)."""
+        """Write every kept record, then stop the thread (blocking: call it from a thread, or at exit)."""
         if self._closed:
             return
-        self._closed = True
-        self._queue.put(None)
+        with self._lock:
+            self._closed = True
+        self._wake.set()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.error("decision_log.close_timed_out", timeout_s=timeout_s)
@@ -129,38 +146,20 @@ class DecisionLog:
             log.info("decision_log.closed", files=self._files)
 
     def _run(self) -> None:
-        pending: list[_Observed] = []
-        rows = 0
         deadline = time.monotonic() + self._flush_s
         while True:
-            stop = False
-            try:
-                observed = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pass
-            else:
-                if observed is None:
-                    stop = True
-                else:
-                    pending.append(observed)
-                    rows += len(observed.request.scored.probabilities)
-            if stop or rows >= self._max_rows or time.monotonic() >= deadline:
-                if stop:  # what the loop put after the stop (it races with `close`) goes in the last file too
-                    self._drain(pending)
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
+            self._wake.clear()
+            with self._lock:
+                stop = self._closed  # nothing is appended after this last swap
+                pending, self._pending = self._pending, []
+                self._pending_rows = 0
+            if pending:
                 self._flush(pending)
-                pending, rows = [], 0
-                deadline = time.monotonic() + self._flush_s
             if stop:
                 return
-
-    def _drain(self, pending: list[_Observed]) -> None:
-        while True:
-            try:
-                observed = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if observed is not None:
-                pending.append(observed)
+            if time.monotonic() >= deadline:
+                deadline = time.monotonic() + self._flush_s
 
     def _flush(self, pending: Sequence[_Observed]) -> None:
         """Write `pending` as one file per model version and date (more when one passes DECISION_LOG_MAX_ROWS)."""
