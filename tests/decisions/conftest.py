@@ -15,11 +15,15 @@ def read_log(directory: Path) -> pd.DataFrame:
     return pd.read_parquet(directory)
 
 
-def wait_for_rows(directory: Path, rows: int, timeout_s: float = 60.0) -> pd.DataFrame:
-    """The log once it holds at least `rows` rows; a bound, not a timing (the writer flushes every interval)."""
+def wait_for_rows(
+    directory: Path, rows: int, timeout_s: float = 60.0, *, request_id: str | None = None
+) -> pd.DataFrame:
+    """The log once it holds at least `rows` rows (of `request_id`, when given); a bound, not a timing (the
+    writer flushes every interval)."""
     deadline = time.monotonic() + timeout_s
     while True:
         logged = read_log(directory)
-        if len(logged) >= rows or time.monotonic() > deadline:
+        held = len(logged) if request_id is None else int((logged.request_id == request_id).sum())
+        if held >= rows or time.monotonic() > deadline:
             return logged
         time.sleep(0.1)

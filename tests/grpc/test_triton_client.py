@@ -25,8 +25,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from fraud_inference.decisions import feature_column
 from fraud_inference.demo.dataset import FEATURES
 from tests.conftest import RunningService, start_service
+from tests.decisions.conftest import wait_for_rows
 
 pytestmark = [pytest.mark.slow]
 
@@ -38,10 +40,17 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 @pytest.fixture(scope="module")
-def service(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+def decisions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The service's decision log (DECISION_LOG)."""
+    return tmp_path_factory.mktemp("grpc-decisions")
+
+
+@pytest.fixture(scope="module")
+def service(demo_registry: str, decisions: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     env = {
         "MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "LOG_LEVEL": "INFO",
         "MAX_BATCH_ROWS": str(MAX_BATCH_ROWS), "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "DECISION_LOG": str(decisions), "DECISION_LOG_FLUSH_S": "0.2",
     }  # fmt: skip
     running = start_service(["serve"], env, Path(tmp_path_factory.mktemp("grpc")))
     try:
@@ -108,6 +117,22 @@ def test_liveness_readiness_and_metadata(client: triton.InferenceServerClient) -
             ("is_fraud", "BOOL"),
         ]
     assert not client.is_model_ready("catboost")
+
+
+def test_a_grpc_call_lands_in_the_decision_log_as_answered(
+    decisions: Path, client: triton.InferenceServerClient, transactions: pd.DataFrame
+) -> None:
+    frame = transactions.iloc[100:107].reset_index(drop=True)
+    result = client.infer("xgboost", [matrix_input(frame)], request_id="grpc-logged-7")
+    log = wait_for_rows(decisions, 7, request_id="grpc-logged-7")
+    mine = log[log.request_id == "grpc-logged-7"].sort_values("row")
+    assert list(mine.row) == list(range(7))
+    assert set(mine.protocol) == {"grpc"}
+    assert set(mine.model.astype(str)) == {"xgboost"}
+    np.testing.assert_array_equal(mine.fraud_probability.to_numpy(), result.as_numpy("fraud_probability"))
+    assert list(mine.is_fraud) == result.as_numpy("is_fraud").tolist()
+    for name in NAMES:  # the features as the model received them, from the FP64 matrix sent
+        np.testing.assert_array_equal(mine[feature_column(name)].to_numpy(dtype=np.float64), frame[name].to_numpy())
 
 
 @pytest.mark.parametrize("model", ["xgboost", "lightgbm", "sklearn"])
