@@ -129,6 +129,9 @@ FRAUD_PROBABILITY = "fraud_probability"
 """The output every request gets: float64, one per row."""
 PYFUNC_ANSWER = "pyfunc"
 """What MLflow's pyfunc wrapper of the version returns for the rows, as one JSON array (`/invocations`)."""
+EXPLANATION = "explanation"
+"""Each row's feature contributions and the values the model received (`reasons.wire.Explained`, msgpack). Requests
+wanting it are batched apart from the others (`queue.RequestQueue`): plain scoring never waits for TreeSHAP."""
 
 
 class Output(msgspec.Struct, frozen=True, array_like=True):

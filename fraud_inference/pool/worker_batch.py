@@ -14,6 +14,7 @@ from structlog.typing import FilteringBoundLogger
 from fraud_inference.models.signature import SignatureDecoder
 from fraud_inference.models.signature_errors import InstancesError
 from fraud_inference.pool.messages import (
+    EXPLANATION,
     FRAUD_PROBABILITY,
     PYFUNC_ANSWER,
     Columns,
@@ -23,6 +24,7 @@ from fraud_inference.pool.messages import (
     Scored,
     ScoreFailed,
 )
+from fraud_inference.pool.worker_explain import explanation_output, wants_explanation
 
 if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
@@ -118,6 +120,12 @@ class BatchScorer:
             else:
                 outcomes.append(len(outcome))
                 batches.append(outcome)
+        # Contributions only for the rows of the requests that want them, from the library's own trees.
+        explained = (
+            explanation_output(request, outcomes, batches, served.scorer, self._log)
+            if wants_explanation(request)
+            else None
+        )
         # MLflow's pyfunc answer comes from the same model call as the probabilities, for every row of the batch.
         outputs: list[Any] | None = [] if _wants_pyfunc(request) else None
         try:
@@ -148,10 +156,10 @@ class BatchScorer:
             rows=len(probabilities),
             ms=round(seconds * 1000, 3),
         )
-        return Scored(
-            seq=request.seq, outcomes=tuple(outcomes), outputs=_outputs(request, outcomes, probabilities, outputs),
-            seconds=seconds,
-        )  # fmt: skip
+        named = _outputs(request, outcomes, probabilities, outputs)
+        if explained is not None:
+            named[EXPLANATION] = explained
+        return Scored(seq=request.seq, outcomes=tuple(outcomes), outputs=named, seconds=seconds)
 
     def _score_alone(
         self,
