@@ -51,19 +51,19 @@ def reason_count(explain: Any, selection: Selection) -> int:
 
 async def explain_rows(
     dataplane: DataPlane,
-    model: str | None,
+    model: str | Selection | None,
     rows: bytes | Columns,
     request_id: str,
     explain: Any,
     *,
     protocol: ProtocolName,
 ) -> ExplainedRows:
-    """Score `rows` with `model` and explain each with its `explain` top reasons (the `DataPlane.predict` errors,
-    and `InvalidExplainError`, `NotExplainableError`).
+    """Score `rows` with `model` (a key, or a `Selection` made earlier) and explain each with its `explain` top
+    reasons. Raises the `DataPlane.predict` errors, `InvalidExplainError` and `NotExplainableError`.
 
     The rows go to the pool with the named output `EXPLANATION`, so they are batched apart from plain requests.
     """
-    selection = dataplane.select(model)
+    selection = model if not isinstance(model, (str, type(None))) else dataplane.select(model)
     k = reason_count(explain, selection)
     scored = await dataplane.predict(selection, rows, request_id, protocol=protocol, wants=(EXPLANATION,))
     raw = scored.outputs.get(EXPLANATION)

@@ -168,3 +168,32 @@ def test_a_plain_request_answers_as_before(service: RunningService, rows: list[d
         answer = client.post("/v1/predict", json={"model": "xgb-numeric", "instances": rows[:3]}).json()
     assert "margin" not in answer
     assert all(set(prediction) == {"fraud_probability", "is_fraud"} for prediction in answer["predictions"])
+
+
+def test_oip_parameters_explain_adds_the_contributions_and_base_value_tensors(
+    service: RunningService, real_models: tuple[str, dict[str, str]], rows: list[dict[str, Any]]
+) -> None:
+    tracking_uri, names = real_models
+    complete = [row for row in rows if all(row.get(column) is not None for column in NUMERIC)][:6]
+    datatypes = {"txn_count_24h": "INT64", "account_age_days": "INT64", "is_foreign": "BOOL", "is_online": "BOOL"}
+    inputs = [
+        {"name": name, "datatype": datatypes.get(name, "FP64"), "shape": [len(complete)],
+         "data": [row[name] for row in complete]}
+        for name in NUMERIC
+    ]  # fmt: skip
+    with service.client() as client:
+        answer = client.post(
+            "/v2/models/xgb-numeric/infer", json={"inputs": inputs, "parameters": {"explain": 3}}
+        ).json()
+        refused = client.post("/v2/models/lgb-booster/infer", json={"inputs": inputs, "parameters": {"explain": 3}})
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    assert set(outputs) == {"fraud_probability", "is_fraud", "contributions", "base_value"}, answer
+    assert answer["parameters"]["margin"] == "log_odds"
+    assert outputs["contributions"]["datatype"] == "FP64"
+    assert outputs["contributions"]["shape"] == [len(complete), len(NUMERIC)]
+    served = np.array(outputs["contributions"]["data"]).reshape(len(complete), len(NUMERIC))
+    contributions, _margin = library_numbers(tracking_uri, names["xgb-numeric"], "xgb-numeric", complete)
+    np.testing.assert_allclose(served, contributions[:, :-1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(outputs["base_value"]["data"], contributions[:, -1], rtol=0, atol=1e-6)
+    assert refused.status_code == 422
+    assert "LightGBM#7357" in refused.text
