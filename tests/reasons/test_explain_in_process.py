@@ -138,3 +138,30 @@ def test_explained_requests_are_never_batched_with_plain_ones() -> None:
         assert len(queue) == 0
     finally:
         loop.close()
+
+
+def test_a_batch_explains_only_the_rows_of_the_requests_that_want_it(registry: Registry, tmp_path: Path) -> None:
+    """The worker's own batch code, on a real model: a plain request and a refused one beside an explained one."""
+    import structlog
+
+    from fraud_inference.pool.messages import Score, Scored
+    from fraud_inference.pool.worker_batch import BatchScorer
+    from fraud_inference.reasons.wire import decode_explained
+
+    served = load_model(artifact_of(registry, "xgb-numeric", tmp_path), extra="ignore")
+    table, _labels = make_fraud_table(4, seed=2)
+    body = json.dumps(request_rows(table)).encode()
+    batch = Score(
+        seq=1, generation=1, model="xgb-numeric", bodies=(body, body, b'[{"amount": "x"}]'),
+        request_ids=("a", "b", "c"), wants=((EXPLANATION,), (), (EXPLANATION,)),
+    )  # fmt: skip
+    scorer = BatchScorer(max_rows=100, is_cancelled=lambda _seq: False, log=structlog.get_logger())
+    answer = scorer.score(batch, served)
+    assert isinstance(answer, Scored)
+    explained_part, plain_part, refused_part = answer.outputs[EXPLANATION].parts()
+    assert (len(plain_part), len(refused_part)) == (0, 0)
+    explained = decode_explained(bytes(explained_part))
+    assert explained.matrix().shape == (4, 8)  # 7 features and the base value, for its own 4 rows
+    probabilities = np.frombuffer(answer.outputs["fraud_probability"].parts()[0], dtype=np.float64)
+    margins = explained.matrix().sum(axis=1)
+    np.testing.assert_allclose(1 / (1 + np.exp(-margins)), probabilities, rtol=0, atol=1e-6)
