@@ -4,7 +4,9 @@ from __future__ import annotations
 
 __all__ = [
     "InferenceFailedError",
+    "InvalidExplainError",
     "InvalidRowsError",
+    "NotExplainableError",
     "NotReadyError",
     "OverloadedError",
     "PredictionError",
@@ -66,3 +68,12 @@ class TimedOutError(PredictionError):
 
 class InferenceFailedError(PredictionError):
     """The workers could not score the rows (a worker died twice, the model failed). Retry later."""
+
+
+class NotExplainableError(PredictionError):
+    """An explanation was asked of a model that cannot give one: the message names the model, what can be
+    explained, and why not this one (`models.explain.explain_refusal`)."""
+
+
+class InvalidExplainError(PredictionError):
+    """`explain` is not a whole number of reasons between 1 and the model's feature count: the message says which."""

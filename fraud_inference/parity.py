@@ -36,6 +36,7 @@ __all__ = [
     "check_parity_isolated",
     "crash_cause",
     "gate_process",
+    "mlflow_frame",
 ]
 
 ParityPolicy = Literal["strict", "warn", "off"]
@@ -83,6 +84,7 @@ def check_parity(
 
     from fraud_inference.models.scoring import example_rows, load_model
     from fraud_inference.models.signature_errors import InstancesError
+    from fraud_inference.reasons.parity import contribution_failures
 
     ref = artifact.ref
     report = ParityReport(model=ref.key, name=ref.name, version=ref.version)
@@ -129,6 +131,8 @@ def check_parity(
                     f"{where} row {index}: served {got:.9g}, MLflow's loader {expected:.9g} (|diff| {difference:.3g} "
                     f"> {TOLERANCE:g}); likely cause: {_likely_cause(artifact, got, expected)}"
                 )
+        if against_mlflow and report.loaded:  # every explainable version: served contributions are the library's
+            report.failures.extend(contribution_failures(artifact, served, rows, where))
     report.max_abs_diff = max(differences) if differences else None
     report.seconds = round(time.perf_counter() - started, 3)
     return report
@@ -202,6 +206,13 @@ def _mlflow_score(artifact: ModelArtifact, served: Any, row: dict[str, Any]) -> 
 
 
 def _mlflow_scores(artifact: ModelArtifact, served: Any, row: dict[str, Any]) -> Any:
+    frame = mlflow_frame(artifact, served, row)
+    return flavor_named(artifact.flavor).mlflow_scores(artifact, frame, served.scorer.positive_class)
+
+
+def mlflow_frame(artifact: ModelArtifact, served: Any, row: dict[str, Any]) -> Any:
+    """The row as a client's DataFrame for MLflow's loaded model (a left-out key is missing), categories from
+    training."""
     import pandas as pd
 
     frame = pd.DataFrame([row], columns=[feature.name for feature in artifact.features])
@@ -214,7 +225,7 @@ def _mlflow_scores(artifact: ModelArtifact, served: Any, row: dict[str, Any]) ->
             frame[feature.name] = column.astype("float64")
     for name, categories in served.scorer.categories.items():
         frame[name] = on_training_categories(frame[name], pd.CategoricalDtype(pd.Index(categories)))
-    return flavor_named(artifact.flavor).mlflow_scores(artifact, frame, served.scorer.positive_class)
+    return frame
 
 
 def _with_optional_left_out(artifact: ModelArtifact, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -53,6 +53,8 @@ class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
     """Version tag `positive_class`: the fraud label, needed when the classes are not 0/1 or False/True."""
     probability_column: str | None = None
     """Version tag `probability_column`: the output column of a custom pyfunc model holding the probabilities."""
+    reason_codes: str | None = None
+    """Version tag `reason_codes`: JSON mapping features to reason codes and texts (`reasons.codes`)."""
 
     @property
     def uri(self) -> str:
@@ -112,6 +114,7 @@ class Registry:
             threshold=_threshold(key, version),
             positive_class=(version.tags or {}).get("positive_class"),
             probability_column=(version.tags or {}).get("probability_column"),
+            reason_codes=(version.tags or {}).get("reason_codes"),
         )
 
     def _explain_missing(self, key: str, spec: ModelSpec, tried: list[str]) -> str:

@@ -10,7 +10,9 @@ from typing import NamedTuple
 
 from fraud_inference.errors import (
     InferenceFailedError,
+    InvalidExplainError,
     InvalidRowsError,
+    NotExplainableError,
     NotReadyError,
     OverloadedError,
     PredictionError,
@@ -42,6 +44,8 @@ ERRORS: dict[type[PredictionError], ErrorAnswer] = {
     # parsed but does not fit the signature.
     InvalidRowsError: ErrorAnswer(422, 400, 400, "INVALID_PARAMETER_VALUE", "INVALID_ARGUMENT"),
     TooManyRowsError: ErrorAnswer(413, 413, 400, "INVALID_PARAMETER_VALUE", "RESOURCE_EXHAUSTED"),
+    InvalidExplainError: ErrorAnswer(400, 400, 400, "INVALID_PARAMETER_VALUE", "INVALID_ARGUMENT"),
+    NotExplainableError: ErrorAnswer(422, 422, 400, "INVALID_PARAMETER_VALUE", "FAILED_PRECONDITION"),
     UnknownModelError: ErrorAnswer(404, 404, 404, "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"),
     NotReadyError: ErrorAnswer(503, 503, 503, "TEMPORARILY_UNAVAILABLE", "UNAVAILABLE"),
     OverloadedError: ErrorAnswer(503, 503, 503, "TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED"),

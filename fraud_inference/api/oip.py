@@ -53,6 +53,8 @@ from fraud_inference.oip import (
     metadata_of,
     read_binary_extension,
 )
+from fraud_inference.oip.explain import explain_of, plain_outputs, with_explanation
+from fraud_inference.reasons.explain import ExplainedRows, explain_rows
 from fraud_inference.service import FraudService
 
 __all__ = ["Liveness", "ModelReadiness", "OipError", "Readiness", "oip_router"]
@@ -129,8 +131,10 @@ def _parse(request: Request[Any, Any, Any], body: bytes) -> InferRequest:
     return read_binary_extension(infer, binary)
 
 
-def _answer(infer: InferRequest, scored: ScoredRows, request_id: str) -> ASGIApp:
+def _answer(infer: InferRequest, scored: ScoredRows, request_id: str, explained: ExplainedRows | None) -> ASGIApp:
     answer, blobs = infer_response(infer, scored, request_id)
+    if explained is not None:
+        answer = with_explanation(answer, explained)
     header = _encode(answer)
     if not blobs:
         return EncodedAnswer(header)
@@ -150,9 +154,14 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str | Non
     infer = _parse(request, body)
     request_id = request_id_of(request.scope)
     rows = columns_of(infer, selection.artifact.features, detail=service.settings.error_detail)
-    scored = await service.dataplane.predict(selection, rows, request_id, protocol="oip")
+    explained, explain = None, explain_of(infer)
+    if explain is None:
+        scored = await service.dataplane.predict(selection, rows, request_id, protocol="oip")
+    else:
+        explained = await explain_rows(service.dataplane, selection, rows, request_id, explain, protocol="oip")
+        scored, infer = explained.scored, plain_outputs(infer)
     note_scored(request, scored, "oip")
-    return _answer(infer, scored, request_id)
+    return _answer(infer, scored, request_id, explained)
 
 
 # -- routes ----------------------------------------------------------------------------------------

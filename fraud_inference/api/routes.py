@@ -18,6 +18,7 @@ from fraud_inference.api.body import read_body
 from fraud_inference.api.error_table import answer_of
 from fraud_inference.api.errors import error_responses
 from fraud_inference.api.protocol import EncodedAnswer, non_finite_hint, note_scored, require_media_type, service_of
+from fraud_inference.api.reasons import with_reasons
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.api.schemas import (
     DependencyInfo,
@@ -34,6 +35,7 @@ from fraud_inference.errors import InvalidRowsError, PredictionError, TooManyRow
 from fraud_inference.lifecycle import Generation
 from fraud_inference.models.signature_errors import clip_names, instances_message
 from fraud_inference.observability.metrics import CONTENT_TYPE
+from fraud_inference.reasons.explain import explain_rows
 
 __all__ = ["livez", "metrics", "model_infos", "predict", "readyz", "v1_router", "version"]
 
@@ -67,6 +69,12 @@ class _PredictOperation(Operation):
             properties={
                 "model": Schema(type=OpenAPIType.STRING, description="Served model key; default DEFAULT_MODEL."),
                 "instances": Schema(type=OpenAPIType.ARRAY, items=row, min_items=1),
+                "explain": Schema(
+                    type=OpenAPIType.INTEGER,
+                    minimum=1,
+                    description="Each prediction carries its K top reasons (XGBoost models; see README 'Reason "
+                    "codes'): feature, value received, contribution in log-odds, and the version's reason code.",
+                ),
             },
         )
         self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=body)}, required=True)
@@ -117,7 +125,14 @@ async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
     except RecursionError:
         raise HTTPException(status_code=400, detail="malformed JSON: nested too deeply") from None
     request_id = request_id_of(request.scope)
-    scored = await service.dataplane.predict(parsed.model, bytes(parsed.instances), request_id, protocol="v1")
+    explained = None
+    if parsed.explain is None:
+        scored = await service.dataplane.predict(parsed.model, bytes(parsed.instances), request_id, protocol="v1")
+    else:
+        explained = await explain_rows(
+            service.dataplane, parsed.model, bytes(parsed.instances), request_id, parsed.explain, protocol="v1"
+        )
+        scored = explained.scored
     note_scored(request, scored, "v1")
     ref = scored.ref
     answer = PredictResponse(
@@ -133,6 +148,8 @@ async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
             for p, f in zip(scored.probabilities.tolist(), scored.flagged.tolist(), strict=True)
         ],
     )
+    if explained is not None:
+        answer = with_reasons(answer, explained)
     return EncodedAnswer(_encode(answer))
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from fraud_inference.reasons.ranking import Reason
+
 __all__ = [
     "DependencyInfo",
     "ErrorBody",
@@ -26,14 +28,20 @@ class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     instances: msgspec.Raw
     model: str | None = None
+    explain: Any = None
+    """With a number K: each prediction carries its K top reasons (`reasons`); checked against the model."""
 
 
-class Prediction(msgspec.Struct, array_like=False):
+class Prediction(msgspec.Struct, array_like=False, omit_defaults=True):
     fraud_probability: float
     is_fraud: bool
+    base_value: float | None = None
+    """With `explain`: the model's margin before any feature (the library's bias term)."""
+    reasons: list[Reason] | None = None
+    """With `explain`: the features that pushed this score furthest towards fraud, largest first."""
 
 
-class PredictResponse(msgspec.Struct, kw_only=True):
+class PredictResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str
     model_name: str
     model_version: str
@@ -42,6 +50,8 @@ class PredictResponse(msgspec.Struct, kw_only=True):
     threshold: float
     request_id: str
     predictions: list[Prediction]
+    margin: str | None = None
+    """With `explain`: the space of `base_value` and the contributions (`log_odds` for binary:logistic)."""
 
 
 class FeatureInfo(msgspec.Struct):

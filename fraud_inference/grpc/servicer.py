@@ -14,7 +14,8 @@ from fraud_inference.errors import NotReadyError, TimedOutError, UnknownModelErr
 from fraud_inference.grpc._generated import open_inference_pb2 as pb
 from fraud_inference.grpc.calls import Call, handled
 from fraud_inference.grpc.converters import infer_request_of, infer_response_of, model_metadata_of
-from fraud_inference.oip import columns_of, metadata_of
+from fraud_inference.oip import OipRequestError, columns_of, metadata_of
+from fraud_inference.oip.explain import explain_of
 from fraud_inference.service import FraudService
 
 __all__ = ["InferenceServicer", "VersionNotServedError"]
@@ -81,6 +82,8 @@ class InferenceServicer:
         dataplane.check_capacity()
         selection = self._select(request.model_name, request.model_version)
         infer = infer_request_of(request)
+        if explain_of(infer) is not None:  # NOTE: refused, never ignored: a client must not read a plain answer as one
+            raise OipRequestError("parameters.explain: explanations are answered over REST only for now (/v2 infer)")
         rows = columns_of(infer, selection.artifact.features, detail=self.service.settings.error_detail)
         scored = await self._predict(selection, rows, call.request_id, context.time_remaining())
         call.fields.update(model=selection.key, version=scored.ref.version,

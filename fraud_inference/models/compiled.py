@@ -100,6 +100,11 @@ class CompiledTreesScorer:
         self.takes_missing = native.takes_missing
         self.positive_class = native.positive_class
 
+    @property
+    def native(self) -> Scorer:
+        """The library's own scorer of the same trees (explanations: compiled trees compute no contributions)."""
+        return self._native
+
     def fraud_probability(self, batch: Any) -> Matrix:
         if self._native_from_rows is not None and len(batch) >= self._native_from_rows:
             return self._native.fraud_probability(batch)

@@ -16,6 +16,7 @@ from fraud_inference.models.flavors import Scorer, flavor_named
 from fraud_inference.models.flavors._base import RecordsSplits
 from fraud_inference.models.signature import ExtraFeatures, SignatureDecoder
 from fraud_inference.models.signature_errors import ErrorDetail
+from fraud_inference.reasons.codes import reason_codes
 
 __all__ = ["ServedModel", "example_rows", "load_model", "load_scorer"]
 
@@ -62,6 +63,9 @@ def load_model(
     with each column missing in turn; a column whose missing value fails is refused in requests (422 naming the
     row and feature) rather than failing the batch its request shares.
     """
+    ref = artifact.ref
+    # A mapping naming a feature the signature lacks refuses the version here, where every load passes.
+    reason_codes(ref.reason_codes, tuple(f.name for f in artifact.features), f"{ref.name} v{ref.version}")
     scorer = load_scorer(artifact)
     key = artifact.ref.key
 

@@ -133,6 +133,9 @@ FEATURES = "features"
 """The rows as the model received them, for the decision log: the bytes of a C-order (rows, features) float64
 matrix in the signature's order (NaN: missing). Only on the fast path: a model scored from a DataFrame (string
 features) answers it empty, and the log decodes those rows itself."""
+EXPLANATION = "explanation"
+"""Each row's feature contributions and the values the model received (`reasons.wire.Explained`, msgpack). Requests
+wanting it are batched apart from the others (`queue.RequestQueue`): plain scoring never waits for TreeSHAP."""
 
 
 class Output(msgspec.Struct, frozen=True, array_like=True):

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fraud_inference.pool.errors import PoolOverloadedError
-from fraud_inference.pool.messages import FRAUD_PROBABILITY, Columns
+from fraud_inference.pool.messages import EXPLANATION, FRAUD_PROBABILITY, Columns
 
 __all__ = ["Batch", "BatchPolicy", "PendingRequest", "RequestQueue", "Scores"]
 
@@ -102,8 +102,17 @@ class Batch:
             request.batch_seq = seq
 
 
+def _key(request: PendingRequest) -> tuple[int, str, bool]:
+    """The queue a request waits in: its generation, its model, and whether it wants an explanation.
+
+    NOTE: explained requests are batched apart: TreeSHAP costs many times a plain row, and the plain requests
+    of a batch would wait for it.
+    """
+    return request.generation, request.model, EXPLANATION in request.wants
+
+
 class RequestQueue:
-    """FIFO per (generation, model); `take` serves the key whose oldest request has waited longest.
+    """FIFO per (generation, model, explained or not); `take` serves the key whose oldest request has waited longest.
 
     `clock` gives monotonic integer nanoseconds (`time.monotonic_ns`); tests pass their own.
     """
@@ -112,7 +121,7 @@ class RequestQueue:
         self.policy = policy
         self.limit = limit
         self.clock = clock
-        self._waiting: dict[tuple[int, str], deque[PendingRequest]] = {}
+        self._waiting: dict[tuple[int, str, bool], deque[PendingRequest]] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -131,17 +140,17 @@ class RequestQueue:
         if self.full:
             raise PoolOverloadedError(overload_reason(self._count))
         request.due_ns = self.clock() + self.policy.wait_ns
-        self._waiting.setdefault((request.generation, request.model), deque()).append(request)
+        self._waiting.setdefault(_key(request), deque()).append(request)
         self._count += 1
 
     def put_back(self, request: PendingRequest) -> None:
         """Requeue a request whose worker died, ahead of newer ones (it was accepted before them)."""
-        self._waiting.setdefault((request.generation, request.model), deque()).appendleft(request)
+        self._waiting.setdefault(_key(request), deque()).appendleft(request)
         self._count += 1
 
     def discard(self, request: PendingRequest) -> bool:
         """Take a request out of the queue (timed out, or its client left); False when it was not waiting."""
-        requests = self._waiting.get((request.generation, request.model))
+        requests = self._waiting.get(_key(request))
         if requests is None:
             return False
         try:
@@ -161,7 +170,7 @@ class RequestQueue:
         """
         policy = self.policy
         best: deque[PendingRequest] | None = None
-        best_key = (0, "")
+        best_key = (0, "", False)
         for key, requests in self._waiting.items():
             generation = key[0]
             if not requests or generation not in generations:

@@ -14,6 +14,7 @@ from structlog.typing import FilteringBoundLogger
 from fraud_inference.models.signature import SignatureDecoder
 from fraud_inference.models.signature_errors import InstancesError
 from fraud_inference.pool.messages import (
+    EXPLANATION,
     FEATURES,
     FRAUD_PROBABILITY,
     PYFUNC_ANSWER,
@@ -24,6 +25,7 @@ from fraud_inference.pool.messages import (
     Scored,
     ScoreFailed,
 )
+from fraud_inference.pool.worker_explain import explanation_output, wants_explanation
 
 if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
@@ -134,6 +136,12 @@ class BatchScorer:
             else:
                 outcomes.append(len(outcome))
                 batches.append(outcome)
+        # Contributions only for the rows of the requests that want them, from the library's own trees.
+        explained = (
+            explanation_output(request, outcomes, batches, served.scorer, self._log)
+            if wants_explanation(request)
+            else None
+        )
         # MLflow's pyfunc answer comes from the same model call as the probabilities, for every row of the batch.
         outputs: list[Any] | None = [] if _wants_pyfunc(request) else None
         try:
@@ -165,6 +173,8 @@ class BatchScorer:
             ms=round(seconds * 1000, 3),
         )
         named = _outputs(request, outcomes, probabilities, outputs, decoded)
+        if explained is not None:
+            named[EXPLANATION] = explained
         return Scored(seq=request.seq, outcomes=tuple(outcomes), outputs=named, seconds=seconds)
 
     def _score_alone(

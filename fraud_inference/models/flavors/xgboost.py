@@ -22,6 +22,7 @@ from fraud_inference.models.flavors._base import (
     model_path,
     positive_column,
 )
+from fraud_inference.models.flavors.xgboost_explain import MARGINS, tree_contributions
 from fraud_inference.models.flavors.xgboost_file import InvalidTreesError, check_model_file
 from fraud_inference.models.trust import ModelTrust, UntrustedModelError
 
@@ -109,6 +110,8 @@ class XGBoostScorer:
         self.categories = _training_categories(booster, artifact)
         self.needs_frame = bool(self.categories)
         self._features = artifact.features
+        self.margin = MARGINS.get(objective)
+        """The space of `contributions` (None: this objective is not explained)."""
 
     def fraud_probability(self, batch: Any) -> Matrix:
         return binary_scores(self._scores(batch), self._column)
@@ -119,6 +122,12 @@ class XGBoostScorer:
 
     def _scores(self, batch: Any) -> Matrix:
         return np.asarray(self._booster.inplace_predict(batch, iteration_range=self._iteration_range), np.float64)
+
+    def contributions(self, batch: Any) -> Matrix:
+        """TreeSHAP of the fraud class per row, `[rows, features + 1]` (last column: the base value), in `margin`
+        space over the trees `fraud_probability` uses (`xgboost_explain`); negated when the fraud class is label 0."""
+        contributions = tree_contributions(self._booster, batch, self._iteration_range)
+        return contributions if self._column == 1 else -contributions
 
     def fraud_column(self, scores: Matrix) -> Matrix:
         """The fraud probabilities from output shaped as `Booster.predict`'s (for COMPILED_TREES)."""

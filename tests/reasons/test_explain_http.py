@@ -1,0 +1,219 @@
+"""`/v1/predict` with `explain`, through granian and the real worker pool (compiled trees on), on real models.
+
+Contributions and base values equal `pred_contribs` of the model `mlflow.xgboost.load_model` returns (1e-6); their
+sum is the library's margin up to its float32 residual; reasons are the top K in order, with mapped codes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+from mlflow import MlflowClient
+
+from tests.conftest import RunningService, use_registry
+from tests.real_models import CATEGORICAL, COUNTRIES, MERCHANTS, NUMERIC, categorized, make_fraud_table, request_rows
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+TRAINING_CATEGORIES = {"merchant_category": sorted(MERCHANTS), "country": sorted(COUNTRIES)}
+XGBOOST_SHAPES = ["xgb-classifier", "xgb-numeric", "xgb-booster", "xgb-booster-categorical", "xgb-early-stopped"]
+CATEGORICAL_SHAPES = {"xgb-classifier", "xgb-booster-categorical"}
+UNEXPLAINED = ["lgb-booster", "sklearn-pipeline", "pyfunc-custom"]
+CODES = {
+    "amount": {"code": "A01", "text": "Transaction amount unusual for the card"},
+    "txn_count_24h": {"code": "V02", "text": "Many transactions in the last 24 hours"},
+}
+
+
+@pytest.fixture(scope="module")
+def service(
+    real_models: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
+    """Every XGBoost shape and three models that cannot explain; xgb-numeric carries a reason_codes tag."""
+    from tests.conftest import start_service
+
+    tracking_uri, names = real_models
+    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_model_version_tag(
+        names["xgb-numeric"], "1", "reason_codes", json.dumps(CODES)
+    )
+    keys = XGBOOST_SHAPES + UNEXPLAINED
+    running = start_service(
+        ["serve"],
+        {
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "MODELS": ",".join(f"{key}={names[key]}" for key in keys),
+            "PYFUNC": "allow",
+            "EXTRA_FEATURES": "ignore",
+            "WORKERS": "2",
+        },
+        tmp_path_factory.mktemp("explain-service"),
+    )
+    try:
+        running.wait_ready(timeout_s=240)
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict[str, Any]]:
+    table, _labels = make_fraud_table(30, seed=9)
+    return request_rows(table)  # missing values sent as null and left out; unseen categories
+
+
+def library_numbers(tracking_uri: str, name: str, key: str, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """`pred_contribs` and `output_margin` of MLflow's loaded model on the rows, over the trees its probabilities
+    use."""
+    use_registry(tracking_uri)
+    model = mlflow.xgboost.load_model(f"models:/{name}/1")
+    frame = pd.DataFrame(rows, columns=NUMERIC + CATEGORICAL)
+    frame = categorized(frame, TRAINING_CATEGORIES) if key in CATEGORICAL_SHAPES else frame[NUMERIC]
+    booster = model if isinstance(model, xgb.Booster) else model.get_booster()
+    best = getattr(model, "best_iteration", None) if not isinstance(model, xgb.Booster) else None
+    iterations = (0, best + 1) if best is not None else (0, 0)
+    matrix = xgb.DMatrix(frame, enable_categorical=True)
+    contributions = booster.predict(matrix, pred_contribs=True, iteration_range=iterations)
+    margin = booster.predict(matrix, output_margin=True, iteration_range=iterations)
+    return np.asarray(contributions, np.float64), np.asarray(margin, np.float64)
+
+
+@pytest.mark.parametrize("key", XGBOOST_SHAPES)
+def test_every_xgboost_shape_explains_with_the_librarys_own_contributions(
+    service: RunningService, real_models: tuple[str, dict[str, str]], rows: list[dict[str, Any]], key: str
+) -> None:
+    tracking_uri, names = real_models
+    features = NUMERIC + (CATEGORICAL if key in CATEGORICAL_SHAPES else [])
+    with service.client() as client:
+        every = client.post("/v1/predict", json={"model": key, "instances": rows, "explain": len(features)})
+        top3 = client.post("/v1/predict", json={"model": key, "instances": rows, "explain": 3})
+    assert every.status_code == 200, every.text
+    assert every.json()["margin"] == "log_odds"
+    contributions, margin = library_numbers(tracking_uri, names[key], key, rows)
+    served = np.zeros_like(contributions)
+    for index, prediction in enumerate(every.json()["predictions"]):
+        served[index, -1] = prediction["base_value"]
+        for reason in prediction["reasons"]:
+            served[index, features.index(reason["feature"])] = reason["contribution"]
+        assert {reason["feature"] for reason in prediction["reasons"]} == set(features)
+        ranked = [reason["contribution"] for reason in prediction["reasons"]]
+        assert ranked == sorted(ranked, reverse=True)
+    difference = float(np.max(np.abs(served - contributions)))
+    # NOTE: XGBoost sums its contributions in float32: their sum misses its own output_margin by its rounding.
+    residual = float(np.max(np.abs(served.sum(axis=1) - margin)))
+    print(f"{key}: contributions max |diff| {difference:.3g}, sum - output_margin max {residual:.3g}, {len(rows)} rows")
+    assert difference <= 1e-6
+    assert residual <= 1e-5
+    assert top3.status_code == 200, top3.text
+    for full, top in zip(every.json()["predictions"], top3.json()["predictions"], strict=True):
+        assert top["reasons"] == full["reasons"][:3]
+        assert top["fraud_probability"] == full["fraud_probability"]
+
+
+def test_reasons_carry_the_value_received_and_the_versions_codes(
+    service: RunningService, rows: list[dict[str, Any]]
+) -> None:
+    with service.client() as client:
+        numeric = client.post("/v1/predict", json={"model": "xgb-numeric", "instances": rows, "explain": 7}).json()
+        categorical = client.post("/v1/predict", json={"model": "xgb-classifier", "instances": rows, "explain": 9})
+    for row, prediction in zip(rows, numeric["predictions"], strict=True):
+        by_feature = {reason["feature"]: reason for reason in prediction["reasons"]}
+        assert by_feature["amount"]["value"] == row["amount"]
+        assert by_feature["txn_count_24h"]["value"] == row["txn_count_24h"]  # an integer, as the signature says
+        assert by_feature["is_foreign"]["value"] is row["is_foreign"]
+        assert by_feature["device_age_days"]["value"] == row.get("device_age_days")  # null or left out: null
+        assert (by_feature["amount"]["code"], by_feature["amount"]["text"]) == ("A01", CODES["amount"]["text"])
+        assert by_feature["txn_count_24h"]["code"] == "V02"
+        assert "code" not in by_feature["distance_km"]
+    unseen = [p for row, p in zip(rows, categorical.json()["predictions"], strict=True) if row["country"] == "ZZ"]
+    assert unseen, "some rows send a category never seen in training"
+    for prediction in unseen:  # scored as missing, and said so
+        assert {r["feature"]: r["value"] for r in prediction["reasons"]}["country"] is None
+
+
+@pytest.mark.parametrize("key", UNEXPLAINED)
+def test_a_model_that_cannot_explain_is_a_422_naming_it_and_what_can(service: RunningService, key: str) -> None:
+    table, _labels = make_fraud_table(2, seed=1)
+    with service.client() as client:
+        response = client.post("/v1/predict", json={"model": key, "instances": request_rows(table), "explain": 2})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert f"model {key!r}" in detail
+    assert "XGBoost" in detail
+    if key == "lgb-booster":
+        assert "LightGBM#7357" in detail
+
+
+@pytest.mark.parametrize("explain", [0, 8, -1, "3", True, 2.5])
+def test_an_explain_outside_one_to_the_feature_count_is_a_400_naming_explain(
+    service: RunningService, rows: list[dict[str, Any]], explain: Any
+) -> None:
+    with service.client() as client:
+        response = client.post("/v1/predict", json={"model": "xgb-numeric", "instances": rows[:2], "explain": explain})
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("explain: ")
+    assert "from 1 to 7" in response.json()["detail"]
+
+
+def test_a_plain_request_answers_as_before(service: RunningService, rows: list[dict[str, Any]]) -> None:
+    with service.client() as client:
+        answer = client.post("/v1/predict", json={"model": "xgb-numeric", "instances": rows[:3]}).json()
+    assert "margin" not in answer
+    assert all(set(prediction) == {"fraud_probability", "is_fraud"} for prediction in answer["predictions"])
+
+
+def test_oip_parameters_explain_adds_the_contributions_and_base_value_tensors(
+    service: RunningService, real_models: tuple[str, dict[str, str]], rows: list[dict[str, Any]]
+) -> None:
+    tracking_uri, names = real_models
+    complete = [row for row in rows if all(row.get(column) is not None for column in NUMERIC)][:6]
+    datatypes = {"txn_count_24h": "INT64", "account_age_days": "INT64", "is_foreign": "BOOL", "is_online": "BOOL"}
+    inputs = [
+        {"name": name, "datatype": datatypes.get(name, "FP64"), "shape": [len(complete)],
+         "data": [row[name] for row in complete]}
+        for name in NUMERIC
+    ]  # fmt: skip
+    with service.client() as client:
+        answer = client.post(
+            "/v2/models/xgb-numeric/infer", json={"inputs": inputs, "parameters": {"explain": 3}}
+        ).json()
+        refused = client.post("/v2/models/lgb-booster/infer", json={"inputs": inputs, "parameters": {"explain": 3}})
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    assert set(outputs) == {"fraud_probability", "is_fraud", "contributions", "base_value"}, answer
+    assert answer["parameters"]["margin"] == "log_odds"
+    assert outputs["contributions"]["datatype"] == "FP64"
+    assert outputs["contributions"]["shape"] == [len(complete), len(NUMERIC)]
+    served = np.array(outputs["contributions"]["data"]).reshape(len(complete), len(NUMERIC))
+    contributions, _margin = library_numbers(tracking_uri, names["xgb-numeric"], "xgb-numeric", complete)
+    np.testing.assert_allclose(served, contributions[:, :-1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(outputs["base_value"]["data"], contributions[:, -1], rtol=0, atol=1e-6)
+    assert refused.status_code == 422
+    assert "LightGBM#7357" in refused.text
+
+
+def test_grpc_refuses_explain_rather_than_answering_without_it(
+    service: RunningService, rows: list[dict[str, Any]]
+) -> None:
+    import grpc
+
+    from fraud_inference.grpc._generated import open_inference_pb2 as pb
+    from fraud_inference.grpc._generated import open_inference_pb2_grpc as rpc
+
+    amounts = pb.InferTensorContents(fp64_contents=[float(rows[0]["amount"])])
+    request = pb.ModelInferRequest(
+        model_name="xgb-numeric",
+        parameters={"explain": pb.InferParameter(int64_param=3)},
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="amount", datatype="FP64", shape=[1], contents=amounts)],
+    )
+    with grpc.insecure_channel(service.grpc_target) as channel, pytest.raises(grpc.RpcError) as refused:
+        rpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameters.explain" in (refused.value.details() or "")
