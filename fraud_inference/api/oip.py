@@ -149,7 +149,9 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str | Non
     selection = _select(service, model, version)
     infer = _parse(request, body)
     request_id = request_id_of(request.scope)
-    rows = columns_of(infer, selection.artifact.features, detail=service.settings.error_detail)
+    rows = columns_of(
+        infer, selection.artifact.features, detail=service.settings.error_detail, extra=service.settings.extra_features
+    )
     scored = await service.dataplane.predict(selection, rows, request_id, protocol="oip")
     note_scored(request, scored, "oip")
     return _answer(infer, scored, request_id)
