@@ -18,6 +18,7 @@ import structlog
 
 from fraud_inference.api.error_table import answer_of, where
 from fraud_inference.errors import InvalidRowsError, PredictionError
+from fraud_inference.grpc.limits import MessageTooLargeError, OversizedMessage
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
 from fraud_inference.oip import OipRequestError
@@ -93,7 +94,12 @@ def handled(
             tokens = structlog.contextvars.bind_contextvars(request_id=call.request_id)
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, OversizedMessage):
+                    raise MessageTooLargeError(request)
                 return await handler(self, request, context, call)
+            except MessageTooLargeError as error:
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                await _abort(context, code, str(error), trailer)
             except PredictionError as error:
                 code = grpc.StatusCode[answer_of(error).grpc]
                 await _abort(context, code, message_of(error), trailer)
