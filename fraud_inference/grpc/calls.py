@@ -27,6 +27,7 @@ __all__ = ["REQUEST_ID_KEY", "Accounted", "Call", "handled", "message_of"]
 
 REQUEST_ID_KEY = "x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_DEADLINE_SLACK_S = 0.1
 log = get_logger("fraud_inference.access")
 Servicer = TypeVar("Servicer", bound="Accounted")
 Request = TypeVar("Request")
@@ -65,6 +66,16 @@ def message_of(error: PredictionError) -> str:
         located = where(error, row="row", feature="input", feature_first=True)
         return f"{located}: {error.message}" if located else error.message
     return str(error)
+
+
+def _deadline_passed(context: Any) -> bool:
+    """Whether the call had a deadline (the client's timeout) and it has passed, within `_DEADLINE_SLACK_S`.
+
+    NOTE: the slack, because the client's cancel at its deadline arrives just before the server's copy of that
+    deadline passes: the server counts it from when the call's headers arrived, one trip after the client did
+    (a client that cancels that close to its deadline is counted as its deadline passing)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= _DEADLINE_SLACK_S
 
 
 async def _abort(context: Any, code: grpc.StatusCode, details: str, trailer: tuple[tuple[str, str], ...]) -> NoReturn:
@@ -107,7 +118,10 @@ def handled(
                 code = grpc.StatusCode.INVALID_ARGUMENT
                 await _abort(context, code, error.message, trailer)
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED  # the client went away, or its deadline passed
+                # NOTE: grpcio cancels the call when the client's deadline passes, often just before the servicer's
+                # own timeout at the same instant (`servicer._predict`) fires: count that as the deadline, apart
+                # from a client that cancelled or went away.
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(context) else grpc.StatusCode.CANCELLED
                 raise
             except grpc.aio.AbortError:
                 raise
