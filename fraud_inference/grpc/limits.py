@@ -2,22 +2,25 @@
 REST's 413 is; not by grpcio's own `Received message larger than max`, which no servicer sees.
 
 grpcio is told to take messages up to `receive_ceiling(limit)`, a little more than MAX_BODY_BYTES, and
-`MessageSizeLimit` hands OIP's methods, in place of a message over the limit, an `OversizedMessage` (its size,
-the message never parsed), which `calls.handled` refuses as `MessageTooLargeError`: RESOURCE_EXHAUSTED, logged
-and counted under the method. Past the ceiling grpcio still refuses it itself (RESOURCE_EXHAUSTED, its message,
-not counted): that bounds the memory one message can take, as MAX_BODY_BYTES does on REST.
+`add_inference_service` registers OIP's methods so that they receive, in place of a message over the limit, an
+`OversizedMessage` (its size, the message never parsed), which `calls.handled` refuses as `MessageTooLargeError`:
+RESOURCE_EXHAUSTED, logged and counted under the method. Past the ceiling grpcio still refuses it itself
+(RESOURCE_EXHAUSTED, its message, not counted): that bounds the memory one message can take, as MAX_BODY_BYTES
+does on REST.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import grpc
 
-__all__ = ["MessageSizeLimit", "MessageTooLargeError", "OversizedMessage", "receive_ceiling"]
+from fraud_inference.grpc._generated import open_inference_pb2 as pb
 
-_SERVICE_PREFIX = "/inference.GRPCInferenceService/"
+__all__ = ["SERVICE", "MessageTooLargeError", "OversizedMessage", "add_inference_service", "receive_ceiling"]
+
+SERVICE = "inference.GRPCInferenceService"
 
 
 def receive_ceiling(limit: int) -> int:
@@ -43,32 +46,29 @@ class MessageTooLargeError(Exception):
                          f"{message.size} bytes; send fewer rows per call")  # fmt: skip
 
 
-class MessageSizeLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Give OIP's methods an `OversizedMessage` for a request message over `limit` bytes (MAX_BODY_BYTES), not the
-    parsed message; other services' methods (health) pass untouched. One wrapped handler per method, kept."""
+def add_inference_service(server: grpc.aio.Server, servicer: object, limit: int) -> None:
+    """Register OIP's methods on `server` as the generated `add_GRPCInferenceServiceServicer_to_server` does (every
+    method of the proto's service, its messages as the proto types them), each method given an `OversizedMessage`
+    in place of a request message over `limit` bytes (MAX_BODY_BYTES), the message unparsed.
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._handlers: dict[str, Any] = {}
-
-    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any) -> Any:
-        method: str = handler_call_details.method
-        wrapped = self._handlers.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith(_SERVICE_PREFIX) or handler.request_deserializer is None:
-            return handler
-        wrapped = self._handlers[method] = handler._replace(
-            request_deserializer=self._sized(handler.request_deserializer)
+    NOTE: the deserializers are wrapped once here rather than by an interceptor, which grpc.aio awaits on every
+    call."""
+    service = pb.DESCRIPTOR.services_by_name[SERVICE.rpartition(".")[2]]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_sized(getattr(pb, method.input_type.name).FromString, limit),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
-        return wrapped
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
-    def _sized(self, parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-        limit = self._limit
 
-        def read(message: bytes) -> Any:
-            # NOTE: len() only: a message over the limit is never parsed.
-            return OversizedMessage(len(message), limit) if len(message) > limit else parse(message)
+def _sized(parse: Callable[[bytes], Any], limit: int) -> Callable[[bytes], Any]:
+    def read(message: bytes) -> Any:
+        # NOTE: len() only: a message over the limit is never parsed.
+        return OversizedMessage(len(message), limit) if len(message) > limit else parse(message)
 
-        return read
+    return read
