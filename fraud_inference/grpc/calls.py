@@ -16,14 +16,14 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import grpc
 import structlog
 
-from fraud_inference.api.error_table import answer_of, where
-from fraud_inference.errors import InvalidRowsError, PredictionError
+from fraud_inference.api.error_table import answer_of, oip_message
+from fraud_inference.errors import PredictionError
 from fraud_inference.grpc.limits import MessageTooLargeError, OversizedMessage
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
 from fraud_inference.oip import OipRequestError
 
-__all__ = ["REQUEST_ID_KEY", "Accounted", "Call", "handled", "message_of"]
+__all__ = ["REQUEST_ID_KEY", "Accounted", "Call", "handled"]
 
 REQUEST_ID_KEY = "x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -58,14 +58,6 @@ def _request_id(context: grpc.aio.ServicerContext, request: object) -> str:
             return value
     sent = getattr(request, "id", "")
     return sent if isinstance(sent, str) and _SANE.fullmatch(sent) else os.urandom(16).hex()
-
-
-def message_of(error: PredictionError) -> str:
-    """The core's error in OIP's words (`input 'amount', row 3: ...`), as REST's /v2 words it."""
-    if isinstance(error, InvalidRowsError):
-        located = where(error, row="row", feature="input", feature_first=True)
-        return f"{located}: {error.message}" if located else error.message
-    return str(error)
 
 
 def _deadline_passed(context: Any) -> bool:
@@ -113,7 +105,7 @@ def handled(
                 await _abort(context, code, str(error), trailer)
             except PredictionError as error:
                 code = grpc.StatusCode[answer_of(error).grpc]
-                await _abort(context, code, message_of(error), trailer)
+                await _abort(context, code, oip_message(error), trailer)
             except OipRequestError as error:
                 code = grpc.StatusCode.INVALID_ARGUMENT
                 await _abort(context, code, error.message, trailer)
