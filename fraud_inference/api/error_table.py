@@ -21,7 +21,7 @@ from fraud_inference.errors import (
     UnknownModelError,
 )
 
-__all__ = ["ERRORS", "ErrorAnswer", "answer_of", "where"]
+__all__ = ["ERRORS", "ErrorAnswer", "answer_of", "oip_message", "where"]
 
 
 class ErrorAnswer(NamedTuple):
@@ -78,3 +78,12 @@ def where(error: InvalidRowsError, *, row: str, feature: str, feature_first: boo
     if error.feature is not None:
         parts.insert(0 if feature_first else len(parts), f"{feature} {error.feature!r}")
     return ", ".join(parts)
+
+
+def oip_message(error: PredictionError) -> str:
+    """The core's error in the Open Inference Protocol's words (`input 'amount', row 3: ...`): REST's /v2 error
+    and gRPC's status details say the same."""
+    if isinstance(error, InvalidRowsError):
+        located = where(error, row="row", feature="input", feature_first=True)
+        return f"{located}: {error.message}" if located else error.message
+    return str(error)

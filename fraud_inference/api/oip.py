@@ -25,7 +25,7 @@ from litestar.types import ASGIApp
 
 from fraud_inference import __version__
 from fraud_inference.api.body import read_body
-from fraud_inference.api.error_table import answer_of, where
+from fraud_inference.api.error_table import answer_of, oip_message
 from fraud_inference.api.errors import log_unhandled
 from fraud_inference.api.protocol import (
     JSON,
@@ -38,7 +38,7 @@ from fraud_inference.api.protocol import (
 )
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.dataplane import ScoredRows, Selection
-from fraud_inference.errors import InvalidRowsError, NotReadyError, PredictionError
+from fraud_inference.errors import NotReadyError, PredictionError
 from fraud_inference.models.signature_errors import clip_names
 from fraud_inference.oip import (
     DATATYPE_NAMES,
@@ -153,7 +153,9 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str | Non
     selection = _select(service, model, version)
     infer = _parse(request, body)
     request_id = request_id_of(request.scope)
-    rows = columns_of(infer, selection.artifact.features, detail=service.settings.error_detail)
+    rows = columns_of(
+        infer, selection.artifact.features, detail=service.settings.error_detail, extra=service.settings.extra_features
+    )
     explained, explain = None, explain_of(infer)
     if explain is None:
         scored = await service.dataplane.predict(selection, rows, request_id, protocol="oip")
@@ -320,12 +322,7 @@ async def version_infer(request: Request[Any, Any, Any], model: FromPath[str], v
 
 def _render_prediction_error(_request: Request[Any, Any, Any], error: PredictionError) -> Response[OipError]:
     status = answer_of(error).oip
-    if isinstance(error, InvalidRowsError):
-        located = where(error, row="row", feature="input", feature_first=True)
-        message = f"{located}: {error.message}" if located else error.message
-    else:
-        message = str(error)
-    return Response(OipError(message), status_code=status, headers=_RETRY_AFTER if status == 503 else None)
+    return Response(OipError(oip_message(error)), status_code=status, headers=_RETRY_AFTER if status == 503 else None)
 
 
 def _render_unhandled(request: Request[Any, Any, Any], error: Exception) -> Response[OipError]:

@@ -16,16 +16,18 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import grpc
 import structlog
 
-from fraud_inference.api.error_table import answer_of, where
-from fraud_inference.errors import InvalidRowsError, PredictionError
+from fraud_inference.api.error_table import answer_of, oip_message
+from fraud_inference.errors import PredictionError
+from fraud_inference.grpc.limits import MessageTooLargeError, OversizedMessage
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
 from fraud_inference.oip import OipRequestError
 
-__all__ = ["REQUEST_ID_KEY", "Accounted", "Call", "handled", "message_of"]
+__all__ = ["REQUEST_ID_KEY", "Accounted", "Call", "handled"]
 
 REQUEST_ID_KEY = "x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_DEADLINE_SLACK_S = 0.1
 log = get_logger("fraud_inference.access")
 Servicer = TypeVar("Servicer", bound="Accounted")
 Request = TypeVar("Request")
@@ -58,12 +60,14 @@ def _request_id(context: grpc.aio.ServicerContext, request: object) -> str:
     return sent if isinstance(sent, str) and _SANE.fullmatch(sent) else os.urandom(16).hex()
 
 
-def message_of(error: PredictionError) -> str:
-    """The core's error in OIP's words (`input 'amount', row 3: ...`), as REST's /v2 words it."""
-    if isinstance(error, InvalidRowsError):
-        located = where(error, row="row", feature="input", feature_first=True)
-        return f"{located}: {error.message}" if located else error.message
-    return str(error)
+def _deadline_passed(context: Any) -> bool:
+    """Whether the call had a deadline (the client's timeout) and it has passed, within `_DEADLINE_SLACK_S`.
+
+    NOTE: the slack, because the client's cancel at its deadline arrives just before the server's copy of that
+    deadline passes: the server counts it from when the call's headers arrived, one trip after the client did
+    (a client that cancels that close to its deadline is counted as its deadline passing)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= _DEADLINE_SLACK_S
 
 
 async def _abort(context: Any, code: grpc.StatusCode, details: str, trailer: tuple[tuple[str, str], ...]) -> NoReturn:
@@ -93,15 +97,23 @@ def handled(
             tokens = structlog.contextvars.bind_contextvars(request_id=call.request_id)
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, OversizedMessage):
+                    raise MessageTooLargeError(request)
                 return await handler(self, request, context, call)
+            except MessageTooLargeError as error:
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                await _abort(context, code, str(error), trailer)
             except PredictionError as error:
                 code = grpc.StatusCode[answer_of(error).grpc]
-                await _abort(context, code, message_of(error), trailer)
+                await _abort(context, code, oip_message(error), trailer)
             except OipRequestError as error:
                 code = grpc.StatusCode.INVALID_ARGUMENT
                 await _abort(context, code, error.message, trailer)
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED  # the client went away, or its deadline passed
+                # NOTE: grpcio cancels the call when the client's deadline passes, often just before the servicer's
+                # own timeout at the same instant (`servicer._predict`) fires: count that as the deadline, apart
+                # from a client that cancelled or went away.
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(context) else grpc.StatusCode.CANCELLED
                 raise
             except grpc.aio.AbortError:
                 raise

@@ -67,8 +67,16 @@ def _set_parameters(target: MutableMapping[str, pb.InferParameter], values: Mapp
 
 def _typed_values(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
     """A tensor's typed `contents` for its datatype (empty for a datatype OIP does not define: the codec refuses
-    it by name)."""
+    it by name). Values in another field of `contents` than the datatype's are refused naming the input, its
+    datatype and the field its values go in: read as they are, they would be an empty tensor."""
     field = CONTENTS.get(tensor.datatype)
+    sent = [descriptor.name for descriptor, _values in tensor.contents.ListFields()]
+    misplaced = next((name for name in sent if name != field), None)
+    if misplaced is not None and (field is not None or tensor.datatype == "FP16"):
+        where = f"contents.{field}" if field is not None else "raw_input_contents (it has no typed contents field)"
+        raise OipRequestError(f"input {tensor.name[:64]!r}: datatype {tensor.datatype} takes its values in {where}, "
+                              f"not contents.{misplaced}: send them there, or declare the datatype they are",
+                              input_name=tensor.name)  # fmt: skip
     if field is None:
         return []
     values = getattr(tensor.contents, field)

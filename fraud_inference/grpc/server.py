@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from fraud_inference.grpc._generated import open_inference_pb2_grpc as pb_grpc
 from fraud_inference.grpc.health import ReadinessHealth
+from fraud_inference.grpc.limits import add_inference_service, receive_ceiling
 from fraud_inference.grpc.servicer import InferenceServicer
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.service import FraudService
@@ -40,14 +40,15 @@ class GrpcServer:
         settings = self._service.settings
         server = grpc.aio.server(
             options=[
-                # MAX_BODY_BYTES bounds a message as it bounds a REST body: past it, RESOURCE_EXHAUSTED.
-                ("grpc.max_receive_message_length", settings.max_body_bytes),
+                # MAX_BODY_BYTES bounds a message as it bounds a REST body: past it, RESOURCE_EXHAUSTED. grpcio reads
+                # a little more, for the service to refuse it in its words and count it (`limits`).
+                ("grpc.max_receive_message_length", receive_ceiling(settings.max_body_bytes)),
                 ("grpc.max_send_message_length", -1),
                 # NOTE: gRPC sets SO_REUSEPORT by default, so a second server would share the port silently.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._service), server)
+        add_inference_service(server, InferenceServicer(self._service), settings.max_body_bytes)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
             server.add_insecure_port(self.address)

@@ -38,8 +38,12 @@ class InferenceServicer:
         self.metrics = service.metrics
         self.series: dict[tuple[str, str], Any] = {}
 
-    def _select(self, model: str, version: str) -> Selection:
-        """The served `model`, and when a version is named, only if it is the one served now."""
+    def _select(self, model: str, version: str, *, field: str = "name") -> Selection:
+        """The served `model`, and when a version is named, only if it is the one served now. An empty name
+        (`field`, as the message calls it) is refused: OIP names the model in every call, as REST's
+        /v2/models/{model} path does (where an empty name matches no route), so no default model answers it."""
+        if not model:
+            raise OipRequestError(f"{field} is empty: name the model to call, as in REST's /v2/models/{{model}}")
         selection = self.service.dataplane.select(model)
         if version and version != selection.artifact.ref.version:
             raise VersionNotServedError(model, version)
@@ -80,11 +84,13 @@ class InferenceServicer:
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any, call: Call) -> pb.ModelInferResponse:
         dataplane = self.service.dataplane
         dataplane.check_capacity()
-        selection = self._select(request.model_name, request.model_version)
+        selection = self._select(request.model_name, request.model_version, field="model_name")
         infer = infer_request_of(request)
         if explain_of(infer) is not None:  # NOTE: refused, never ignored: a client must not read a plain answer as one
             raise OipRequestError("parameters.explain: explanations are answered over REST only for now (/v2 infer)")
-        rows = columns_of(infer, selection.artifact.features, detail=self.service.settings.error_detail)
+        settings = self.service.settings
+        rows = columns_of(infer, selection.artifact.features, detail=settings.error_detail,
+                          extra=settings.extra_features)  # fmt: skip
         scored = await self._predict(selection, rows, call.request_id, context.time_remaining())
         call.fields.update(model=selection.key, version=scored.ref.version,
                            generation=selection.generation.number, rows=len(scored.probabilities))  # fmt: skip

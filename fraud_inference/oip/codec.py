@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from fraud_inference.dataplane import ScoredRows, Selection
 from fraud_inference.models.artifact import FeatureSpec
+from fraud_inference.models.signature import ExtraFeatures
 from fraud_inference.models.signature_errors import ErrorDetail
 from fraud_inference.oip.errors import OipRequestError
 from fraud_inference.oip.tensors import DATATYPES, check_datatype, from_raw, to_raw, values_of
@@ -71,10 +72,13 @@ def read_raw_contents(infer: InferRequest, raw_contents: Sequence[bytes]) -> Inf
     return infer
 
 
-def columns_of(infer: InferRequest, features: Sequence[FeatureSpec], *, detail: ErrorDetail) -> bytes | Columns:
+def columns_of(
+    infer: InferRequest, features: Sequence[FeatureSpec], *, detail: ErrorDetail, extra: ExtraFeatures = "reject"
+) -> bytes | Columns:
     """The request's rows as the core takes them (`Columns`, one per feature), from one tensor per feature
-    (shape `[n]` or `[n, 1]`) or one `[n, features]` tensor in the signature's order; names and types are checked
-    by the worker against the signature."""
+    (shape `[n]` or `[n, 1]`) or one `[n, features]` tensor in the signature's order. Each input is checked here
+    against the signature's names (a required one missing, or one the model does not take under
+    EXTRA_FEATURES=reject, refused naming the input; under `ignore` dropped); types by the worker."""
     names = [feature.name for feature in features]
     if not infer.inputs:
         raise OipRequestError("inputs is empty: send one tensor per feature, or one [n, features] tensor")
@@ -84,6 +88,7 @@ def columns_of(infer: InferRequest, features: Sequence[FeatureSpec], *, detail: 
         columns = _feature_columns(infer)
     if not next(iter(columns.values())):
         raise refuse_empty(f"input {infer.inputs[0].name[:64]!r}")
+    _check_names(columns, features, detail=detail, extra=extra)
     for feature in features:
         if feature.type == "boolean" and feature.name in columns:
             columns[feature.name] = _as_booleans(columns[feature.name])
@@ -122,6 +127,35 @@ def _feature_columns(infer: InferRequest) -> dict[str, list[Any]]:
                               f"{counts[first]}: every input tensor must hold one value per row",
                               input_name=other)  # fmt: skip
     return columns
+
+
+def _check_names(
+    columns: dict[str, list[Any]], features: Sequence[FeatureSpec], *, detail: ErrorDetail, extra: ExtraFeatures
+) -> None:
+    """Refuse an input the model does not take (or drop it, under EXTRA_FEATURES=ignore) and a required one left
+    out, in OIP's words: `input 'x', row 0: ...` (the first row lacking it), as the core words a value's problem.
+
+    NOTE: checked here, not left to the worker, whose refusal speaks of JSON objects and fields (`Object missing
+    required field`): REST's /v2 and gRPC share this one wording. ERROR_DETAIL=generic names no feature the
+    client did not send itself."""
+    expected = {feature.name for feature in features}
+    hint = (f"the model's inputs are: {', '.join(feature.name for feature in features)}" if detail == "full"
+            else "send one tensor per input of the model's metadata")  # fmt: skip
+    unknown = [name for name in columns if name not in expected]
+    if unknown and extra == "reject":
+        name = unknown[0]
+        raise OipRequestError(f"input {name[:64]!r}, row 0: not an input of this model; {hint}",
+                              input_name=name, row=0)  # fmt: skip
+    for name in unknown:
+        del columns[name]
+    missing = next((feature.name for feature in features if feature.required and feature.name not in columns), None)
+    if missing is not None:
+        if detail == "generic":
+            raise OipRequestError(f"row 0: an input the model needs is missing; {hint}", row=0)
+        raise OipRequestError(f"input {missing!r}, row 0: missing: every row needs a value for this input; {hint}",
+                              input_name=missing, row=0)  # fmt: skip
+    if not columns:  # only inputs the model ignores, and none it requires
+        raise OipRequestError(f"no input of this model was sent; {hint}")
 
 
 def _as_booleans(values: list[Any]) -> list[Any]:

@@ -193,8 +193,10 @@ def expect_refused(
     oip: bool = True,
     datatypes: dict[str, str] = DATATYPES,
     matrix: bool = True,
+    oip_input: str | None = None,
 ) -> None:
-    """The row path's refusal of `records`, then every columnar form's: same status, same row and column."""
+    """The row path's refusal of `records`, then every columnar form's: same status, same row and column (OIP's
+    names `oip_input` when given: a tensor missing or not the model's, which rows name as a JSON field)."""
     v1 = client.post("/v1/predict", json={"model": model, "instances": records})
     assert v1.status_code in (413, 422), v1.text
     match = _V1_WHERE.match(v1.json()["detail"])
@@ -207,7 +209,8 @@ def expect_refused(
         assert (response.status_code, response.json()) == (400, as_records.json()), form
     if not oip:
         return
-    parts = ([] if feature is None else [f"input '{feature}'"]) + ([] if row is None else [f"row {row}"])
+    named = oip_input or feature
+    parts = ([] if named is None else [f"input '{named}'"]) + ([] if row is None else [f"row {row}"])
     for form, body in tensor_forms(records, names, datatypes).items():
         if form == "matrix-flat" and not matrix:
             continue  # a matrix of another width is refused before any row is read
@@ -252,11 +255,11 @@ def test_a_value_of_the_wrong_type_is_refused_as_in_rows(
 
 def test_a_missing_or_unknown_column_is_refused_as_in_rows(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]
     without = [{k: v for k, v in row.items() if k != "amount"} for row in demo_records(transactions)]
-    expect_refused(client, "xgboost", without, NAMES[1:], row=0, feature=None, datatypes=DEMO_DATATYPES, matrix=False)
+    expect_refused(client, "xgboost", without, NAMES[1:], row=0, feature=None, datatypes=DEMO_DATATYPES, matrix=False,
+                   oip_input="amount")  # fmt: skip
     extra = [{**row, "coupon": 1.0} for row in demo_records(transactions)]
-    expect_refused(
-        client, "xgboost", extra, [*NAMES, "coupon"], row=0, feature=None, datatypes=DEMO_DATATYPES, matrix=False
-    )
+    expect_refused(client, "xgboost", extra, [*NAMES, "coupon"], row=0, feature=None, datatypes=DEMO_DATATYPES,
+                   matrix=False, oip_input="coupon")  # fmt: skip
 
 
 def test_more_rows_than_max_batch_rows_are_refused_as_in_rows(client: TestClient, transactions: pd.DataFrame) -> None:  # type: ignore[type-arg]

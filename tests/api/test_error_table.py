@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fraud_inference import errors
-from fraud_inference.api.error_table import ERRORS, answer_of, where
+from fraud_inference.api.error_table import ERRORS, answer_of, oip_message, where
 from fraud_inference.errors import InvalidRowsError, PredictionError, TooManyRowsError
 
 
@@ -56,3 +56,11 @@ def test_where_names_the_row_and_the_feature_in_each_protocols_words(
     error = InvalidRowsError("is not a number", row=row, feature=feature)
     assert where(error, row="row", feature="column", feature_first=False) == mlflow
     assert where(error, row="row", feature="input", feature_first=True) == oip
+
+
+def test_oip_words_an_error_as_rest_v2_and_grpc_both_say_it() -> None:
+    assert oip_message(InvalidRowsError("value inf is not a finite number", row=1, feature="amount")) == (
+        "input 'amount', row 1: value inf is not a finite number"
+    )
+    assert oip_message(InvalidRowsError("is empty: send at least one row")) == "is empty: send at least one row"
+    assert oip_message(TooManyRowsError(101, 100)) == "101 rows exceed MAX_BATCH_ROWS=100"

@@ -7,6 +7,7 @@ draining the calls in flight; BYTES tensors for a real model's string features.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ import pandas as pd
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from fraud_inference.demo.dataset import FEATURES
@@ -171,6 +173,19 @@ def test_a_deadline_shorter_than_scoring_is_deadline_exceeded_and_frees_the_work
     for _ in range(5):
         call("next", transactions.head(5), 30)
         following.append(results["next"])
+    # A client that cancels (its deadline far off) is counted CANCELLED, apart from the deadline above.
+    with grpc.insecure_channel(service.grpc_target) as channel:
+        request = service_pb2.ModelInferRequest(model_name="xgboost")
+        request.inputs.add(name="transactions", datatype="FP64", shape=[len(large), len(NAMES)])
+        request.raw_input_contents.append(large[NAMES].to_numpy(dtype=np.float64).tobytes())
+        cancelled = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer.future(request, timeout=30)
+        time.sleep(0.5)  # the worker has it
+        cancelled.cancel()
+    counts = grpc_counts(service, "ModelInfer")
+    bound = time.monotonic() + 30  # a bound, not a timing: the server sees the cancel when the stream's reset arrives
+    while "CANCELLED" not in counts and time.monotonic() < bound:
+        time.sleep(0.2)
+        counts = grpc_counts(service, "ModelInfer")
 
     assert isinstance(results["slow"], InferenceServerException), results["slow"]
     assert results["slow"].status() == "StatusCode.DEADLINE_EXCEEDED"
@@ -186,7 +201,19 @@ def test_a_deadline_shorter_than_scoring_is_deadline_exceeded_and_frees_the_work
     assert worker_pids(service) == worker
     assert '"worker.hung"' not in service.log()
     lines = [json.loads(line) for line in service.log().splitlines() if '"grpc.request"' in line]
-    assert {line["status"] for line in lines} >= {"OK", "RESOURCE_EXHAUSTED"}
+    assert {line["status"] for line in lines} >= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED"}
+    # The deadline that passed is DEADLINE_EXCEEDED in the metrics too (grpcio cancels the call at the deadline:
+    # that was counted CANCELLED before), and only the call cancelled by its client is CANCELLED.
+    assert counts["DEADLINE_EXCEEDED"] == 1, counts
+    assert counts["CANCELLED"] == 1, counts
+
+
+def grpc_counts(service: RunningService, method: str) -> dict[str, float]:
+    """fraud_inference_grpc_requests_total of `method`, by status code."""
+    with service.client() as http:
+        metrics = http.get("/metrics").text
+    found = re.findall(rf'fraud_inference_grpc_requests_total{{code="(\w+)",method="{method}"}} (\S+)', metrics)
+    return {code: float(value) for code, value in found}
 
 
 def test_health_and_readiness_answer_not_ready_with_the_reason_while_the_registry_is_unreachable(

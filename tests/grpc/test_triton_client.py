@@ -12,6 +12,7 @@ generated modules are never imported here, since protobuf refuses two files defi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,7 @@ def test_each_refusal_has_its_status_code(client: triton.InferenceServerClient, 
     one.set_data_from_numpy(np.array([12.5]))
     missing = refused(lambda: client.infer("xgboost", [one]))
     assert missing.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "row 0" in missing.message()
+    assert missing.message().startswith("input 'hour_of_day', row 0: missing: ")
 
     unknown = refused(lambda: client.infer("catboost", [matrix_input(transactions.head(1))]))
     assert unknown.status() == "StatusCode.NOT_FOUND"
@@ -214,6 +215,91 @@ def test_each_refusal_has_its_status_code(client: triton.InferenceServerClient, 
     too_large = pd.concat([transactions] * 6).head(MAX_BODY_BYTES // (8 * len(NAMES)) + 10)
     size = refused(lambda: client.infer("xgboost", [matrix_input(too_large)]))
     assert size.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert size.message().startswith(f"the request message is over MAX_BODY_BYTES ({MAX_BODY_BYTES} bytes): it holds ")
+
+
+def counted(service: RunningService, method: str, code: str) -> float:
+    """fraud_inference_grpc_requests_total for `method` and `code` now (0 before the first such call)."""
+    with service.client() as http:
+        metrics = http.get("/metrics").text
+    series = f'fraud_inference_grpc_requests_total{{code="{code}",method="{method}"}} '
+    return next((float(line.removeprefix(series)) for line in metrics.splitlines() if line.startswith(series)), 0.0)
+
+
+def test_a_message_over_max_body_bytes_is_refused_in_the_services_words_logged_and_counted(
+    service: RunningService, client: triton.InferenceServerClient, transactions: pd.DataFrame
+) -> None:
+    """As REST's 413: the service's own refusal naming MAX_BODY_BYTES, one access-log line, one count; not grpcio's
+    `Received message larger than max`, which no servicer sees."""
+    before = counted(service, "ModelInfer", "RESOURCE_EXHAUSTED")
+    rows = MAX_BODY_BYTES // (8 * len(NAMES)) + 1  # one row over: the raw FP64 matrix alone is past the limit
+    over = pd.concat([transactions] * 4).head(rows)
+    size = refused(lambda: client.infer("xgboost", [matrix_input(over)], request_id="too-large-1"))
+    assert size.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    said = re.fullmatch(rf"the request message is over MAX_BODY_BYTES \({MAX_BODY_BYTES} bytes\): it holds (\d+) "
+                        "bytes; send fewer rows per call", size.message())  # fmt: skip
+    assert said is not None, size.message()
+    assert 0 < int(said.group(1)) - rows * 8 * len(NAMES) < 200  # the matrix, and the message's few other fields
+    assert counted(service, "ModelInfer", "RESOURCE_EXHAUSTED") == before + 1
+    lines = [json.loads(line) for line in service.log().splitlines() if '"grpc.request"' in line]
+    assert any(line["status"] == "RESOURCE_EXHAUSTED" and line["method"] == "ModelInfer" for line in lines)
+
+
+def test_missing_and_extra_inputs_are_refused_in_oip_terms_as_rest_words_them(
+    service: RunningService, client: triton.InferenceServerClient, transactions: pd.DataFrame
+) -> None:
+    frame = transactions.head(2)
+    tensors = {}
+    for feature in FEATURES:
+        tensor = triton.InferInput(feature.name, [len(frame)], DATATYPE[feature.kind])
+        tensor.set_data_from_numpy(frame[feature.name].to_numpy(dtype=NUMPY[feature.kind]))
+        tensors[feature.name] = tensor
+    coupon = triton.InferInput("coupon", [len(frame)], "FP64")
+    coupon.set_data_from_numpy(np.array([1.0, 0.0]))
+    inputs = ", ".join(NAMES)
+
+    missing = refused(lambda: client.infer("xgboost", [t for name, t in tensors.items() if name != "amount"]))
+    extra = refused(lambda: client.infer("xgboost", [*tensors.values(), coupon]))
+
+    assert missing.status() == extra.status() == "StatusCode.INVALID_ARGUMENT"
+    assert missing.message() == (
+        f"input 'amount', row 0: missing: every row needs a value for this input; the model's inputs are: {inputs}"
+    )
+    assert extra.message() == f"input 'coupon', row 0: not an input of this model; the model's inputs are: {inputs}"
+    # REST's /v2 words both the same way (one codec).
+    with service.client() as http:
+        rest = http.post("/v2/models/xgboost/infer", json={"inputs": [
+            {"name": name, "shape": [len(frame)], "datatype": "FP64", "data": frame[name].astype(float).tolist()}
+            for name in NAMES if name != "amount"
+        ]})  # fmt: skip
+    assert (rest.status_code, rest.json()["error"]) == (400, missing.message())
+
+
+def test_typed_values_in_the_wrong_contents_field_are_refused_naming_the_input_datatype_and_field(
+    service: RunningService,
+) -> None:
+    request = service_pb2.ModelInferRequest(model_name="xgboost")
+    tensor = request.inputs.add(name="transactions", datatype="FP64", shape=[1, len(NAMES)])
+    tensor.contents.int64_contents.extend(range(len(NAMES)))
+    with grpc.insecure_channel(service.grpc_target) as channel, pytest.raises(grpc.RpcError) as raised:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == (
+        "input 'transactions': datatype FP64 takes its values in contents.fp64_contents, not "
+        "contents.int64_contents: send them there, or declare the datatype they are"
+    )
+
+
+def test_an_empty_model_name_is_refused_naming_the_field(
+    client: triton.InferenceServerClient, transactions: pd.DataFrame
+) -> None:
+    """OIP names the model in every call (REST's /v2/models/{model}/infer has no route without one): no default
+    model answers an empty name."""
+    infer = refused(lambda: client.infer("", [matrix_input(transactions.head(1))]))
+    metadata = refused(lambda: client.get_model_metadata(""))
+    assert infer.status() == metadata.status() == "StatusCode.INVALID_ARGUMENT"
+    assert infer.message() == "model_name is empty: name the model to call, as in REST's /v2/models/{model}"
+    assert metadata.message() == "name is empty: name the model to call, as in REST's /v2/models/{model}"
 
 
 def test_the_request_id_is_echoed_in_the_trailing_metadata_and_logged(

@@ -149,6 +149,53 @@ def test_an_input_sent_twice_is_refused_naming_it() -> None:
     assert "sent more than once" in refused.message
 
 
+def test_a_missing_input_is_refused_in_oip_terms_naming_it_and_the_model_inputs() -> None:
+    infer = _per_feature()
+    del infer.inputs[1]
+
+    refused = _refusal(infer)
+
+    assert (refused.input_name, refused.row) == ("txn_count_24h", 0)
+    assert refused.message == (
+        "input 'txn_count_24h', row 0: missing: every row needs a value for this input; "
+        "the model's inputs are: amount, txn_count_24h, is_foreign, merchant"
+    )
+
+
+def test_an_optional_input_may_be_left_out() -> None:
+    features = (*FEATURES[:3], FeatureSpec("merchant", "string", required=False))
+    infer = _per_feature()
+    del infer.inputs[3]
+
+    assert list(_columns(columns_of(read_raw_contents(infer, ()), features, detail="full"))) == [
+        "amount", "txn_count_24h", "is_foreign",
+    ]  # fmt: skip
+
+
+def test_an_input_the_model_does_not_take_is_refused_or_dropped_as_extra_features_says() -> None:
+    coupon = RequestInput(name="coupon", shape=[2], datatype="FP64", data=[1.0, 0.0])
+
+    refused = _refusal(_per_feature(coupon=coupon))
+    kept = columns_of(read_raw_contents(_per_feature(coupon=coupon), ()), FEATURES, detail="full", extra="ignore")
+
+    assert (refused.input_name, refused.row) == ("coupon", 0)
+    assert refused.message.startswith("input 'coupon', row 0: not an input of this model; the model's inputs are: ")
+    assert list(_columns(kept)) == ["amount", "txn_count_24h", "is_foreign", "merchant"]
+
+
+def test_generic_error_detail_names_no_feature_the_client_did_not_send() -> None:
+    infer = _per_feature()
+    del infer.inputs[1]
+
+    with pytest.raises(OipRequestError) as refused:
+        columns_of(read_raw_contents(infer, ()), FEATURES, detail="generic")
+
+    assert refused.value.message == (
+        "row 0: an input the model needs is missing; send one tensor per input of the model's metadata"
+    )
+    assert refused.value.input_name is None
+
+
 def test_a_value_that_does_not_fit_its_datatype_is_refused_at_its_input_and_row() -> None:
     matrix = RequestInput(name="input", shape=[2, 4], datatype="INT64", data=[1, 2, 0, 3, 4, 5.5, 1, 6])
 
