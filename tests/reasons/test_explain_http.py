@@ -204,8 +204,10 @@ def test_grpc_refuses_explain_rather_than_answering_without_it(
 ) -> None:
     import grpc
 
-    from fraud_inference.grpc._generated import open_inference_pb2 as pb
-    from fraud_inference.grpc._generated import open_inference_pb2_grpc as rpc
+    # NOTE: tritonclient's compiled proto, as tests/grpc's: protobuf refuses a second module defining the same
+    # message names (ours) in a process that imported it, and a full run imports both.
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as rpc
 
     amounts = pb.InferTensorContents(fp64_contents=[float(rows[0]["amount"])])
     request = pb.ModelInferRequest(
