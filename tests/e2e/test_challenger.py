@@ -100,7 +100,7 @@ def test_the_challengers_decisions_are_counted_as_mlflow_decides_and_deleting_it
         {"MLFLOW_TRACKING_URI": private_registry, "WORKERS": "1", "MODELS": f"xgboost={SERVED}", "API_KEYS": ADMIN_KEY},
     )
     service.wait_ready()
-    with service.client(timeout=180) as client:
+    with httpx.Client(base_url=service.base_url, timeout=180) as client:
         version = client.get("/v1/version").json()["models"]["xgboost"]
         assert version["version"] == "1"
         assert version["challenger"] == {
@@ -124,8 +124,9 @@ def test_the_challengers_decisions_are_counted_as_mlflow_decides_and_deleting_it
             for labels, count in metric_values(client, "fraud_inference_shadow_decisions_total").items()
         }
         assert {key: count for key, count in counted.items() if count} == {k: v for k, v in expected.items() if v}
-        differences = metric_values(client, "fraud_inference_shadow_score_difference_count")
-        assert differences == {frozenset({("model", "xgboost")}): len(frame)}
+        # Negative buckets: prometheus-client exports no _count nor _sum, the +Inf bucket counts every row.
+        differences = metric_values(client, "fraud_inference_shadow_score_difference_bucket")
+        assert differences[frozenset({("model", "xgboost"), ("le", "+Inf")})] == len(frame)
         logged = [json.loads(line) for line in service.log().splitlines() if '"shadow.disagreement"' in line]
         assert len(logged) == expected[("fraud", "legit")] + expected[("legit", "fraud")]
         assert {line["challenger_version"] for line in logged} == {challenger}
