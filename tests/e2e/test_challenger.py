@@ -1,5 +1,5 @@
 """Champion and challenger through granian and the real pool: the challenger's decisions counted exactly as MLflow's
-own loaders decide, the alias deleted under load, and a challenger the parity gate refuses."""
+own loaders decide, the alias moved and deleted under load, and a challenger the parity gate refuses."""
 
 from __future__ import annotations
 
@@ -131,18 +131,24 @@ def test_the_challengers_decisions_are_counted_as_mlflow_decides_and_deleting_it
         assert len(logged) == expected[("fraud", "legit")] + expected[("legit", "fraud")]
         assert {line["challenger_version"] for line in logged} == {challenger}
 
-        # Deleting the alias under load: the refresh swaps to a generation without the challenger, nothing fails.
+        # Moving, then deleting the alias under load: each refresh swaps every worker to a generation with the
+        # next challenger, then without one; the champion answers every request meanwhile.
+        moved = register_challenger(private_registry, threshold="0.3")
         payload = {"model": "xgboost", "instances": records(frame.head(3))}
-        with Load(service.base_url, lambda: payload, clients=2, max_seconds=60) as load:
+        registry = MlflowClient(tracking_uri=private_registry, registry_uri=private_registry)
+        with Load(service.base_url, lambda: payload, clients=2, max_seconds=120) as load:
             time.sleep(1.0)
-            MlflowClient(tracking_uri=private_registry, registry_uri=private_registry).delete_registered_model_alias(
-                SERVED, "challenger"
-            )
+            registry.set_registered_model_alias(SERVED, "challenger", moved)
+            move = client.post("/admin/refresh-models", headers={"X-API-Key": ADMIN_KEY})
+            registry.delete_registered_model_alias(SERVED, "challenger")
             refresh = client.post("/admin/refresh-models", headers={"X-API-Key": ADMIN_KEY})
             time.sleep(1.0)
         answers = load.stop()
+        assert move.status_code == 200, move.text
+        assert (move.json()["changed"], move.json()["models"]["xgboost"]["challenger"]["version"]) == ({}, moved)
         assert refresh.status_code == 200, refresh.text
         assert refresh.json()["changed"] == {}
+        assert refresh.json()["generation"] == move.json()["generation"] + 1
         assert refresh.json()["models"]["xgboost"]["challenger"] is None
         assert client.get("/v1/version").json()["models"]["xgboost"]["challenger"] is None
     assert len(answers) > 20
