@@ -10,16 +10,19 @@ import random
 import shutil
 import tempfile
 from collections.abc import Collection, Mapping
+from functools import partial
 from pathlib import Path
 
 import msgspec
 
+from fraud_inference.challengers import Challengers, prepare_challengers
 from fraud_inference.models.artifact import ModelArtifact, UnservableModelError
 from fraud_inference.models.reading import fetch_artifact
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.observability.metrics import Metrics
 from fraud_inference.parity import check_parity_isolated
 from fraud_inference.pool import InferencePool
+from fraud_inference.pool.shadow_messages import CHALLENGER_LOAD_ERROR
 from fraud_inference.registry import ModelRef, Registry, RegistryUnavailableError, ResolutionError
 from fraud_inference.settings import Settings
 
@@ -54,6 +57,8 @@ class Generation(msgspec.Struct, frozen=True):
     models: dict[str, ModelArtifact]
     positive_classes: dict[str, str | None] = msgspec.field(default_factory=dict)
     """Per model, the class whose probability is scored, as the workers found it at load (None: a custom model)."""
+    challengers: Challengers = msgspec.field(default_factory=Challengers)
+    """Per model, its challenger (CHALLENGER_ALIAS) loaded beside it in every worker, or refused and why."""
 
 
 class VersionChange(msgspec.Struct, frozen=True, rename={"previous": "from", "current": "to"}):
@@ -68,6 +73,8 @@ class RefreshOutcome(msgspec.Struct, frozen=True):
 
     generation: Generation
     changed: dict[str, VersionChange]
+    challengers_changed: tuple[str, ...] = ()
+    """Models whose challenger was set, moved or deleted (its alias), or is tried again."""
 
 
 class ModelLifecycle:
@@ -160,17 +167,25 @@ class ModelLifecycle:
                 for key, ref in refs.items()
                 if current.get(key) != ref
             }
-            if not changed:
+            challengers = await self.resolve_challengers(refs)
+            settled = active.challengers.refs()
+            challengers_changed = tuple(
+                sorted(key for key in {*challengers, *settled} if challengers.get(key) != settled.get(key))
+            )
+            if not changed and not challengers_changed:
                 log.info("refresh.unchanged", generation=active.number)
                 return RefreshOutcome(generation=active, changed={})
-            generation = await self.load_generation(refs, gate=changed.keys())
+            generation = await self.load_generation(
+                refs, gate=changed.keys(), challengers=challengers, previous=active.challengers
+            )
             log.info(
                 "refresh.swapped",
                 generation=generation.number,
                 previous=active.number,
                 changed={key: msgspec.to_builtins(change) for key, change in changed.items()},
+                challengers_changed=challengers_changed,
             )
-            return RefreshOutcome(generation=generation, changed=changed)
+            return RefreshOutcome(generation=generation, changed=changed, challengers_changed=challengers_changed)
 
     async def refresh_periodically(self, interval_s: float) -> None:
         """Poll the registry so every replica converges on a promotion, wherever the admin's POST landed."""
@@ -193,9 +208,33 @@ class ModelLifecycle:
         # that has given up is left running in a thread to overlap the next one.
         return await asyncio.to_thread(registry.resolve_all, self.settings.models)
 
-    async def load_generation(self, refs: Mapping[str, ModelRef], *, gate: Collection[str] = ()) -> Generation:
+    async def resolve_challengers(self, refs: Mapping[str, ModelRef]) -> dict[str, ModelRef]:
+        """Ask the registry which challenger (CHALLENGER_ALIAS) each served model has now; none when it is empty."""
+        alias = self.settings.challenger_alias
+        if not alias:
+            return {}
+        registry = await self._get_registry()
+        try:
+            return await asyncio.to_thread(registry.challengers, refs, alias)
+        except ResolutionError as error:  # a bad threshold tag on a challenger: it is not served, nor compared
+            log.warning("challenger.unresolved", error=str(error))
+            return {}
+
+    async def load_generation(
+        self,
+        refs: Mapping[str, ModelRef],
+        *,
+        gate: Collection[str] = (),
+        challengers: Mapping[str, ModelRef] | None = None,
+        previous: Challengers | None = None,
+    ) -> Generation:
         """Download, gate the models named in `gate` (PARITY_CHECK), load in every worker, and (only if all
-        loaded) activate a new generation."""
+        loaded) activate a new generation.
+
+        Each model's challenger (`challengers`, else asked of the registry) goes through the same gates (reusing
+        what `previous` settled for the same version) but never fails the generation: one that fails a gate, or
+        its load, is left out and reported refused.
+        """
         registry = await self._get_registry()
         fetched = await asyncio.gather(
             *(asyncio.to_thread(self._fetch, registry, ref) for ref in refs.values()), return_exceptions=True
@@ -209,14 +248,31 @@ class ModelLifecycle:
             raise GenerationLoadError(errors)
         artifacts = [outcome for outcome in fetched if isinstance(outcome, ModelArtifact)]
         await gate_parity([artifact for artifact in artifacts if artifact.ref.key in gate], self.settings)
-        number = next(self._generations)
+        shadows = await prepare_challengers(
+            await self.resolve_challengers(refs) if challengers is None else challengers,
+            previous or Challengers(),
+            fetch=partial(self._fetch, registry),
+            gate=self._gate_challengers,
+        )
         await self.workers_started.wait()
-        loaded = await self.pool.load(number, artifacts)
+        while True:
+            number = next(self._generations)
+            loaded = await self.pool.load(number, artifacts, list(shadows.active.values()))
+            failed = {
+                key.removeprefix(CHALLENGER_LOAD_ERROR): f"cannot load: {error}"
+                for key, error in loaded.errors.items()
+                if key.removeprefix(CHALLENGER_LOAD_ERROR) in shadows.active and key.startswith(CHALLENGER_LOAD_ERROR)
+            }
+            if not failed or len(failed) != len(loaded.errors):
+                break
+            # Only challengers failed: the champions load again without them, in a generation of their own.
+            shadows = shadows.refuse(failed)
         if loaded.errors:
             raise GenerationLoadError(loaded.errors)
         generation = Generation(
-            number=number, models={a.ref.key: a for a in artifacts}, positive_classes=loaded.positive_classes
-        )
+            number=number, models={a.ref.key: a for a in artifacts}, positive_classes=loaded.positive_classes,
+            challengers=shadows,
+        )  # fmt: skip
         self.pool.activate(number)
         self.active = generation
         self.serving.set()
@@ -233,8 +289,18 @@ class ModelLifecycle:
             "generation.active",
             generation=number,
             models={key: f"{m.ref.name}/{m.ref.version} ({m.ref.selected_by})" for key, m in generation.models.items()},
+            challengers={key: f"{a.ref.name}/{a.ref.version}" for key, a in generation.challengers.active.items()},
+            refused_challengers={key: r.reason for key, r in generation.challengers.refused.items()},
         )
         return generation
+
+    async def _gate_challengers(self, artifacts: list[ModelArtifact]) -> dict[str, str]:
+        """The parity gate's refusals of challengers, by model key (they never fail the generation)."""
+        try:
+            await gate_parity(artifacts, self.settings)
+        except GenerationLoadError as error:
+            return error.errors
+        return {}
 
     def _publish(self, generation: Generation) -> None:
         """What is served now, for dashboards: the generation and one `model_info` series per model."""

@@ -105,17 +105,17 @@ class Registry:
                     break
         if version is None:
             raise ResolutionError(self._explain_missing(key, spec, tried))
-        return ModelRef(
-            key=key,
-            name=spec.name,
-            version=str(version.version),
-            selected_by=selected_by,
-            run_id=version.run_id or None,
-            threshold=_threshold(key, version),
-            positive_class=(version.tags or {}).get("positive_class"),
-            probability_column=(version.tags or {}).get("probability_column"),
-            reason_codes=(version.tags or {}).get("reason_codes"),
-        )
+        return _ref(key, version, selected_by)
+
+    def challengers(self, served: Mapping[str, ModelRef], alias: str) -> dict[str, ModelRef]:
+        """Per served model, the version its registered model's `alias` (CHALLENGER_ALIAS) points at, when there
+        is one and it is not the served version. `ResolutionError` for a challenger with an invalid threshold tag."""
+        found: dict[str, ModelRef] = {}
+        for key, ref in served.items():
+            version = self._by_alias(ref.name, alias)
+            if version is not None and str(version.version) != ref.version:
+                found[key] = _ref(key, version, f"alias:{alias}")
+        return found
 
     def _explain_missing(self, key: str, spec: ModelSpec, tried: list[str]) -> str:
         """Why `spec` resolves to nothing: a name no model is registered under, else what was tried and the fix."""
@@ -276,6 +276,21 @@ def _found_or_none(what: str, lookup: Callable[[], ModelVersion]) -> ModelVersio
 
 def _is_not_found(error: Exception) -> bool:
     return getattr(error, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+
+
+def _ref(key: str, version: ModelVersion, selected_by: str) -> ModelRef:
+    """The ref of registry `version` served under `key`, its tags read."""
+    return ModelRef(
+        key=key,
+        name=version.name,
+        version=str(version.version),
+        selected_by=selected_by,
+        run_id=version.run_id or None,
+        threshold=_threshold(key, version),
+        positive_class=(version.tags or {}).get("positive_class"),
+        probability_column=(version.tags or {}).get("probability_column"),
+        reason_codes=(version.tags or {}).get("reason_codes"),
+    )
 
 
 def _threshold(key: str, version: ModelVersion) -> float:

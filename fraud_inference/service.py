@@ -35,6 +35,7 @@ class FraudService:
                 max_rows=settings.max_batch_rows,
                 error_detail=settings.error_detail,
                 extra_features=settings.extra_features,
+                shadow_share=settings.shadow_share,
             ),
             timeout_s=settings.inference_timeout_s,
             hung_worker_s=settings.hung_worker_s,
@@ -45,6 +46,7 @@ class FraudService:
             ),
             queue_limit=settings.queue_limit,
             on_load_reported=self._record_load,
+            on_shadowed=metrics.shadow.record,
         )
         self.lifecycle = ModelLifecycle(settings, metrics, self.pool)
         self.dataplane = DataPlane(

@@ -87,6 +87,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """DEFAULT_MODEL: the model used when a request names none."""
     model_alias: str = "champion"
     """MODEL_ALIAS: the alias tried first for each model."""
+    challenger_alias: Annotated[str, Meta(extra={"empty": True})] = "challenger"
+    """CHALLENGER_ALIAS: the alias of each served model's challenger, a version scored in the workers beside the
+    served one on the same rows, for comparison only (empty: no challenger)."""
+    shadow_share: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0
+    """SHADOW_SHARE: the share of requests the challenger also scores, decided from the request id (a retry with
+    the same id is shadowed the same way); a worker with other work waiting skips its challenger's turn."""
     model_stages: Annotated[tuple[str, ...], Meta(min_length=1)] = ("Production", "Staging")
     """MODEL_STAGES: stages tried in order when the alias is missing (newest version in the stage)."""
     workers: Annotated[int, Meta(ge=1, le=64, extra={"shown": "CPU count"})] = msgspec.field(
@@ -227,6 +233,8 @@ class Setting(msgspec.Struct, frozen=True, kw_only=True):
     maximum: float | None = None
     at_least_one: bool = False
     file_variable: str | None = None
+    empty: bool = False
+    """Set but empty is a value (`""`, e.g. CHALLENGER_ALIAS= turns challengers off), not the default."""
 
     @property
     def bounds(self) -> str | None:
@@ -248,7 +256,7 @@ class Setting(msgspec.Struct, frozen=True, kw_only=True):
                 raise SettingsError(self.variable, f"name at least one, e.g. {self.shown_default!r}")
             return tuple(items) if raw is not None or from_file is not None else None
         if raw is None:
-            return from_file
+            return "" if self.empty and self.variable in env else from_file
         if self.kind in (int, float):
             return self._number(raw)
         if isinstance(self.kind, tuple):  # the choices of a Literal
@@ -309,6 +317,7 @@ def settings_reference() -> tuple[Setting, ...]:
                 maximum=constraints.get("le"),
                 at_least_one=constraints.get("min_length", 0) >= 1,
                 file_variable=extra.get("file"),
+                empty=bool(extra.get("empty", False)),
             )
         )
     return tuple(reference)

@@ -175,3 +175,12 @@ def test_model_serving_policies_default_to_the_safe_side_and_are_validated() -> 
     for variable in ("PARITY_CHECK", "PYFUNC", "EXTRA_FEATURES"):
         with pytest.raises(SettingsError, match=variable):
             Settings.from_env({variable: "sometimes"})
+
+
+def test_challengers_are_on_by_default_and_an_empty_alias_turns_them_off() -> None:
+    assert (Settings.from_env({}).challenger_alias, Settings.from_env({}).shadow_share) == ("challenger", 1.0)
+    assert Settings.from_env({"CHALLENGER_ALIAS": ""}).challenger_alias == ""
+    assert Settings.from_env({"CHALLENGER_ALIAS": "candidate"}).challenger_alias == "candidate"
+    assert Settings.from_env({"SHADOW_SHARE": "0.25"}).shadow_share == 0.25
+    with pytest.raises(SettingsError, match="SHADOW_SHARE"):
+        Settings.from_env({"SHADOW_SHARE": "1.5"})

@@ -51,7 +51,7 @@ async def refresh_models(request: Request[Any, Any, Any]) -> RefreshResponse:
             key: VersionChangeInfo(previous=change.previous, current=change.current)
             for key, change in outcome.changed.items()
         },
-        models=model_infos(outcome.generation),
+        models=model_infos(outcome.generation, shadow_share=service_of(request).settings.shadow_share),
     )
 
 

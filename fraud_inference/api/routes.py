@@ -21,6 +21,7 @@ from fraud_inference.api.protocol import EncodedAnswer, non_finite_hint, note_sc
 from fraud_inference.api.reasons import with_reasons
 from fraud_inference.api.request_id import request_id_of
 from fraud_inference.api.schemas import (
+    ChallengerInfo,
     DependencyInfo,
     ErrorBody,
     FeatureInfo,
@@ -31,6 +32,7 @@ from fraud_inference.api.schemas import (
     Probe,
     VersionResponse,
 )
+from fraud_inference.challengers import Challengers
 from fraud_inference.errors import InvalidRowsError, PredictionError, TooManyRowsError
 from fraud_inference.lifecycle import Generation
 from fraud_inference.models.signature_errors import clip_names, instances_message
@@ -161,12 +163,14 @@ async def version(request: Request[Any, Any, Any]) -> VersionResponse:
         service="fraud-inference",
         version=__version__,
         generation=None if generation is None else generation.number,
-        models={} if generation is None else model_infos(generation),
+        models={}
+        if generation is None
+        else model_infos(generation, shadow_share=service_of(request).settings.shadow_share),
     )
 
 
-def model_infos(generation: Generation) -> dict[str, ModelInfo]:
-    """What `/v1/version` (and a refresh) says about each model of a generation."""
+def model_infos(generation: Generation, *, shadow_share: float) -> dict[str, ModelInfo]:
+    """What `/v1/version` (and a refresh) says about each model of a generation (`shadow_share`: SHADOW_SHARE)."""
     return {
         key: ModelInfo(
             name=served.ref.name,
@@ -181,9 +185,27 @@ def model_infos(generation: Generation) -> dict[str, ModelInfo]:
                 for d in served.dependencies
             ],
             positive_class=generation.positive_classes.get(key),
+            challenger=challenger_info(generation.challengers, key, shadow_share),
         )
         for key, served in generation.models.items()
     }
+
+
+def challenger_info(challengers: Challengers, key: str, share: float) -> ChallengerInfo | None:
+    """Model `key`'s challenger as `/v1/version` shows it; None when it has none."""
+    active, refused = challengers.active.get(key), challengers.refused.get(key)
+    if active is not None:
+        ref = active.ref
+        return ChallengerInfo(
+            name=ref.name, version=ref.version, selected_by=ref.selected_by, state="active", share=share
+        )
+    if refused is not None:
+        ref = refused.ref
+        return ChallengerInfo(
+            name=ref.name, version=ref.version, selected_by=ref.selected_by, state="refused", share=share,
+            reason=refused.reason,
+        )  # fmt: skip
+    return None
 
 
 @get("/metrics", tags=["probes"], summary="Prometheus metrics", opt={"skip_access_log": True}, media_type=CONTENT_TYPE)

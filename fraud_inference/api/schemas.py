@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -70,6 +70,18 @@ class DependencyInfo(msgspec.Struct, kw_only=True):
     ok: bool
 
 
+class ChallengerInfo(msgspec.Struct, kw_only=True):
+    """A model's challenger (CHALLENGER_ALIAS): `active` (scored beside the model on `share` of the requests, for
+    comparison only) or `refused` (and `reason`: the gate it failed)."""
+
+    name: str
+    version: str
+    selected_by: str
+    state: Literal["active", "refused"]
+    share: float
+    reason: str | None = None
+
+
 class ModelInfo(msgspec.Struct, kw_only=True):
     name: str
     version: str
@@ -81,6 +93,8 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     dependencies: list[DependencyInfo]
     positive_class: str | None = None
     """The class whose probability is `fraud_probability`; null for a custom pyfunc model (its output is it)."""
+    challenger: ChallengerInfo | None = None
+    """The version under CHALLENGER_ALIAS, when there is one other than this one."""
 
 
 class VersionResponse(msgspec.Struct, kw_only=True):

@@ -93,9 +93,14 @@ class Metrics:
         self.decision_files_written = Counter(
             f"{_PREFIX}_decision_log_files_written", "Decision-log files written", registry=r
         )
+        # NOTE: imported here: the challengers' metrics build on BucketHistogram, defined below.
+        from fraud_inference.observability.shadow_metrics import ShadowMetrics
+
+        self.shadow = ShadowMetrics(r)
         self._read_at_scrape = _ReadAtScrape(
-            (self.http_duration, self.inference_duration, self.batch_rows, self.fraud_score, self.grpc_duration)
-        )
+            (self.http_duration, self.inference_duration, self.batch_rows, self.fraud_score, self.grpc_duration,
+             *self.shadow.histograms)
+        )  # fmt: skip
         self._scored_series: dict[tuple[str, str], _ScoredSeries] = {}
         r.register(self._read_at_scrape)
 

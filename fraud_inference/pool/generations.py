@@ -44,16 +44,22 @@ class Generations:
         self._workers = workers
         self.active: int | None = None
         self._artifacts: dict[int, tuple[ModelArtifact, ...]] = {}
+        self._challengers: dict[int, tuple[ModelArtifact, ...]] = {}
         self._retired: set[int] = set()
         self._inflight: Counter[int] = Counter()
         self._loads: dict[tuple[int, int], asyncio.Future[GenerationLoaded]] = {}
 
-    async def load(self, generation: int, artifacts: Sequence[ModelArtifact]) -> LoadReport:
-        """Load `generation` in every live worker beside what they serve; what they reported, errors per model key.
+    async def load(
+        self, generation: int, artifacts: Sequence[ModelArtifact], challengers: Sequence[ModelArtifact] = ()
+    ) -> LoadReport:
+        """Load `generation` (`artifacts`, and `challengers` beside some of them) in every live worker beside what
+        they serve; what they reported, errors per model key (`shadow_messages.challenger_load_error_key` for a
+        challenger).
 
         All or nothing: when any worker fails to load any model, every worker drops the generation.
         """
         self._artifacts[generation] = tuple(artifacts)
+        self._challengers[generation] = tuple(challengers)
         workers = [worker for worker in self._workers() if worker.is_alive()]
         if not workers:
             return LoadReport(errors={"*": "no live worker to load into"})
@@ -83,6 +89,7 @@ class Generations:
     def drop(self, generation: int) -> None:
         """Tell every worker to release `generation` (staged or retired)."""
         self._artifacts.pop(generation, None)
+        self._challengers.pop(generation, None)
         self._retired.discard(generation)
         for worker in self._workers():
             worker.generations.discard(generation)
@@ -94,7 +101,12 @@ class Generations:
         future: asyncio.Future[GenerationLoaded] = asyncio.get_running_loop().create_future()
         self._loads[(worker.index, generation)] = future
         try:
-            worker.send(LoadGeneration(generation=generation, models=self._artifacts[generation]))
+            worker.send(
+                LoadGeneration(
+                    generation=generation, models=self._artifacts[generation],
+                    challengers=self._challengers.get(generation, ()),
+                )
+            )  # fmt: skip
             return await asyncio.wait_for(future, _LOAD_TIMEOUT_S)
         finally:
             self._loads.pop((worker.index, generation), None)

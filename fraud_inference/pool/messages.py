@@ -7,6 +7,7 @@ from typing import Literal
 import msgspec
 
 from fraud_inference.models.artifact import ModelArtifact
+from fraud_inference.pool.shadow_messages import Shadowed
 
 __all__ = [
     "Cancel",
@@ -33,6 +34,8 @@ class LoadGeneration(msgspec.Struct, tag="load", frozen=True, array_like=True):
 
     generation: int
     models: tuple[ModelArtifact, ...]
+    challengers: tuple[ModelArtifact, ...] = ()
+    """Challengers of some of `models` (same `ref.key`): scored after the answer, for comparison (worker_shadow)."""
 
 
 class DropGeneration(msgspec.Struct, tag="drop", frozen=True, array_like=True):
@@ -176,7 +179,7 @@ class ScoreFailed(msgspec.Struct, tag="failed", frozen=True, array_like=True):
 
 
 ToWorker = LoadGeneration | DropGeneration | Score | Cancel
-ToServer = WorkerStarted | GenerationLoaded | Scored | ScoreFailed | Heartbeat
+ToServer = WorkerStarted | GenerationLoaded | Scored | ScoreFailed | Heartbeat | Shadowed
 
 encode = msgspec.msgpack.Encoder().encode
 decode_to_worker = msgspec.msgpack.Decoder(ToWorker).decode

@@ -13,6 +13,7 @@ from fraud_inference.pool.generations import Generations, LoadReport
 from fraud_inference.pool.messages import Columns, GenerationLoaded, Scored, ScoreFailed, ToServer, WorkerStarted
 from fraud_inference.pool.process import WorkerProcess
 from fraud_inference.pool.queue import BatchPolicy, Scores, overload_reason
+from fraud_inference.pool.shadow_messages import Shadowed
 from fraud_inference.pool.supervision import Supervisor, WorkerFactory, spawn_worker
 from fraud_inference.pool.worker import WorkerOptions
 
@@ -40,7 +41,8 @@ class InferencePool:
     The parts, each in its own module: `Generations` (what each generation holds, the active one, loading and
     dropping), `Dispatcher` (the queue, batches, answers and retries) and `Supervisor` (spawning through
     `worker_factory`, heartbeats, replacing the dead). This class routes the workers' messages between them.
-    `on_load_reported` sees every worker's report of every load, a replacement's included (for the metrics).
+    `on_load_reported` sees every worker's report of every load, a replacement's included (for the metrics), and
+    `on_shadowed` every report of a challenger's turns (`worker_shadow`).
     """
 
     def __init__(
@@ -53,10 +55,12 @@ class InferencePool:
         batching: BatchPolicy | None = None,
         queue_limit: int = 1024,
         on_load_reported: Callable[[GenerationLoaded], None] | None = None,
+        on_shadowed: Callable[[Shadowed], None] | None = None,
         worker_factory: WorkerFactory | None = None,
     ) -> None:
         self.size = size
         self._on_load_reported = on_load_reported
+        self._on_shadowed = on_shadowed
         self._supervisor = Supervisor(
             size,
             worker_factory or spawn_worker(worker_options),
@@ -132,12 +136,15 @@ class InferencePool:
 
     # -- generations -----------------------------------------------------------------------------
 
-    async def load(self, generation: int, artifacts: Sequence[ModelArtifact]) -> LoadReport:
-        """Load `generation` in every live worker beside what they serve; what they reported, errors per model key.
+    async def load(
+        self, generation: int, artifacts: Sequence[ModelArtifact], challengers: Sequence[ModelArtifact] = ()
+    ) -> LoadReport:
+        """Load `generation` (and `challengers` beside some of its models) in every live worker beside what they
+        serve; what they reported, errors per model key.
 
         All or nothing: when any worker fails to load any model, every worker drops the generation.
         """
-        return await self._generations.load(generation, artifacts)
+        return await self._generations.load(generation, artifacts, challengers)
 
     def activate(self, generation: int) -> None:
         """Make `generation` the one new requests are dispatched under, in one step for every worker."""
@@ -175,6 +182,9 @@ class InferencePool:
                 self._supervisor.loaded(worker)
                 # A replacement now holds the generation: what waited while no worker could take it goes now.
                 self._dispatcher.pump()
+        elif isinstance(message, Shadowed):
+            if self._on_shadowed is not None:
+                self._on_shadowed(message)
         elif isinstance(message, WorkerStarted) and not worker.started.done():
             worker.started.set_result(message.pid)
 

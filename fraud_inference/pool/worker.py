@@ -26,6 +26,7 @@ from fraud_inference.pool.messages import (
 from fraud_inference.pool.worker_batch import BatchScorer
 from fraud_inference.pool.worker_models import HeldGenerations
 from fraud_inference.pool.worker_pipe import ServerPipe
+from fraud_inference.pool.worker_shadow import ShadowScorer
 
 __all__ = ["WorkerOptions", "run_worker"]
 
@@ -40,6 +41,8 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     error_detail: ErrorDetail = "full"
     extra_features: ExtraFeatures = "reject"
     heartbeat_s: float = 0.5
+    shadow_share: float = 1.0
+    """SHADOW_SHARE: the share of requests a challenger, when the generation holds one, also scores."""
 
 
 def run_worker(conn: Connection, options: WorkerOptions) -> None:
@@ -72,6 +75,7 @@ class _Worker:
             error_detail=options.error_detail, extra_features=options.extra_features, log=log
         )
         self._batches = BatchScorer(max_rows=options.max_rows, is_cancelled=self._pipe.is_cancelled, log=log)
+        self._shadow = ShadowScorer(share=options.shadow_share, busy=self._pipe.waiting, send=self._pipe.send, log=log)
         self._scoring: tuple[int, int] = (0, 0)  # (batch seq, monotonic ns it started), 0 when idle
 
     def serve(self) -> None:
@@ -115,6 +119,11 @@ class _Worker:
             self._scoring = (0, 0)
             # Batches come in order: a Cancel for this one or an earlier one arrived too late to matter.
             self._pipe.forget_cancels(request.seq)
+        # NOTE: after the answer is sent, never before: a challenger's turn cannot delay the champion's answer.
+        held = self._generations.challenger(request.generation, request.model)
+        champion = self._generations.model(request.generation, request.model)
+        if held is not None and champion is not None:
+            self._shadow.take_turn(request, self._batches.last, champion, held)
 
     def _answer(self, request: Score) -> Scored | ScoreFailed:
         """Score batch `request` with the model of its generation, or fail it when this worker does not hold it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
     from fraud_inference.models.scoring import ServedModel
 
-__all__ = ["BatchScorer"]
+__all__ = ["BatchScorer", "DecodedBatch"]
 
 Matrix = npt.NDArray[np.float64]
 _EMPTY: Matrix = np.empty(0, dtype=np.float64)
@@ -110,6 +110,15 @@ def _outputs(
     return outputs
 
 
+class DecodedBatch(NamedTuple):
+    """A batch as the champion scored it: each request's outcome, its valid rows stacked (None if none), and their
+    fraud probabilities; kept so a challenger scores the same decoded rows (worker_shadow)."""
+
+    outcomes: tuple[int | Refused, ...]
+    features: Any
+    probabilities: Matrix
+
+
 class BatchScorer:
     """Turn a `Score` into its answer: `Scored` with each request's outcome and outputs, or `ScoreFailed`.
 
@@ -121,10 +130,13 @@ class BatchScorer:
         self._max_rows = max_rows
         self._is_cancelled = is_cancelled
         self._log = log
+        self.last: DecodedBatch | None = None
+        """The last batch scored in one pass (None after a cancelled or partly refused one)."""
 
     def score(self, request: Score, served: ServedModel) -> Scored | ScoreFailed:
         """Score the batch `request` with `served`, and answer it."""
         started = time.perf_counter()
+        self.last = None
         outcomes: list[int | Refused] = []
         batches: list[Any] = []
         if self._is_cancelled(request.seq):
@@ -161,6 +173,7 @@ class BatchScorer:
                 elapsed = max(time.monotonic_ns() - chunk_started, 1)
                 rows = max(1, min(_MAX_CHUNK_ROWS, rows * _CHUNK_NS // elapsed))
             probabilities = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else _EMPTY
+            self.last = DecodedBatch(tuple(outcomes), features, probabilities)
         except Exception as error:
             outcomes, probabilities, outputs = self._score_alone(request, served, outcomes, batches, error)
         seconds = time.perf_counter() - started

@@ -11,6 +11,8 @@ from structlog.typing import FilteringBoundLogger
 from fraud_inference.models.signature import ExtraFeatures
 from fraud_inference.models.signature_errors import ErrorDetail
 from fraud_inference.pool.messages import GenerationLoaded, LoadGeneration
+from fraud_inference.pool.shadow_messages import challenger_load_error_key
+from fraud_inference.pool.worker_shadow import HeldChallenger
 
 if TYPE_CHECKING:
     from fraud_inference.models.scoring import ServedModel
@@ -29,6 +31,7 @@ class HeldGenerations:
         self._extra_features = extra_features
         self._log = log
         self._generations: dict[int, dict[str, ServedModel]] = {}
+        self._challengers: dict[int, dict[str, HeldChallenger]] = {}
         # The same files (same version, same download) load once and are shared between generations.
         self._models_by_path: dict[int, dict[str, ServedModel]] = {}
         self._frozen = False
@@ -37,9 +40,14 @@ class HeldGenerations:
         """Model `model` of `generation`; None when this worker does not hold it."""
         return self._generations.get(generation, {}).get(model)
 
+    def challenger(self, generation: int, model: str) -> HeldChallenger | None:
+        """The challenger of `generation`'s `model`; None when it has none."""
+        return self._challengers.get(generation, {}).get(model)
+
     def drop(self, generation: int) -> None:
         """Release `generation`: its models are freed unless another generation shares them."""
         self._generations.pop(generation, None)
+        self._challengers.pop(generation, None)
         self._models_by_path.pop(generation, None)
 
     def load(self, request: LoadGeneration) -> GenerationLoaded:
@@ -74,7 +82,32 @@ class HeldGenerations:
                     "model.load_failed", model=key, name=artifact.ref.name, version=artifact.ref.version,
                     generation=request.generation, seconds=round(seconds[key], 3), error=errors[key],
                 )  # fmt: skip
+        champions = {artifact.ref.key: artifact.ref for artifact in request.models}
+        challengers: dict[str, HeldChallenger] = {}
+        for artifact in request.challengers if not errors else ():
+            # A challenger that fails to load is named apart, so the server retries the generation without it.
+            key, started = artifact.ref.key, time.perf_counter()
+            try:
+                served = (
+                    held.get(artifact.path)
+                    or by_path.get(artifact.path)
+                    or load_model(artifact, detail=self._error_detail, extra=self._extra_features)
+                )
+            except Exception as error:
+                errors[challenger_load_error_key(key)] = f"{type(error).__name__}: {error}"
+                self._log.error(
+                    "challenger.load_failed", model=key, version=artifact.ref.version, error=errors[
+                        challenger_load_error_key(key)]
+                )  # fmt: skip
+                continue
+            by_path[artifact.path] = served
+            challengers[key] = HeldChallenger(served=served, champion=champions[key], challenger=artifact.ref)
+            self._log.info(
+                "challenger.loaded", model=key, version=artifact.ref.version, generation=request.generation,
+                seconds=round(time.perf_counter() - started, 3),
+            )  # fmt: skip
         if not errors:
+            self._challengers[request.generation] = challengers
             self._models_by_path[request.generation] = by_path
             self._generations[request.generation] = loaded
             if not self._frozen:

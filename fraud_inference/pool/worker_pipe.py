@@ -18,6 +18,7 @@ from fraud_inference.pool.messages import (
     decode_to_worker,
     encode,
 )
+from fraud_inference.pool.shadow_messages import Shadowed
 
 __all__ = ["ServerPipe"]
 
@@ -68,12 +69,16 @@ class ServerPipe:
                 self._held.append(message)
         return seq in self._cancelled
 
+    def waiting(self) -> bool:
+        """Whether a message waits to be acted on (held, or unread in the pipe), without reading it."""
+        return bool(self._held) or (not self._server_gone and self._conn.poll(0))
+
     def forget_cancels(self, seq: int) -> None:
         """Drop the Cancels of batch `seq` and of every earlier one."""
         for cancelled in [cancelled for cancelled in self._cancelled if cancelled <= seq]:
             self._cancelled.discard(cancelled)
 
-    def send(self, message: WorkerStarted | GenerationLoaded | Scored | ScoreFailed | Heartbeat) -> None:
+    def send(self, message: WorkerStarted | GenerationLoaded | Scored | ScoreFailed | Heartbeat | Shadowed) -> None:
         payload = encode(message)
         with self._send_lock:
             try:

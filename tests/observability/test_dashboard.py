@@ -99,3 +99,14 @@ def test_model_versions_are_shown_apart_from_the_generation() -> None:
 def test_cpu_and_memory_are_shown_per_process() -> None:
     assert "by (instance, process)" in panel("cpu by process")["targets"][0]["expr"]
     assert "fraud_inference_process_resident_memory_bytes" in panel("resident memory")["targets"][0]["expr"]
+
+
+def test_a_row_compares_each_champion_with_its_challenger() -> None:
+    titles = [p["title"] for p in dashboard()["panels"]]
+    assert "Champion versus challenger" in titles
+    agreement = panel("challenger agreement")["targets"][0]["expr"]
+    assert 'champion="fraud", challenger="fraud"' in agreement
+    assert 'champion="legit", challenger="legit"' in agreement
+    assert "by (model, champion, challenger)" in panel("challenger decisions")["targets"][0]["expr"]
+    assert "fraud_inference_shadow_score_difference_bucket" in panel("score shift")["targets"][0]["expr"]
+    assert "skipped" in panel("challenger rows by outcome")["title"]
