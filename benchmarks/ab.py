@@ -4,6 +4,7 @@ ratios measured side by side mean something).
     uv run python -m benchmarks.ab --a-checkout ../other        # that checkout's build (A) against this one (B)
     uv run python -m benchmarks.ab --a-checkout ../old --b-checkout ../new    # two other builds
     uv run python -m benchmarks.ab --b-setting DECISION_LOG=/tmp/decisions   # a setting off (A) and on (B)
+    uv run python -m benchmarks.ab --challenger --a-setting CHALLENGER_ALIAS=   # no challenger (A), one (B)
 
 Seeds the demo registry once in a temporary home. Each round serves it with A, loads it with every scenario
 (XGBoost, 1 row at 64 connections and 100 rows at 8, through /v1/predict unless `--protocol`), stops it, then
@@ -51,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="per scenario and round")
     parser.add_argument("--protocol", choices=("v1", "mlflow", "oip"), default="v1")
+    parser.add_argument(
+        "--challenger",
+        action="store_true",
+        help="also register a second XGBoost version, trained as the demo's is on another seed, under the alias "
+        "`challenger` (both arms see it: turn it off in one with CHALLENGER_ALIAS=)",
+    )
     args = parser.parse_args(argv)
     arms = (
         Arm("A", _executable(args.a_checkout, parser), _settings(args.a_setting, parser)),
@@ -61,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as home:
         tracking_uri, artifact_location = embedded_registry(Path(home))
         seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None)
+        if args.challenger:
+            print(f"challenger: fraud-xgboost version {_register_challenger(tracking_uri, artifact_location)}")
         for round_ in range(args.rounds):
             for arm in arms if round_ % 2 == 0 else arms[::-1]:
                 for scenario, result, cpu in _load(arm, tracking_uri, Path(home), scenarios, args.seconds):
@@ -85,6 +94,25 @@ def main(argv: list[str] | None = None) -> int:
             f"(median of {len(pairs)} rounds)"
         )
     return 0
+
+
+def _register_challenger(tracking_uri: str, artifact_location: str | None) -> str:
+    """A second version of the demo's XGBoost model, the same size trained on another seed, under `challenger`."""
+    from mlflow import MlflowClient
+
+    from fraud_inference.demo.dataset import make_transactions
+    from fraud_inference.demo.seeding import log_fraud_model
+    from fraud_inference.demo.training import train_model
+
+    features, labels = make_transactions(20_000, seed=97)
+    model = train_model("xgboost", features, labels, seed=97)
+    version = log_fraud_model(
+        tracking_uri, flavor="xgboost", model=model, X_example=features, registered_name="fraud-xgboost",
+        artifact_location=artifact_location,
+    )  # fmt: skip
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.set_registered_model_alias("fraud-xgboost", "challenger", str(version.version))
+    return str(version.version)
 
 
 def _per_request_us(seconds: float, result: LoadResult) -> float:
