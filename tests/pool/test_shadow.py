@@ -4,9 +4,7 @@ skipped (and counted) when other batches wait, and never an answer changed."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -21,6 +19,7 @@ from fraud_inference.pool import BatchPolicy, InferencePool, WorkerOptions
 from fraud_inference.pool.shadow_messages import Shadowed
 from fraud_inference.registry import Registry
 from tests.conftest import slow_xgboost_copy
+from tests.pool.test_pool import until
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +38,6 @@ def champion_and_challenger(
         champion, path=str(slow), ref=msgspec.structs.replace(champion.ref, version="2")
     )
     return champion, challenger
-
-
-async def until(condition: Callable[[], bool], *, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def test_idle_turns_score_every_row_and_busy_turns_are_skipped_and_counted(
@@ -79,7 +69,7 @@ def test_idle_turns_score_every_row_and_busy_turns_are_skipped_and_counted(
                 body = transactions.iloc[start : start + 6].to_json(orient="records").encode()
                 scores = await pool.score(1, "xgboost", body, f"idle-{start}")
                 np.testing.assert_allclose(scores.probabilities, by_champion[start : start + 6], rtol=0, atol=1e-6)
-                assert await until(lambda start=start: sum(rows().values()) == start + 6)
+                assert await until(lambda start=start: sum(rows().values()) == start + 6, timeout_s=60.0)
             assert rows() == {"scored": 30}
             differences = np.concatenate([np.frombuffer(r.differences, dtype=np.float64) for r in reports])
             np.testing.assert_allclose(differences, by_challenger[:30] - by_champion[:30], rtol=0, atol=1e-6)
@@ -89,7 +79,7 @@ def test_idle_turns_score_every_row_and_busy_turns_are_skipped_and_counted(
             answers = await asyncio.gather(*(pool.score(1, "xgboost", b, f"burst-{n}") for n, b in enumerate(bodies)))
             for n, answer in enumerate(answers):
                 np.testing.assert_allclose(answer.probabilities, by_champion[30 + n : 31 + n], rtol=0, atol=1e-6)
-            assert await until(lambda: sum(rows().values()) == 60)
+            assert await until(lambda: sum(rows().values()) == 60, timeout_s=60.0)
             assert rows()["skipped_busy"] > 0
         finally:
             await pool.stop()
