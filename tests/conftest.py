@@ -110,7 +110,7 @@ class RunningService:
                         return
                 except httpx.TransportError:
                     pass
-                time.sleep(0.2)
+                time.sleep(0.05)  # a polling interval: a start is seen sooner, the deadline is unchanged
         raise AssertionError(f"the service was not ready within {timeout_s} s:\n{self.log()}")
 
     def wait_listening(self, timeout_s: float = 180.0) -> None:
@@ -126,7 +126,7 @@ class RunningService:
                     client.get("/livez")
                     return
                 except httpx.TransportError:
-                    time.sleep(0.2)
+                    time.sleep(0.05)
         raise AssertionError(f"the service did not listen within {timeout_s} s:\n{self.log()}")
 
     def stop(self, timeout_s: float = 30.0) -> int:
@@ -295,7 +295,7 @@ class MlflowServer:
                 pass
             if self.process.poll() is not None:
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
         raise AssertionError(f"mlflow server did not start:\n{(self.root / 'server.log').read_text()[-3000:]}")
 
     def stop(self) -> None:
@@ -307,10 +307,10 @@ class MlflowServer:
         self.process = None
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real MLflow tracking server on loopback holding the demo models (artifacts served over HTTP)."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+@contextlib.contextmanager
+def seeded_mlflow_server(root: Path) -> Iterator[MlflowServer]:
+    """A started `MlflowServer` in `root` holding the demo models, stopped on exit."""
+    server = MlflowServer(root)
     server.start()
     try:
         with pytest.MonkeyPatch.context() as patch:
@@ -320,6 +320,22 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server on loopback holding the demo models (artifacts served over HTTP)."""
+    with seeded_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def shared_mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """As `mlflow_server`, started and seeded once for the session, for tests that only read it (serve from it,
+    refresh against it): never stop it, pause it or register in it (those tests take the module's `mlflow_server`).
+    A start and a seed over HTTP cost tens of seconds on a busy machine."""
+    with seeded_mlflow_server(tmp_path_factory.mktemp("shared-mlflow-server")) as server:
+        yield server
 
 
 def use_registry(tracking_uri: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,21 @@ def relog(registry: str, flavor: str, name: str, *, champion: bool = True, **opt
     return str(version.version)
 
 
-@pytest.fixture
-def mismatched_registry(private_registry: str) -> str:
-    """Champions whose recorded scikit-learn is a minor behind, and xgboost a major behind, what is installed."""
-    relog(private_registry, "sklearn", "fraud-sklearn",
+@pytest.fixture(scope="module")
+def mismatched_registry(demo_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Champions whose recorded scikit-learn is a minor behind, and xgboost a major behind, what is installed.
+
+    One copy of the demo registry for the module: every test using it only reads it (downloads, `check`, `serve`),
+    and the two versions logged here cost seconds each (load, log, register) on a busy machine.
+    """
+    home = tmp_path_factory.mktemp("mismatched-home")
+    shutil.copy2(demo_home / "mlflow.db", home / "mlflow.db")
+    registry = f"sqlite:///{home / 'mlflow.db'}"
+    relog(registry, "sklearn", "fraud-sklearn",
           pip_requirements=requirements_with("sklearn", "scikit-learn", f"scikit-learn=={OLD_SKLEARN}"))  # fmt: skip
-    relog(private_registry, "xgboost", "fraud-xgboost",
+    relog(registry, "xgboost", "fraud-xgboost",
           pip_requirements=requirements_with("xgboost", "xgboost-cpu", f"xgboost=={OLD_XGBOOST}"))  # fmt: skip
-    return private_registry
+    return registry
 
 
 def downloaded(registry: str, name: str, destination: Path) -> Any:

@@ -200,6 +200,7 @@ def test_load_generator_counts_failed_statuses_and_answers_without_predictions(s
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # minutes of load on a busy machine; `.ci/run` also runs `benchmarks --quick` itself
 def test_quick_run_scores_every_request_and_writes_json_and_markdown(demo_registry: str, tmp_path: Path) -> None:
     out = tmp_path / "results"
     completed = subprocess.run(
@@ -229,6 +230,7 @@ def test_quick_run_scores_every_request_and_writes_json_and_markdown(demo_regist
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # minutes of load on a busy machine; `.ci/run` also runs `benchmarks --quick` itself
 def test_protocol_option_alternates_the_routes_and_checks_every_answer(demo_registry: str, tmp_path: Path) -> None:
     out = tmp_path / "results"
     completed = subprocess.run(

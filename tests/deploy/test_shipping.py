@@ -149,7 +149,7 @@ def test_every_variable_the_service_reads_is_documented() -> None:
 
 @pytest.mark.slow
 def test_the_image_command_line_serves_from_a_real_mlflow_server(
-    mlflow_server: MlflowServer, transactions: pd.DataFrame, tmp_path: Path
+    shared_mlflow_server: MlflowServer, transactions: pd.DataFrame, tmp_path: Path
 ) -> None:
     """Run exactly ENTRYPOINT + CMD, with the image's environment, against `mlflow server --serve-artifacts`."""
     from tests.conftest import RunningService, free_port
@@ -159,7 +159,7 @@ def test_the_image_command_line_serves_from_a_real_mlflow_server(
     env = {
         "PATH": f"{BIN}:/usr/bin:/bin", "TMPDIR": str(tmp_path), "FRAUD_INFERENCE_HOME": str(tmp_path / "home"),
         "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1", "HOST": "127.0.0.1", "PORT": str(port),
-        "GRPC_PORT": str(free_port()), "WORKERS": "1", "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
+        "GRPC_PORT": str(free_port()), "WORKERS": "1", "MLFLOW_TRACKING_URI": shared_mlflow_server.tracking_uri,
     }  # fmt: skip
     log_path = tmp_path / "service.log"
     with log_path.open("w") as log:

@@ -14,7 +14,10 @@ from mlflow.models import infer_signature
 from fraud_inference.demo.dataset import make_transactions
 from tests.conftest import use_registry
 
-pytestmark = pytest.mark.slow
+# NOTE: soak, out of the default run: a worker crash loop through granian with backoffs (minutes on a busy machine).
+# With the default PARITY_CHECK the gate refuses this model before serving (test_parity.py, in the default run), and
+# a dying worker replaced by the pool is in pool/test_pool.py; `.ci/run` runs this module with -m soak.
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 
 class ExitsWhenUnpickled:

@@ -19,7 +19,10 @@ from tests.conftest import slow_xgboost_copy, use_registry
 from tests.e2e.test_hot_swap import promote, rows, worker_pids
 from tests.load import Answer, Load
 
-pytestmark = pytest.mark.slow
+# NOTE: soak, out of the default run: bursts and seconds-long loads through granian. The default run keeps the same
+# behaviours in the pool (pool/test_queue.py: refused at once past the limit; pool/test_pool.py: a hung worker times
+# out its request and is replaced, a slow request times out alone); `.ci/run` runs this module with -m soak.
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 
 def p99_ms(answers: list[Answer]) -> float:

@@ -40,11 +40,11 @@ def assert_secret_free(text: str, where: str) -> None:
 
 
 def test_no_secret_in_logs_or_answers_while_serving_from_a_password_registry(
-    service_factory, mlflow_server: MlflowServer, transactions: pd.DataFrame
+    service_factory, shared_mlflow_server: MlflowServer, transactions: pd.DataFrame
 ) -> None:
     service = service_factory(
         ["serve"],
-        {"MLFLOW_TRACKING_URI": with_password(mlflow_server.tracking_uri), "WORKERS": "1", "API_KEYS": ADMIN_KEY,
+        {"MLFLOW_TRACKING_URI": with_password(shared_mlflow_server.tracking_uri), "WORKERS": "1", "API_KEYS": ADMIN_KEY,
          "LOG_LEVEL": "DEBUG"},
     )  # fmt: skip
     service.wait_ready()

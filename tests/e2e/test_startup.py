@@ -8,11 +8,12 @@ import pty
 import select
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FRAUD_INFERENCE, descendants, free_port
+from tests.conftest import FRAUD_INFERENCE, RunningService, descendants, free_port, start_service
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +22,22 @@ def json_lines(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def test_the_ready_event_names_the_url_the_served_versions_and_the_docs(service_factory, demo_registry: str) -> None:
-    service = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1"})
-    service.wait_ready()
+@pytest.fixture(scope="module")
+def demo_service(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """One `serve` of the demo registry (2 workers) for the tests that only read what it logged and runs: a start
+    costs many seconds on a busy machine."""
+    service = start_service(
+        ["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"}, tmp_path_factory.mktemp("startup")
+    )
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()
+
+
+def test_the_ready_event_names_the_url_the_served_versions_and_the_docs(demo_service: RunningService) -> None:
+    service = demo_service
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and '"service.ready"' not in service.log():
         time.sleep(0.2)
@@ -95,9 +109,8 @@ def test_an_unreachable_registry_is_one_warning_per_attempt_and_clients_do_not_s
         assert "s3cret" not in answer.text
 
 
-def test_ps_tells_the_supervisor_the_http_process_and_each_worker_apart(service_factory, demo_registry: str) -> None:
-    service = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"})
-    service.wait_ready()
+def test_ps_tells_the_supervisor_the_http_process_and_each_worker_apart(demo_service: RunningService) -> None:
+    service = demo_service
     # Beside them: multiprocessing's resource tracker, a plain python process.
     titles = sorted(title for title in descendants(service.process.pid).values() if "resource_tracker" not in title)
     supervisor = (Path("/proc") / str(service.process.pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()

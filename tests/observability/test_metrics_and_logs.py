@@ -8,6 +8,7 @@ import re
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import descendants
+from tests.conftest import RunningService, descendants, start_service
 
 pytestmark = pytest.mark.slow
 
@@ -125,11 +126,24 @@ def test_the_request_id_is_in_the_server_line_and_the_worker_line(
     assert not [line for line in service.log().splitlines() if _CONSOLE_LINE.match(line)]
 
 
+@pytest.fixture(scope="module")
+def shared_service(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """One `serve` (2 workers) for the two tests below, which count series no other test of theirs touches: the
+    hostile one only 404s (no model scores), the other only xgboost's scores and process gauges."""
+    service = start_service(
+        ["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"}, tmp_path_factory.mktemp("metrics")
+    )
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()
+
+
 def test_hostile_paths_and_models_do_not_grow_the_series(
-    service_factory, demo_registry: str, transactions: pd.DataFrame
+    shared_service: RunningService, transactions: pd.DataFrame
 ) -> None:
-    service = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1"})
-    service.wait_ready()
+    service = shared_service
     instance = rows(transactions, 1)
     with service.client() as client:
         client.get(f"/warmup/{uuid.uuid4().hex}")
@@ -146,10 +160,9 @@ def test_hostile_paths_and_models_do_not_grow_the_series(
 
 
 def test_metrics_show_readiness_and_cpu_and_memory_of_the_server_and_each_worker(
-    service_factory, demo_registry: str, transactions: pd.DataFrame
+    shared_service: RunningService, transactions: pd.DataFrame
 ) -> None:
-    service = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"})
-    service.wait_ready()
+    service = shared_service
     with service.client() as client:
         for _ in range(20):
             predict(client, "xgboost", rows(transactions, 50))
