@@ -174,17 +174,29 @@ def _replay(args: argparse.Namespace) -> int:
         return 1
     _check_registry_uri(settings.mlflow_tracking_uri, must_exist=True)
     try:
+        # What the command line got wrong is said before any slow work, naming the option.
+        if args.version is not None and not args.version.isdigit():
+            raise ReplayError(f"--version {args.version!r}: a version is a number, e.g. --version 3")
+        if args.output is not None and args.output.suffix != ".parquet":
+            raise ReplayError(f"--output {args.output}: the output is Parquet; name it FILE.parquet")
         since = None if args.since is None else parse_time(args.since)
         until = None if args.until is None else parse_time(args.until)
+        if since is not None and until is not None and since >= until:
+            raise ReplayError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
         summary, replayed = replay(
             settings, args.directory, args.model, version=args.version, alias=args.alias, since=since, until=until
         )
     except (ReplayError, ResolutionError, RegistryUnavailableError, UnservableModelError) as error:
         print(f"fraud-inference: cannot replay: {error}", file=sys.stderr)
         return 1
-    if args.output is not None:
-        write_output(replayed, args.output)
     print(render(summary, replayed), flush=True)
+    if args.output is not None:
+        try:
+            write_output(replayed, args.output)
+        except OSError as error:
+            print(f"fraud-inference: cannot write --output {args.output}: {error}", file=sys.stderr)
+            return 1
+        print(f"wrote {replayed.num_rows} rows to {args.output}", flush=True)
     return 0
 
 

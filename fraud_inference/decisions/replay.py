@@ -59,6 +59,11 @@ def read_logged(
     Each file is read on its own and the tables joined by column name: files of versions whose signatures differ
     each keep their own columns (missing ones are null).
     """
+    if not directory.is_dir():
+        raise ReplayError(
+            f"no directory {directory}: name the decision log's directory (the service's DECISION_LOG; the demo's "
+            "is $FRAUD_INFERENCE_HOME/decisions)"
+        )
     root = directory / f"model={model}"
     every = sorted(path for path in root.glob("date=*/*.parquet") if not path.name.startswith("."))
     if not every:
@@ -101,7 +106,12 @@ def replay(
     replayed columns beside them."""
     logged = read_logged(directory, model, since=since, until=until)
     if logged.num_rows == 0:
-        raise ReplayError(f"no rows of model {model!r} logged {_range_words(since, until)}")
+        held = read_logged(directory, model)["time"]
+        first, last = (value.as_py().isoformat() for value in pc.min_max(held).values())
+        raise ReplayError(
+            f"no rows of model {model!r} logged {_range_words(since, until)}: its rows were logged from {first} "
+            f"to {last}"
+        )
     name = _registered_name(settings, model, logged)
     if version is not None:
         spec = f"{name}/{version}"
@@ -120,7 +130,8 @@ def replay(
         for before in (False, True)
         for after in (False, True)
     }
-    result = logged.append_column("replayed_name", pa.array([ref.name] * logged.num_rows, pa.string()))
+    result = logged.append_column("model", pa.array([model] * logged.num_rows, pa.string()))
+    result = result.append_column("replayed_name", pa.array([ref.name] * logged.num_rows, pa.string()))
     result = result.append_column("replayed_version", pa.array([ref.version] * logged.num_rows, pa.string()))
     result = result.append_column("replayed_fraud_probability", pa.array(probabilities, pa.float64()))
     result = result.append_column("replayed_threshold", pa.array(np.full(logged.num_rows, ref.threshold)))
@@ -157,11 +168,13 @@ def render(summary: Replay, replayed: pa.Table, *, show_flips: int = 50) -> str:
     if summary.flips:
         flipped = replayed.filter(pc.not_equal(replayed["is_fraud"], replayed["replayed_is_fraud"]))
         shown = flipped.slice(0, show_flips).to_pylist()
-        lines.append(f"  {'time':32} {'request_id':34} {'row':>5} {'logged':>10} {'replayed':>10}")
+        # Each probability beside the threshold it was decided at: a flip can come from either.
+        lines.append(f"  {'time':32} {'request_id':34} {'row':>5} {'logged':>10} {'at':>8} {'replayed':>10} {'at':>8}")
         for row in shown:
             lines.append(
                 f"  {row['time'].isoformat():32} {row['request_id'][:34]:34} {row['row']:>5} "
-                f"{row['fraud_probability']:>10.6f} {row['replayed_fraud_probability']:>10.6f}"
+                f"{row['fraud_probability']:>10.6f} {row['threshold']:>8.4g} "
+                f"{row['replayed_fraud_probability']:>10.6f} {row['replayed_threshold']:>8.4g}"
             )
         if summary.flips > len(shown):
             lines.append(f"  ... {summary.flips - len(shown)} more (all of them in --output)")
@@ -285,6 +298,7 @@ def parse_time(text: str) -> datetime.datetime:
 
 def write_output(replayed: pa.Table, output: Path) -> None:
     """Write the replayed rows to `output` (Parquet), complete or not at all (a temporary name, then renamed)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")
     pq.write_table(replayed, temporary, compression="zstd")
     temporary.replace(output)

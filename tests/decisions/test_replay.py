@@ -126,8 +126,12 @@ def test_a_time_range_outside_the_log_says_which_dates_it_holds(
         f"no rows of model {key!r} logged from {later.isoformat()}: its log holds the dates {day} to {day} (UTC)"
     )
     just_after = answered_at + datetime.timedelta(microseconds=1)
-    with pytest.raises(ReplayError, match=f"no rows of model '{key}' logged from {re.escape(just_after.isoformat())}$"):
+    with pytest.raises(ReplayError) as no_row:
         replay(settings, directory, key, since=just_after)
+    held = answered_at.isoformat()
+    assert str(no_row.value) == (
+        f"no rows of model {key!r} logged from {just_after.isoformat()}: its rows were logged from {held} to {held}"
+    )
 
 
 def test_the_output_names_the_version_replayed_through(
@@ -139,6 +143,31 @@ def test_the_output_names_the_version_replayed_through(
     assert set(replayed.column("replayed_name").to_pylist()) == {summary.name}
     assert set(replayed.column("replayed_version").to_pylist()) == {"1"}
     assert replayed.num_rows == sent[key]
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--version", "abc"], "--version 'abc': a version is a number, e.g. --version 3"),
+        (["--output", "replayed.csv"], "--output replayed.csv: the output is Parquet; name it FILE.parquet"),
+        (["--since", "2026-12-08", "--until", "2026-12-01"], "--since 2026-12-08T00:00:00+00:00 is not before --until"),
+    ],
+)
+def test_a_wrong_option_is_named_before_any_work(
+    demo_registry: str, tmp_path: Path, options: list[str], said: str
+) -> None:
+    done = run_cli(["replay", str(tmp_path), "--model", "xgboost", *options], {"MLFLOW_TRACKING_URI": demo_registry},
+                   tmp_path)  # fmt: skip
+    assert done.returncode == 1
+    assert f"fraud-inference: cannot replay: {said}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_replay_of_a_directory_that_is_not_there_says_where_logs_are(demo_registry: str, tmp_path: Path) -> None:
+    done = run_cli(["replay", str(tmp_path / "decisions"), "--model", "xgboost"],
+                   {"MLFLOW_TRACKING_URI": demo_registry}, tmp_path)  # fmt: skip
+    assert done.returncode == 1
+    assert f"cannot replay: no directory {tmp_path / 'decisions'}: name the decision log's directory" in done.stderr
 
 
 def test_replay_of_a_model_with_no_rows_exits_1_naming_where_it_looked(demo_registry: str, tmp_path: Path) -> None:
@@ -173,7 +202,7 @@ def test_replay_through_another_version_prints_the_decisions_of_mlflow_loader_of
             assert response.status_code == 200, response.text
             assert response.json()["model_version"] == "1"
 
-    output = tmp_path / "replayed.parquet"
+    output = tmp_path / "not-yet" / "replayed.parquet"  # its folder is made, not a traceback
     env = {"MLFLOW_TRACKING_URI": private_registry, "FRAUD_INFERENCE_HOME": str(home), "COMPILED_TREES": "off"}
     done = run_cli(["replay", str(directory), "--model", "xgboost", "--version", "2", "--output", str(output)], env,
                    cwd=tmp_path)  # fmt: skip
@@ -193,9 +222,14 @@ def test_replay_through_another_version_prints_the_decisions_of_mlflow_loader_of
     assert _printed_counts(done.stdout) == counts
     assert "replayed 300 rows of model 'xgboost'" in done.stdout
     assert f"decision flips: {counts[(False, True)] + counts[(True, False)]}" in done.stdout
+    assert f"wrote 300 rows to {output}" in done.stdout
+    # Each flipped row shows both probabilities beside the thresholds that decided them (0.5 logged, 0.2 replayed).
+    flipped_line = re.search(r"^\s+\S+\s+\S+\s+\d+\s+[\d.]+\s+0\.5\s+[\d.]+\s+0\.2$", done.stdout, re.M)
+    assert flipped_line, done.stdout
     written = pq.read_table(output).to_pandas()
     assert len(written) == 300
     assert set(written.replayed_version) == {"2"}
+    assert set(written.model) == {"xgboost"}
     assert list(written.replayed_is_fraud) == list(expected)
 
 
