@@ -18,7 +18,10 @@ __all__ = ["RequestEdge", "note_for_access_log", "request_id_of"]
 
 HEADER = "x-request-id"
 _HEADER_BYTES = HEADER.encode()
-_SANE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+# NOTE: what a client's own ids hold (`txn:2026/42`, `card+auth@edge=1`): safe in a header, a JSON log line and a
+# Parquet string; anything else (spaces, `;`, quotes, control bytes) is replaced, and that is logged.
+_SANE = re.compile(rb"[A-Za-z0-9._:/@+=-]{1,128}")
+_REPLACED_LOG_EVERY_NS = 60_000_000_000
 _STATE_KEY = "request_id"
 _ACCESS_KEY = "access_log"
 UNMATCHED_ROUTE = "<unmatched>"
@@ -32,9 +35,31 @@ def request_id_of(scope: Scope) -> str:
     request_id: str | None = state.get(_STATE_KEY)
     if request_id is None:
         sent = next((value for name, value in scope.get("headers", ()) if name == _HEADER_BYTES), None)
-        request_id = sent.decode() if sent is not None and _SANE.fullmatch(sent) else os.urandom(16).hex()
+        if sent is not None and _SANE.fullmatch(sent):
+            request_id = sent.decode()
+        else:
+            request_id = os.urandom(16).hex()
+            if sent is not None:
+                _log_replaced(sent, request_id)
         state[_STATE_KEY] = request_id
     return request_id
+
+
+_replaced = {"logged_ns": -_REPLACED_LOG_EVERY_NS, "suppressed": 0}
+
+
+def _log_replaced(sent: bytes, request_id: str) -> None:
+    """Say that a client's X-Request-ID was replaced (a join key it may rely on), once a minute per process at
+    most: a client sending bad ids at every request must not flood the log."""
+    now = time.monotonic_ns()
+    if now - _replaced["logged_ns"] < _REPLACED_LOG_EVERY_NS:
+        _replaced["suppressed"] += 1
+        return
+    log.warning(
+        "request_id.replaced", sent=repr(sent[:160])[2:-1], request_id=request_id,
+        allowed="1 to 128 of A-Z a-z 0-9 . _ : / @ + = -", suppressed=_replaced["suppressed"],
+    )  # fmt: skip
+    _replaced["logged_ns"], _replaced["suppressed"] = now, 0
 
 
 def note_for_access_log(scope: Scope, **fields: object) -> None:

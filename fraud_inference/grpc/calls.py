@@ -26,7 +26,7 @@ from fraud_inference.oip import OipRequestError
 __all__ = ["REQUEST_ID_KEY", "Accounted", "Call", "handled"]
 
 REQUEST_ID_KEY = "x-request-id"
-_SANE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_SANE = re.compile(r"[A-Za-z0-9._:/@+=-]{1,128}")  # as HTTP's X-Request-ID (api/request_id.py)
 _DEADLINE_SLACK_S = 0.1
 log = get_logger("fraud_inference.access")
 Servicer = TypeVar("Servicer", bound="Accounted")

@@ -148,6 +148,12 @@ def test_request_id_is_echoed_when_sane(client: TestClient, transactions: pd.Dat
     assert response.json()["request_id"] == "auth-2026.11_27-x"
 
 
+@pytest.mark.parametrize("sent", ["txn:2026/42", "card+auth@edge=1"])
+def test_a_transaction_id_as_fraud_teams_write_them_is_kept(client: TestClient, sent: str) -> None:  # type: ignore[type-arg]
+    response = client.get("/livez", headers={"X-Request-ID": sent})
+    assert response.headers["x-request-id"] == sent
+
+
 @pytest.mark.parametrize("sent", ["has space", "x" * 129, "semi;colon", ""])
 def test_insane_request_id_is_replaced(client: TestClient, sent: str) -> None:  # type: ignore[type-arg]
     response = client.get("/livez", headers={"X-Request-ID": sent})
