@@ -164,9 +164,12 @@ def _check(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from fraud_inference.decisions.replay import ReplayError, parse_time, render, replay, write_output
     from fraud_inference.models.artifact import UnservableModelError
+    from fraud_inference.observability.logging import configure_logging
     from fraud_inference.registry import RegistryUnavailableError, ResolutionError
 
     settings = Settings.from_env()
+    # stdout is the replay's answer (a reader may pipe it): the loading's log lines go to stderr.
+    configure_logging(settings.log_level, settings.log_format, role="replay", stream=sys.stderr)
     if settings.mlflow_tracking_uri is None:
         print(
             "fraud-inference: MLFLOW_TRACKING_URI is not set: name the registry holding the versions.", file=sys.stderr

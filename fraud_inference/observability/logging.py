@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
@@ -15,19 +15,21 @@ _configuration = 0
 """How many times `configure_logging` has run in this process: the loggers of `get_logger` bind again after each."""
 
 
-def configure_logging(level: str, log_format: str, *, role: str) -> None:
-    """Route structlog and the standard library (granian, mlflow, ...) through one renderer on stdout."""
+def configure_logging(level: str, log_format: str, *, role: str, stream: TextIO | None = None) -> None:
+    """Route structlog and the standard library (granian, mlflow, ...) through one renderer on `stream` (stdout;
+    a command whose stdout is its answer, `replay`, logs to stderr)."""
+    stream = sys.stdout if stream is None else stream
     global _configuration
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*_shared_processors(role), structlog.processors.format_exc_info, _renderer(log_format)],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         # NOTE: WriteLogger writes each line in one call and flushes it: processes sharing stdout never interleave.
-        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
     _configuration += 1
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(stdlib_formatter(log_format, role))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -223,6 +223,7 @@ def test_replay_through_another_version_prints_the_decisions_of_mlflow_loader_of
     assert "replayed 300 rows of model 'xgboost'" in done.stdout
     assert f"decision flips: {counts[(False, True)] + counts[(True, False)]}" in done.stdout
     assert f"wrote 300 rows to {output}" in done.stdout
+    assert not any(line.startswith("{") for line in done.stdout.splitlines())  # log lines go to stderr
     # Each flipped row shows both probabilities beside the thresholds that decided them (0.5 logged, 0.2 replayed).
     flipped_line = re.search(r"^\s+\S+\s+\S+\s+\d+\s+[\d.]+\s+0\.5\s+[\d.]+\s+0\.2$", done.stdout, re.M)
     assert flipped_line, done.stdout
