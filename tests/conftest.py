@@ -175,6 +175,17 @@ def start_service(
     return RunningService(process, f"http://127.0.0.1:{port}", log_path, f"127.0.0.1:{grpc_port}")
 
 
+@contextlib.contextmanager
+def serving(env: Mapping[str, str], log_dir: Path, *, timeout_s: float = 180.0) -> Iterator[RunningService]:
+    """`fraud-inference serve` with `env`, ready (within `timeout_s`, a bound) for the block, stopped after it."""
+    service = start_service(["serve"], env, log_dir)
+    try:
+        service.wait_ready(timeout_s)
+        yield service
+    finally:
+        service.stop()
+
+
 @pytest.fixture
 def service_factory(tmp_path: Path) -> Iterator[object]:
     """Start services for one test; whatever is still running at the end is stopped, then killed."""

@@ -52,6 +52,18 @@ SHAPES: dict[str, str] = {
 }
 
 
+def serve_env(tracking_uri: str, models: dict[str, str]) -> dict[str, str]:
+    """The environment of a `serve` of these shapes (`models`: key -> registered name): PYFUNC=allow for the custom
+    model, EXTRA_FEATURES=ignore so that every model takes every row of `request_rows`, two workers."""
+    return {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MODELS": ",".join(f"{key}={name}" for key, name in models.items()),
+        "PYFUNC": "allow",
+        "EXTRA_FEATURES": "ignore",
+        "WORKERS": "2",
+    }
+
+
 def make_fraud_table(rows: int, *, seed: int) -> tuple[pd.DataFrame, pd.Series]:
     """A transaction table with holes, and its is_fraud labels (0/1)."""
     rng = np.random.default_rng(seed)

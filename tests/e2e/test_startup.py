@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FRAUD_INFERENCE, RunningService, descendants, free_port, start_service
+from tests.conftest import FRAUD_INFERENCE, RunningService, descendants, free_port, serving
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +26,8 @@ def json_lines(text: str) -> list[dict[str, object]]:
 def demo_service(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     """One `serve` of the demo registry (2 workers) for the tests that only read what it logged and runs: a start
     costs many seconds on a busy machine."""
-    service = start_service(
-        ["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"}, tmp_path_factory.mktemp("startup")
-    )
-    try:
-        service.wait_ready()
+    with serving({"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"}, tmp_path_factory.mktemp("startup")) as service:
         yield service
-    finally:
-        service.stop()
 
 
 def test_the_ready_event_names_the_url_the_served_versions_and_the_docs(demo_service: RunningService) -> None:

@@ -35,6 +35,7 @@ from tests.real_models import (
     largest_difference,
     make_fraud_table,
     request_rows,
+    serve_env,
 )
 
 pytestmark = [
@@ -92,25 +93,11 @@ def real_service(
     real_models: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningService]:
     """`fraud-inference serve` of every shape (PYFUNC=allow, EXTRA_FEATURES=ignore: every model gets every row)."""
-    from tests.conftest import start_service
+    from tests.conftest import serving
 
     tracking_uri, names = real_models
-    service = start_service(
-        ["serve"],
-        {
-            "MLFLOW_TRACKING_URI": tracking_uri,
-            "MODELS": ",".join(f"{key}={name}" for key, name in names.items()),
-            "PYFUNC": "allow",
-            "EXTRA_FEATURES": "ignore",
-            "WORKERS": "2",
-        },
-        tmp_path_factory.mktemp("real-service"),
-    )
-    try:
-        service.wait_ready(timeout_s=180)
+    with serving(serve_env(tracking_uri, names), tmp_path_factory.mktemp("real-service")) as service:
         yield service
-    finally:
-        service.stop()
 
 
 def reference(tracking_uri: str, name: str, key: str, rows: list[dict[str, Any]]) -> np.ndarray:

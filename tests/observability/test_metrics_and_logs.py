@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningService, descendants, start_service
+from tests.conftest import RunningService, descendants, serving
 
 pytestmark = pytest.mark.slow
 
@@ -130,14 +130,8 @@ def test_the_request_id_is_in_the_server_line_and_the_worker_line(
 def shared_service(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     """One `serve` (2 workers) for the two tests below, which count series no other test of theirs touches: the
     hostile one only 404s (no model scores), the other only xgboost's scores and process gauges."""
-    service = start_service(
-        ["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"}, tmp_path_factory.mktemp("metrics")
-    )
-    try:
-        service.wait_ready()
+    with serving({"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"}, tmp_path_factory.mktemp("metrics")) as service:
         yield service
-    finally:
-        service.stop()
 
 
 def test_hostile_paths_and_models_do_not_grow_the_series(

@@ -18,7 +18,16 @@ import xgboost as xgb
 from mlflow import MlflowClient
 
 from tests.conftest import RunningService, use_registry
-from tests.real_models import CATEGORICAL, COUNTRIES, MERCHANTS, NUMERIC, categorized, make_fraud_table, request_rows
+from tests.real_models import (
+    CATEGORICAL,
+    COUNTRIES,
+    MERCHANTS,
+    NUMERIC,
+    categorized,
+    make_fraud_table,
+    request_rows,
+    serve_env,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -39,29 +48,15 @@ def service(
     real_models: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningService]:
     """Every XGBoost shape and three models that cannot explain; xgb-numeric carries a reason_codes tag."""
-    from tests.conftest import start_service
+    from tests.conftest import serving
 
     tracking_uri, names = real_models
     MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_model_version_tag(
         names["xgb-numeric"], "1", "reason_codes", json.dumps(CODES)
     )
-    keys = XGBOOST_SHAPES + UNEXPLAINED
-    running = start_service(
-        ["serve"],
-        {
-            "MLFLOW_TRACKING_URI": tracking_uri,
-            "MODELS": ",".join(f"{key}={names[key]}" for key in keys),
-            "PYFUNC": "allow",
-            "EXTRA_FEATURES": "ignore",
-            "WORKERS": "2",
-        },
-        tmp_path_factory.mktemp("explain-service"),
-    )
-    try:
-        running.wait_ready(timeout_s=240)
+    models = {key: names[key] for key in XGBOOST_SHAPES + UNEXPLAINED}
+    with serving(serve_env(tracking_uri, models), tmp_path_factory.mktemp("explain-service"), timeout_s=240) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
