@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
     from fraud_inference.models.scoring import ServedModel
 
-__all__ = ["BatchScorer", "DecodedBatch"]
+__all__ = ["BatchScorer", "DecodedBatch", "row_slice"]
 
 Matrix = npt.NDArray[np.float64]
 _EMPTY: Matrix = np.empty(0, dtype=np.float64)
@@ -43,7 +43,7 @@ _FIRST_CHUNK_ROWS = 256
 _MAX_CHUNK_ROWS = 16_384
 
 
-def _row_slice(features: Any, start: int, stop: int) -> Any:
+def row_slice(features: Any, start: int, stop: int) -> Any:
     """Rows `start:stop` of a batch: a float64 matrix, or a DataFrame on the frame path."""
     return features.iloc[start:stop] if hasattr(features, "iloc") else features[start:stop]
 
@@ -168,7 +168,7 @@ class BatchScorer:
                 if self._is_cancelled(request.seq):
                     return self._dropped(request, scored_rows=start)
                 chunk_started = time.monotonic_ns()
-                chunks.append(_score_rows(served.scorer, _row_slice(features, start, start + rows), outputs))
+                chunks.append(_score_rows(served.scorer, row_slice(features, start, start + rows), outputs))
                 start += rows
                 elapsed = max(time.monotonic_ns() - chunk_started, 1)
                 rows = max(1, min(_MAX_CHUNK_ROWS, rows * _CHUNK_NS // elapsed))

@@ -16,7 +16,7 @@ from structlog.typing import FilteringBoundLogger
 
 from fraud_inference.pool.messages import Columns, Refused, Score
 from fraud_inference.pool.shadow_messages import Shadowed
-from fraud_inference.pool.worker_batch import DecodedBatch
+from fraud_inference.pool.worker_batch import DecodedBatch, row_slice
 
 if TYPE_CHECKING:
     from fraud_inference.models.scoring import ServedModel
@@ -172,7 +172,8 @@ class ShadowScorer:
             int(np.count_nonzero(~champion_fraud & ~challenger_fraud)),
         )
         if decisions[1] or decisions[2]:
-            self._log_disagreements(request, held, sampled, batch, champion_scores, scored)
+            disagreeing = np.flatnonzero(champion_fraud != challenger_fraud)
+            self._log_disagreements(request, held, sampled, batch, disagreeing, champion_scores, scored)
         self._send(
             Shadowed(
                 model=request.model, rows=self._take_pending(request.model, counts), decisions=decisions,
@@ -211,8 +212,7 @@ class ShadowScorer:
             if start and self._busy():
                 break
             chunk_started = time.monotonic_ns()
-            part = features.iloc[start : start + rows] if hasattr(features, "iloc") else features[start : start + rows]
-            chunks.append(challenger.scorer.fraud_probability(part))
+            chunks.append(challenger.scorer.fraud_probability(row_slice(features, start, start + rows)))
             start += rows
             rows = max(1, rows * _CHUNK_NS // max(time.monotonic_ns() - chunk_started, 1))
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
@@ -223,28 +223,26 @@ class ShadowScorer:
         held: HeldChallenger,
         sampled: list[int],
         batch: DecodedBatch,
+        disagreeing: npt.NDArray[np.intp],
         champion_scores: Matrix,
         challenger_scores: Matrix,
     ) -> None:
-        """One `shadow.disagreement` line per row decided differently, as many as the rate limit allows."""
-        position = 0
-        for index in sampled:
-            for row in range(_rows(batch.outcomes[index])):
-                if position >= len(challenger_scores):
-                    return
-                champion_score, challenger_score = float(champion_scores[position]), float(challenger_scores[position])
-                position += 1
-                if (champion_score >= held.champion.threshold) == (challenger_score >= held.challenger.threshold):
-                    continue
-                if not self._disagreements.allow():
-                    continue
-                suppressed, self._disagreements.suppressed = self._disagreements.suppressed, 0
-                self._log.info(
-                    "shadow.disagreement", request_id=request.request_ids[index], row=row, model=request.model,
-                    champion_version=held.champion.version, champion_score=champion_score,
-                    challenger_version=held.challenger.version, challenger_score=challenger_score,
-                    suppressed=suppressed,
-                )  # fmt: skip
+        """One `shadow.disagreement` line per row decided differently (`disagreeing`: positions among the scored
+        sampled rows), as many as the rate limit allows."""
+        # Each scored position's request (an index of `sampled`) and its row in that request.
+        counts = [_rows(batch.outcomes[index]) for index in sampled]
+        starts = np.cumsum([0, *counts])
+        owners = np.searchsorted(starts, disagreeing, side="right") - 1
+        for position, owner in zip(disagreeing.tolist(), owners.tolist(), strict=True):
+            if not self._disagreements.allow():
+                continue
+            suppressed, self._disagreements.suppressed = self._disagreements.suppressed, 0
+            self._log.info(
+                "shadow.disagreement", request_id=request.request_ids[sampled[owner]],
+                row=position - int(starts[owner]), model=request.model, champion_version=held.champion.version,
+                champion_score=float(champion_scores[position]), challenger_version=held.challenger.version,
+                challenger_score=float(challenger_scores[position]), suppressed=suppressed,
+            )  # fmt: skip
 
     def _defer(self, model: str, counts: Counter[str], *, force: bool = False) -> None:
         """Add skipped rows to the next report; send it now when the worker is idle or it is due."""
