@@ -41,6 +41,9 @@ class ModelFile(msgspec.Struct, frozen=True, kw_only=True):
     format: FileFormat
     model_class: str | None = None
     skops_types: tuple[str, ...] = ()
+    objective: str | None = None
+    """LightGBM, from a file whose trees were checked (native, skops): its `objective` line (`binary sigmoid:1`),
+    which says what space its raw scores, and so its contributions, are in. None: not read (not explained)."""
 
 
 class UnservableModelError(Exception):

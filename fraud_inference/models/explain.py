@@ -11,16 +11,16 @@ from typing import Any, Protocol, runtime_checkable
 from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.models.flavors._base import Matrix
 
-__all__ = ["EXPLAINABLE", "Explainer", "explain_refusal", "explainer_of"]
+__all__ = ["EXPLAINABLE", "Explainer", "explain_refusal", "explainer_of", "library_contributions"]
 
-EXPLAINABLE = "XGBoost models (XGBClassifier, raw Boosters, native categorical columns; objective binary:logistic)"
+EXPLAINABLE = (
+    "XGBoost models (XGBClassifier, raw Boosters, native categorical columns; objective binary:logistic) and "
+    "LightGBM models logged natively or with skops (LGBMClassifier, raw Boosters, native categorical columns; "
+    "objective binary or cross_entropy)"
+)
 """What can be explained, as refusals name it."""
 
 _WHY_NOT = {
-    "lightgbm": (
-        "LightGBM's pred_contrib writes out of bounds on a crafted model file (lightgbm-org/LightGBM#7357, "
-        "GHSA-wvg4-4w35-4jc9, no fixed release) and this service does not validate LightGBM tree structure yet"
-    ),
     "sklearn": "scikit-learn models have no native contributions here",
     "python_function": "a custom pyfunc model's output cannot be attributed to its features",
 }
@@ -43,7 +43,14 @@ def explain_refusal(artifact: ModelArtifact) -> str | None:
     """Why the version cannot explain its scores, naming what can be explained; None when it can."""
     if artifact.flavor == "xgboost":
         return None
-    why = _WHY_NOT.get(artifact.flavor, f"its flavour {artifact.flavor!r} has no native contributions")
+    if artifact.flavor == "lightgbm":
+        from fraud_inference.models.flavors.lightgbm_explain import refusal
+
+        why = refusal(artifact.model_file)
+    else:
+        why = _WHY_NOT.get(artifact.flavor, f"its flavour {artifact.flavor!r} has no native contributions")
+    if why is None:
+        return None
     ref = artifact.ref
     return f"cannot explain {ref.name} v{ref.version} ({artifact.flavor}): {why}; explained: {EXPLAINABLE}"
 
@@ -54,3 +61,18 @@ def explainer_of(scorer: Any) -> Explainer | None:
     if isinstance(native, Explainer) and native.margin is not None:
         return native
     return None
+
+
+def library_contributions(artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
+    """The library's own contributions for the fraud class on MLflow's loaded model (`mlflow.<flavour>.load_model`)
+    for the rows of `frame`, `[rows, features + 1]` float64: the parity gate's reference. Raises `ValueError` for a
+    flavour that explains nothing."""
+    if artifact.flavor == "xgboost":
+        from fraud_inference.models.flavors import xgboost_explain
+
+        return xgboost_explain.mlflow_contributions(artifact.path, frame, positive_class)
+    if artifact.flavor == "lightgbm":
+        from fraud_inference.models.flavors import lightgbm_explain
+
+        return lightgbm_explain.mlflow_contributions(artifact.path, frame, positive_class)
+    raise ValueError(f"{artifact.flavor} models explain nothing")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from fraud_inference.models.artifact import ModelArtifact
-from fraud_inference.models.explain import explain_refusal, explainer_of
+from fraud_inference.models.explain import explain_refusal, explainer_of, library_contributions
 from fraud_inference.models.tolerance import TOLERANCE
 
 __all__ = ["contribution_failures", "largest_contribution_difference"]
@@ -19,9 +19,9 @@ def largest_contribution_difference(artifact: ModelArtifact, served: Any, rows: 
     scores them; None when the version is not explained or no row could be compared.
 
     Served: what the workers compute (`explainer_of(scorer).contributions` on the request decoder's batch).
-    Library: `pred_contribs` of the model `mlflow.xgboost.load_model` returns, on the row as a client's DataFrame.
+    Library: `pred_contribs` / `pred_contrib` of the model `mlflow.<flavour>.load_model` returns, on the row as a
+    client's DataFrame (`library_contributions`).
     """
-    from fraud_inference.models.flavors.xgboost_explain import mlflow_contributions
     from fraud_inference.parity import mlflow_frame
 
     explainer = explainer_of(served.scorer)
@@ -34,7 +34,7 @@ def largest_contribution_difference(artifact: ModelArtifact, served: Any, rows: 
         except Exception:  # a row the service refuses is the probabilities' failure, reported there
             continue
         frame = mlflow_frame(artifact, served, row)
-        expected = mlflow_contributions(artifact.path, frame, served.scorer.positive_class)
+        expected = library_contributions(artifact, frame, served.scorer.positive_class)
         difference = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
         largest = difference if largest is None else max(largest, difference)
     return largest

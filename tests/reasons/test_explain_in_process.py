@@ -7,6 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -31,6 +32,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 XGBOOST_SHAPES = ["xgb-classifier", "xgb-numeric", "xgb-booster", "xgb-booster-categorical", "xgb-early-stopped"]
+LIGHTGBM_SHAPES = ["lgb-classifier", "lgb-booster", "lgb-booster-categorical"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def artifact_of(registry: Registry, key: str, tmp_path: Path, **tags: str) -> Mo
     return fetch_artifact(registry, ref, tmp_path, dependency_policy="compatible", trust=ModelTrust(pyfunc="allow"))
 
 
-@pytest.mark.parametrize("key", XGBOOST_SHAPES)
+@pytest.mark.parametrize("key", XGBOOST_SHAPES + LIGHTGBM_SHAPES)
 def test_served_contributions_are_pred_contribs_of_mlflows_loaded_model(
     registry: Registry, tmp_path: Path, key: str
 ) -> None:
@@ -76,14 +78,45 @@ def test_the_gate_refuses_contributions_that_are_not_the_librarys(registry: Regi
     assert any("contributions differ from pred_contribs" in failure for failure in report.failures), report.failures
 
 
-@pytest.mark.parametrize("key", ["lgb-booster", "lgb-classifier", "sklearn-pipeline", "pyfunc-custom"])
+@pytest.mark.parametrize("key", ["sklearn-pipeline", "pyfunc-custom"])
 def test_models_that_cannot_explain_say_why_and_what_can(registry: Registry, tmp_path: Path, key: str) -> None:
     refusal = explain_refusal(artifact_of(registry, key, tmp_path))
     assert refusal is not None
     assert f"real-{key} v1" in refusal
     assert "XGBoost" in refusal
-    if key.startswith("lgb"):
-        assert "LightGBM#7357" in refusal
+    assert "LightGBM" in refusal
+
+
+@pytest.mark.parametrize("key", LIGHTGBM_SHAPES)
+def test_lightgbm_explains_only_files_whose_trees_were_checked(registry: Registry, tmp_path: Path, key: str) -> None:
+    """The real versions (native text, skops) are explained; the same version as a pickle is refused, since LightGBM
+    parses a pickle's trees while unpickling, unchecked (faked: the artifact's file format, not a real pickle)."""
+    artifact = artifact_of(registry, key, tmp_path)
+    assert artifact.model_file.format in {"native", "skops"}
+    assert explain_refusal(artifact) is None
+    pickled = msgspec.structs.replace(artifact.model_file, format="cloudpickle", objective=None)
+    refusal = explain_refusal(msgspec.structs.replace(artifact, model_file=pickled))
+    assert refusal is not None
+    assert f"real-{key} v1" in refusal
+    assert "LightGBM#7357" in refusal
+    assert "skops" in refusal
+
+
+@pytest.mark.parametrize(
+    ("objective", "margin"),
+    [("binary sigmoid:1", "log_odds"), ("cross_entropy", "log_odds"), ("xentropy", "log_odds"),
+     ("binary sigmoid:2", None), ("multiclass num_class:2", None), (None, None)],
+)  # fmt: skip
+def test_lightgbm_contributions_are_explained_only_in_a_space_that_can_be_stated(
+    objective: str | None, margin: str | None
+) -> None:
+    """`binary` with sigmoid s scores 1 / (1 + exp(-s * raw)): its raw score is the log-odds only when s is 1."""
+    from fraud_inference.models.artifact import ModelFile
+    from fraud_inference.models.flavors.lightgbm_explain import explained_margin, refusal
+
+    model_file = ModelFile(file="model.lgb", format="native", objective=objective)
+    assert explained_margin(model_file) == margin
+    assert (refusal(model_file) is None) == (margin is not None)
 
 
 def test_a_mapping_naming_a_feature_the_signature_lacks_refuses_the_version_at_load(

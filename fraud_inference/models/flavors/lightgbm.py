@@ -24,7 +24,13 @@ from fraud_inference.models.flavors._base import (
     model_path,
     positive_column,
 )
-from fraud_inference.models.flavors.lightgbm_text import InvalidTreesError, check_model_text, check_skops_boosters
+from fraud_inference.models.flavors.lightgbm_explain import explained_margin, tree_contributions
+from fraud_inference.models.flavors.lightgbm_text import (
+    InvalidTreesError,
+    check_model_text,
+    check_skops_boosters,
+    model_objective,
+)
 from fraud_inference.models.trust import ModelTrust, UntrustedModelError, check_serialized, load_serialized
 
 if TYPE_CHECKING:
@@ -51,14 +57,20 @@ class LightGBMFlavor:
         model_class = str(conf.get("model_class", _BOOSTER))
         file = str(conf["data"])
         if model_class == _BOOSTER:
-            _checked_trees((model_dir / file).read_bytes(), "native", features=None)
-            return ModelFile(file=file, format="native", model_class=model_class)
+            content = (model_dir / file).read_bytes()
+            _checked_trees(content, "native", features=None)
+            objective = model_objective(content, "native")
+            return ModelFile(file=file, format="native", model_class=model_class, objective=objective)
         serialization_format = str(conf.get("serialization_format", "cloudpickle"))
         skops_types = check_serialized(file, serialization_format, model_dir, trust)
+        objective = None  # NOTE: only a checked file's objective is read: a pickle's trees are never explained
         if serialization_format == "skops":
-            _checked_trees((model_dir / file).read_bytes(), "skops", features=None)
+            content = (model_dir / file).read_bytes()
+            _checked_trees(content, "skops", features=None)
+            objective = model_objective(content, "skops")
         return ModelFile(
             file=file, format=serialization_format, model_class=model_class, skops_types=skops_types,  # type: ignore[arg-type]
+            objective=objective,
         )  # fmt: skip
 
     def load(self, artifact: ModelArtifact) -> LightGBMScorer:
@@ -107,6 +119,8 @@ class LightGBMScorer:
         self.categories = _training_categories(booster, artifact)
         self.needs_frame = bool(self.categories)
         self._features = artifact.features
+        self.margin = explained_margin(artifact.model_file)
+        """The space of `contributions` (None: this file or objective is not explained)."""
 
     def fraud_probability(self, batch: Any) -> Matrix:
         return binary_scores(self._scores(batch), self._column)
@@ -132,6 +146,14 @@ class LightGBMScorer:
             answer = self._classes[np.argmax(probabilities, axis=1)]
         rows: list[Any] = answer.tolist()
         return rows
+
+    def contributions(self, batch: Any) -> Matrix:
+        """TreeSHAP of the fraud class per row, `[rows, features + 1]` (last column: the base value), in `margin`
+        space (`lightgbm_explain`); negated when the fraud class is label 0. Only a checked file gets here."""
+        if self.margin is None:
+            raise ValueError("explain: this LightGBM model's contributions are not explained (explain_refusal)")
+        contributions = tree_contributions(self._booster, batch)
+        return contributions if self._column == 1 else -contributions
 
     def fraud_column(self, scores: Matrix) -> Matrix:
         """The fraud probabilities from output shaped as `Booster.predict`'s (for COMPILED_TREES)."""

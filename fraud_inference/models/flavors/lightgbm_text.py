@@ -11,12 +11,14 @@ the model's (and the signature's) features, categorical thresholds inside `cat_b
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
+import zipfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["InvalidTreesError", "check_model_text", "check_skops_boosters"]
+__all__ = ["InvalidTreesError", "check_model_text", "check_skops_boosters", "model_objective"]
 
 _TREE_LINES = 22
 """LightGBM reads at most this many `key=value` lines of a tree (tree.cpp, `max_num_line`)."""
@@ -69,6 +71,28 @@ def check_skops_boosters(schema: Mapping[str, Any], *, features: int | None = No
     """`check_model_text` on the model text of every LightGBM `Booster` in a skops file's schema.json; return how
     many it held. skops rebuilds a Booster from that text (`Booster.__setstate__` hands it to LightGBM's parser)."""
     found = 0
+    for model in _skops_model_texts(schema):
+        check_model_text(model.encode(), features=features)
+        found += 1
+    return found
+
+
+def model_objective(content: bytes, file_format: str) -> str | None:
+    """The `objective` line of a checked LightGBM model (`binary sigmoid:1`, `cross_entropy`): of the text itself
+    (`native`), or of the first Booster in a skops file's schema.json (`skops`); None when it holds none."""
+    if file_format == "native":
+        texts: Iterator[str] = iter([content.decode(errors="replace")])
+    else:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            texts = _skops_model_texts(json.loads(archive.read("schema.json")))
+    for text in texts:
+        objective = _header(text.encode())[0].get("objective")
+        return None if objective is None else objective.decode(errors="replace").strip()
+    return None
+
+
+def _skops_model_texts(schema: Mapping[str, Any]) -> Iterator[str]:
+    """The model text of every LightGBM Booster in a skops schema (None models skipped)."""
     for booster in _skops_objects(schema):
         state = booster.get("content", {}).get("content", {})
         handle = state.get("_handle", state.get("handle"))
@@ -83,9 +107,7 @@ def check_skops_boosters(schema: Mapping[str, Any], *, features: int | None = No
             continue
         if not isinstance(model, str):
             raise InvalidTreesError("a LightGBM Booster in the skops file holds no model text")
-        check_model_text(model.encode(), features=features)
-        found += 1
-    return found
+        yield model
 
 
 def _skops_objects(node: Any) -> Iterator[Mapping[str, Any]]:
