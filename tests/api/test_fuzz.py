@@ -151,9 +151,9 @@ def _exact_rows(body: dict[str, Any], served: dict[str, Any]) -> None:
     # Up to 3 rows: Hypothesis spends its time building rows, and 3 exercise the batch path as well as 20.
     body["properties"]["instances"].update(items=row, maxItems=3)
     body["properties"]["model"]["enum"] = sorted(served)
-    # NOTE: `explain` is valid only up to the model's feature count and only for XGBoost and LightGBM models (a 422 for the
-    # others), which a schema of the body cannot say per model: valid cases leave it out, invalid ones still try it
-    # (the served schema), and tests/reasons cover its answers.
+    # NOTE: `explain` is valid only up to the model's feature count and only for XGBoost and LightGBM models (a 422
+    # for the others), which a schema of the body cannot say per model: valid cases leave it out, invalid ones still
+    # try it (the served schema), and tests/reasons cover its answers.
     del body["properties"]["explain"]
     body["additionalProperties"] = False
 
