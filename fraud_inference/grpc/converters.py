@@ -22,6 +22,8 @@ from fraud_inference.oip import (
     read_raw_contents,
     response_parameters,
 )
+from fraud_inference.oip.explain import explanation_parameters, explanation_tensors
+from fraud_inference.reasons.explain import ExplainedRows
 
 __all__ = ["infer_request_of", "infer_response_of", "model_metadata_of", "parameters_of"]
 
@@ -116,22 +118,30 @@ def infer_request_of(message: pb.ModelInferRequest) -> InferRequest:
     return read_raw_contents(infer, raw)
 
 
-def infer_response_of(infer: InferRequest, scored: ScoredRows, request_id: str, *, raw: bool) -> pb.ModelInferResponse:
+def infer_response_of(
+    infer: InferRequest, scored: ScoredRows, request_id: str, *, raw: bool, explained: ExplainedRows | None = None
+) -> pb.ModelInferResponse:
     """The answer to `infer`: the outputs it asks for (all when it names none), in `raw_output_contents` when `raw`
     (as MLServer does, when the request came raw: tritonclient's default), else as typed contents. Its `id` is the
-    request's, else `request_id`; its parameters are REST's."""
+    request's, else `request_id`; its parameters are REST's. With `explained`, REST's explanation outputs
+    (`contributions`, `base_value`) and parameter (`margin`) follow, from the same tensors."""
     response = pb.ModelInferResponse(
         model_name=scored.selection.key,
         model_version=scored.ref.version,
         id=infer.id if infer.id is not None else request_id,
     )
-    _set_parameters(response.parameters, response_parameters(scored))
-    for tensor in output_tensors(infer, scored):
-        output = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=[len(tensor.values)])
+    parameters = response_parameters(scored)
+    tensors = output_tensors(infer, scored)
+    if explained is not None:
+        parameters |= explanation_parameters(explained)
+        tensors += explanation_tensors(explained)
+    _set_parameters(response.parameters, parameters)
+    for tensor in tensors:
+        output = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         if raw:
             response.raw_output_contents.append(tensor.raw())
         else:
-            getattr(output.contents, CONTENTS[tensor.datatype]).extend(tensor.values.tolist())
+            getattr(output.contents, CONTENTS[tensor.datatype]).extend(tensor.values.reshape(-1).tolist())
     return response
 
 

@@ -6,19 +6,23 @@ model, readiness, generation and threshold, and its errors become status codes i
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fraud_inference import __version__
-from fraud_inference.dataplane import ScoredRows, Selection
+from fraud_inference.dataplane import Selection
 from fraud_inference.errors import NotReadyError, TimedOutError, UnknownModelError
 from fraud_inference.grpc._generated import open_inference_pb2 as pb
 from fraud_inference.grpc.calls import Call, handled
 from fraud_inference.grpc.converters import infer_request_of, infer_response_of, model_metadata_of
 from fraud_inference.oip import OipRequestError, columns_of, metadata_of
-from fraud_inference.oip.explain import explain_of
+from fraud_inference.oip.explain import explain_of, plain_outputs
+from fraud_inference.reasons.explain import explain_rows
 from fraud_inference.service import FraudService
 
 __all__ = ["InferenceServicer", "VersionNotServedError"]
+
+T = TypeVar("T")
 
 
 class VersionNotServedError(UnknownModelError):
@@ -86,25 +90,33 @@ class InferenceServicer:
         dataplane.check_capacity()
         selection = self._select(request.model_name, request.model_version, field="model_name")
         infer = infer_request_of(request)
-        if explain_of(infer) is not None:  # NOTE: refused, never ignored: a client must not read a plain answer as one
-            raise OipRequestError("parameters.explain: explanations are answered over REST only for now (/v2 infer)")
         settings = self.service.settings
         rows = columns_of(infer, selection.artifact.features, detail=settings.error_detail,
                           extra=settings.extra_features)  # fmt: skip
-        scored = await self._predict(selection, rows, call.request_id, context.time_remaining())
+        explained, explain = None, explain_of(infer)
+        if explain is None:
+            scored = await self._within_deadline(
+                dataplane.predict(selection, rows, call.request_id, protocol="grpc"), context.time_remaining()
+            )
+        else:  # REST /v2's explanation, from the same core and tensors
+            explained = await self._within_deadline(
+                explain_rows(dataplane, selection, rows, call.request_id, explain, protocol="grpc"),
+                context.time_remaining(),
+            )
+            scored, infer = explained.scored, plain_outputs(infer)
         call.fields.update(model=selection.key, version=scored.ref.version,
                            generation=selection.generation.number, rows=len(scored.probabilities))  # fmt: skip
-        return infer_response_of(infer, scored, call.request_id, raw=bool(request.raw_input_contents))
+        return infer_response_of(infer, scored, call.request_id, raw=bool(request.raw_input_contents),
+                                 explained=explained)  # fmt: skip
 
-    async def _predict(self, selection: Selection, rows: Any, request_id: str, remaining: float | None) -> ScoredRows:
-        """Score within the client's deadline when it is shorter than INFERENCE_TIMEOUT_S: past it, the request
-        leaves the pool's queue (or its batch's rest is dropped), as when REST's timeout passes."""
-        predict = self.service.dataplane.predict(selection, rows, request_id, protocol="grpc")
+    async def _within_deadline(self, answer: Awaitable[T], remaining: float | None) -> T:
+        """Await `answer` within the client's deadline when it is shorter than INFERENCE_TIMEOUT_S: past it, the
+        request leaves the pool's queue (or its batch's rest is dropped), as when REST's timeout passes."""
         if remaining is None or remaining >= self.service.settings.inference_timeout_s:
-            return await predict
+            return await answer
         try:
             async with asyncio.timeout(max(remaining, 0.0)):
-                return await predict
+                return await answer
         except TimeoutError:
             raise TimedOutError(
                 f"no answer from the inference pool within the call's deadline ({remaining:.3f} s)"

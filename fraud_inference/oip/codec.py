@@ -179,6 +179,11 @@ class OutputTensor(NamedTuple):
         """The values in binary form (Triton's binary tensor extension, gRPC's `raw_output_contents`)."""
         return to_raw(self.values, self.datatype)
 
+    @property
+    def shape(self) -> list[int]:
+        """The tensor's shape: `[rows]`, or `[rows, features]` for contributions."""
+        return list(self.values.shape)
+
 
 def output_tensors(infer: InferRequest, scored: ScoredRows) -> list[OutputTensor]:
     """The outputs the request asks for (all when it names none), in answer order; an unknown name is refused."""
@@ -212,7 +217,7 @@ def infer_response(infer: InferRequest, scored: ScoredRows, request_id: str) -> 
     outputs: list[ResponseOutput] = []
     blobs: list[bytes] = []
     for tensor in output_tensors(infer, scored):
-        shape = [len(tensor.values)]
+        shape = tensor.shape
         if tensor.binary:
             blob = tensor.raw()
             blobs.append(blob)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import msgspec
+import numpy as np
 
+from fraud_inference.oip.codec import OutputTensor
 from fraud_inference.oip.types import InferRequest, InferResponse, ResponseOutput
 from fraud_inference.reasons.explain import ExplainedRows
 
-__all__ = ["EXPLAIN_OUTPUTS", "explain_of", "plain_outputs", "with_explanation"]
+__all__ = [
+    "EXPLAIN_OUTPUTS",
+    "explain_of",
+    "explanation_parameters",
+    "explanation_tensors",
+    "plain_outputs",
+    "with_explanation",
+]
 
 EXPLAIN_OUTPUTS = ("contributions", "base_value")
 """The outputs an explained answer adds: FP64 `[rows, features]` in signature order, and FP64 `[rows]`."""
@@ -25,16 +34,28 @@ def plain_outputs(infer: InferRequest) -> InferRequest:
     return msgspec.structs.replace(infer, outputs=[o for o in infer.outputs if o.name not in EXPLAIN_OUTPUTS])
 
 
+def explanation_tensors(explained: ExplainedRows) -> list[OutputTensor]:
+    """The outputs an explanation adds, in answer order: `contributions` FP64 `[rows, features]` (signature order)
+    and `base_value` FP64 `[rows]`; REST and gRPC render these same tensors."""
+    matrix = explained.explained.matrix()
+    return [
+        OutputTensor("contributions", "FP64", np.ascontiguousarray(matrix[:, :-1]), binary=False),
+        OutputTensor("base_value", "FP64", np.ascontiguousarray(matrix[:, -1]), binary=False),
+    ]
+
+
+def explanation_parameters(explained: ExplainedRows) -> dict[str, str]:
+    """The parameter an explained answer adds: `margin`, the contributions' space (`log_odds`)."""
+    return {"margin": explained.margin}
+
+
 def with_explanation(answer: InferResponse, explained: ExplainedRows) -> InferResponse:
     """`answer` with the outputs `contributions` and `base_value` (as JSON data, whatever binary the request asked)
     and the parameter `margin` (`log_odds`)."""
-    matrix = explained.explained.matrix()
-    rows, features = matrix.shape[0], matrix.shape[1] - 1
     outputs = [
         *answer.outputs,
-        ResponseOutput(name="contributions", datatype="FP64", shape=[rows, features],
-                       data=matrix[:, :-1].reshape(-1).tolist()),
-        ResponseOutput(name="base_value", datatype="FP64", shape=[rows], data=matrix[:, -1].tolist()),
+        *(ResponseOutput(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape,
+                         data=tensor.values.reshape(-1).tolist()) for tensor in explanation_tensors(explained)),
     ]  # fmt: skip
-    parameters = {**(answer.parameters or {}), "margin": explained.margin}
+    parameters = {**(answer.parameters or {}), **explanation_parameters(explained)}
     return msgspec.structs.replace(answer, outputs=outputs, parameters=parameters)

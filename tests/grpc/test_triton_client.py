@@ -346,3 +346,57 @@ def test_calls_are_counted_by_method_and_status_code(
     assert 'fraud_inference_grpc_requests_total{code="OK",method="ModelInfer"}' in metrics
     assert 'fraud_inference_grpc_requests_total{code="NOT_FOUND",method="ModelInfer"}' in metrics
     assert 'fraud_inference_grpc_request_duration_seconds_count{method="ModelInfer"}' in metrics
+
+
+def library_contributions(demo_registry: str, model: str, frame: pd.DataFrame) -> Any:
+    """The fraud class's TreeSHAP of MLflow's loaded demo model (`pred_contribs` / `pred_contrib`), `[rows, 21]`."""
+    import mlflow
+
+    from tests.conftest import use_registry
+
+    use_registry(demo_registry)
+    loaded = getattr(mlflow, model).load_model(f"models:/fraud-{model}@champion")
+    rows = frame[NAMES]
+    if model == "xgboost":
+        import xgboost
+
+        matrix = xgboost.DMatrix(rows)
+        return loaded.get_booster().predict(matrix, pred_contribs=True, iteration_range=(0, 0))
+    return loaded.predict(rows, pred_contrib=True)
+
+
+@pytest.mark.parametrize("model", ["xgboost", "lightgbm"])
+def test_parameters_explain_answers_rests_contributions_and_base_value(
+    service: RunningService, client: triton.InferenceServerClient, transactions: pd.DataFrame, demo_registry: str,
+    model: str,
+) -> None:  # fmt: skip
+    frame = transactions.iloc[300:312]
+    result = client.infer(model, [matrix_input(frame)], parameters={"explain": 3})
+    contributions, base_value = result.as_numpy("contributions"), result.as_numpy("base_value")
+    assert contributions.shape == (len(frame), len(NAMES))
+    assert base_value.shape == (len(frame),)
+    response = result.get_response(as_json=True)
+    assert response["parameters"]["margin"] == {"string_param": "log_odds"}
+    inputs = [{"name": "transactions", "datatype": "FP64", "shape": [len(frame), len(NAMES)],
+               "data": frame[NAMES].to_numpy(dtype=np.float64).reshape(-1).tolist()}]  # fmt: skip
+    with service.client() as http:
+        rest = http.post(f"/v2/models/{model}/infer", json={"inputs": inputs, "parameters": {"explain": 3}}).json()
+    outputs = {output["name"]: output for output in rest["outputs"]}
+    assert contributions.reshape(-1).tolist() == outputs["contributions"]["data"]  # the same numbers as REST's
+    assert base_value.tolist() == outputs["base_value"]["data"]
+    assert_equals_v1(result, v1_predictions(service, model, frame))
+    library = np.asarray(library_contributions(demo_registry, model, frame), dtype=np.float64)
+    np.testing.assert_allclose(contributions, library[:, :-1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(base_value, library[:, -1], rtol=0, atol=1e-6)
+
+
+def test_explain_of_a_model_that_cannot_explain_is_failed_precondition_naming_it(
+    client: triton.InferenceServerClient, transactions: pd.DataFrame
+) -> None:
+    refusal = refused(lambda: client.infer("sklearn", [matrix_input(transactions.head(2))], parameters={"explain": 3}))
+    assert refusal.status() == "StatusCode.FAILED_PRECONDITION"
+    assert "cannot explain" in refusal.message()
+    assert "model 'sklearn'" in refusal.message()
+    invalid = refused(lambda: client.infer("xgboost", [matrix_input(transactions.head(2))], parameters={"explain": 0}))
+    assert invalid.status() == "StatusCode.INVALID_ARGUMENT"
+    assert invalid.message().startswith("explain: ")

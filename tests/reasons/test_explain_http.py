@@ -205,25 +205,3 @@ def test_oip_parameters_explain_adds_the_contributions_and_base_value_tensors(
     np.testing.assert_allclose(outputs["base_value"]["data"], contributions[:, -1], rtol=0, atol=1e-6)
     assert refused.status_code == 422, refused.text
     assert "cannot explain" in refused.text
-
-
-def test_grpc_refuses_explain_rather_than_answering_without_it(
-    service: RunningService, rows: list[dict[str, Any]]
-) -> None:
-    import grpc
-
-    # NOTE: tritonclient's compiled proto, as tests/grpc's: protobuf refuses a second module defining the same
-    # message names (ours) in a process that imported it, and a full run imports both.
-    from tritonclient.grpc import service_pb2 as pb
-    from tritonclient.grpc import service_pb2_grpc as rpc
-
-    amounts = pb.InferTensorContents(fp64_contents=[float(rows[0]["amount"])])
-    request = pb.ModelInferRequest(
-        model_name="xgb-numeric",
-        parameters={"explain": pb.InferParameter(int64_param=3)},
-        inputs=[pb.ModelInferRequest.InferInputTensor(name="amount", datatype="FP64", shape=[1], contents=amounts)],
-    )
-    with grpc.insecure_channel(service.grpc_target) as channel, pytest.raises(grpc.RpcError) as refused:
-        rpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "parameters.explain" in (refused.value.details() or "")
