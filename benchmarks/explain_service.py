@@ -1,0 +1,132 @@
+"""Reason codes through the service: the cost of an explained request against a plain one, and plain requests'
+throughput while a tenth of requests ask for reasons against none asking (issue #27's figures).
+
+    uv run python -m benchmarks.explain_service [--rounds 3] [--requests 40] [--seconds 8]
+
+Seeds the demo registry in a temporary home and serves it once (2 workers, compiled trees as configured).
+1. Cost: for XGBoost and LightGBM at 1, 10 and 100 rows, blocks of `--requests` sequential /v1/predict requests
+   on one connection, plain and with `"explain": 3`, alternated (the order swaps every round); per block the median
+   latency and the service's CPU per request (HTTP process and workers, from /proc). Prints the medians over rounds.
+2. Share: wrk at 64 connections sending 1-row XGBoost requests for `--seconds`: A cycles 10 plain bodies, B the
+   same 10 with the first asking for reasons (so exactly one request in ten); alternated A/B/B/A. B's plain
+   requests/s is 0.9 of its total (wrk cycles the bodies in order). Prints each round and the median ratio B/A.
+wrk checks every answer; a failed request ends the run (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from benchmarks.loadgen import run_load
+from benchmarks.scenarios import Scenario, our_requests
+from benchmarks.service import OurService
+from fraud_inference.demo.seeding import embedded_registry, seed_demo
+
+REASONS = 3
+SHARE_CONNECTIONS = 64
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=40, help="per block of the cost figure")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per arm and round of the share figure")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-explain-") as home:
+        tracking_uri, artifact_location = embedded_registry(Path(home))
+        seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None)
+        service = OurService.start(tracking_uri, workers=2, log_dir=Path(home), timeout_s=300)
+        try:
+            _cost(service, args.rounds, args.requests)
+            _share(service, args.rounds, args.seconds)
+        finally:
+            service.stop(timeout_s=60)
+    return 0
+
+
+def _explained(bodies: list[bytes]) -> list[bytes]:
+    return [msgspec.json.encode({**msgspec.json.decode(body), "explain": REASONS}) for body in bodies]
+
+
+def _block(service: OurService, client: httpx.Client, url: str, bodies: list[bytes], count: int) -> tuple[float, float]:
+    """`count` sequential requests: their median latency (ms) and the service's CPU per request (us)."""
+    latencies = []
+    before = service.cpu()
+    for index in range(count):
+        started = time.perf_counter()
+        answer = client.post(url, content=bodies[index % len(bodies)], headers={"content-type": "application/json"})
+        latencies.append((time.perf_counter() - started) * 1e3)
+        if answer.status_code != 200:
+            sys.exit(f"{url}: {answer.status_code} {answer.text[:200]}")
+    after = service.cpu()
+    if before is None or after is None:
+        sys.exit("the service's processes cannot be read in /proc")
+    return statistics.median(latencies), after.minus(before).total / count * 1e6
+
+
+def _cost(service: OurService, rounds: int, count: int) -> None:
+    with httpx.Client(timeout=60) as client:
+        for model in ("xgboost", "lightgbm"):
+            for rows in (1, 10, 100):
+                requests = our_requests(Scenario(f"{model} {rows}", (model,), rows, 1), service.base_url)
+                arms = {"plain": list(requests.bodies), "explained": _explained(list(requests.bodies))}
+                for body in (*arms["plain"][:3], *arms["explained"][:3]):  # warm both paths
+                    client.post(requests.url, content=body, headers={"content-type": "application/json"})
+                measured: dict[str, list[tuple[float, float]]] = {"plain": [], "explained": []}
+                for round_ in range(rounds):
+                    for arm in ("plain", "explained") if round_ % 2 == 0 else ("explained", "plain"):
+                        measured[arm].append(_block(service, client, requests.url, arms[arm], count))
+                plain_ms = statistics.median(ms for ms, _ in measured["plain"])
+                explained_ms = statistics.median(ms for ms, _ in measured["explained"])
+                plain_cpu = statistics.median(cpu for _, cpu in measured["plain"])
+                explained_cpu = statistics.median(cpu for _, cpu in measured["explained"])
+                print(
+                    f"cost {model} {rows:>3} rows: latency plain {plain_ms:.2f} ms, explained {explained_ms:.2f} ms "
+                    f"({explained_ms / plain_ms:.1f}x); CPU per request plain {plain_cpu:,.0f} us, explained "
+                    f"{explained_cpu:,.0f} us ({explained_cpu / plain_cpu:.1f}x; "
+                    f"{(explained_cpu - plain_cpu) / rows:,.0f} us more per row)",
+                    flush=True,
+                )
+
+
+def _share(service: OurService, rounds: int, seconds: float) -> None:
+    requests = our_requests(Scenario("xgboost 1 row", ("xgboost",), 1, SHARE_CONNECTIONS), service.base_url)
+    plain = list(requests.bodies)[:10]
+    arms = {"A": plain, "B": [*_explained(plain[:1]), *plain[1:]]}
+    run_load("wrk", requests.url, plain, connections=SHARE_CONNECTIONS, seconds=2)  # warm-up
+    ratios, cpu_ratios = [], []
+    for round_ in range(rounds):
+        got = {}
+        for arm in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
+            before = service.cpu()
+            result = run_load("wrk", requests.url, arms[arm], connections=SHARE_CONNECTIONS, seconds=seconds)
+            after = service.cpu()
+            failed = result.non_2xx + result.bad_body + result.connect_errors + result.read_errors + result.timeouts
+            if failed or before is None or after is None:
+                sys.exit(f"share {arm}: {failed} request(s) failed: the figures would mean nothing")
+            plain_per_s = result.requests_per_s * (1.0 if arm == "A" else 0.9)
+            cpu_us = after.minus(before).total / max(result.requests, 1) * 1e6
+            got[arm] = (plain_per_s, cpu_us)
+            print(
+                f"share round {round_ + 1} {arm}: {result.requests_per_s:.0f} req/s, plain {plain_per_s:.0f} req/s, "
+                f"p99 {result.p99_ms:.1f} ms, CPU per request {cpu_us:.0f} us",
+                flush=True,
+            )
+        ratios.append(got["B"][0] / got["A"][0])
+        cpu_ratios.append(got["B"][1] / got["A"][1])
+    print(
+        f"share: plain requests/s with a tenth explained (B) / none (A) {statistics.median(ratios):.2f}x, CPU per "
+        f"request {statistics.median(cpu_ratios):.2f}x (median of {rounds} rounds)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
