@@ -21,7 +21,10 @@ EXPLAINABLE = (
 """What can be explained, as refusals name it."""
 
 _WHY_NOT = {
-    "sklearn": "scikit-learn models have no native contributions here",
+    "sklearn": (
+        "scikit-learn models are not explained: its own estimators have no native contributions, and a pipeline "
+        "ending in XGBoost or LightGBM is not yet (its booster's trees are not checked inside a scikit-learn file)"
+    ),
     "python_function": "a custom pyfunc model's output cannot be attributed to its features",
 }
 
