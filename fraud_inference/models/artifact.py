@@ -44,6 +44,8 @@ class ModelFile(msgspec.Struct, frozen=True, kw_only=True):
     objective: str | None = None
     """LightGBM, from a file whose trees were checked (native, skops): its `objective` line (`binary sigmoid:1`),
     which says what space its raw scores, and so its contributions, are in. None: not read (not explained)."""
+    linear_trees: bool = False
+    """LightGBM, from a checked file: some tree has linear leaves (LightGBM computes no contributions for them)."""
 
 
 class UnservableModelError(Exception):

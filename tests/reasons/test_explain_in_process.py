@@ -198,3 +198,29 @@ def test_a_batch_explains_only_the_rows_of_the_requests_that_want_it(registry: R
     probabilities = np.frombuffer(answer.outputs["fraud_probability"].parts()[0], dtype=np.float64)
     margins = explained.matrix().sum(axis=1)
     np.testing.assert_allclose(1 / (1 + np.exp(-margins)), probabilities, rtol=0, atol=1e-6)
+
+
+def test_lightgbm_with_linear_trees_is_refused_for_lightgbm_computes_no_contributions() -> None:
+    """LightGBM raises "Predicting SHAP feature contributions is not implemented for linear trees": refused at the
+    HTTP process from the checked text, not failed in a worker."""
+    import lightgbm as lgb
+
+    from fraud_inference.models.artifact import ModelFile
+    from fraud_inference.models.flavors.lightgbm_explain import explained_margin, refusal
+    from fraud_inference.models.flavors.lightgbm_text import has_linear_trees
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, 3))
+    labels = (features[:, 0] > 0).astype(int)
+    texts = {
+        linear: lgb.train(
+            {"objective": "binary", "linear_tree": linear, "verbose": -1, "num_threads": 1},
+            lgb.Dataset(features, label=labels), num_boost_round=2,
+        ).model_to_string().encode()
+        for linear in (True, False)
+    }  # fmt: skip
+    assert has_linear_trees(texts[True], "native")
+    assert not has_linear_trees(texts[False], "native")
+    model_file = ModelFile(file="model.lgb", format="native", objective="binary sigmoid:1", linear_trees=True)
+    assert explained_margin(model_file) is None
+    assert "linear leaves" in (refusal(model_file) or "")

@@ -29,6 +29,7 @@ from fraud_inference.models.flavors.lightgbm_text import (
     InvalidTreesError,
     check_model_text,
     check_skops_boosters,
+    has_linear_trees,
     model_objective,
 )
 from fraud_inference.models.trust import ModelTrust, UntrustedModelError, check_serialized, load_serialized
@@ -59,18 +60,20 @@ class LightGBMFlavor:
         if model_class == _BOOSTER:
             content = (model_dir / file).read_bytes()
             _checked_trees(content, "native", features=None)
-            objective = model_objective(content, "native")
-            return ModelFile(file=file, format="native", model_class=model_class, objective=objective)
+            return ModelFile(
+                file=file, format="native", model_class=model_class, objective=model_objective(content, "native"),
+                linear_trees=has_linear_trees(content, "native"),
+            )  # fmt: skip
         serialization_format = str(conf.get("serialization_format", "cloudpickle"))
         skops_types = check_serialized(file, serialization_format, model_dir, trust)
-        objective = None  # NOTE: only a checked file's objective is read: a pickle's trees are never explained
+        objective, linear_trees = None, False  # NOTE: only a checked file is read: a pickle is never explained
         if serialization_format == "skops":
             content = (model_dir / file).read_bytes()
             _checked_trees(content, "skops", features=None)
-            objective = model_objective(content, "skops")
+            objective, linear_trees = model_objective(content, "skops"), has_linear_trees(content, "skops")
         return ModelFile(
             file=file, format=serialization_format, model_class=model_class, skops_types=skops_types,  # type: ignore[arg-type]
-            objective=objective,
+            objective=objective, linear_trees=linear_trees,
         )  # fmt: skip
 
     def load(self, artifact: ModelArtifact) -> LightGBMScorer:

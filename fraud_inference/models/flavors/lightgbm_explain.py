@@ -28,8 +28,8 @@ _LOG_ODDS = frozenset({"cross_entropy", "xentropy"})
 def explained_margin(model_file: ModelFile) -> str | None:
     """The space of the model's contributions (`log_odds`), or None when they are not explained: an unchecked file,
     or an objective whose raw score is not the log-odds (`binary` with `sigmoid` other than 1 scores
-    1 / (1 + exp(-sigmoid * raw)); multiclass gives one score per class)."""
-    if model_file.format not in CHECKED_FORMATS or model_file.objective is None:
+    1 / (1 + exp(-sigmoid * raw)); multiclass gives one score per class), or linear trees (no contributions)."""
+    if model_file.format not in CHECKED_FORMATS or model_file.objective is None or model_file.linear_trees:
         return None
     name, *options = model_file.objective.split()
     if name in _LOG_ODDS and not options:
@@ -47,6 +47,8 @@ def refusal(model_file: ModelFile) -> str | None:
             "its trees, and LightGBM's pred_contrib writes out of bounds on a crafted model (lightgbm-org/LightGBM"
             "#7357, GHSA-wvg4-4w35-4jc9, no fixed release); log it as a native Booster or with skops to explain it"
         )
+    if model_file.linear_trees:
+        return "its trees have linear leaves (linear_tree), for which LightGBM computes no contributions"
     if explained_margin(model_file) is None:
         return (
             f"its objective {model_file.objective!r} has no log-odds contributions (explained: binary with sigmoid 1, "

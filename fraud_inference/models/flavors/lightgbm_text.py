@@ -14,11 +14,12 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 import zipfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["InvalidTreesError", "check_model_text", "check_skops_boosters", "model_objective"]
+__all__ = ["InvalidTreesError", "check_model_text", "check_skops_boosters", "has_linear_trees", "model_objective"]
 
 _TREE_LINES = 22
 """LightGBM reads at most this many `key=value` lines of a tree (tree.cpp, `max_num_line`)."""
@@ -80,15 +81,29 @@ def check_skops_boosters(schema: Mapping[str, Any], *, features: int | None = No
 def model_objective(content: bytes, file_format: str) -> str | None:
     """The `objective` line of a checked LightGBM model (`binary sigmoid:1`, `cross_entropy`): of the text itself
     (`native`), or of the first Booster in a skops file's schema.json (`skops`); None when it holds none."""
-    if file_format == "native":
-        texts: Iterator[str] = iter([content.decode(errors="replace")])
-    else:
-        with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            texts = _skops_model_texts(json.loads(archive.read("schema.json")))
-    for text in texts:
-        objective = _header(text.encode())[0].get("objective")
+    for text in _model_texts(content, file_format):
+        objective = _header(text)[0].get("objective")
         return None if objective is None else objective.decode(errors="replace").strip()
     return None
+
+
+def has_linear_trees(content: bytes, file_format: str) -> bool:
+    """Some tree of a checked LightGBM model (`native` text, or a `skops` file's Boosters) has linear leaves
+    (`is_linear` other than 0), for which LightGBM computes no contributions."""
+    return any(
+        re.search(rb"^is_linear=(?!0$).", text, flags=re.MULTILINE) is not None
+        for text in _model_texts(content, file_format)
+    )
+
+
+def _model_texts(content: bytes, file_format: str) -> Iterator[bytes]:
+    if file_format == "native":
+        yield content
+        return
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    for text in _skops_model_texts(schema):
+        yield text.encode()
 
 
 def _skops_model_texts(schema: Mapping[str, Any]) -> Iterator[str]:
