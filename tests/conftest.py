@@ -186,6 +186,47 @@ def serving(env: Mapping[str, str], log_dir: Path, *, timeout_s: float = 180.0) 
         service.stop()
 
 
+DEMO_SERVICE_BODY_READ_TIMEOUT_S = 2.0
+"""BODY_READ_TIMEOUT_S of `demo_service`: a body that stops arriving is refused within seconds."""
+
+
+@pytest.fixture(scope="session")
+def demo_service(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """One `serve` of the demo registry for the whole session, shared by the modules whose tests only send
+    requests and read the answers, `/metrics`, the log and the process tree.
+
+    Its users never stop it, signal it, kill its processes, or change its registry (those tests start their own
+    with `service_factory`), and read its counters as deltas: every user's requests are counted. Settings:
+    WORKERS=2 (tests count the worker processes), DEFAULT_MODEL=lightgbm (the docs' example follows it),
+    BODY_READ_TIMEOUT_S=`DEMO_SERVICE_BODY_READ_TIMEOUT_S`. A start costs tens of seconds on a busy machine (every
+    worker imports the libraries and loads every model; the parity gate loads each through MLflow first): five
+    modules each started one of their own before.
+    """
+    env = {
+        "MLFLOW_TRACKING_URI": demo_registry,
+        "WORKERS": "2",
+        "DEFAULT_MODEL": "lightgbm",
+        "BODY_READ_TIMEOUT_S": str(DEMO_SERVICE_BODY_READ_TIMEOUT_S),
+    }
+    # A bound, not a timing: the session's first `serve` also compiles the demo's trees into the shared home.
+    with serving(env, tmp_path_factory.mktemp("demo-service"), timeout_s=240) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def real_service(
+    real_models: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
+    """`fraud-inference serve` of every shape in `real_models` (`serve_env`: PYFUNC=allow, EXTRA_FEATURES=ignore, two
+    workers), started once for the session and shared as `demo_service` is (read only, counters as deltas)."""
+    from tests.real_models import serve_env
+
+    tracking_uri, names = real_models
+    # A bound, not a timing: twelve models, each gated through MLflow's loader and compiled, then loaded per worker.
+    with serving(serve_env(tracking_uri, names), tmp_path_factory.mktemp("real-service"), timeout_s=240) as service:
+        yield service
+
+
 @pytest.fixture
 def service_factory(tmp_path: Path) -> Iterator[object]:
     """Start services for one test; whatever is still running at the end is stopped, then killed."""

@@ -21,6 +21,7 @@ __all__ = [
     "CATEGORICAL",
     "NUMERIC",
     "OPTIONAL",
+    "REASON_CODES",
     "SHAPES",
     "categorized",
     "largest_difference",
@@ -36,9 +37,15 @@ OPTIONAL = ["device_age_days", "distance_km", "country"]
 MERCHANTS = ["grocery", "electronics", "travel", "gaming", "fuel"]
 COUNTRIES = ["DE", "FR", "GB", "US", "NG"]
 
+REASON_CODES = {
+    "amount": {"code": "A01", "text": "Transaction amount unusual for the card"},
+    "txn_count_24h": {"code": "V02", "text": "Many transactions in the last 24 hours"},
+}
+"""The `reason_codes` version tag of xgb-numeric: a team's codes for two of its features (the others have none)."""
+
 SHAPES: dict[str, str] = {
     "xgb-classifier": "XGBClassifier(enable_categorical=True) on pandas category columns",
-    "xgb-numeric": "XGBClassifier on numeric columns with NaN (the fast path)",
+    "xgb-numeric": "XGBClassifier on numeric columns with NaN (the fast path), tag reason_codes=REASON_CODES",
     "xgb-booster": "raw xgb.train Booster, early-stopped, numeric columns with NaN",
     "xgb-booster-categorical": "raw xgb.train Booster on a DMatrix with category columns",
     "xgb-early-stopped": "XGBClassifier early-stopped (predict_proba stops at best_iteration)",
@@ -232,7 +239,7 @@ def register_real_models(tracking_uri: str, workdir: Path) -> dict[str, str]:
         register("xgb-numeric", mlflow.xgboost.log_model(
             model, name="xgb-numeric", signature=infer_signature(numeric), input_example=numeric.head(5),
             pip_requirements=pins("xgboost-cpu", "numpy"),
-        ))  # fmt: skip
+        ), tags={"reason_codes": json.dumps(REASON_CODES)})  # fmt: skip
 
         train, valid = numeric.iloc[:300], numeric.iloc[300:]
         booster = xgb.train(

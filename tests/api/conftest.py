@@ -43,9 +43,12 @@ def client(demo_registry: str) -> Iterator[TestClient]:  # type: ignore[type-arg
         yield test_client
 
 
-@pytest.fixture
+@pytest.fixture(scope="package")
 def unready_client(demo_registry: str) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    """An app whose served model exists nowhere: it keeps retrying the registry and never becomes ready."""
+    """An app whose served model exists nowhere: it keeps retrying the registry and never becomes ready.
+
+    One for the package, as `client`: its users only read its refusals, and each app starts a worker process.
+    """
     settings = Settings.from_env(
         {"GRPC": "off", "MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "MODELS": "fraud=fraud-not-registered"}
     )

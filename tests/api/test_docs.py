@@ -6,14 +6,13 @@ import json
 
 import pytest
 
+from tests.conftest import RunningService
+
 pytestmark = pytest.mark.slow
 
 
-def test_the_openapi_example_of_predict_scores_as_is(service_factory, demo_registry: str) -> None:
-    service = service_factory(
-        ["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "DEFAULT_MODEL": "lightgbm"}
-    )
-    service.wait_ready()
+def test_the_openapi_example_of_predict_scores_as_is(demo_service: RunningService) -> None:
+    service = demo_service  # DEFAULT_MODEL=lightgbm
     with service.client() as client:
         schema = client.get("/openapi.json").json()
         example = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]

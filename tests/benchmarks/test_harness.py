@@ -251,6 +251,7 @@ def test_protocol_option_alternates_the_routes_and_checks_every_answer(demo_regi
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # a benchmark run as its siblings: a serve, a native baseline, loads (66 s, the default's longest)
 def test_pyfunc_option_serves_a_custom_model_and_checks_its_answers_in_process(demo_home: Path, tmp_path: Path) -> None:
     # A copy of the session's registry: the fraud-pyfunc version this run registers stays out of other tests.
     shutil.copy(demo_home / "mlflow.db", tmp_path / "mlflow.db")

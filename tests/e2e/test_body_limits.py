@@ -11,30 +11,24 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
 
-from tests.conftest import RunningService, descendants, start_service
+from tests.conftest import DEMO_SERVICE_BODY_READ_TIMEOUT_S, RunningService, descendants
 from tests.e2e.test_hot_swap import rows
 
 pytestmark = pytest.mark.slow
 
-BODY_READ_TIMEOUT_S = 2.0
+BODY_READ_TIMEOUT_S = DEMO_SERVICE_BODY_READ_TIMEOUT_S
 
 
 @pytest.fixture(scope="module")
-def service(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    env = {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1", "BODY_READ_TIMEOUT_S": str(BODY_READ_TIMEOUT_S)}
-    running = start_service(["serve"], env, tmp_path_factory.mktemp("body-limits"))
-    try:
-        running.wait_ready()
-        yield running
-    finally:
-        running.stop()
+def service(demo_service: RunningService) -> RunningService:
+    """The session's shared `demo_service` (BODY_READ_TIMEOUT_S=`BODY_READ_TIMEOUT_S`)."""
+    return demo_service
 
 
 def connect(service: RunningService) -> socket.socket:

@@ -40,10 +40,10 @@ def access_lines(service: RunningService, request_ids: set[str]) -> dict[str, di
 
 
 def test_each_protocol_is_counted_under_its_route_and_logged_with_its_protocol(
-    service_factory: Any, demo_registry: str, transactions: pd.DataFrame
+    demo_service: RunningService, transactions: pd.DataFrame
 ) -> None:
-    service: RunningService = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "1"})
-    service.wait_ready()
+    """On the session's shared service: counts are deltas from before this test's requests."""
+    service = demo_service
     frame = transactions.head(3)
     records = json.loads(frame.to_json(orient="records"))
     matrix = frame[[f.name for f in FEATURES]].to_numpy(dtype=float)
@@ -54,6 +54,11 @@ def test_each_protocol_is_counted_under_its_route_and_logged_with_its_protocol(
         ("/v2/models/{model}/infer", "oip"): ("/v2/models/sklearn/infer", oip),
     }
     with service.client() as client:
+        before = {route: counter(client, "fraud_inference_http_requests_total", method="POST", route=route,
+                                 status="200") for route, _protocol in calls}  # fmt: skip
+        scored_before = counter(client, "fraud_inference_rows_scored_total", model="sklearn", version="1")
+        unmatched_before = counter(client, "fraud_inference_http_requests_total", method="GET", route="<unmatched>",
+                                   status="404")  # fmt: skip
         for (_route, protocol), (path, body) in calls.items():
             response = client.post(path, json=body, headers={"X-Request-ID": f"obs-{protocol}"})
             assert response.status_code == 200, response.text
@@ -62,9 +67,10 @@ def test_each_protocol_is_counted_under_its_route_and_logged_with_its_protocol(
             line = access[f"obs-{protocol}"]
             assert (line["route"], line["protocol"], line["status"]) == (route, protocol, 200)
             assert (line["model"], line["version"], line["rows"]) == ("sklearn", "1", 3)
-            assert counter(client, "fraud_inference_http_requests_total", method="POST", route=route, status="200") == 1
-        assert counter(client, "fraud_inference_rows_scored_total", model="sklearn", version="1") == 9
+            now = counter(client, "fraud_inference_http_requests_total", method="POST", route=route, status="200")
+            assert now - before[route] == 1, route
+        assert counter(client, "fraud_inference_rows_scored_total", model="sklearn", version="1") - scored_before == 9
         client.get("/no/such/path")
-        assert (
-            counter(client, "fraud_inference_http_requests_total", method="GET", route="<unmatched>", status="404") == 1
-        )
+        unmatched = counter(client, "fraud_inference_http_requests_total", method="GET", route="<unmatched>",
+                            status="404")  # fmt: skip
+        assert unmatched - unmatched_before == 1

@@ -8,26 +8,17 @@ import pty
 import select
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FRAUD_INFERENCE, RunningService, descendants, free_port, serving
+from tests.conftest import FRAUD_INFERENCE, RunningService, descendants, free_port
 
 pytestmark = pytest.mark.slow
 
 
 def json_lines(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-@pytest.fixture(scope="module")
-def demo_service(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    """One `serve` of the demo registry (2 workers) for the tests that only read what it logged and runs: a start
-    costs many seconds on a busy machine."""
-    with serving({"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"}, tmp_path_factory.mktemp("startup")) as service:
-        yield service
 
 
 def test_the_ready_event_names_the_url_the_served_versions_and_the_docs(demo_service: RunningService) -> None:

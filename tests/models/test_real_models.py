@@ -9,7 +9,7 @@ training categories. The rows send missing values as `null` and as left-out keys
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ from tests.real_models import (
     largest_difference,
     make_fraud_table,
     request_rows,
-    serve_env,
 )
 
 pytestmark = [
@@ -86,18 +85,6 @@ COMPLETE_ONLY = {"sklearn-logistic": ["amount"], "pyfunc-custom": ["amount"]}
 def rows() -> list[dict[str, Any]]:
     table, _labels = make_fraud_table(60, seed=5)
     return request_rows(table)
-
-
-@pytest.fixture(scope="module")
-def real_service(
-    real_models: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningService]:
-    """`fraud-inference serve` of every shape (PYFUNC=allow, EXTRA_FEATURES=ignore: every model gets every row)."""
-    from tests.conftest import serving
-
-    tracking_uri, names = real_models
-    with serving(serve_env(tracking_uri, names), tmp_path_factory.mktemp("real-service")) as service:
-        yield service
 
 
 def reference(tracking_uri: str, name: str, key: str, rows: list[dict[str, Any]]) -> np.ndarray:

@@ -8,7 +8,6 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningService, descendants, serving
+from tests.conftest import RunningService, descendants
 
 pytestmark = pytest.mark.slow
 
@@ -126,38 +125,35 @@ def test_the_request_id_is_in_the_server_line_and_the_worker_line(
     assert not [line for line in service.log().splitlines() if _CONSOLE_LINE.match(line)]
 
 
-@pytest.fixture(scope="module")
-def shared_service(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    """One `serve` (2 workers) for the two tests below, which count series no other test of theirs touches: the
-    hostile one only 404s (no model scores), the other only xgboost's scores and process gauges."""
-    with serving({"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"}, tmp_path_factory.mktemp("metrics")) as service:
-        yield service
-
-
 def test_hostile_paths_and_models_do_not_grow_the_series(
-    shared_service: RunningService, transactions: pd.DataFrame
+    demo_service: RunningService, transactions: pd.DataFrame
 ) -> None:
-    service = shared_service
+    """On the session's shared service: counts are deltas from a scrape after the warm-up."""
+    service = demo_service
     instance = rows(transactions, 1)
     with service.client() as client:
         client.get(f"/warmup/{uuid.uuid4().hex}")
         client.post("/v1/predict", json={"model": "warmup", "instances": instance})
         samples(client)  # the scrape's own series exist from here on
-        before = len(samples(client))
+        warm = samples(client)
         for _ in range(500):
             client.get(f"/{uuid.uuid4().hex}/{uuid.uuid4().hex}")
             client.post("/v1/predict", json={"model": uuid.uuid4().hex, "instances": instance})
         after = samples(client)
-    assert len(after) == before
-    assert value(after, "fraud_inference_http_requests_total", method="GET", route="<unmatched>", status="404") == 501
-    assert value(after, "fraud_inference_http_requests_total", method="POST", route="/v1/predict", status="404") == 501
+    assert len(after) == len(warm)
+    for method, route in (("GET", "<unmatched>"), ("POST", "/v1/predict")):
+        labels = {"method": method, "route": route, "status": "404"}
+        counted = value(after, "fraud_inference_http_requests_total", **labels)
+        assert counted - value(warm, "fraud_inference_http_requests_total", **labels) == 500, (method, route)
 
 
 def test_metrics_show_readiness_and_cpu_and_memory_of_the_server_and_each_worker(
-    shared_service: RunningService, transactions: pd.DataFrame
+    demo_service: RunningService, transactions: pd.DataFrame
 ) -> None:
-    service = shared_service
+    """On the session's shared service: the score counts are deltas."""
+    service = demo_service
     with service.client() as client:
+        before = samples(client)
         for _ in range(20):
             predict(client, "xgboost", rows(transactions, 50))
         scrape = client.get("/metrics")
@@ -168,5 +164,7 @@ def test_metrics_show_readiness_and_cpu_and_memory_of_the_server_and_each_worker
         assert value(now, "fraud_inference_process_cpu_seconds_total", process=process) > 0, process
         # Each process holds at least its Python runtime and numpy: far over 10 MiB.
         assert value(now, "fraud_inference_process_resident_memory_bytes", process=process) > 10 * 2**20, process
-    assert value(now, "fraud_inference_fraud_score_count", model="xgboost") == 1000
-    assert value(now, "fraud_inference_fraud_score_bucket", model="xgboost", le="+Inf") == 1000
+    scored = value(now, "fraud_inference_fraud_score_count", model="xgboost")
+    assert scored - value(before, "fraud_inference_fraud_score_count", model="xgboost") == 1000
+    every = value(now, "fraud_inference_fraud_score_bucket", model="xgboost", le="+Inf")
+    assert every - value(before, "fraud_inference_fraud_score_bucket", model="xgboost", le="+Inf") == 1000

@@ -7,8 +7,6 @@ with mapped codes.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from typing import Any
 
 import lightgbm as lgb
@@ -17,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
-from mlflow import MlflowClient
 
 from tests.conftest import RunningService, use_registry
 from tests.real_models import (
@@ -25,10 +22,10 @@ from tests.real_models import (
     COUNTRIES,
     MERCHANTS,
     NUMERIC,
+    REASON_CODES,
     categorized,
     make_fraud_table,
     request_rows,
-    serve_env,
 )
 
 pytestmark = [
@@ -40,26 +37,14 @@ XGBOOST_SHAPES = ["xgb-classifier", "xgb-numeric", "xgb-booster", "xgb-booster-c
 LIGHTGBM_SHAPES = ["lgb-classifier", "lgb-booster", "lgb-booster-categorical"]
 CATEGORICAL_SHAPES = {"xgb-classifier", "xgb-booster-categorical", "lgb-classifier", "lgb-booster-categorical"}
 UNEXPLAINED = ["sklearn-pipeline", "pyfunc-custom"]
-CODES = {
-    "amount": {"code": "A01", "text": "Transaction amount unusual for the card"},
-    "txn_count_24h": {"code": "V02", "text": "Many transactions in the last 24 hours"},
-}
+CODES = REASON_CODES  # the version tag `reason_codes` of xgb-numeric in `real_models`
 
 
 @pytest.fixture(scope="module")
-def service(
-    real_models: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningService]:
-    """Every XGBoost and LightGBM shape and two models that cannot explain; xgb-numeric carries a reason_codes tag."""
-    from tests.conftest import serving
-
-    tracking_uri, names = real_models
-    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_model_version_tag(
-        names["xgb-numeric"], "1", "reason_codes", json.dumps(CODES)
-    )
-    models = {key: names[key] for key in XGBOOST_SHAPES + LIGHTGBM_SHAPES + UNEXPLAINED}
-    with serving(serve_env(tracking_uri, models), tmp_path_factory.mktemp("explain-service"), timeout_s=240) as running:
-        yield running
+def service(real_service: RunningService) -> RunningService:
+    """The session's `real_service`: every XGBoost and LightGBM shape beside models that cannot explain; xgb-numeric
+    carries the reason_codes tag (`REASON_CODES`)."""
+    return real_service
 
 
 @pytest.fixture(scope="module")
