@@ -110,7 +110,21 @@ class SignatureDecoder:
 
     def matrix(self, instances: bytes) -> Matrix:
         """Decode `instances` (the raw JSON array) into a C-contiguous (rows, features) float64 matrix."""
-        rows = self._rows(instances)
+        return self.stacked([self.rows(instances)])
+
+    def rows(self, instances: bytes) -> list[Any]:
+        """The row objects of `instances` (the raw JSON array), their names and types checked while decoding:
+        `InstancesError` names the row and the feature. `stacked` turns them into the matrix."""
+        return self._rows(instances)
+
+    def stacked(self, requests: Sequence[list[Any]]) -> Matrix:
+        """One C-contiguous (rows, features) float64 matrix of the `rows` of several requests, in order, its numbers
+        checked in one pass (infinities, fractions in integer columns, missing values the model cannot take).
+
+        `InstancesError` names a row of the whole stack: a caller that must refuse each request in its own words
+        decodes them one by one (`matrix`) when this fails. One request's `stacked` is its `matrix`.
+        """
+        rows = requests[0] if len(requests) == 1 else list(chain.from_iterable(requests))
         # One pass of C-level iteration into a preallocated float64 buffer: ~25% faster than np.array of tuples.
         values = chain.from_iterable(map(self._astuple, rows))
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -207,6 +208,52 @@ def test_coalesced_requests_get_exactly_their_own_rows_scores_and_errors(
         assert status.batches < len(plan) / 2, "a burst of 300 requests on 2 workers should have been coalesced"
 
     run_with_pool(2, scenario)
+
+
+def test_a_value_refused_in_a_coalesced_batch_is_named_in_its_own_rows_and_fails_alone(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
+) -> None:
+    """Coalesced requests' rows are checked as one matrix; a request holding a fraction in an integer column, or
+    too many rows, is still refused alone, naming the row of its own body and the feature, and the others of its
+    batch are scored exactly as alone."""
+    scorer = load_scorer(artifacts["xgboost"])
+    plan = [(slice(i, i + 1 + i % 3), i % 11 == 3, i % 13 == 7) for i in range(200)]  # (rows, fraction, too many)
+
+    def body(rows: slice, fraction: bool, too_many: bool) -> bytes:
+        if too_many:
+            return instances(transactions, slice(0, 21))
+        records = json.loads(instances(transactions, rows))
+        if fraction:
+            records[-1]["hour_of_day"] = 7.5
+        return json.dumps(records).encode()
+
+    async def scenario(pool: InferencePool) -> None:
+        assert (await pool.load(1, [artifacts["xgboost"]])).errors == {}
+        pool.activate(1)
+        outcomes = await asyncio.gather(
+            *(pool.score(1, "xgboost", body(*planned), f"r{i}") for i, planned in enumerate(plan)),
+            return_exceptions=True,
+        )
+        for (rows, fraction, too_many), outcome in zip(plan, outcomes, strict=True):
+            if too_many:
+                assert isinstance(outcome, RequestRefusedError)
+                assert (outcome.refusal.reason, outcome.refusal.rows) == ("too_many_rows", 21)
+            elif fraction:
+                assert isinstance(outcome, RequestRefusedError)
+                refusal = outcome.refusal
+                assert (refusal.reason, refusal.row, refusal.feature) == (
+                    "invalid_rows",
+                    rows.stop - rows.start - 1,
+                    "hour_of_day",
+                )
+                assert refusal.message == "Expected `int`, got a fraction (the model expects type long)"
+            else:
+                assert isinstance(outcome, Scores)
+                expected = scorer.fraud_probability(matrix(transactions, rows))
+                np.testing.assert_array_equal(outcome.probabilities, expected)
+        assert pool.status().batches < len(plan) / 2, "a burst of 200 requests on 2 workers should have been coalesced"
+
+    run_with_pool(2, scenario, max_rows=20)
 
 
 def test_rows_past_max_batch_rows_are_refused(artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame) -> None:
