@@ -65,7 +65,8 @@ def alternate(tracking_uri: str, body: bytes, args: argparse.Namespace) -> dict[
     rounds: dict[str, list[tuple[LoadResult, float]]] = {"INFO": [], "WARNING": []}
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as log_dir:
         services = {
-            level: OurService.start(tracking_uri, workers=2, log_dir=Path(log_dir), log_level=level) for level in rounds
+            level: OurService.start(tracking_uri, workers=2, log_dir=Path(log_dir), log_level=level, timeout_s=400)
+            for level in rounds
         }
         try:
             for service in services.values():  # warm-up
