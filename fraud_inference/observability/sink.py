@@ -27,7 +27,8 @@ class LineSink:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._lock = threading.Lock()
+        # NOTE: reentrant: a signal handler that logs (the supervisor's SIGHUP) may run inside a write in its thread.
+        self._lock = threading.RLock()
         self._pending: list[str] = []
         self._pending_bytes = 0
         self._scheduled = False
@@ -69,9 +70,8 @@ class LineSink:
             self._pending.clear()
         if not self._pending:
             return
-        self._pending.append("")
-        text = "\n".join(self._pending)
-        self._pending.clear()
+        lines, self._pending = self._pending, []
         self._pending_bytes = 0
-        self._stream.write(text)
+        lines.append("")
+        self._stream.write("\n".join(lines))
         self._stream.flush()
