@@ -91,8 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.url:
             tracking_uri = tracking_uri or _seed(home, run, quick=args.quick)
         if scenarios:
+            lean: OurService | None = None
             try:
                 service = _start_ours(args.url, tracking_uri, home)
+                if args.lean and tracking_uri is not None and not args.url:
+                    lean = OurService.start(tracking_uri, workers=2, log_dir=home, log_level="WARNING")
             except ServiceStartError as failure:
                 print(f"benchmarks: fraud-inference is not ready: {failure}", file=sys.stderr)
                 return 2
@@ -103,8 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 requests_of = functools.partial(
                     our_requests, base_url=service.base_url, grpc_target=service.grpc_target
                 )
-                run.ours = _run_scenarios("fraud-inference", scenarios, requests_of,
-                                          service.cpu, loadgen, seconds)  # fmt: skip
+                if lean is None:
+                    run.ours = _run_scenarios("fraud-inference", scenarios, requests_of,
+                                              service.cpu, loadgen, seconds)  # fmt: skip
+                else:
+                    run.ours, run.ours_lean = _alternated(service, lean, scenarios, loadgen, seconds)
                 _footprint(run, service)
                 if args.mlserver:
                     references = _answers_for_mlserver(service, "xgboost", run)
@@ -113,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             finally:
                 service.stop()
+                if lean is not None:
+                    lean.stop()
         else:
             run.notes.append("No scenario of the demo models was selected (--only): ours serving them did not start.")
         if tracking_uri is not None and not args.url and _wanted(args.memory_xgboost_only, quick=args.quick):
@@ -202,6 +210,12 @@ def _parser() -> argparse.ArgumentParser:
         "mlflow.pyfunc in-process, and run its scenarios beside that in-process rate (and MLflow's server, when "
         "it runs)",
     )
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="also serve the registry with LOG_LEVEL=WARNING (no access log) and run each of ours' scenarios on it "
+        "right after the default service (LOG_LEVEL=INFO, as `serve` runs by default), reported side by side",
+    )
     alone = parser.add_mutually_exclusive_group()
     alone.add_argument(
         "--memory-xgboost-only",
@@ -242,6 +256,24 @@ def _seed(home: Path, run: BenchmarkRun, *, quick: bool) -> str:
     return tracking_uri
 
 
+def _alternated(
+    default: OurService, lean: OurService, scenarios: Sequence[Scenario], loadgen: Loadgen, seconds: float
+) -> tuple[list[ScenarioResult], list[ScenarioResult]]:
+    """Each scenario on `default` then on `lean` (the same registry at LOG_LEVEL=WARNING), one after the other, so
+    that the machine's drift falls on both alike; both warmed up first."""
+    results: tuple[list[ScenarioResult], list[ScenarioResult]] = ([], [])
+    for index, scenario in enumerate(scenarios):
+        for service, into in ((default, results[0]), (lean, results[1])):
+            requests_of = functools.partial(our_requests, base_url=service.base_url, grpc_target=service.grpc_target)
+            if index == 0:
+                warm_up = requests_of(scenario)
+                run_load(loadgen, warm_up.url, warm_up.bodies, connections=scenario.connections, seconds=_WARM_UP_S,
+                         expect=warm_up.expect)  # fmt: skip
+            into += _run_scenarios("fraud-inference", [scenario], requests_of, service.cpu, loadgen, seconds,
+                                   warm_up=False)  # fmt: skip
+    return results
+
+
 def _run_scenarios(
     target: Target,
     scenarios: Sequence[Scenario],
@@ -249,13 +281,17 @@ def _run_scenarios(
     cpu: Callable[[], CpuSeconds | None],
     loadgen: Loadgen,
     seconds: float,
+    *,
+    warm_up: bool = True,
 ) -> list[ScenarioResult]:
-    """Warm the server up once, then run each scenario, reading its processes' CPU around it (none: nothing)."""
+    """Warm the server up once (unless told not to), then run each scenario, reading its processes' CPU around it
+    (none: nothing)."""
     if not scenarios:
         return []
-    warm_up = requests_of(scenarios[0])
-    run_load(loadgen, warm_up.url, warm_up.bodies, connections=scenarios[0].connections, seconds=_WARM_UP_S,
-             expect=warm_up.expect)  # fmt: skip
+    if warm_up:
+        first = requests_of(scenarios[0])
+        run_load(loadgen, first.url, first.bodies, connections=scenarios[0].connections, seconds=_WARM_UP_S,
+                 expect=first.expect)  # fmt: skip
     results = []
     for scenario in scenarios:
         requests = requests_of(scenario)

@@ -2,13 +2,15 @@
 
     uv run python -m benchmarks.http_process                 # every scoring route, 1 and 100 rows
     uv run python -m benchmarks.http_process --profile /v1/predict   # and cProfile's top functions
+    uv run python -m benchmarks.http_process --log off       # the access log off only (`--log on`: on only)
 
 Drives the real app (`create_app`: the request-id edge, Litestar's routing and exception handlers, each
 protocol's parsing and answer) by calling it as an ASGI app in this process. The one thing faked is the
 dataplane's call to the pool: `DataPlane.score` answers at once with fixed probabilities, so the
 figure is the HTTP process's own Python cost per request, the part the worker pool cannot take off it.
 Routes are measured in alternation, round after round (the machine is noisy), as CPU microseconds of this
-process per request (`time.process_time_ns`).
+process per request (`time.process_time_ns`); by default each route with the access log off (LOG_LEVEL=WARNING)
+then on (INFO, `serve`'s default; its lines to a file, as the benchmarks' service writes them), in every round.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from fraud_inference.dataplane import DataPlane
 from fraud_inference.lifecycle import Generation
 from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
 from fraud_inference.models.flavors._base import ModelFile
+from fraud_inference.observability.logging import configure_logging
 from fraud_inference.pool import Scores
 from fraud_inference.pool.messages import FRAUD_PROBABILITY, Columns
 from fraud_inference.registry import ModelRef
@@ -58,6 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=1_000, help="per route and round")
     parser.add_argument("--profile", metavar="PATH", help="cProfile this route (e.g. /v1/predict) after timing")
+    parser.add_argument(
+        "--log",
+        choices=("on", "off", "both"),
+        default="both",
+        help="the access log (LOG_LEVEL=INFO, `serve`'s default, to a file) or not (WARNING); "
+        "both: each route measured with it off then on, in every round",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fraud-inference-http-bench-") as model_directory:
         timings = _measure(args, Path(model_directory))
@@ -70,17 +80,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _measure(args: argparse.Namespace, model_directory: Path) -> dict[str, list[float]]:
     """Each route's CPU microseconds per request, one figure a round; the app's model files in `model_directory`."""
     app, routes = _app_and_routes(model_directory)
-    timings: dict[str, list[float]] = {route.name: [] for route in routes}
+    levels = {"on": ["INFO"], "off": ["WARNING"], "both": ["WARNING", "INFO"]}[args.log]
+    log_file = (model_directory / "access.log").open("w")
+    timings: dict[str, list[float]] = {
+        f"{route.name}, log {'on' if level == 'INFO' else 'off'}": [] for route in routes for level in levels
+    }
 
     async def drive() -> None:
         for route in routes:  # warm up: first-call caches, lazily built handlers
             await _call_many(app, route, 50)
         for _ in range(args.rounds):
             for route in routes:
-                started = time.process_time_ns()
-                await _call_many(app, route, args.requests)
-                timings[route.name].append((time.process_time_ns() - started) / args.requests / 1000)
+                for level in levels:
+                    configure_logging(level, "json", role="server", stream=log_file)
+                    started = time.process_time_ns()
+                    await _call_many(app, route, args.requests)
+                    name = f"{route.name}, log {'on' if level == 'INFO' else 'off'}"
+                    timings[name].append((time.process_time_ns() - started) / args.requests / 1000)
         if args.profile:
+            configure_logging(levels[-1], "json", role="server", stream=log_file)
             route = next(r for r in routes if r.path.startswith(args.profile))
             profiler = cProfile.Profile()
             profiler.enable()
@@ -93,6 +111,9 @@ def _measure(args: argparse.Namespace, model_directory: Path) -> dict[str, list[
             await drive()
         finally:
             await app.state.service.stop()  # removes the service's downloads directory (its pool never started)
+            configure_logging("WARNING", "json", role="server", stream=sys.stderr)
+            await asyncio.sleep(0)  # the access log's last lines, written at the end of the loop's turn
+            log_file.close()
 
     asyncio.run(drive_then_stop())
     return timings

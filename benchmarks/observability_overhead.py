@@ -1,11 +1,13 @@
 """What logging and metrics cost per request, measured in one run.
 
-    uv run python -m benchmarks.observability_overhead [--seconds 8] [--connections 16]
+    uv run python -m benchmarks.observability_overhead [--seconds 8] [--connections 64] [--rounds 3]
 
 1. Metrics: the per-request metric calls of a prediction (HTTP counters and histogram, model counters,
    score histogram), timed in-process, against the whole request time measured next.
-2. Logging: the same service under wrk with the access log on (LOG_LEVEL=INFO) and off (LOG_LEVEL=WARNING),
-   one after the other in this run. Needs `wrk` (Debian package `wrk`).
+2. Logging: two services of the same registry side by side, the access log on (LOG_LEVEL=INFO, `serve`'s
+   default, its lines to a file) and off (LOG_LEVEL=WARNING), loaded by wrk in alternation round after round
+   (the machine is noisy): 1-row requests/s and the HTTP process's CPU us per request of each, each round, and
+   the medians' ratio. Needs `wrk` (Debian package `wrk`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import timeit
@@ -46,24 +49,42 @@ def metrics_cost_us(rows: int) -> float:
     return seconds / loops * 1e6
 
 
-def serve_and_load(tracking_uri: str, log_level: str, body: bytes, seconds: int, connections: int) -> LoadResult:
-    """Serve the registry at `log_level`, warm up, then load it; every answer is checked."""
-    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as log_dir:
-        service = OurService.start(tracking_uri, workers=2, log_dir=Path(log_dir), log_level=log_level)
-        try:
-            run_load("wrk", service.predict_url, [body], connections=connections, seconds=2)  # warm-up
-            result = run_load("wrk", service.predict_url, [body], connections=connections, seconds=seconds)
-        finally:
-            service.stop(timeout_s=60)
+def load_once(service: OurService, level: str, body: bytes, seconds: int, connections: int) -> tuple[LoadResult, float]:
+    """One wrk run against `service` (every answer checked) and its HTTP process's CPU us per request."""
+    before = service.cpu()
+    result = run_load("wrk", service.predict_url, [body], connections=connections, seconds=seconds)
+    after = service.cpu()
     if result.errors:
-        sys.exit(f"{result.errors} request(s) failed at LOG_LEVEL={log_level}: the figures would mean nothing")
-    return result
+        sys.exit(f"{result.errors} request(s) failed at LOG_LEVEL={level}: the figures would mean nothing")
+    http_us = (after.http - before.http) / result.requests * 1e6 if after and before and result.requests else 0.0
+    return result, http_us
+
+
+def alternate(tracking_uri: str, body: bytes, args: argparse.Namespace) -> dict[str, list[tuple[LoadResult, float]]]:
+    """Both services up, warmed, then loaded in turn (on, off, on, off, ...) for `args.rounds` rounds."""
+    rounds: dict[str, list[tuple[LoadResult, float]]] = {"INFO": [], "WARNING": []}
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as log_dir:
+        services = {
+            level: OurService.start(tracking_uri, workers=2, log_dir=Path(log_dir), log_level=level, timeout_s=400)
+            for level in rounds
+        }
+        try:
+            for service in services.values():  # warm-up
+                run_load("wrk", service.predict_url, [body], connections=args.connections, seconds=2)
+            for _ in range(args.rounds):
+                for level, service in services.items():
+                    rounds[level].append(load_once(service, level, body, args.seconds, args.connections))
+        finally:
+            for service in services.values():
+                service.stop(timeout_s=60)
+    return rounds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="of each configuration, alternated")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install wrk")
@@ -75,15 +96,16 @@ def main() -> None:
 
     one, hundred = metrics_cost_us(1), metrics_cost_us(100)
     print(f"metrics updates per 1-row prediction: {one:.1f} us; per 100-row: {hundred:.1f} us")
-    results = {
-        level: serve_and_load(tracking_uri, level, body, args.seconds, args.connections)
-        for level in ("INFO", "WARNING")
-    }
-    on, off = results["INFO"].requests_per_s, results["WARNING"].requests_per_s
-    on_p99, off_p99 = results["INFO"].p99_ms, results["WARNING"].p99_ms
-    print(f"1-row req/s, {args.connections} connections: access log on {on:,.0f} (p99 {on_p99:.1f} ms), "
-          f"off {off:,.0f} (p99 {off_p99:.1f} ms); on/off = {on / off:.3f}")  # fmt: skip
-    print(f"request time at that rate: {1e6 / on:.0f} us of server time per request (2 cores, all processes)")
+    rounds = alternate(tracking_uri, body, args)
+    for level, label in (("INFO", "access log on "), ("WARNING", "access log off")):
+        cells = ", ".join(f"{load.requests_per_s:,.0f} req/s {http_us:.0f} us" for load, http_us in rounds[level])
+        print(f"1-row, {args.connections} connections, {label}: {cells} (req/s, HTTP-process CPU per request)")
+    on = statistics.median(load.requests_per_s for load, _ in rounds["INFO"])
+    off = statistics.median(load.requests_per_s for load, _ in rounds["WARNING"])
+    on_us = statistics.median(http_us for _, http_us in rounds["INFO"])
+    off_us = statistics.median(http_us for _, http_us in rounds["WARNING"])
+    print(f"medians: access log on {on:,.0f} req/s, {on_us:.0f} us; off {off:,.0f} req/s, {off_us:.0f} us; "
+          f"on/off req/s = {on / off:.3f}, HTTP CPU per request on/off = {on_us / off_us:.3f}")  # fmt: skip
     shutil.rmtree(home, ignore_errors=True)
 
 

@@ -74,11 +74,14 @@ class BenchmarkRun(msgspec.Struct):
     cpu_count: int
     model_versions: dict[str, int]
     ours: list[ScenarioResult]
+    """`serve` as it runs by default (LOG_LEVEL=INFO: the access log on)."""
     mlflow: list[ScenarioResult]
     native: list[NativeBaseline]
     memory: list[ServerMemory]
     """Each server's processes, read once after its scenarios (ours also serving the XGBoost model alone)."""
     mlserver: list[ScenarioResult] = msgspec.field(default_factory=list)
+    ours_lean: list[ScenarioResult] = msgspec.field(default_factory=list)
+    """With `--lean`: the same scenarios on a second service at LOG_LEVEL=WARNING (no access log), alternated."""
     ready: list[TimeToReady] = msgspec.field(default_factory=list)
     answer_checks: list[AnswerCheck] = msgspec.field(default_factory=list)
     """Ours against a reference on the same rows (the custom pyfunc model against its in-process answers)."""
@@ -87,7 +90,7 @@ class BenchmarkRun(msgspec.Struct):
 
     @property
     def our_errors(self) -> int:
-        return sum(result.errors for result in self.ours)
+        return sum(result.errors for result in [*self.ours, *self.ours_lean])
 
     @property
     def our_wrong_answers(self) -> list[AnswerCheck]:
@@ -135,21 +138,36 @@ def markdown(run: BenchmarkRun) -> str:
         "",
         "## fraud-inference",
         "",
-        "CPU seconds used during each scenario by the service's processes; loadgen is the load generator's "
+        "As `serve` runs by default (LOG_LEVEL=INFO: the access log on)"
+        + (
+            ", each scenario alternated with the lean configuration (LOG_LEVEL=WARNING: no access log) on a "
+            "second service"
+            if run.ours_lean
+            else ""
+        )
+        + ". CPU seconds used during each scenario by the service's processes; loadgen is the load generator's "
         "CPU as a share of one core.",
         "",
-        "| scenario | req/s | rows/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU s http | CPU s workers "
-        "| CPU s supervisor | service CPU us/req | loadgen % core |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | configuration | req/s | rows/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU s http "
+        "| CPU s workers | CPU s supervisor | service CPU us/req | HTTP CPU us/req | loadgen % core |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for result in run.ours:
-        cpu = result.server_cpu_s
-        per_request = f"{cpu.total / result.load.requests * 1e6:,.0f}" if cpu and result.load.requests else "-"
-        lines.append(
-            f"| {result.scenario.name} | {_latency_cells(result)} | {result.errors} | "
-            f"{_cpu(cpu.http if cpu else None)} | {_cpu(cpu.workers if cpu else None)} | "
-            f"{_cpu(cpu.supervisor if cpu else None)} | {per_request} | {result.loadgen_core_share:.0%} |"
+    lean = {result.scenario.name: result for result in run.ours_lean}
+    for default in run.ours:
+        pair = [("default", default)] + (
+            [("lean", lean[default.scenario.name])] if default.scenario.name in lean else []
         )
+        for configuration, result in pair:
+            cpu = result.server_cpu_s
+            requests = result.load.requests
+            per_request = f"{cpu.total / requests * 1e6:,.0f}" if cpu and requests else "-"
+            http_per_request = f"{cpu.http / requests * 1e6:,.0f}" if cpu and requests else "-"
+            lines.append(
+                f"| {result.scenario.name} | {configuration} | {_latency_cells(result)} | {result.errors} | "
+                f"{_cpu(cpu.http if cpu else None)} | {_cpu(cpu.workers if cpu else None)} | "
+                f"{_cpu(cpu.supervisor if cpu else None)} | {per_request} | {http_per_request} | "
+                f"{result.loadgen_core_share:.0%} |"
+            )
     if run.mlflow:
         lines += [
             "",

@@ -211,14 +211,15 @@ class OurService:
         log_dir: Path,
         models: Mapping[str, str] | None = None,
         settings: Mapping[str, str] | None = None,
-        log_level: str = "WARNING",
+        log_level: str | None = None,
         timeout_s: float = 120,
         executable: Path | None = None,
     ) -> OurService:
         """Serve the registry's models (`models`: key -> MODELS name such as `fraud-xgboost@champion`; the
         service's default, the three demo models, when None) and wait for /readyz. `settings` are more of the
         service's variables, e.g. `{"PYFUNC": "allow"}`; `executable` another build's `fraud-inference` (another
-        checkout's `.venv/bin/fraud-inference`), this environment's when None."""
+        checkout's `.venv/bin/fraud-inference`), this environment's when None. `log_level`: LOG_LEVEL, `serve`'s
+        default (INFO: the access log on) when None; WARNING is the lean configuration."""
         port = free_port()
         env = {
             **_without_mlflow(os.environ),
@@ -227,7 +228,7 @@ class OurService:
             "PORT": str(port),
             "GRPC_PORT": str(grpc_port := free_port()),
             "WORKERS": str(workers),
-            "LOG_LEVEL": log_level,
+            **({"LOG_LEVEL": log_level} if log_level is not None else {}),
             **(settings or {}),
         }
         if models is not None:

@@ -11,7 +11,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from prometheus_client import Counter
 
-from fraud_inference.observability.logging import get_logger
+from fraud_inference.observability.logging import access_log, get_logger
 from fraud_inference.observability.metrics import Metrics
 
 __all__ = ["RequestEdge", "note_for_access_log", "request_id_of"]
@@ -124,11 +124,6 @@ class RequestEdge:
         seconds = duration_ns / 1e9
         self._metrics.http_duration.observe(route, seconds)
         if not handler.opt.get("skip_access_log"):
-            log.info(
-                "http.request",
-                method=method,
-                route=route,
-                status=status,
-                duration_ms=round(seconds * 1000, 3),
-                **scope.get("state", {}).get(_ACCESS_KEY, {}),
-            )
+            fields = {"method": method, "route": route, "status": status, "duration_ms": round(seconds * 1000, 3)}
+            fields.update(scope.get("state", {}).get(_ACCESS_KEY, {}))
+            access_log().line(fields)

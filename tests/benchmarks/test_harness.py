@@ -98,6 +98,18 @@ def test_report_puts_mlserver_beside_mlflow_with_ours_over_theirs() -> None:
     assert "## MLServer (" in report
 
 
+def test_report_puts_the_lean_configuration_under_the_default_one_scenario_by_scenario() -> None:
+    run = _run(mlserver=False)
+    one_row = run.ours[0].scenario
+    run.ours_lean = [_result("fraud-inference", one_row, 3300, 18.0)]
+    report = markdown(run)
+
+    default_row = report.index("| xgboost 1 row c64 | default | 3,000 |")
+    assert report.index("| xgboost 1 row c64 | lean | 3,300 |") > default_row
+    assert "| xgboost 100 rows c8 | lean |" not in report  # lean ran only where asked
+    assert "LOG_LEVEL=INFO" in report
+
+
 def test_report_without_mlserver_keeps_the_mlflow_comparison_alone() -> None:
     report = markdown(_run(mlserver=False))
 
