@@ -11,7 +11,9 @@ Seeds the demo registry once in a temporary home. Each round serves it with A, l
 does the same with B; A and B swap order every round. wrk checks every answer; a failed request ends the run
 (exit 1). Prints each round's requests/s, p99 and CPU microseconds per request (the HTTP process and the
 workers, from /proc) per arm, and per scenario the median ratio B/A of each over the rounds. CPU per request
-moves far less than requests/s when other work shares the machine: read it first on a busy one.
+moves far less than requests/s when other work shares the machine: read it first on a busy one. With
+`--challenger` it also loads 1-row requests at 4 connections, and prints for each load the share of rows a
+challenger scored (scored / (scored + skipped_busy), from /metrics' fraud_inference_shadow_rows_total).
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import msgspec
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.loadgen import LoadResult, run_load
 from benchmarks.scenarios import Scenario, our_requests
@@ -33,6 +39,11 @@ SCENARIOS = (
     Scenario("xgboost 1 row c64", ("xgboost",), 1, 64),
     Scenario("xgboost 100 rows c8", ("xgboost",), 100, 8),
 )
+CHALLENGER_SCENARIOS = (Scenario("xgboost 1 row c4", ("xgboost",), 1, 4),)
+"""Loaded too with `--challenger`: the issue's light load, at which a challenger should score about every row."""
+# A worker reports rows it skipped at least this often (worker_shadow's period and a heartbeat): wait this long
+# after a load before reading its counts.
+_SHADOW_REPORTED_S = 1.6
 
 
 class Arm(msgspec.Struct, frozen=True):
@@ -63,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         Arm("A", _executable(args.a_checkout, parser), _settings(args.a_setting, parser)),
         Arm("B", _executable(args.b_checkout, parser), _settings(args.b_setting, parser)),
     )
-    scenarios = [msgspec.structs.replace(scenario, protocol=args.protocol) for scenario in SCENARIOS]
+    chosen = (*SCENARIOS, *CHALLENGER_SCENARIOS) if args.challenger else SCENARIOS
+    scenarios = [msgspec.structs.replace(scenario, protocol=args.protocol) for scenario in chosen]
     results: dict[tuple[str, str], list[tuple[LoadResult, CpuSeconds]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as home:
         tracking_uri, artifact_location = embedded_registry(Path(home))
@@ -72,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"challenger: fraud-xgboost version {_register_challenger(tracking_uri, artifact_location)}")
         for round_ in range(args.rounds):
             for arm in arms if round_ % 2 == 0 else arms[::-1]:
-                for scenario, result, cpu in _load(arm, tracking_uri, Path(home), scenarios, args.seconds):
+                loads = _load(arm, tracking_uri, Path(home), scenarios, args.seconds, shadow=args.challenger)
+                for scenario, result, cpu, shadowed in loads:
                     results.setdefault((arm.name, scenario.name), []).append((result, cpu))
                     print(
                         f"round {round_ + 1} {arm.name} {scenario.name}: {result.requests_per_s:.0f} req/s, "
                         f"p99 {result.p99_ms:.1f} ms, CPU per request: HTTP {_per_request_us(cpu.http, result):.0f} "
-                        f"us, workers {_per_request_us(cpu.workers, result):.0f} us",
+                        f"us, workers {_per_request_us(cpu.workers, result):.0f} us{_share(shadowed)}",
                         flush=True,
                     )
     for arm in arms:
@@ -119,10 +132,31 @@ def _per_request_us(seconds: float, result: LoadResult) -> float:
     return seconds / max(result.requests, 1) * 1e6
 
 
+def _shadow_rows(base_url: str) -> Counter[str]:
+    """fraud_inference_shadow_rows_total on the service's /metrics, by outcome (every model summed)."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    rows: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "fraud_inference_shadow_rows_total":
+                rows[sample.labels["outcome"]] += int(sample.value)
+    return rows
+
+
+def _share(shadowed: Counter[str]) -> str:
+    """`, challenger scored 97% of 1234 rows` for a load a challenger saw; empty for one it did not."""
+    offered = shadowed["scored"] + shadowed["skipped_busy"]
+    if not offered:
+        return ""
+    return f", challenger scored {shadowed['scored'] / offered:.0%} of {offered} rows"
+
+
 def _load(
-    arm: Arm, tracking_uri: str, home: Path, scenarios: list[Scenario], seconds: float
-) -> list[tuple[Scenario, LoadResult, CpuSeconds]]:
-    """Serve with `arm`, warm up, and load every scenario once; exit 1 on any failed or wrong answer."""
+    arm: Arm, tracking_uri: str, home: Path, scenarios: list[Scenario], seconds: float, *, shadow: bool
+) -> list[tuple[Scenario, LoadResult, CpuSeconds, Counter[str]]]:
+    """Serve with `arm`, warm up, and load every scenario once; exit 1 on any failed or wrong answer. With
+    `shadow`, also what became of each load's rows as a challenger saw them (`_shadow_rows`'s difference)."""
     service = OurService.start(
         tracking_uri, workers=2, log_dir=home, settings=arm.settings, executable=arm.executable, timeout_s=300
     )
@@ -132,16 +166,22 @@ def _load(
             requests = our_requests(scenario, service.base_url, service.grpc_target)
             run_load("wrk", requests.url, requests.bodies, connections=scenario.connections, seconds=2,
                      expect=requests.expect)  # fmt: skip
+            if shadow:
+                time.sleep(_SHADOW_REPORTED_S)
+            shadowed_before = _shadow_rows(service.base_url) if shadow else Counter()
             before = service.cpu()
             result = run_load("wrk", requests.url, requests.bodies, connections=scenario.connections,
                               seconds=seconds, expect=requests.expect)  # fmt: skip
             after = service.cpu()
+            if shadow:
+                time.sleep(_SHADOW_REPORTED_S)
+            shadowed = _shadow_rows(service.base_url) - shadowed_before if shadow else Counter()
             if before is None or after is None:
                 sys.exit(f"{arm.name}: its processes cannot be read in /proc")
             failed = result.non_2xx + result.bad_body + result.connect_errors + result.read_errors + result.timeouts
             if failed:
                 sys.exit(f"{arm.name} {scenario.name}: {failed} request(s) failed: the figures would mean nothing")
-            measured.append((scenario, result, after.minus(before)))
+            measured.append((scenario, result, after.minus(before), shadowed))
     finally:
         service.stop(timeout_s=60)
     return measured

@@ -12,7 +12,7 @@ from fraud_inference.models.artifact import ModelArtifact, UnservableModelError
 from fraud_inference.observability.logging import get_logger
 from fraud_inference.registry import ModelRef, RegistryUnavailableError, ResolutionError
 
-__all__ = ["Challengers", "RefusedChallenger", "prepare_challengers"]
+__all__ = ["Challengers", "RefusedChallenger", "prepare_challengers", "still_unreachable"]
 
 log = get_logger("fraud_inference.service")
 
@@ -37,6 +37,15 @@ class Challengers(msgspec.Struct, frozen=True):
         settled = {key: refused.ref for key, refused in self.refused.items() if refused.final}
         return {**settled, **{key: artifact.ref for key, artifact in self.active.items()}}
 
+    def unreachable(self, wanted: Mapping[str, ModelRef]) -> dict[str, ModelRef]:
+        """Those of `wanted` (by model key) this generation refused for now, at the same version, because the
+        registry could not be reached."""
+        return {
+            key: ref
+            for key, ref in wanted.items()
+            if key in self.refused and self.refused[key].ref == ref and not self.refused[key].final
+        }
+
     def refuse(self, reasons: Mapping[str, str]) -> Challengers:
         """These challengers, with those named in `reasons` (by model key) refused for that reason."""
         refused = {key: RefusedChallenger(self.active[key].ref, reason) for key, reason in reasons.items()}
@@ -46,6 +55,13 @@ class Challengers(msgspec.Struct, frozen=True):
             active={key: artifact for key, artifact in self.active.items() if key not in reasons},
             refused={**self.refused, **refused},
         )
+
+
+async def still_unreachable(refs: Mapping[str, ModelRef], *, fetch: Callable[[ModelRef], ModelArtifact]) -> bool:
+    """Whether fetching any of `refs` (challengers refused because the registry could not be reached) still fails
+    for that reason. A fetch that succeeds is kept by `fetch`'s download cache for the generation that loads it."""
+    fetched = await asyncio.gather(*(asyncio.to_thread(fetch, ref) for ref in refs.values()), return_exceptions=True)
+    return any(isinstance(outcome, RegistryUnavailableError) for outcome in fetched)
 
 
 async def prepare_challengers(

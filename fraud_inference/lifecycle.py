@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from fraud_inference.challengers import Challengers, prepare_challengers
+from fraud_inference.challengers import Challengers, prepare_challengers, still_unreachable
 from fraud_inference.models.artifact import ModelArtifact, UnservableModelError
 from fraud_inference.models.reading import fetch_artifact
 from fraud_inference.observability.logging import get_logger
@@ -175,6 +175,14 @@ class ModelLifecycle:
             if not changed and not challengers_changed:
                 log.info("refresh.unchanged", generation=active.number)
                 return RefreshOutcome(generation=active, changed={})
+            retried = active.challengers.unreachable(challengers)
+            # NOTE: a challenger refused because its download failed is tried again at each refresh; while it still
+            # fails, loading every champion again in a new generation would change nothing but cost every worker.
+            if not changed and set(retried) == set(challengers_changed):
+                registry = await self._get_registry()
+                if await still_unreachable(retried, fetch=partial(self._fetch, registry)):
+                    log.info("refresh.unchanged", generation=active.number, challengers_unreachable=sorted(retried))
+                    return RefreshOutcome(generation=active, changed={})
             generation = await self.load_generation(
                 refs, gate=changed.keys(), challengers=challengers, previous=active.challengers
             )

@@ -92,7 +92,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     served one on the same rows, for comparison only (empty: no challenger)."""
     shadow_share: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0
     """SHADOW_SHARE: the share of requests the challenger also scores, decided from the request id (a retry with
-    the same id is shadowed the same way); a worker with other work waiting skips its challenger's turn."""
+    the same id is shadowed the same way); a batch sent while other requests wait or are being scored skips its
+    challenger's turn."""
     model_stages: Annotated[tuple[str, ...], Meta(min_length=1)] = ("Production", "Staging")
     """MODEL_STAGES: stages tried in order when the alias is missing (newest version in the stage)."""
     workers: Annotated[int, Meta(ge=1, le=64, extra={"shown": "CPU count"})] = msgspec.field(

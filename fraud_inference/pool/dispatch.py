@@ -17,7 +17,7 @@ from fraud_inference.pool.messages import FRAUD_PROBABILITY, Cancel, Columns, Re
 from fraud_inference.pool.process import WorkerProcess
 from fraud_inference.pool.queue import Batch, BatchPolicy, PendingRequest, RequestQueue, Scores
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "available_cores"]
 
 _MAX_ATTEMPTS = 2  # a request whose worker died is retried once: scoring is a pure function
 # Two batches per worker: it starts the next while the server reads the last answer, and no more, so that
@@ -25,6 +25,14 @@ _MAX_ATTEMPTS = 2  # a request whose worker died is retried once: scoring is a p
 _BATCHES_PER_WORKER = 2
 # A worker busy with one batch this long (a large request, a slow model) gets no second batch behind it.
 _BUSY_LONG_NS = 50_000_000
+
+
+def available_cores() -> int:
+    """The CPUs this process may use: its affinity, bounded by a cgroup's CPU quota (a container's CPU limit), as
+    joblib (scikit-learn's own dependency) reads them."""
+    from joblib import cpu_count  # type: ignore[import-untyped]
+
+    return max(1, int(cpu_count()))
 
 
 class Dispatcher:
@@ -44,8 +52,12 @@ class Dispatcher:
         queue_limit: int,
         started: Callable[[int], None],
         ended: Callable[[int], None],
+        cores: int | None = None,
     ) -> None:
         self._workers = workers
+        # A challenger's turn takes a core of its own beside the HTTP process's: other workers may hold batches
+        # only on the cores left (none on 2 cores). `cores`: the CPUs this service may use (`available_cores`).
+        self._shadow_busy_limit = max(0, (cores or available_cores()) - 2)
         self._holding = holding
         self._timeout_s = timeout_s
         self._started = started
@@ -162,6 +174,10 @@ class Dispatcher:
 
     def _send_batch(self, worker: WorkerProcess, requests: list[PendingRequest]) -> None:
         head = requests[0]
+        # NOTE: a challenger's turn only when no request waits and a core is spare for it: the worker's own test
+        # (no batch in its pipe) misses the HTTP process, which on few cores needs the CPU a challenger would take.
+        busy = sum(1 for other in self._workers() if len(other.inflight))
+        shadow = not self.queue and busy <= self._shadow_busy_limit
         batch = Batch(next(self._sequence), requests, self.queue.clock())
         worker.inflight.add(batch)
         self.batches_sent += 1
@@ -174,6 +190,7 @@ class Dispatcher:
                 bodies=tuple(request.body for request in requests),
                 request_ids=tuple(request.request_id for request in requests),
                 wants=tuple(request.wants for request in requests) if any(r.wants for r in requests) else (),
+                shadow=shadow,
             )
         )
 

@@ -76,6 +76,9 @@ class Score(msgspec.Struct, tag="score", frozen=True, array_like=True):
     wants: tuple[tuple[str, ...], ...] = ()
     """Per request, the named outputs it wants besides `FRAUD_PROBABILITY` (e.g. `PYFUNC_ANSWER`); empty when
     none wants any."""
+    shadow: bool = True
+    """Whether a challenger may take its turn on this batch after the answer (`worker_shadow`): the server sends
+    False when other requests waited for a worker or were held by one as it sent the batch."""
 
 
 class Cancel(msgspec.Struct, tag="cancel", frozen=True, array_like=True):

@@ -42,7 +42,8 @@ class InferencePool:
     dropping), `Dispatcher` (the queue, batches, answers and retries) and `Supervisor` (spawning through
     `worker_factory`, heartbeats, replacing the dead). This class routes the workers' messages between them.
     `on_load_reported` sees every worker's report of every load, a replacement's included (for the metrics), and
-    `on_shadowed` every report of a challenger's turns (`worker_shadow`).
+    `on_shadowed` every report of a challenger's turns (`worker_shadow`). `cores`: the CPUs the service may use
+    (default `dispatch.available_cores()`), which decide when a challenger may take a turn.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class InferencePool:
         on_load_reported: Callable[[GenerationLoaded], None] | None = None,
         on_shadowed: Callable[[Shadowed], None] | None = None,
         worker_factory: WorkerFactory | None = None,
+        cores: int | None = None,
     ) -> None:
         self.size = size
         self._on_load_reported = on_load_reported
@@ -79,6 +81,7 @@ class InferencePool:
             queue_limit=queue_limit,
             started=self._generations.request_started,
             ended=self._generations.request_ended,
+            cores=cores,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------

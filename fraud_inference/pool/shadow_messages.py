@@ -9,8 +9,9 @@ import msgspec
 __all__ = ["CHALLENGER_LOAD_ERROR", "ShadowOutcome", "Shadowed", "challenger_load_error_key"]
 
 ShadowOutcome = Literal["scored", "skipped_busy", "skipped_sampled", "failed"]
-"""What became of a row the challenger could have scored: scored; skipped because other work waited in the
-worker's pipe; not in the SHADOW_SHARE sample; or the challenger failed on it."""
+"""What became of a row the challenger could have scored: scored; skipped because other work waited (requests in
+the server's queue or held by a worker when its batch was sent, or a message in the worker's pipe); not in the
+SHADOW_SHARE sample; or the challenger failed on it."""
 
 CHALLENGER_LOAD_ERROR = "challenger "
 """Prefix of a `GenerationLoaded.errors` key naming a challenger the worker could not load (`challenger fraud`)."""

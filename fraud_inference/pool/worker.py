@@ -99,6 +99,7 @@ class _Worker:
             time.sleep(self._heartbeat_s)
             seq, started_ns = self._scoring
             self._pipe.send(Heartbeat(scoring=seq, scoring_ns=time.monotonic_ns() - started_ns if seq else 0))
+            self._shadow.report_due()
 
     def _preload(self) -> None:
         """Import the model libraries and pin their thread pools before the first load.

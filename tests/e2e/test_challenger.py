@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LogisticRegression
 
-from fraud_inference.demo.dataset import make_transactions
+from fraud_inference.demo.dataset import FEATURE_NAMES, make_transactions
 from fraud_inference.demo.seeding import log_fraud_model
 from fraud_inference.registry import DEFAULT_THRESHOLD
 from tests.conftest import use_registry
@@ -75,7 +75,20 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def test_the_challengers_decisions_are_counted_as_mlflow_decides_and_deleting_its_alias_drops_it(
+def request_in(protocol: str, frame: pd.DataFrame) -> tuple[str, dict[str, Any]]:
+    """The path and JSON body that score `frame`'s rows with the served XGBoost model through `protocol`."""
+    if protocol == "v1":
+        return "/v1/predict", {"model": "xgboost", "instances": records(frame)}
+    if protocol == "mlflow-records":
+        return "/invocations/xgboost", {"dataframe_records": records(frame)}
+    if protocol == "mlflow-split":  # columns: the worker decodes them without rows (`Columns`)
+        return "/invocations/xgboost", {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+    matrix = frame[list(FEATURE_NAMES)].to_numpy(dtype=float)
+    tensor = {"name": "x", "datatype": "FP64", "shape": list(matrix.shape), "data": matrix.tolist()}
+    return "/v2/models/xgboost/infer", {"inputs": [tensor]}
+
+
+def test_the_challengers_decisions_on_every_protocol_are_counted_as_mlflow_decides_and_deleting_its_alias_drops_it(
     service_factory, private_registry: str, transactions: pd.DataFrame
 ) -> None:
     challenger = register_challenger(private_registry, threshold="0.2")
@@ -107,11 +120,14 @@ def test_the_challengers_decisions_are_counted_as_mlflow_decides_and_deleting_it
             "name": SERVED, "version": challenger, "selected_by": "alias:challenger", "state": "active", "share": 1.0,
             "reason": None,
         }  # fmt: skip
-        # At light load: one request at a time, and the next only once the challenger has taken its turn.
+        # At light load: one request at a time, and the next only once the challenger has taken its turn. Every
+        # protocol is shadowed the same way, through the one scoring core.
         sent = 0
-        for start, size in ((0, 1), (1, 5), (6, 10), (16, 20), (36, len(frame) - 36)):
-            part = frame.iloc[start : start + size]
-            answer = client.post("/v1/predict", json={"model": "xgboost", "instances": records(part)})
+        parts = ((0, 1, "v1"), (1, 5, "mlflow-records"), (6, 10, "oip"), (16, 20, "mlflow-split"), (36, None, "v1"))
+        for start, size, protocol in parts:
+            part = frame.iloc[start : None if size is None else start + size]
+            path, body = request_in(protocol, part)
+            answer = client.post(path, json=body)
             assert answer.status_code == 200, answer.text
             sent += len(part)
             deadline = time.monotonic() + 30
