@@ -20,6 +20,7 @@ from fraud_inference.models.flavors._base import (
     positive_column,
     pyfunc_rows,
 )
+from fraud_inference.models.flavors.sklearn_explain import pipeline_explainer
 from fraud_inference.models.trust import ModelTrust, check_serialized, load_serialized
 
 if TYPE_CHECKING:
@@ -78,9 +79,22 @@ class SklearnScorer:
         # NOTE: a ColumnTransformer selecting columns by name fails on an array ("Specifying the columns using
         # strings is only supported for dataframes"); every other estimator scores the same matrix faster.
         self.needs_frame = any(feature.type == "string" for feature in artifact.features) or _selects_by_name(model)
+        explainer = pipeline_explainer(model, len(artifact.features), self._column)
+        self._explainer = None if isinstance(explainer, str) else explainer
+        self.explain_refusal: str | None = explainer if isinstance(explainer, str) else None
+        """Why this model's scores cannot be explained (decided here: a pipeline's steps are known once loaded)."""
+        self.margin = None if self._explainer is None else self._explainer.margin
+        """The space of `contributions` (None: not explained, `explain_refusal` says why)."""
 
     def fraud_probability(self, batch: Any) -> Matrix:
         return np.ascontiguousarray(self._model.predict_proba(batch)[:, self._column], dtype=np.float64)
+
+    def contributions(self, batch: Any) -> Matrix:
+        """Per row, each signature feature's contribution and the base value, `[rows, features + 1]`, in `margin`
+        space (`sklearn_explain`): only for a pipeline ending in XGBoost whose columns map back exactly."""
+        if self._explainer is None:
+            raise ValueError(f"explain: {self._where} is not explained: {self.explain_refusal}")
+        return self._explainer.contributions(batch)
 
     def mlflow_predictions(self, batch: Any) -> tuple[Matrix, list[Any]]:
         # NOTE: the estimator's own method, not labels made of predict_proba: `predict` is not always its argmax
