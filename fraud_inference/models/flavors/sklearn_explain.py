@@ -105,7 +105,7 @@ def column_sources(step: Any, inputs: int, where: str) -> list[int]:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
-    if step is None or (isinstance(step, str) and step == "passthrough"):
+    if _is_identity(step):
         return list(range(inputs))
     if isinstance(step, Pipeline):
         return _compose(step.steps, inputs, where + "/")
@@ -119,9 +119,7 @@ def column_sources(step: Any, inputs: int, where: str) -> list[int]:
             f"step {where!r} (SimpleImputer with add_indicator=True) adds missing-value indicator columns, which are "
             "not mapped to their columns"
         )
-    # NOTE: a fitted ColumnTransformer holds "passthrough" as FunctionTransformer(func=None), the identity.
-    identity = kind == "FunctionTransformer" and getattr(step, "func", False) is None
-    if identity or (kind in _ONE_TO_ONE and type(step).__module__.startswith("sklearn.")):
+    if kind in _ONE_TO_ONE and type(step).__module__.startswith("sklearn."):
         _check_count(step, inputs, inputs, where)  # an imputer drops a column that was empty in training
         return list(range(inputs))
     raise UnmappableStepError(
@@ -143,6 +141,14 @@ def mlflow_contributions(path: str, frame: Any, positive_class: str | None) -> M
     if isinstance(explainer, str):
         raise ValueError(explainer)
     return explainer.contributions(frame)
+
+
+def _is_identity(step: Any) -> bool:
+    """`passthrough` (or None), as given or as fitted: a fitted ColumnTransformer holds it as a
+    `FunctionTransformer` without a function, which returns its input as it is."""
+    if step is None or (isinstance(step, str) and step == "passthrough"):
+        return True
+    return type(step).__name__ == "FunctionTransformer" and getattr(step, "func", False) is None
 
 
 def _objective(estimator: Any) -> str:
@@ -169,7 +175,7 @@ def _column_transformer(transformer: Any, inputs: int, where: str) -> list[int]:
         span = transformer.output_indices_[name]
         if isinstance(step, str) and step == "drop":
             continue
-        if name == "remainder" and not (isinstance(step, str) and step == "passthrough"):
+        if name == "remainder" and not _is_identity(step):
             raise UnmappableStepError(f"step {where!r} has a fitted remainder ({type(step).__name__}); only drop or "
                                       "passthrough are mapped")  # fmt: skip
         inner = column_sources(step, len(chosen), f"{where}/{name}")
