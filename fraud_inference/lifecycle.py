@@ -57,6 +57,8 @@ class Generation(msgspec.Struct, frozen=True):
     models: dict[str, ModelArtifact]
     positive_classes: dict[str, str | None] = msgspec.field(default_factory=dict)
     """Per model, the class whose probability is scored, as the workers found it at load (None: a custom model)."""
+    explain_refusals: dict[str, str] = msgspec.field(default_factory=dict)
+    """Per model whose loaded form cannot explain (a scikit-learn pipeline's steps), why not, as the workers found."""
     challengers: Challengers = msgspec.field(default_factory=Challengers)
     """Per model, its challenger (CHALLENGER_ALIAS) loaded beside it in every worker, or refused and why."""
 
@@ -279,7 +281,7 @@ class ModelLifecycle:
             raise GenerationLoadError(loaded.errors)
         generation = Generation(
             number=number, models={a.ref.key: a for a in artifacts}, positive_classes=loaded.positive_classes,
-            challengers=shadows,
+            explain_refusals=loaded.explain_refusals, challengers=shadows,
         )  # fmt: skip
         self.pool.activate(number)
         self.active = generation

@@ -53,6 +53,8 @@ SHAPES: dict[str, str] = {
     "lgb-booster": "raw lgb.train Booster trained on a numpy array (names Column_N), NaN present",
     "lgb-booster-categorical": "raw lgb.train Booster on a DataFrame with category columns",
     "sklearn-pipeline": "Pipeline(ColumnTransformer(impute+scale by name, OneHotEncoder), LogisticRegression)",
+    "sklearn-xgb-pipeline": "Pipeline(ColumnTransformer(StandardScaler, passthrough, OneHotEncoder), XGBClassifier)",
+    "sklearn-pca-pipeline": "Pipeline(ColumnTransformer(impute+PCA on numbers, OneHotEncoder), XGBClassifier)",
     "sklearn-forest": "Pipeline(SimpleImputer, RandomForestClassifier), labels False/True",
     "sklearn-logistic": "bare LogisticRegression on complete numeric columns (cannot take NaN)",
     "pyfunc-custom": "mlflow.pyfunc PythonModel (models from code) returning a DataFrame with fraud_probability",
@@ -202,6 +204,7 @@ def register_real_models(tracking_uri: str, workdir: Path) -> dict[str, str]:
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
     from sklearn.compose import ColumnTransformer
+    from sklearn.decomposition import PCA
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
@@ -308,6 +311,34 @@ def register_real_models(tracking_uri: str, workdir: Path) -> dict[str, str]:
             pipeline, name="sklearn-pipeline", skops_trusted_types=untrusted(pipeline),
             signature=infer_signature(table), input_example=example,
             pip_requirements=sklearn_pins,
+        ))  # fmt: skip
+
+        # Explained: the booster's columns map back to the signature's (one-hot columns to their string column).
+        pipeline = Pipeline([
+            ("columns", ColumnTransformer([
+                ("scaled", StandardScaler(), ["amount", "distance_km", "device_age_days"]),
+                ("counts", "passthrough", ["txn_count_24h", "account_age_days", "is_foreign", "is_online"]),
+                ("categories", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
+            ])),
+            ("classifier", xgb.XGBClassifier(n_estimators=8, max_depth=3, n_jobs=1)),
+        ]).fit(table, labels)  # fmt: skip
+        xgb_pins = pins("scikit-learn", "numpy", "scipy", "skops", "xgboost-cpu")
+        register("sklearn-xgb-pipeline", mlflow.sklearn.log_model(
+            pipeline, name="sklearn-xgb-pipeline", skops_trusted_types=untrusted(pipeline),
+            signature=infer_signature(table), input_example=example, pip_requirements=xgb_pins,
+        ))  # fmt: skip
+
+        # Not explained: PCA mixes the numbers, so no contribution belongs to one of them.
+        pipeline = Pipeline([
+            ("columns", ColumnTransformer([
+                ("numbers", make_pipeline(SimpleImputer(strategy="median"), PCA(n_components=3)), numbers),
+                ("categories", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
+            ])),
+            ("classifier", xgb.XGBClassifier(n_estimators=8, max_depth=3, n_jobs=1)),
+        ]).fit(table, labels)  # fmt: skip
+        register("sklearn-pca-pipeline", mlflow.sklearn.log_model(
+            pipeline, name="sklearn-pca-pipeline", skops_trusted_types=untrusted(pipeline),
+            signature=infer_signature(table), input_example=example, pip_requirements=xgb_pins,
         ))  # fmt: skip
 
         forest = make_pipeline(SimpleImputer(), RandomForestClassifier(n_estimators=10, max_depth=5, random_state=0))

@@ -32,6 +32,11 @@ class LoadReport(msgspec.Struct, frozen=True):
         """Per model key, the class whose probability is scored (None for a custom model), as the workers found it."""
         return {key: found for report in self.reports for key, found in report.positive_classes.items()}
 
+    @property
+    def explain_refusals(self) -> dict[str, str]:
+        """Per model key that cannot explain as loaded (a scikit-learn pipeline's steps), why not."""
+        return {key: why for report in self.reports for key, why in report.explain_refusals.items()}
+
 
 class Generations:
     """Generations staged, active and retired across the workers of one pool.

@@ -108,13 +108,16 @@ class WorkerStarted(msgspec.Struct, tag="started", frozen=True, array_like=True)
 class GenerationLoaded(msgspec.Struct, tag="loaded", frozen=True, array_like=True):
     """Outcome of a `LoadGeneration`: `errors` per model key is empty when every model loaded and scored.
 
-    `positive_classes` names, per loaded model, the class whose probability is scored (None for a custom model).
+    `positive_classes` names, per loaded model, the class whose probability is scored (None for a custom model);
+    `explain_refusals`, per loaded model that only its loaded form says cannot explain (a scikit-learn pipeline's
+    steps), why not (`models.explain.load_refusal`).
     """
 
     generation: int
     errors: dict[str, str]
     load_seconds: dict[str, float]
     positive_classes: dict[str, str | None] = msgspec.field(default_factory=dict)
+    explain_refusals: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Refused(msgspec.Struct, frozen=True, array_like=True):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
 
+from fraud_inference.models.explain import load_refusal
 from fraud_inference.models.signature import ExtraFeatures
 from fraud_inference.models.signature_errors import ErrorDetail
 from fraud_inference.pool.messages import GenerationLoaded, LoadGeneration
@@ -117,6 +118,8 @@ class HeldGenerations:
                 gc.freeze()
                 self._frozen = True
         classes = {key: served.scorer.positive_class for key, served in loaded.items()}
+        refusals = {key: why for key, served in loaded.items() if (why := load_refusal(served.scorer)) is not None}
         return GenerationLoaded(
-            generation=request.generation, errors=errors, load_seconds=seconds, positive_classes=classes
-        )
+            generation=request.generation, errors=errors, load_seconds=seconds, positive_classes=classes,
+            explain_refusals=refusals,
+        )  # fmt: skip

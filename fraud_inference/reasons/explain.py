@@ -43,7 +43,8 @@ def reason_count(explain: Any, selection: Selection) -> int:
             f"explain: the number of reasons per prediction, a whole number from 1 to {features} (the features of "
             f"model {selection.key!r}); got {explain!r}"[:300]
         )
-    refusal = explain_refusal(selection.artifact)
+    at_load = selection.generation.explain_refusals.get(selection.key)
+    refusal = explain_refusal(selection.artifact, at_load=at_load)
     if refusal is not None:
         raise NotExplainableError(f"model {selection.key!r}: {refusal}")
     return explain

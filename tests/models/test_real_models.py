@@ -73,6 +73,8 @@ REFERENCE: dict[str, tuple[Any, Callable[[Any, pd.DataFrame], Any]]] = {
     "lgb-booster-categorical": (mlflow.lightgbm, lambda m, f: m.predict(categorized(f, TRAINING_CATEGORIES))),
     "xgb-early-stopped": (mlflow.xgboost, lambda m, f: m.predict_proba(f[NUMERIC])[:, 1]),
     "sklearn-pipeline": (mlflow.sklearn, lambda m, f: m.predict_proba(f)[:, 1]),
+    "sklearn-xgb-pipeline": (mlflow.sklearn, lambda m, f: m.predict_proba(f)[:, 1]),
+    "sklearn-pca-pipeline": (mlflow.sklearn, lambda m, f: m.predict_proba(f)[:, 1]),
     "sklearn-forest": (mlflow.sklearn, lambda m, f: m.predict_proba(f[NUMERIC])[:, list(m.classes_).index(True)]),
     "sklearn-logistic": (mlflow.sklearn, lambda m, f: m.predict_proba(f[list(m.feature_names_in_)])[:, 1]),
     "pyfunc-custom": (mlflow.pyfunc, lambda m, f: m.predict(f)["fraud_probability"]),

@@ -213,6 +213,48 @@ def test_a_crafted_xgboost_model_is_refused_before_xgboost_reads_it(
     assert says in loaded.stdout
 
 
+def crafted_pipeline(artifact: ModelArtifact, destination: Path, craft: Callable[[dict[str, object]], None]) -> Path:
+    """The version's skops file with its XGBClassifier's booster (a file of the archive: XGBoost's serialised form,
+    `{"Config", "Model"}`) written by XGBoost as JSON, one number of the model changed: what skops hands to
+    `Booster.__setstate__`."""
+    import io
+    import zipfile
+
+    import xgboost
+
+    shutil.copytree(artifact.path, destination)
+    path = destination / artifact.model_file.file
+    with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    booster = next(name for name in members if name.endswith(".bin"))
+    loaded = xgboost.Booster()
+    loaded.__setstate__({"handle": bytearray(members[booster])})
+    model = json.loads(loaded.save_raw("json"))
+    craft(model)
+    members[booster] = json.dumps({"Config": json.loads(loaded.save_config()), "Model": model}).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    path.write_bytes(buffer.getvalue())
+    return destination
+
+
+def test_a_crafted_xgboost_model_inside_a_pipeline_is_refused_before_xgboost_reads_it(
+    registry: Registry, tmp_path: Path
+) -> None:
+    change, says = XGBOOST_CRAFTS["child out of range"]
+    artifact = fetched(registry, "sklearn-xgb-pipeline", tmp_path / "downloads")
+    model_dir = crafted_pipeline(artifact, tmp_path / "crafted", change)
+    with pytest.raises(UnservableModelError, match=says) as refused:
+        read_artifact(artifact.ref, model_dir)
+    assert "XGBoost model is not well-formed trees: tree 0" in str(refused.value)
+    loaded = load_in_a_process(unchecked_artifact(artifact, model_dir))
+    assert loaded.returncode == 0, f"the worker's load died ({loaded.returncode}): {loaded.stderr[-2000:]}"
+    assert loaded.stdout.startswith("refused:"), loaded.stdout
+    assert says in loaded.stdout
+
+
 TREE_SHAPES = ["xgb-classifier", "xgb-numeric", "xgb-booster", "xgb-booster-categorical", "xgb-early-stopped",
                "lgb-booster", "lgb-booster-categorical", "lgb-classifier"]  # fmt: skip
 

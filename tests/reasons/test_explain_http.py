@@ -36,14 +36,14 @@ TRAINING_CATEGORIES = {"merchant_category": sorted(MERCHANTS), "country": sorted
 XGBOOST_SHAPES = ["xgb-classifier", "xgb-numeric", "xgb-booster", "xgb-booster-categorical", "xgb-early-stopped"]
 LIGHTGBM_SHAPES = ["lgb-classifier", "lgb-booster", "lgb-booster-categorical"]
 CATEGORICAL_SHAPES = {"xgb-classifier", "xgb-booster-categorical", "lgb-classifier", "lgb-booster-categorical"}
-UNEXPLAINED = ["sklearn-pipeline", "pyfunc-custom"]
+UNEXPLAINED = ["sklearn-pipeline", "sklearn-pca-pipeline", "pyfunc-custom"]
 CODES = REASON_CODES  # the version tag `reason_codes` of xgb-numeric in `real_models`
 
 
 @pytest.fixture(scope="module")
 def service(real_service: RunningService) -> RunningService:
-    """The session's `real_service`: every XGBoost and LightGBM shape beside models that cannot explain; xgb-numeric
-    carries the reason_codes tag (`REASON_CODES`)."""
+    """The session's `real_service`: every XGBoost and LightGBM shape, a pipeline ending in XGBoost, and models that
+    cannot explain; xgb-numeric carries the reason_codes tag (`REASON_CODES`)."""
     return real_service
 
 
@@ -126,6 +126,62 @@ def test_reasons_carry_the_value_received_and_the_versions_codes(
     assert unseen, "some rows send a category never seen in training"
     for prediction in unseen:  # scored as missing, and said so
         assert {r["feature"]: r["value"] for r in prediction["reasons"]}["country"] is None
+
+
+def pipeline_numbers(tracking_uri: str, name: str, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """Per signature column, XGBoost's own `pred_contribs` on the transformed rows of the pipeline
+    `mlflow.sklearn.load_model` returns, summed over the columns its preprocessing made of it (named by
+    `get_feature_names_out`), the bias last; and the booster's `output_margin`."""
+    use_registry(tracking_uri)
+    pipeline = mlflow.sklearn.load_model(f"models:/{name}/1")
+    frame = pd.DataFrame(rows, columns=NUMERIC + CATEGORICAL)
+    frame[NUMERIC] = frame[NUMERIC].astype("float64")
+    matrix = xgb.DMatrix(pipeline[:-1].transform(frame))
+    booster = pipeline[-1].get_booster()
+    own = np.asarray(booster.predict(matrix, pred_contribs=True), np.float64)
+    columns = NUMERIC + CATEGORICAL
+    summed = np.zeros((len(rows), len(columns) + 1))
+    for index, transformed in enumerate(pipeline[:-1].get_feature_names_out()):  # "categories__country_DE"
+        source = next(column for column in columns if transformed.split("__", 1)[1].startswith(column))
+        summed[:, columns.index(source)] += own[:, index]
+    summed[:, -1] = own[:, -1]
+    return summed, np.asarray(booster.predict(matrix, output_margin=True), np.float64)
+
+
+def test_a_pipeline_ending_in_xgboost_gives_reasons_naming_its_signature_columns(
+    service: RunningService, real_models: tuple[str, dict[str, str]], rows: list[dict[str, Any]]
+) -> None:
+    tracking_uri, names = real_models
+    features = NUMERIC + CATEGORICAL
+    with service.client() as client:
+        answer = client.post(
+            "/v1/predict", json={"model": "sklearn-xgb-pipeline", "instances": rows, "explain": len(features)}
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["margin"] == "log_odds"
+    contributions, margin = pipeline_numbers(tracking_uri, names["sklearn-xgb-pipeline"], rows)
+    served = np.zeros_like(contributions)
+    for index, prediction in enumerate(answer.json()["predictions"]):
+        assert {reason["feature"] for reason in prediction["reasons"]} == set(features)  # "country", not its one-hots
+        served[index, -1] = prediction["base_value"]
+        for reason in prediction["reasons"]:
+            served[index, features.index(reason["feature"])] = reason["contribution"]
+        by_feature = {reason["feature"]: reason["value"] for reason in prediction["reasons"]}
+        assert by_feature["country"] == rows[index].get("country")  # the string the pipeline received
+    assert float(np.max(np.abs(served - contributions))) <= 1e-6
+    assert float(np.max(np.abs(served.sum(axis=1) - margin))) <= 1e-5  # XGBoost sums in float32
+
+
+def test_a_pipeline_step_that_mixes_columns_is_a_422_naming_the_step(service: RunningService) -> None:
+    table, _labels = make_fraud_table(2, seed=1)
+    body = {"model": "sklearn-pca-pipeline", "instances": request_rows(table), "explain": 2}
+    with service.client() as client:
+        response = client.post("/v1/predict", json=body)
+        plain = client.post("/v1/predict", json={"model": "sklearn-pca-pipeline", "instances": request_rows(table)})
+    assert response.status_code == 422, response.text
+    assert "columns/numbers/pca" in response.json()["detail"]
+    assert "PCA" in response.json()["detail"]
+    assert plain.status_code == 200, plain.text  # scored as before, only not explained
 
 
 @pytest.mark.parametrize("key", UNEXPLAINED)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fraud_inference.models.artifact import FeatureSpec, ModelArtifact
-from fraud_inference.models.explain import explain_refusal, explainer_of
+from fraud_inference.models.explain import explain_refusal, explainer_of, load_refusal
 from fraud_inference.models.reading import fetch_artifact
 from fraud_inference.models.scoring import load_model
 from fraud_inference.models.trust import ModelTrust
@@ -25,7 +25,7 @@ from fraud_inference.reasons.parity import largest_contribution_difference
 from fraud_inference.reasons.ranking import top_reasons
 from fraud_inference.reasons.wire import Explained
 from fraud_inference.registry import ModelRef, Registry
-from tests.real_models import make_fraud_table, request_rows
+from tests.real_models import CATEGORICAL, NUMERIC, make_fraud_table, request_rows
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -78,13 +78,67 @@ def test_the_gate_refuses_contributions_that_are_not_the_librarys(registry: Regi
     assert any("contributions differ from pred_contribs" in failure for failure in report.failures), report.failures
 
 
-@pytest.mark.parametrize("key", ["sklearn-pipeline", "pyfunc-custom"])
+@pytest.mark.parametrize("key", ["sklearn-pipeline", "sklearn-pca-pipeline", "pyfunc-custom"])
 def test_models_that_cannot_explain_say_why_and_what_can(registry: Registry, tmp_path: Path, key: str) -> None:
-    refusal = explain_refusal(artifact_of(registry, key, tmp_path))
+    artifact = artifact_of(registry, key, tmp_path)
+    at_load = load_refusal(load_model(artifact, extra="ignore").scorer)  # a pipeline's steps: known once loaded
+    refusal = explain_refusal(artifact, at_load=at_load)
     assert refusal is not None
     assert f"real-{key} v1" in refusal
     assert "XGBoost" in refusal
     assert "LightGBM" in refusal
+
+
+def test_a_pipeline_ending_in_xgboost_explains_each_input_column_with_its_one_hot_columns_summed(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Each signature column's contribution is the booster's own pred_contribs summed over the columns the
+    pipeline's preprocessing made of it, on the pipeline `mlflow.sklearn.load_model` returns; the gate agrees."""
+    import mlflow
+    import pandas as pd
+    import xgboost as xgb
+
+    artifact = artifact_of(registry, "sklearn-xgb-pipeline", tmp_path)
+    served = load_model(artifact, extra="ignore")
+    assert load_refusal(served.scorer) is None
+    assert explain_refusal(artifact, at_load=None) is None
+    explainer = explainer_of(served.scorer)
+    assert explainer is not None
+    assert explainer.margin == "log_odds"
+    table, _labels = make_fraud_table(40, seed=3)
+    rows = request_rows(table)  # missing values both ways, unseen categories
+    got = explainer.contributions(served.decoder.decode(json.dumps(rows).encode()))
+
+    pipeline = mlflow.sklearn.load_model(artifact.path)
+    frame = pd.DataFrame(rows, columns=NUMERIC + CATEGORICAL)
+    frame[NUMERIC] = frame[NUMERIC].astype("float64")
+    transformed = pipeline[:-1].transform(frame)
+    booster = pipeline[-1].get_booster()
+    own = booster.predict(xgb.DMatrix(transformed), pred_contribs=True).astype(np.float64)
+    names = list(pipeline[:-1].get_feature_names_out())  # "categories__country_DE", "scaled__amount", ...
+    columns = NUMERIC + CATEGORICAL
+    expected = np.zeros((len(rows), len(columns) + 1))
+    for index, name in enumerate(names):
+        source = next(column for column in columns if name.split("__", 1)[1].startswith(column))
+        expected[:, columns.index(source)] += own[:, index]
+    expected[:, -1] = own[:, -1]
+    assert sum(name.startswith("categories__country_") for name in names) >= 5  # one-hot columns, summed into one
+    assert float(np.max(np.abs(got - expected))) <= 1e-6
+    margin = booster.predict(xgb.DMatrix(transformed), output_margin=True).astype(np.float64)
+    assert float(np.max(np.abs(got.sum(axis=1) - margin))) <= 1e-5  # XGBoost sums in float32
+    difference = largest_contribution_difference(artifact, served, rows)
+    assert difference is not None
+    assert difference <= 1e-6
+    report = check_parity(artifact)
+    assert report.ok, report.failures
+
+
+def test_a_pipeline_step_that_mixes_columns_is_named_in_the_refusal(registry: Registry, tmp_path: Path) -> None:
+    artifact = artifact_of(registry, "sklearn-pca-pipeline", tmp_path)
+    refusal = load_refusal(load_model(artifact, extra="ignore").scorer)
+    assert refusal is not None
+    assert "columns/numbers/pca" in refusal
+    assert "PCA" in refusal
 
 
 @pytest.mark.parametrize("key", LIGHTGBM_SHAPES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,9 @@ from fraud_inference.models.flavors._base import (
     positive_column,
     pyfunc_rows,
 )
-from fraud_inference.models.trust import ModelTrust, check_serialized, load_serialized
+from fraud_inference.models.flavors.sklearn_explain import pipeline_explainer
+from fraud_inference.models.flavors.xgboost_file import InvalidTreesError, check_skops_boosters
+from fraud_inference.models.trust import ModelTrust, UntrustedModelError, check_serialized, load_serialized
 
 if TYPE_CHECKING:
     from fraud_inference.models.artifact import ModelArtifact
@@ -46,11 +49,23 @@ class SklearnFlavor:
         file = str(conf["pickled_model"])
         serialization_format = str(conf.get("serialization_format", "pickle"))
         skops_types = check_serialized(file, serialization_format, model_dir, trust)
+        if serialization_format == "skops":
+            _checked_xgboost_trees((model_dir / file).read_bytes())
         return ModelFile(file=file, format=serialization_format, skops_types=skops_types)  # type: ignore[arg-type]
 
     def load(self, artifact: ModelArtifact) -> SklearnScorer:
         model_file = artifact.model_file
-        return SklearnScorer(load_serialized(model_path(artifact), model_file.format, model_file.skops_types), artifact)
+        content = None
+        if model_file.format == "skops":
+            # NOTE: the bytes checked are the bytes skops loads: the file is read once, never opened again by path.
+            content = model_path(artifact).read_bytes()
+            try:
+                _checked_xgboost_trees(content)
+            except UntrustedModelError as error:
+                raise ValueError(f"{artifact.ref.name} v{artifact.ref.version}: {error}") from None
+        path = model_path(artifact)
+        model = load_serialized(path, model_file.format, model_file.skops_types, content=content)
+        return SklearnScorer(model, artifact)
 
     def mlflow_scores(self, artifact: ModelArtifact, frame: Any, positive_class: str | None) -> Matrix:
 
@@ -78,15 +93,46 @@ class SklearnScorer:
         # NOTE: a ColumnTransformer selecting columns by name fails on an array ("Specifying the columns using
         # strings is only supported for dataframes"); every other estimator scores the same matrix faster.
         self.needs_frame = any(feature.type == "string" for feature in artifact.features) or _selects_by_name(model)
+        explainer = pipeline_explainer(model, len(artifact.features), self._column)
+        if not isinstance(explainer, str) and artifact.model_file.format != "skops":
+            explainer = (
+                f"its {artifact.model_file.format} file is parsed by XGBoost while it is unpickled, before this "
+                "service can check its trees; log it with skops (MLflow's default) to explain it"
+            )
+        self._explainer = None if isinstance(explainer, str) else explainer
+        self.explain_refusal: str | None = explainer if isinstance(explainer, str) else None
+        """Why this model's scores cannot be explained (decided here: a pipeline's steps are known once loaded)."""
+        self.margin = None if self._explainer is None else self._explainer.margin
+        """The space of `contributions` (None: not explained, `explain_refusal` says why)."""
 
     def fraud_probability(self, batch: Any) -> Matrix:
         return np.ascontiguousarray(self._model.predict_proba(batch)[:, self._column], dtype=np.float64)
+
+    def contributions(self, batch: Any) -> Matrix:
+        """Per row, each signature feature's contribution and the base value, `[rows, features + 1]`, in `margin`
+        space (`sklearn_explain`): only for a pipeline ending in XGBoost whose columns map back exactly."""
+        if self._explainer is None:
+            raise ValueError(f"explain: {self._where} is not explained: {self.explain_refusal}")
+        return self._explainer.contributions(batch)
 
     def mlflow_predictions(self, batch: Any) -> tuple[Matrix, list[Any]]:
         # NOTE: the estimator's own method, not labels made of predict_proba: `predict` is not always its argmax
         # (LogisticRegression thresholds the decision function, SVC's Platt scaling can disagree with it).
         answer = getattr(self._model, self._predict_fn)(batch)
         return self.fraud_probability(batch), pyfunc_rows(answer, len(batch), self._where)
+
+
+def _checked_xgboost_trees(content: bytes) -> None:
+    """Refuse (`UntrustedModelError`) a skops file holding an XGBoost model whose trees XGBoost must not read
+    (`xgboost_file`: a pipeline's XGBClassifier is parsed by XGBoost as skops loads it)."""
+    try:
+        check_skops_boosters(content)
+    except InvalidTreesError as error:
+        raise UntrustedModelError(
+            f"its XGBoost model is not well-formed trees: {error}; refused before XGBoost reads it"
+        ) from None
+    except (KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise UntrustedModelError(f"its skops file cannot be read to check its XGBoost trees: {error}") from None
 
 
 def _selects_by_name(model: Any) -> bool:

@@ -11,9 +11,11 @@ leave a null tree. This module refuses those before XGBoost parses the file.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import struct
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -21,11 +23,47 @@ import numpy as np
 
 from fraud_inference.models.flavors.lightgbm_text import InvalidTreesError
 
-__all__ = ["InvalidTreesError", "check_model_file", "read_model_file"]
+__all__ = ["InvalidTreesError", "check_model_file", "check_skops_boosters", "read_model_file"]
 
 _MAX_CATEGORY = 16_777_216
 """XGBoost's largest category (`OutOfRangeCat`, 2**24): a category in a split is a bit in a bitset of that size."""
 _NO_PARENT = 2_147_483_647
+
+
+def check_skops_boosters(content: bytes) -> int:
+    """`check_model_file` on the model of every XGBoost `Booster` in a skops file (an `XGBClassifier` inside a
+    Pipeline); return how many it held. skops hands each Booster's `handle`, the model serialised as UBJSON and
+    stored as a file of the archive, to `Booster.__setstate__`, which XGBoost parses. Raises `InvalidTreesError`, and
+    `KeyError` / `zipfile.BadZipFile` / `ValueError` for an archive that cannot be read."""
+    found = 0
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        for booster in _skops_boosters(json.loads(archive.read("schema.json"))):
+            handle = booster.get("content", {}).get("content", {}).get("handle")
+            if not isinstance(handle, dict) or handle.get("__loader__") != "BytearrayNode" or "file" not in handle:
+                raise InvalidTreesError("an XGBoost Booster in the skops file holds its model in a form that cannot be "
+                                        "checked")  # fmt: skip
+            # NOTE: Booster.__getstate__ gives XGBoost's serialised form, {"Config": ..., "Model": {"learner": ...}}:
+            # its Model is the model document check_model_file reads (the Config is parameters XGBoost parses itself).
+            document = read_model_file(archive.read(str(handle["file"])))
+            model = document.get("Model", document)
+            _check_document(model if isinstance(model, dict) else {}, None)
+            found += 1
+    return found
+
+
+def _skops_boosters(node: Any) -> list[Mapping[str, Any]]:
+    """Every XGBoost Booster object in a skops schema, however deeply nested (pipeline steps, dict values)."""
+    found: list[Mapping[str, Any]] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("__class__") == "Booster" and str(item.get("__module__", "")).startswith("xgboost"):
+                found.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def read_model_file(content: bytes) -> dict[str, Any]:
@@ -54,7 +92,10 @@ def check_model_file(content: bytes, *, features: int | None = None) -> int:
 
     `features`: the signature's column count; split features must also lie inside it.
     """
-    document = read_model_file(content)
+    return _check_document(read_model_file(content), features)
+
+
+def _check_document(document: Mapping[str, Any], features: int | None) -> int:
     try:
         return _check_learner(document["learner"], features)
     except InvalidTreesError:
