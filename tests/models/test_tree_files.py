@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -24,7 +24,7 @@ from fraud_inference.models.flavors.lightgbm_text import check_model_text
 from fraud_inference.models.flavors.xgboost_file import check_model_file
 from fraud_inference.models.reading import fetch_artifact, read_artifact
 from fraud_inference.models.trust import ModelTrust
-from fraud_inference.registry import Registry
+from fraud_inference.registry import ModelRef, Registry
 from tests.real_models import categorized, make_fraud_table
 
 pytestmark = [
@@ -277,3 +277,67 @@ def test_every_real_tree_model_passes_the_check(registry: Registry, tmp_path: Pa
 
         schema = json.loads(zipfile.ZipFile(io.BytesIO(content)).read("schema.json"))
         assert check_skops_boosters(schema, features=width) == 1
+
+
+def test_a_crafted_lightgbm_model_inside_a_scikit_learn_pipeline_is_refused_before_lightgbm_reads_it(
+    tmp_path: Path,
+) -> None:
+    """A Pipeline ending in an LGBMClassifier, saved by MLflow's scikit-learn flavour with skops: its Booster's model
+    text (in schema.json, which skops hands to LightGBM's parser) with a child index past the tree."""
+    import io
+    import zipfile
+
+    import lightgbm as lgb
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tests.real_models import NUMERIC, untrusted
+
+    table, labels = make_fraud_table(300, seed=11)
+    numbers = table[NUMERIC].astype("float64")
+    pipeline = Pipeline(
+        [("scale", StandardScaler()), ("model", lgb.LGBMClassifier(n_estimators=4, num_leaves=4, verbose=-1, n_jobs=1))]
+    ).fit(numbers, labels)
+    model_dir = tmp_path / "pipeline"
+    mlflow.sklearn.save_model(
+        pipeline, str(model_dir), serialization_format="skops", skops_trusted_types=untrusted(pipeline),
+        signature=infer_signature(numbers), pip_requirements=["scikit-learn", "lightgbm"],
+    )  # fmt: skip
+    ref = ModelRef(
+        key="pipeline", name="fraud-lgb-pipeline", version="1", selected_by="test", run_id=None, threshold=0.5
+    )
+    trust = ModelTrust(extra_types=tuple(untrusted(pipeline)))
+    read_artifact(ref, model_dir, dependency_policy="off", trust=trust)  # the real file passes the check
+
+    path = model_dir / "model.skops"
+    with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    schema = json.loads(members["schema.json"])
+    handles = list(_lightgbm_handles(schema))
+    assert len(handles) == 1, "the pipeline holds one Booster"
+    handles[0]["content"] = json.dumps(_tree_line(json.loads(handles[0]["content"]), 0, "left_child", _set(0, "97")))
+    members["schema.json"] = json.dumps(schema).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(UnservableModelError, match="outside the tree's") as refused:
+        read_artifact(ref, model_dir, dependency_policy="off", trust=trust)
+    assert "LightGBM model is not well-formed trees" in str(refused.value)
+
+
+def _lightgbm_handles(node: object) -> Iterator[dict[str, object]]:
+    """The JSON node holding each LightGBM Booster's model text in a skops schema (`lightgbm_text` reads the same)."""
+    if isinstance(node, dict):
+        if node.get("__class__") == "Booster" and str(node.get("__module__", "")).startswith("lightgbm"):
+            state = node["content"]["content"]
+            yield state.get("_handle", state.get("handle"))
+            return
+        for value in node.values():
+            yield from _lightgbm_handles(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _lightgbm_handles(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from fraud_inference.models.flavors._base import (
     positive_column,
     pyfunc_rows,
 )
+from fraud_inference.models.flavors.lightgbm_text import check_skops_boosters as check_lightgbm_boosters
 from fraud_inference.models.flavors.sklearn_explain import pipeline_explainer
 from fraud_inference.models.flavors.xgboost_file import InvalidTreesError, check_skops_boosters
 from fraud_inference.models.trust import ModelTrust, UntrustedModelError, check_serialized, load_serialized
@@ -50,7 +53,7 @@ class SklearnFlavor:
         serialization_format = str(conf.get("serialization_format", "pickle"))
         skops_types = check_serialized(file, serialization_format, model_dir, trust)
         if serialization_format == "skops":
-            _checked_xgboost_trees((model_dir / file).read_bytes())
+            _checked_trees((model_dir / file).read_bytes())
         return ModelFile(file=file, format=serialization_format, skops_types=skops_types)  # type: ignore[arg-type]
 
     def load(self, artifact: ModelArtifact) -> SklearnScorer:
@@ -60,7 +63,7 @@ class SklearnFlavor:
             # NOTE: the bytes checked are the bytes skops loads: the file is read once, never opened again by path.
             content = model_path(artifact).read_bytes()
             try:
-                _checked_xgboost_trees(content)
+                _checked_trees(content)
             except UntrustedModelError as error:
                 raise ValueError(f"{artifact.ref.name} v{artifact.ref.version}: {error}") from None
         path = model_path(artifact)
@@ -122,17 +125,23 @@ class SklearnScorer:
         return self.fraud_probability(batch), pyfunc_rows(answer, len(batch), self._where)
 
 
-def _checked_xgboost_trees(content: bytes) -> None:
-    """Refuse (`UntrustedModelError`) a skops file holding an XGBoost model whose trees XGBoost must not read
-    (`xgboost_file`: a pipeline's XGBClassifier is parsed by XGBoost as skops loads it)."""
+def _checked_trees(content: bytes) -> None:
+    """Refuse (`UntrustedModelError`) a skops file holding an XGBoost or LightGBM model whose trees its library
+    must not read: a pipeline's XGBClassifier or LGBMClassifier is parsed by its library as skops loads it
+    (`xgboost_file`; `lightgbm_text`, lightgbm-org/LightGBM#7357)."""
+    library = "XGBoost"
     try:
         check_skops_boosters(content)
+        library = "LightGBM"
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            schema = json.loads(archive.read("schema.json"))
+        check_lightgbm_boosters(schema)
     except InvalidTreesError as error:
         raise UntrustedModelError(
-            f"its XGBoost model is not well-formed trees: {error}; refused before XGBoost reads it"
+            f"its {library} model is not well-formed trees: {error}; refused before {library} reads it"
         ) from None
     except (KeyError, ValueError, zipfile.BadZipFile) as error:
-        raise UntrustedModelError(f"its skops file cannot be read to check its XGBoost trees: {error}") from None
+        raise UntrustedModelError(f"its skops file cannot be read to check its {library} trees: {error}") from None
 
 
 def _selects_by_name(model: Any) -> bool:
