@@ -26,6 +26,7 @@ __all__ = [
     "UntrustedModelError",
     "check_serialized",
     "load_serialized",
+    "skops_objects",
     "trusted_by_default",
 ]
 
@@ -171,7 +172,7 @@ def _called_types(path: Path, needed: list[str]) -> set[str]:
     A name the schema does not show as a node's class (a bound method's `module.Class.name`) counts as called.
     """
     loaders: dict[str, set[str]] = defaultdict(set)
-    for node in _nodes(_schema(path)):
+    for node in skops_nodes(_schema(path)):
         loaders[f"{node.get('__module__')}.{node.get('__class__')}"].add(node["__loader__"])
     return {name for name in needed if not loaders[name] or not loaders[name] <= _BUILT_WITHOUT_CALLING}
 
@@ -188,7 +189,7 @@ def _partials_around_non_functions(path: Path) -> Iterator[str]:
     Read from the file's schema.json (the JSON skops builds its nodes from), running nothing; a reference to an
     object seen earlier in the file (skops's CachedNode) is followed to that object.
     """
-    nodes = list(_nodes(_schema(path)))
+    nodes = list(skops_nodes(_schema(path)))
     by_id = {node["__id__"]: node for node in nodes if "__id__" in node and node.get("__loader__") != "CachedNode"}
     for node in nodes:
         if node.get("__loader__") != "PartialNode":
@@ -201,7 +202,15 @@ def _partials_around_non_functions(path: Path) -> Iterator[str]:
             yield f"{described.get('__module__')}.{described.get('__class__')} ({described.get('__loader__')})"
 
 
-def _nodes(state: Any) -> Iterator[dict[str, Any]]:
+def skops_objects(schema: Any, class_name: str, module: str) -> Iterator[dict[str, Any]]:
+    """Every node of a skops schema describing a `class_name` of the package `module` (`Booster`, `xgboost`),
+    however deeply nested (pipeline steps, dict values), read without building any of them."""
+    for node in skops_nodes(schema):
+        if node.get("__class__") == class_name and str(node.get("__module__", "")).startswith(module):
+            yield node
+
+
+def skops_nodes(state: Any) -> Iterator[dict[str, Any]]:
     """Every node of a skops schema (a dict with a `__loader__`), depth first."""
     stack = [state]
     while stack:

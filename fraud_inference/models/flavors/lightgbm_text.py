@@ -19,6 +19,8 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from fraud_inference.models.trust import skops_objects
+
 __all__ = ["InvalidTreesError", "check_model_text", "check_skops_boosters", "has_linear_trees", "model_objective"]
 
 _TREE_LINES = 22
@@ -108,7 +110,7 @@ def _model_texts(content: bytes, file_format: str) -> Iterator[bytes]:
 
 def _skops_model_texts(schema: Mapping[str, Any]) -> Iterator[str]:
     """The model text of every LightGBM Booster in a skops schema (None models skipped)."""
-    for booster in _skops_objects(schema):
+    for booster in skops_objects(schema, "Booster", "lightgbm"):
         state = booster.get("content", {}).get("content", {})
         handle = state.get("_handle", state.get("handle"))
         if handle is None:
@@ -123,18 +125,6 @@ def _skops_model_texts(schema: Mapping[str, Any]) -> Iterator[str]:
         if not isinstance(model, str):
             raise InvalidTreesError("a LightGBM Booster in the skops file holds no model text")
         yield model
-
-
-def _skops_objects(node: Any) -> Iterator[Mapping[str, Any]]:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if item.get("__class__") == "Booster" and str(item.get("__module__", "")).startswith("lightgbm"):
-                yield item
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 def _header(text: bytes) -> tuple[dict[str, bytes], int]:

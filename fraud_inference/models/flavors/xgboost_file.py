@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fraud_inference.models.flavors.lightgbm_text import InvalidTreesError
+from fraud_inference.models.trust import skops_objects
 
 __all__ = ["InvalidTreesError", "check_model_file", "check_skops_boosters", "read_model_file"]
 
@@ -37,7 +38,7 @@ def check_skops_boosters(content: bytes) -> int:
     `KeyError` / `zipfile.BadZipFile` / `ValueError` for an archive that cannot be read."""
     found = 0
     with zipfile.ZipFile(io.BytesIO(content)) as archive:
-        for booster in _skops_boosters(json.loads(archive.read("schema.json"))):
+        for booster in skops_objects(json.loads(archive.read("schema.json")), "Booster", "xgboost"):
             handle = booster.get("content", {}).get("content", {}).get("handle")
             if not isinstance(handle, dict) or handle.get("__loader__") != "BytearrayNode" or "file" not in handle:
                 raise InvalidTreesError("an XGBoost Booster in the skops file holds its model in a form that cannot be "
@@ -48,21 +49,6 @@ def check_skops_boosters(content: bytes) -> int:
             model = document.get("Model", document)
             _check_document(model if isinstance(model, dict) else {}, None)
             found += 1
-    return found
-
-
-def _skops_boosters(node: Any) -> list[Mapping[str, Any]]:
-    """Every XGBoost Booster object in a skops schema, however deeply nested (pipeline steps, dict values)."""
-    found: list[Mapping[str, Any]] = []
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if item.get("__class__") == "Booster" and str(item.get("__module__", "")).startswith("xgboost"):
-                found.append(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
     return found
 
 
