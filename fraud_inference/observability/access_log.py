@@ -13,9 +13,11 @@ import structlog
 
 from fraud_inference.observability.sink import LineSink
 
-__all__ = ["AccessLog", "StructlogAccessLog"]
+__all__ = ["AccessLog", "StructlogAccessLog", "encode_json"]
 
-_encode = msgspec.json.Encoder(enc_hook=repr).encode  # NOTE: repr for what JSON has no type for, as structlog's
+encode_json = msgspec.json.Encoder(enc_hook=repr).encode
+"""Every JSON log line's encoder (this one's and `logging`'s renderer): what JSON has no type for as its `repr`, as
+structlog's `JSONRenderer` writes it."""
 
 
 class AccessLog:
@@ -40,7 +42,7 @@ class AccessLog:
         fields["level"] = "info"
         fields["timestamp"] = self._timestamp()
         fields.setdefault("role", self._role)
-        self._sink.write_soon(_encode(fields).decode())
+        self._sink.write_soon(encode_json(fields).decode())
 
     def _timestamp(self) -> str:
         """`2026-12-07T15:22:28.649669Z`, as structlog's `TimeStamper(fmt="iso", utc=True)` (which leaves the

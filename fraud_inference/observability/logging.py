@@ -7,11 +7,10 @@ import logging
 import sys
 from typing import Any, TextIO, cast
 
-import msgspec
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
-from fraud_inference.observability.access_log import AccessLog, StructlogAccessLog
+from fraud_inference.observability.access_log import AccessLog, StructlogAccessLog, encode_json
 from fraud_inference.observability.sink import LineSink
 
 __all__ = ["access_log", "configure_logging", "get_logger", "granian_log_config", "stdlib_formatter"]
@@ -19,7 +18,6 @@ __all__ = ["access_log", "configure_logging", "get_logger", "granian_log_config"
 _configuration = 0
 """How many times `configure_logging` has run in this process: the loggers of `get_logger` bind again after each."""
 _access_log: AccessLog | StructlogAccessLog | None = None
-_encode_json = msgspec.json.Encoder(enc_hook=repr).encode
 
 
 def configure_logging(level: str, log_format: str, *, role: str, stream: TextIO | None = None) -> None:
@@ -105,7 +103,7 @@ def _renderer(log_format: str) -> structlog.typing.Processor:
 def _render_json(_logger: WrappedLogger, _method: str, event: EventDict) -> str:
     """One JSON object by msgspec (structlog's `JSONRenderer` uses `json.dumps`, ~5x the time): no spaces after
     `:` and `,`, non-ASCII characters as UTF-8; what JSON has no type for as its `repr`, as structlog's does."""
-    return _encode_json(event).decode()
+    return encode_json(event).decode()
 
 
 def access_log() -> AccessLog | StructlogAccessLog:
