@@ -26,9 +26,8 @@ _ONE_TO_ONE = frozenset({
 })  # fmt: skip
 """scikit-learn transformers whose output column j is computed from input column j alone (elementwise)."""
 _LIGHTGBM_WHY = (
-    "its LGBMClassifier's trees inside a scikit-learn file are not checked before LightGBM parses them (the "
-    "lightgbm flavour checks them: lightgbm-org/LightGBM#7357, GHSA-wvg4-4w35-4jc9); log the LightGBM model with "
-    "mlflow.lightgbm to explain it"
+    "a pipeline ending in LightGBM is not explained yet (its contributions are not traced back through the "
+    "pipeline's steps); log the LightGBM model with mlflow.lightgbm to explain it"
 )
 
 
