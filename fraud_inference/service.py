@@ -36,6 +36,7 @@ class FraudService:
                 error_detail=settings.error_detail,
                 extra_features=settings.extra_features,
                 shadow_share=settings.shadow_share,
+                explain_nice=settings.explain_nice,
             ),
             timeout_s=settings.inference_timeout_s,
             hung_worker_s=settings.hung_worker_s,

@@ -103,6 +103,7 @@ class Dispatcher:
         if not self.queue:
             return
         now = self.queue.clock()
+        explain_room = self._explain_room() if self.queue.explained else 0
         # In rounds, one batch per worker with room in each, the least busy first: what waits is shared between
         # them, so a burst of large requests is scored by every free worker at once, not queued behind one.
         while ready := [
@@ -112,16 +113,19 @@ class Dispatcher:
         ]:
             sent = False
             for position, worker in enumerate(ready):
-                requests = self.queue.take(worker.generations, now, share=len(ready) - position)
+                requests = self.queue.take(
+                    worker.generations, now, share=len(ready) - position, explained=explain_room > 0
+                )
                 if requests:
-                    self._send_batch(worker, requests)
+                    batch = self._send_batch(worker, requests)
+                    explain_room -= batch.explained
                     sent = True
                 if not self.queue:
                     return
             if not sent:
                 break
         if self.queue.policy.wait_ns and self._pump_timer is None:
-            due = self.queue.next_due()
+            due = self.queue.next_due(explained=explain_room > 0)
             if due is not None:
                 # Rounded up to the microsecond: waking early would only find nothing due and wait again.
                 delay_s = max(0, -(-(due - now) // 1000)) / 1e6
@@ -172,7 +176,13 @@ class Dispatcher:
         self._pump_timer = None
         self.pump()
 
-    def _send_batch(self, worker: WorkerProcess, requests: list[PendingRequest]) -> None:
+    def _explain_room(self) -> int:
+        """How many more batches of explanations may be sent now: they may hold every live worker but one, so that
+        plain requests always find a worker that is not explaining (explanations cost milliseconds a row)."""
+        live = [worker for worker in self._workers() if worker.is_alive()]
+        return max(1, len(live) - 1) - sum(worker.inflight.explaining for worker in live)
+
+    def _send_batch(self, worker: WorkerProcess, requests: list[PendingRequest]) -> Batch:
         head = requests[0]
         # NOTE: a challenger's turn only when no request waits and a core is spare for it: the worker's own test
         # (no batch in its pipe) misses the HTTP process, which on few cores needs the CPU a challenger would take.
@@ -193,6 +203,7 @@ class Dispatcher:
                 shadow=shadow,
             )
         )
+        return batch
 
     def _drop_work(self, request: PendingRequest) -> None:
         """Drop a timed-out request's work if its worker can: once every request of its batch has given up,

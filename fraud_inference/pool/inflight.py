@@ -17,6 +17,8 @@ class InFlight:
 
     def __init__(self) -> None:
         self._batches: dict[int, Batch] = {}
+        self.explaining = 0
+        """How many of the held batches are explanations' (`Batch.explained`)."""
         self.last_answer_ns = 0
         """When the worker last answered a batch (monotonic ns): the earliest its oldest batch can have started."""
 
@@ -25,11 +27,15 @@ class InFlight:
 
     def add(self, batch: Batch) -> None:
         self._batches[batch.seq] = batch
+        self.explaining += batch.explained
 
     def answered(self, seq: int, now_ns: int) -> Batch | None:
         """The batch `seq` is answered: take it out. None when it is not held (already drained)."""
         self.last_answer_ns = now_ns
-        return self._batches.pop(seq, None)
+        batch = self._batches.pop(seq, None)
+        if batch is not None:
+            self.explaining -= batch.explained
+        return batch
 
     def get(self, seq: int) -> Batch | None:
         """The batch `seq`, if this worker holds it."""
@@ -43,6 +49,7 @@ class InFlight:
         """Every request still held, oldest first; the worker holds nothing after."""
         orphans = list(self.requests())
         self._batches.clear()
+        self.explaining = 0
         return orphans
 
     def busy_since_ns(self) -> int | None:
@@ -52,12 +59,14 @@ class InFlight:
         return None if oldest is None else max(oldest.sent_ns, self.last_answer_ns)
 
     def has_room(self, now_ns: int, *, most: int, busy_long_ns: int) -> bool:
-        """Whether another batch may be sent: fewer than `most` held, and none held for `busy_long_ns`.
+        """Whether another batch may be sent: fewer than `most` held, none held for `busy_long_ns`, and no
+        explanation's.
 
-        A worker that has been scoring one batch that long (a large request, a slow model) gets no second
-        one to wait behind it: the queue keeps it for the next free worker.
+        A worker that has been scoring one batch that long (a large request, a slow model), or that explains
+        (TreeSHAP costs milliseconds a row, at a lower priority), gets no second one to wait behind it: the queue
+        keeps it for the next free worker.
         """
-        if len(self._batches) >= most:
+        if len(self._batches) >= most or self.explaining:
             return False
         since = self.busy_since_ns()
         return since is None or now_ns - since < busy_long_ns

@@ -90,14 +90,16 @@ class PendingRequest:
 
 
 class Batch:
-    """Requests sent to one worker in one `Score` message; each request knows it by `seq` alone."""
+    """Requests sent to one worker in one `Score` message; each request knows it by `seq` alone. `explained`: its
+    requests want explanations (a batch is all of one kind, see `_key`)."""
 
-    __slots__ = ("requests", "sent_ns", "seq")
+    __slots__ = ("explained", "requests", "sent_ns", "seq")
 
     def __init__(self, seq: int, requests: list[PendingRequest], sent_ns: int) -> None:
         self.seq = seq
         self.requests = requests
         self.sent_ns = sent_ns
+        self.explained = _explained(requests[0])
         for request in requests:
             request.batch_seq = seq
 
@@ -108,7 +110,11 @@ def _key(request: PendingRequest) -> tuple[int, str, bool]:
     NOTE: explained requests are batched apart: TreeSHAP costs many times a plain row, and the plain requests
     of a batch would wait for it.
     """
-    return request.generation, request.model, EXPLANATION in request.wants
+    return request.generation, request.model, _explained(request)
+
+
+def _explained(request: PendingRequest) -> bool:
+    return EXPLANATION in request.wants
 
 
 class RequestQueue:
@@ -123,6 +129,8 @@ class RequestQueue:
         self.clock = clock
         self._waiting: dict[tuple[int, str, bool], deque[PendingRequest]] = {}
         self._count = 0
+        self.explained = 0
+        """How many of the waiting requests want explanations."""
 
     def __len__(self) -> int:
         return self._count
@@ -142,11 +150,13 @@ class RequestQueue:
         request.due_ns = self.clock() + self.policy.wait_ns
         self._waiting.setdefault(_key(request), deque()).append(request)
         self._count += 1
+        self.explained += _explained(request)
 
     def put_back(self, request: PendingRequest) -> None:
         """Requeue a request whose worker died, ahead of newer ones (it was accepted before them)."""
         self._waiting.setdefault(_key(request), deque()).appendleft(request)
         self._count += 1
+        self.explained += _explained(request)
 
     def discard(self, request: PendingRequest) -> bool:
         """Take a request out of the queue (timed out, or its client left); False when it was not waiting."""
@@ -158,22 +168,25 @@ class RequestQueue:
         except ValueError:
             return False
         self._count -= 1
+        self.explained -= _explained(request)
         return True
 
-    def take(self, generations: set[int], now_ns: int, *, share: int = 1) -> list[PendingRequest]:
+    def take(
+        self, generations: set[int], now_ns: int, *, share: int = 1, explained: bool = True
+    ) -> list[PendingRequest]:
         """The next batch a worker holding `generations` can score; empty when nothing is due for it.
 
         With `wait_ns` > 0 a key whose oldest request is not yet due (`now_ns` < its `due_ns`) is held back
         unless its batch is already full, so a lone request waits at most `wait_ns`. With `share` > 1 the
         batch takes at most that share of the key's waiting requests (rounded up), leaving the rest to the
-        `share - 1` other workers with room.
+        `share - 1` other workers with room. `explained=False` leaves requests for explanations waiting.
         """
         policy = self.policy
         best: deque[PendingRequest] | None = None
         best_key = (0, "", False)
         for key, requests in self._waiting.items():
             generation = key[0]
-            if not requests or generation not in generations:
+            if not requests or generation not in generations or (key[2] and not explained):
                 continue
             head = requests[0]
             if now_ns < head.due_ns and len(requests) < policy.max_requests:
@@ -190,11 +203,16 @@ class RequestQueue:
             size += request.size
             batch.append(request)
         self._count -= len(batch)
+        if best_key[2]:
+            self.explained -= len(batch)
         if not best:
             del self._waiting[best_key]  # generations come and go: keep no empty queue behind
         return batch
 
-    def next_due(self) -> int | None:
-        """When the oldest held-back request's wait ends (monotonic ns), if any waits."""
-        heads = [requests[0].due_ns for requests in self._waiting.values() if requests]
+    def next_due(self, *, explained: bool = True) -> int | None:
+        """When the oldest held-back request's wait ends (monotonic ns), if any waits; `explained=False` leaves out
+        requests for explanations (held back for another reason, see `take`)."""
+        heads = [
+            requests[0].due_ns for key, requests in self._waiting.items() if requests and (explained or not key[2])
+        ]
         return min(heads) if heads else None

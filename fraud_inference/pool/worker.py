@@ -43,6 +43,8 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     heartbeat_s: float = 0.5
     shadow_share: float = 1.0
     """SHADOW_SHARE: the share of requests a challenger, when the generation holds one, also scores."""
+    explain_nice: int = 0
+    """EXPLAIN_NICE: how much lower than scoring's the priority of TreeSHAP's thread is (0 to 19)."""
 
 
 def run_worker(conn: Connection, options: WorkerOptions) -> None:
@@ -74,7 +76,9 @@ class _Worker:
         self._generations = HeldGenerations(
             error_detail=options.error_detail, extra_features=options.extra_features, log=log
         )
-        self._batches = BatchScorer(max_rows=options.max_rows, is_cancelled=self._pipe.is_cancelled, log=log)
+        self._batches = BatchScorer(
+            max_rows=options.max_rows, is_cancelled=self._pipe.is_cancelled, log=log, explain_nice=options.explain_nice
+        )
         self._shadow = ShadowScorer(share=options.shadow_share, busy=self._pipe.waiting, send=self._pipe.send, log=log)
         self._scoring: tuple[int, int] = (0, 0)  # (batch seq, monotonic ns it started), 0 when idle
 

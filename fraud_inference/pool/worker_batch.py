@@ -26,7 +26,7 @@ from fraud_inference.pool.messages import (
     Scored,
     ScoreFailed,
 )
-from fraud_inference.pool.worker_explain import explanation_output, wants_explanation
+from fraud_inference.pool.worker_explain import LowPriority, explanation_output, wants_explanation
 
 if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
@@ -124,11 +124,20 @@ class BatchScorer:
     """Turn a `Score` into its answer: `Scored` with each request's outcome and outputs, or `ScoreFailed`.
 
     `is_cancelled(seq)` says whether every request of batch `seq` has given up; it is asked before decoding
-    and between chunks, and a cancelled batch is answered unscored.
+    and between chunks, and a cancelled batch is answered unscored. Explanations run at `explain_nice`
+    (`LowPriority`).
     """
 
-    def __init__(self, *, max_rows: int, is_cancelled: Callable[[int], bool], log: FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        *,
+        max_rows: int,
+        is_cancelled: Callable[[int], bool],
+        log: FilteringBoundLogger,
+        explain_nice: int = 0,
+    ) -> None:
         self._max_rows = max_rows
+        self._explain = LowPriority(explain_nice)
         self._is_cancelled = is_cancelled
         self._log = log
         self.last: DecodedBatch | None = None
@@ -151,7 +160,7 @@ class BatchScorer:
                 batches.append(outcome)
         # Contributions only for the rows of the requests that want them, from the library's own trees.
         explained = (
-            explanation_output(request, outcomes, batches, served.scorer, self._log)
+            self._explain.run(explanation_output, request, outcomes, batches, served.scorer, self._log)
             if wants_explanation(request)
             else None
         )

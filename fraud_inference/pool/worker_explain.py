@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
@@ -14,7 +18,36 @@ from fraud_inference.reasons.wire import Explained, encode_explained, received_v
 if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
 
-__all__ = ["explanation_output", "wants_explanation"]
+__all__ = ["LowPriority", "explanation_output", "wants_explanation"]
+
+_T = TypeVar("_T")
+
+
+class LowPriority:
+    """Run calls on one thread of this process whose scheduling priority is lowered by `nice` (0 to 19): TreeSHAP's
+    CPU then goes to the HTTP process and to plain scoring first, and explanations take what they leave.
+
+    The caller blocks until the call returns (the worker scores one batch at a time either way); only the thread's
+    priority differs. Lowering is one-way for an unprivileged process, hence a thread of its own. `nice` 0 runs
+    calls on the caller's thread. Linux only (elsewhere `setpriority` would renice the whole process): other
+    systems run them at the caller's priority.
+    """
+
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+        self._executor: ThreadPoolExecutor | None = None
+
+    def run(self, function: Callable[..., _T], *args: Any) -> _T:
+        """`function(*args)`, on the low-priority thread; raises what it raises."""
+        if self.nice == 0 or sys.platform != "linux":
+            return function(*args)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="explain", initializer=self._lower)
+        return self._executor.submit(function, *args).result()
+
+    def _lower(self) -> None:
+        # On Linux PRIO_PROCESS with a thread id sets that thread's nice value alone (setpriority(2), NOTES).
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
 
 
 def wants_explanation(request: Score) -> bool:

@@ -20,6 +20,7 @@ from fraud_inference.models.artifact import ModelArtifact
 from fraud_inference.models.reading import read_artifact
 from fraud_inference.models.scoring import load_scorer
 from fraud_inference.pool import (
+    BatchPolicy,
     InferencePool,
     InferenceTimeoutError,
     NoWorkerError,
@@ -28,6 +29,7 @@ from fraud_inference.pool import (
     WorkerLostError,
     WorkerOptions,
 )
+from fraud_inference.pool.messages import EXPLANATION
 from fraud_inference.registry import Registry
 from tests.conftest import slow_xgboost_copy
 
@@ -79,12 +81,14 @@ def run_with_pool(
     timeout_s: float = 30.0,
     max_rows: int = 10_000,
     hung_worker_s: float = 120.0,
+    batching: BatchPolicy | None = None,
+    explain_nice: int = 0,
 ) -> None:
     def options(index: int) -> WorkerOptions:
-        return WorkerOptions(index, "WARNING", "json", max_rows=max_rows)
+        return WorkerOptions(index, "WARNING", "json", max_rows=max_rows, explain_nice=explain_nice)
 
     async def main() -> None:
-        pool = InferencePool(size, options, timeout_s=timeout_s, hung_worker_s=hung_worker_s)
+        pool = InferencePool(size, options, timeout_s=timeout_s, hung_worker_s=hung_worker_s, batching=batching)
         await pool.start()
         try:
             await scenario(pool)
@@ -164,6 +168,47 @@ def test_a_burst_is_shared_between_the_idle_workers(
             np.testing.assert_allclose(result.probabilities, scorer.fraud_probability(matrix(transactions, rows)))
 
     run_with_pool(2, scenario)
+
+
+def test_large_explained_requests_leave_a_worker_to_plain_ones_and_explain_at_low_priority(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
+) -> None:
+    """Four 400-row explained requests (TreeSHAP: ~1 ms a row) arrive, each its own batch, then a 1-row plain one:
+    explanations hold at most one of the two workers, so the plain request is answered by the other before any
+    explanation is (it used to wait behind them: two went to each worker). The explaining thread runs at
+    EXPLAIN_NICE, the worker's scoring thread at its own priority."""
+    big = [slice(0, 400)] * 4
+
+    async def scenario(pool: InferencePool) -> None:
+        assert (await pool.load(1, [artifacts["xgboost"]])).errors == {}
+        pool.activate(1)
+        answered: list[str] = []
+
+        async def ask(name: str, rows: slice, wants: tuple[str, ...]) -> Scores:
+            result = await pool.score(1, "xgboost", instances(transactions, rows), name, wants=wants)
+            answered.append(name)
+            return result
+
+        explained = [asyncio.create_task(ask(f"explain-{i}", rows, (EXPLANATION,))) for i, rows in enumerate(big)]
+        await asyncio.sleep(0)  # queued and sent first, in this turn of the loop
+        plain = await ask("plain", slice(0, 1), ())
+        nices = [_thread_nices(pid) for pid in pool.status().worker_pids.values()]
+        results = await asyncio.gather(*explained)
+        assert answered[0] == "plain", answered
+        assert plain.probabilities.shape == (1,)
+        assert all(EXPLANATION in result.outputs and result.probabilities.shape == (400,) for result in results)
+        # One worker explains: one of its threads runs at nice 19, its scoring thread (the process's) at 0.
+        assert sorted(19 in each for each in nices) == [False, True], nices
+        assert all(each[0] == 0 for each in nices), nices
+
+    run_with_pool(2, scenario, batching=BatchPolicy(max_requests=1), explain_nice=19)
+
+
+def _thread_nices(pid: int) -> list[int]:
+    """The nice value of each thread of process `pid`, its main thread first (field 19 of /proc/PID/task/TID/stat)."""
+    tids = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    tids.remove(pid)
+    return [int(Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16]) for tid in [pid, *tids]]
 
 
 def test_coalesced_requests_get_exactly_their_own_rows_scores_and_errors(

@@ -128,3 +128,24 @@ def test_a_request_that_gave_up_leaves_the_queue() -> None:
     assert queue.discard(leaves)
     assert not queue.discard(leaves)
     assert queue.take({1}, queue.clock()) == [stays]
+
+
+def test_explained_requests_wait_while_explanations_have_no_room_and_set_no_timer() -> None:
+    """With no room for another batch of explanations, `take` leaves them waiting and serves plain requests, and
+    `next_due` does not wake the dispatcher for them (it would find nothing to send, again and again)."""
+    clock = FixedClock(10_000_000_000)
+    queue = RequestQueue(BatchPolicy(max_requests=10, wait_ns=1_000_000), limit=100, clock=clock)
+    explained = request(1, "m")
+    explained.wants = ("explanation",)
+    plain = request(1, "m")
+    queue.put(explained)
+    clock.now_ns += 500_000
+    queue.put(plain)
+    assert queue.explained == 1
+    assert queue.next_due(explained=False) == plain.due_ns
+    clock.now_ns += 1_000_000
+    assert queue.take({1}, clock.now_ns, explained=False) == [plain]
+    assert queue.take({1}, clock.now_ns, explained=False) == []
+    assert queue.next_due(explained=False) is None
+    assert queue.take({1}, clock.now_ns) == [explained]
+    assert (len(queue), queue.explained) == (0, 0)
