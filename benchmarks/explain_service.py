@@ -2,14 +2,22 @@
 throughput while a tenth of requests ask for reasons against none asking (issue #27's figures).
 
     uv run python -m benchmarks.explain_service [--rounds 3] [--requests 40] [--seconds 8]
+        [--only cost|share|beside] [--explain-connections 8]
 
 Seeds the demo registry in a temporary home and serves it once (2 workers, compiled trees as configured).
 1. Cost: for XGBoost and LightGBM at 1, 10 and 100 rows, blocks of `--requests` sequential /v1/predict requests
    on one connection, plain and with `"explain": 3`, alternated (the order swaps every round); per block the median
    latency and the service's CPU per request (HTTP process and workers, from /proc). Prints the medians over rounds.
 2. Share: wrk at 64 connections sending 1-row XGBoost requests for `--seconds`: A cycles 10 plain bodies, B the
-   same 10 with the first asking for reasons (so exactly one request in ten); alternated A/B/B/A. B's plain
-   requests/s is 0.9 of its total (wrk cycles the bodies in order). Prints each round and the median ratio B/A.
+   same 10 with the first asking for reasons (so exactly one request in ten); alternated A/B/B/A. The figure is
+   the rate of the same nine plain bodies in B against A: 0.9 of each arm's total (wrk cycles the bodies in order),
+   so B/A of the totals. (B's nine against all ten of A's, also printed, is at most 0.9x by construction.)
+   Prints each round and the median ratios. On a closed loop an explained request holds its connection for its
+   whole (longer) latency, so B also measures fewer plain requests in flight, not only the CPU they lost.
+3. Beside: the plain load alone (A: wrk, 56 connections, plain 1-row XGBoost bodies) against the same load with a
+   second wrk beside it sending explained ones (B: `--explain-connections`, 8 by default: about a tenth of the
+   requests); alternated A/B/B/A. The figure is the plain wrk's requests/s B/A, with the explained share of B's
+   requests; run it with EXPLAIN_NICE=0 and 19 to see what the priority does.
 wrk checks every answer; a failed request ends the run (exit 1).
 """
 
@@ -20,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -39,14 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=40, help="per block of the cost figure")
     parser.add_argument("--seconds", type=float, default=8.0, help="per arm and round of the share figure")
+    parser.add_argument("--only", choices=("cost", "share", "beside"), help="measure one figure, not all three")
+    parser.add_argument("--explain-connections", type=int, default=8, help="the explained wrk's, in `beside`")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-explain-") as home:
         tracking_uri, artifact_location = embedded_registry(Path(home))
         seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None)
         service = OurService.start(tracking_uri, workers=2, log_dir=Path(home), timeout_s=300)
         try:
-            _cost(service, args.rounds, args.requests)
-            _share(service, args.rounds, args.seconds)
+            if args.only != "share":
+                _cost(service, args.rounds, args.requests)
+            if args.only in {None, "share"}:
+                _share(service, args.rounds, args.seconds)
+            if args.only in {None, "beside"}:
+                _beside(service, args.rounds, args.seconds, args.explain_connections)
         finally:
             service.stop(timeout_s=60)
     return 0
@@ -112,19 +127,64 @@ def _share(service: OurService, rounds: int, seconds: float) -> None:
             failed = result.non_2xx + result.bad_body + result.connect_errors + result.read_errors + result.timeouts
             if failed or before is None or after is None:
                 sys.exit(f"share {arm}: {failed} request(s) failed: the figures would mean nothing")
-            plain_per_s = result.requests_per_s * (1.0 if arm == "A" else 0.9)
-            cpu_us = after.minus(before).total / max(result.requests, 1) * 1e6
-            got[arm] = (plain_per_s, cpu_us)
+            nine_per_s = result.requests_per_s * 0.9  # the nine bodies plain in both arms
+            used = after.minus(before)
+            cpu_us = used.total / max(result.requests, 1) * 1e6
+            got[arm] = (result.requests_per_s, cpu_us)
             print(
-                f"share round {round_ + 1} {arm}: {result.requests_per_s:.0f} req/s, plain {plain_per_s:.0f} req/s, "
-                f"p99 {result.p99_ms:.1f} ms, CPU per request {cpu_us:.0f} us",
+                f"share round {round_ + 1} {arm}: {result.requests_per_s:.0f} req/s, the nine plain bodies "
+                f"{nine_per_s:.0f} req/s, p99 (all requests) {result.p99_ms:.1f} ms, CPU per request {cpu_us:.0f} us "
+                f"(cores busy: HTTP {used.http / result.duration_s:.2f}, "
+                f"workers {used.workers / result.duration_s:.2f})",
                 flush=True,
             )
         ratios.append(got["B"][0] / got["A"][0])
         cpu_ratios.append(got["B"][1] / got["A"][1])
     print(
-        f"share: plain requests/s with a tenth explained (B) / none (A) {statistics.median(ratios):.2f}x, CPU per "
-        f"request {statistics.median(cpu_ratios):.2f}x (median of {rounds} rounds)"
+        f"share: the nine plain bodies' requests/s with the tenth explained (B) / plain (A) "
+        f"{statistics.median(ratios):.2f}x (B's nine against A's ten: {0.9 * statistics.median(ratios):.2f}x); CPU "
+        f"per request {statistics.median(cpu_ratios):.2f}x (median of {rounds} rounds)"
+    )
+
+
+def _beside(service: OurService, rounds: int, seconds: float, explain_connections: int) -> None:
+    plain_connections = SHARE_CONNECTIONS - explain_connections
+    requests = our_requests(Scenario("xgboost 1 row", ("xgboost",), 1, plain_connections), service.base_url)
+    plain = list(requests.bodies)[:10]
+    explained = _explained(plain)
+    run_load("wrk", requests.url, plain, connections=plain_connections, seconds=2)  # warm-up
+    ratios, shares = [], []
+    for round_ in range(rounds):
+        got = {}
+        for arm in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
+            with ThreadPoolExecutor(1) as beside:
+                other = (
+                    beside.submit(
+                        run_load, "wrk", requests.url, explained, connections=explain_connections, seconds=seconds
+                    )
+                    if arm == "B"
+                    else None
+                )
+                result = run_load("wrk", requests.url, plain, connections=plain_connections, seconds=seconds)
+                explaining = None if other is None else other.result()
+            failed = result.errors + (0 if explaining is None else explaining.errors)
+            if failed:
+                sys.exit(f"beside {arm}: {failed} request(s) failed: the figures would mean nothing")
+            got[arm] = result.requests_per_s
+            line = (
+                f"beside round {round_ + 1} {arm}: plain {result.requests_per_s:.0f} req/s p99 {result.p99_ms:.1f} ms"
+            )
+            if explaining is not None:
+                share = explaining.requests_per_s / (explaining.requests_per_s + result.requests_per_s)
+                shares.append(share)
+                line += (
+                    f"; explained {explaining.requests_per_s:.0f} req/s p99 {explaining.p99_ms:.0f} ms ({share:.1%})"
+                )
+            print(line, flush=True)
+        ratios.append(got["B"] / got["A"])
+    print(
+        f"beside: plain requests/s with explained requests beside (B) / alone (A) {statistics.median(ratios):.2f}x, "
+        f"explained {statistics.median(shares):.1%} of B's requests (median of {rounds} rounds)"
     )
 
 

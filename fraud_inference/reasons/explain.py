@@ -38,6 +38,8 @@ def reason_count(explain: Any, selection: Selection) -> int:
     model cannot be explained (after the count is checked: a bad request is a bad request on every model).
     """
     features = len(selection.artifact.features)
+    if isinstance(explain, float) and explain.is_integer():
+        explain = int(explain)  # JSON does not tell 3 from 3.0, nor do integer features here (MLflow's rule)
     if isinstance(explain, bool) or not isinstance(explain, int) or not 1 <= explain <= features:
         raise InvalidExplainError(
             f"explain: the number of reasons per prediction, a whole number from 1 to {features} (the features of "

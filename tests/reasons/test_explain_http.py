@@ -7,6 +7,7 @@ with mapped codes.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import lightgbm as lgb
@@ -205,6 +206,24 @@ def test_an_explain_outside_one_to_the_feature_count_is_a_400_naming_explain(
     assert response.status_code == 400, response.text
     assert response.json()["detail"].startswith("explain: ")
     assert "from 1 to 7" in response.json()["detail"]
+
+
+def test_explain_is_read_as_json_numbers_are_whole_3_0_is_3_and_an_overflowing_one_is_a_400(
+    service: RunningService, rows: list[dict[str, Any]]
+) -> None:
+    """JSON does not tell 3 from 3.0 (integer features take 3.0 too); 1e999 overflows a float (not a whole number)."""
+    instances = json.dumps(rows[:2])
+    with service.client() as client:
+        whole = client.post("/v1/predict", json={"model": "xgb-numeric", "instances": rows[:2], "explain": 3.0})
+        huge = client.post(
+            "/v1/predict",
+            content=f'{{"model": "xgb-numeric", "instances": {instances}, "explain": 1e999}}',
+            headers={"content-type": "application/json"},
+        )
+    assert whole.status_code == 200, whole.text
+    assert [len(prediction["reasons"]) for prediction in whole.json()["predictions"]] == [3, 3]
+    assert huge.status_code == 400, huge.text
+    assert huge.json()["detail"].startswith("explain: ")
 
 
 def test_a_plain_request_answers_as_before(service: RunningService, rows: list[dict[str, Any]]) -> None:
