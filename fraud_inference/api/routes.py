@@ -42,6 +42,17 @@ from fraud_inference.reasons.explain import explain_rows
 __all__ = ["livez", "metrics", "model_infos", "predict", "readyz", "v1_router", "version"]
 
 _decode_request = msgspec.json.Decoder(PredictRequest).decode
+
+
+def explain_value(raw: msgspec.Raw) -> Any:
+    """`explain` as the request sent it: None when absent or null; its JSON text when it does not decode (a number
+    out of a float's range), which `reasons.explain.reason_count` refuses naming `explain` and that text."""
+    if not raw:
+        return None
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.ValidationError:
+        return bytes(raw).decode()
 _encode = msgspec.json.Encoder().encode
 _RETRY_AFTER = {"Retry-After": "1"}
 
@@ -128,11 +139,12 @@ async def predict(request: Request[Any, Any, Any]) -> ASGIApp:
         raise HTTPException(status_code=400, detail="malformed JSON: nested too deeply") from None
     request_id = request_id_of(request.scope)
     explained = None
-    if parsed.explain is None:
+    explain = explain_value(parsed.explain)
+    if explain is None:
         scored = await service.dataplane.predict(parsed.model, bytes(parsed.instances), request_id, protocol="v1")
     else:
         explained = await explain_rows(
-            service.dataplane, parsed.model, bytes(parsed.instances), request_id, parsed.explain, protocol="v1"
+            service.dataplane, parsed.model, bytes(parsed.instances), request_id, explain, protocol="v1"
         )
         scored = explained.scored
     note_scored(request, scored, "v1")

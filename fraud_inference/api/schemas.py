@@ -28,8 +28,11 @@ class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     instances: msgspec.Raw
     model: str | None = None
-    explain: Any = None
-    """With a number K: each prediction carries its K top reasons (`reasons`); checked against the model."""
+    explain: msgspec.Raw = msgspec.Raw()
+    """With a number K: each prediction carries its K top reasons (`reasons`); checked against the model.
+
+    NOTE: raw, decoded by the route (`explain_value`): a number JSON allows but a float cannot hold (1e999) is then
+    a 400 naming `explain`, like any other bad count, not a 422 for the whole body."""
 
 
 class Prediction(msgspec.Struct, array_like=False, omit_defaults=True):
