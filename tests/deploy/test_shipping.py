@@ -147,7 +147,10 @@ def test_every_variable_the_service_reads_is_documented() -> None:
     assert [v for v in sorted(variables) if f"`{v}`" not in readme] == []
 
 
+# NOTE: soak (85 s of the default run, with its own MLflow server); the default run serves the same settings through
+# `serve` in tests/e2e. .ci/run runs it with -m soak.
 @pytest.mark.slow
+@pytest.mark.soak
 def test_the_image_command_line_serves_from_a_real_mlflow_server(
     shared_mlflow_server: MlflowServer, transactions: pd.DataFrame, tmp_path: Path
 ) -> None:

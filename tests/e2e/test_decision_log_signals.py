@@ -16,7 +16,9 @@ from tests.conftest import http_process
 from tests.decisions.conftest import read_log
 from tests.load import Load
 
-pytestmark = pytest.mark.slow
+# NOTE: soak, out of the default run (which must stay near 12 minutes): SIGTERM and kill -9 of a service writing its
+# decision log under load, 49 s of the default run. .ci/run runs it with -m soak.
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 
 def test_sigterm_under_load_loses_no_record_of_an_answered_request(
