@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri, artifact_location = embedded_registry(Path(home))
         seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None)
         if args.challenger:
-            print(f"challenger: fraud-xgboost version {_register_challenger(tracking_uri, artifact_location)}")
+            print(f"challenger: fraud-xgboost version {register_challenger(tracking_uri, artifact_location)}")
         for round_ in range(args.rounds):
             for arm in arms if round_ % 2 == 0 else arms[::-1]:
                 loads = _load(arm, tracking_uri, Path(home), scenarios, args.seconds, shadow=args.challenger)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _register_challenger(tracking_uri: str, artifact_location: str | None) -> str:
+def register_challenger(tracking_uri: str, artifact_location: str | None) -> str:
     """A second version of the demo's XGBoost model, the same size trained on another seed, under `challenger`."""
     from mlflow import MlflowClient
 

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _explained(bodies: list[bytes]) -> list[bytes]:
+def explained_bodies(bodies: list[bytes]) -> list[bytes]:
     return [msgspec.json.encode({**msgspec.json.decode(body), "explain": REASONS}) for body in bodies]
 
 
@@ -92,7 +92,7 @@ def _cost(service: OurService, rounds: int, count: int) -> None:
         for model in ("xgboost", "lightgbm"):
             for rows in (1, 10, 100):
                 requests = our_requests(Scenario(f"{model} {rows}", (model,), rows, 1), service.base_url)
-                arms = {"plain": list(requests.bodies), "explained": _explained(list(requests.bodies))}
+                arms = {"plain": list(requests.bodies), "explained": explained_bodies(list(requests.bodies))}
                 for body in (*arms["plain"][:3], *arms["explained"][:3]):  # warm both paths
                     client.post(requests.url, content=body, headers={"content-type": "application/json"})
                 measured: dict[str, list[tuple[float, float]]] = {"plain": [], "explained": []}
@@ -115,7 +115,7 @@ def _cost(service: OurService, rounds: int, count: int) -> None:
 def _share(service: OurService, rounds: int, seconds: float) -> None:
     requests = our_requests(Scenario("xgboost 1 row", ("xgboost",), 1, SHARE_CONNECTIONS), service.base_url)
     plain = list(requests.bodies)[:10]
-    arms = {"A": plain, "B": [*_explained(plain[:1]), *plain[1:]]}
+    arms = {"A": plain, "B": [*explained_bodies(plain[:1]), *plain[1:]]}
     run_load("wrk", requests.url, plain, connections=SHARE_CONNECTIONS, seconds=2)  # warm-up
     ratios, cpu_ratios = [], []
     for round_ in range(rounds):
@@ -151,7 +151,7 @@ def _beside(service: OurService, rounds: int, seconds: float, explain_connection
     plain_connections = SHARE_CONNECTIONS - explain_connections
     requests = our_requests(Scenario("xgboost 1 row", ("xgboost",), 1, plain_connections), service.base_url)
     plain = list(requests.bodies)[:10]
-    explained = _explained(plain)
+    explained = explained_bodies(plain)
     run_load("wrk", requests.url, plain, connections=plain_connections, seconds=2)  # warm-up
     ratios, shares = [], []
     for round_ in range(rounds):
