@@ -53,6 +53,8 @@ def explain_value(raw: msgspec.Raw) -> Any:
         return msgspec.json.decode(raw)
     except msgspec.ValidationError:
         return bytes(raw).decode()
+
+
 _encode = msgspec.json.Encoder().encode
 _RETRY_AFTER = {"Retry-After": "1"}
 
