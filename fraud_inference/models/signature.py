@@ -112,11 +112,6 @@ class SignatureDecoder:
         """Decode `instances` (the raw JSON array) into a C-contiguous (rows, features) float64 matrix."""
         return self.stacked([self.rows(instances)])
 
-    def rows(self, instances: bytes) -> list[Any]:
-        """The row objects of `instances` (the raw JSON array), their names and types checked while decoding:
-        `InstancesError` names the row and the feature. `stacked` turns them into the matrix."""
-        return self._rows(instances)
-
     def stacked(self, requests: Sequence[list[Any]]) -> Matrix:
         """One C-contiguous (rows, features) float64 matrix of the `rows` of several requests, in order, its numbers
         checked in one pass (infinities, fractions in integer columns, missing values the model cannot take).
@@ -137,7 +132,7 @@ class SignatureDecoder:
 
     def dataframe(self, instances: bytes) -> pd.DataFrame:
         """Decode `instances` into a DataFrame with MLflow's dtypes, categorical columns on training categories."""
-        rows = self._rows(instances)
+        rows = self.rows(instances)
         return self._frames.frame(list(zip(*map(self._astuple, rows), strict=True)), len(rows))
 
     def columns(self, names: Sequence[str], values: Sequence[bytes]) -> Matrix | pd.DataFrame:
@@ -190,7 +185,9 @@ class SignatureDecoder:
             return np.concatenate(batches)
         return self._frames.stack(batches)
 
-    def _rows(self, instances: bytes) -> list[Any]:
+    def rows(self, instances: bytes) -> list[Any]:
+        """The row objects of `instances` (the raw JSON array), their names and types checked while decoding:
+        `InstancesError` names the row and the feature. `stacked` turns them into the matrix."""
         try:
             rows: list[Any] = self._decode(instances)
         except msgspec.ValidationError as error:

@@ -17,8 +17,6 @@ class InFlight:
 
     def __init__(self) -> None:
         self._batches: dict[int, Batch] = {}
-        self.explaining = 0
-        """How many of the held batches are explanations' (`Batch.explained`)."""
         self.last_answer_ns = 0
         """When the worker last answered a batch (monotonic ns): the earliest its oldest batch can have started."""
 
@@ -27,15 +25,16 @@ class InFlight:
 
     def add(self, batch: Batch) -> None:
         self._batches[batch.seq] = batch
-        self.explaining += batch.explained
 
     def answered(self, seq: int, now_ns: int) -> Batch | None:
         """The batch `seq` is answered: take it out. None when it is not held (already drained)."""
         self.last_answer_ns = now_ns
-        batch = self._batches.pop(seq, None)
-        if batch is not None:
-            self.explaining -= batch.explained
-        return batch
+        return self._batches.pop(seq, None)
+
+    @property
+    def explaining(self) -> int:
+        """How many of the held batches are explanations' (`Batch.explained`; a worker holds at most two)."""
+        return sum(batch.explained for batch in self._batches.values())
 
     def get(self, seq: int) -> Batch | None:
         """The batch `seq`, if this worker holds it."""
@@ -49,7 +48,6 @@ class InFlight:
         """Every request still held, oldest first; the worker holds nothing after."""
         orphans = list(self.requests())
         self._batches.clear()
-        self.explaining = 0
         return orphans
 
     def busy_since_ns(self) -> int | None:

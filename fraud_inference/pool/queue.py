@@ -129,11 +129,14 @@ class RequestQueue:
         self.clock = clock
         self._waiting: dict[tuple[int, str, bool], deque[PendingRequest]] = {}
         self._count = 0
-        self.explained = 0
-        """How many of the waiting requests want explanations."""
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def explained(self) -> int:
+        """How many of the waiting requests want explanations (their keys are few: generations x models x 2)."""
+        return sum(len(requests) for key, requests in self._waiting.items() if key[2])
 
     @property
     def full(self) -> bool:
@@ -150,13 +153,11 @@ class RequestQueue:
         request.due_ns = self.clock() + self.policy.wait_ns
         self._waiting.setdefault(_key(request), deque()).append(request)
         self._count += 1
-        self.explained += _explained(request)
 
     def put_back(self, request: PendingRequest) -> None:
         """Requeue a request whose worker died, ahead of newer ones (it was accepted before them)."""
         self._waiting.setdefault(_key(request), deque()).appendleft(request)
         self._count += 1
-        self.explained += _explained(request)
 
     def discard(self, request: PendingRequest) -> bool:
         """Take a request out of the queue (timed out, or its client left); False when it was not waiting."""
@@ -168,7 +169,6 @@ class RequestQueue:
         except ValueError:
             return False
         self._count -= 1
-        self.explained -= _explained(request)
         return True
 
     def take(
@@ -203,8 +203,6 @@ class RequestQueue:
             size += request.size
             batch.append(request)
         self._count -= len(batch)
-        if best_key[2]:
-            self.explained -= len(batch)
         if not best:
             del self._waiting[best_key]  # generations come and go: keep no empty queue behind
         return batch
