@@ -28,13 +28,12 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import msgspec
 
-from benchmarks.loadgen import run_load
+from benchmarks.loadgen import run_beside, run_load
 from benchmarks.scenarios import Scenario, our_requests
 from benchmarks.service import OurService
 from fraud_inference.demo.seeding import embedded_registry, seed_demo
@@ -157,16 +156,10 @@ def _beside(service: OurService, rounds: int, seconds: float, explain_connection
     for round_ in range(rounds):
         got = {}
         for arm in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
-            with ThreadPoolExecutor(1) as beside:
-                other = (
-                    beside.submit(
-                        run_load, "wrk", requests.url, explained, connections=explain_connections, seconds=seconds
-                    )
-                    if arm == "B"
-                    else None
-                )
-                result = run_load("wrk", requests.url, plain, connections=plain_connections, seconds=seconds)
-                explaining = None if other is None else other.result()
+            result, explaining = run_beside(
+                requests.url, plain, connections=plain_connections, seconds=seconds,
+                beside=(requests.url, explained, explain_connections, requests.expect) if arm == "B" else None,
+            )  # fmt: skip
             failed = result.errors + (0 if explaining is None else explaining.errors)
             if failed:
                 sys.exit(f"beside {arm}: {failed} request(s) failed: the figures would mean nothing")

@@ -25,14 +25,13 @@ import argparse
 import statistics
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
 
 from benchmarks.ab import register_challenger
 from benchmarks.explain_service import explained_bodies
-from benchmarks.loadgen import LoadResult, run_load
+from benchmarks.loadgen import LoadResult, run_beside, run_load
 from benchmarks.scenarios import Requests, Scenario, our_requests
 from benchmarks.service import OurService
 from fraud_inference.demo.seeding import embedded_registry, seed_demo
@@ -126,15 +125,8 @@ def _measure(service: OurService, arm: str, seconds: float, *, beside: Requests 
     """The plain load for `seconds`, with `beside` (a wrk, or tritonclient.grpc for a grpc:// URL) sent meanwhile."""
     plain = our_requests(PLAIN, service.base_url)
     before = service.cpu()
-    with ThreadPoolExecutor(1) as pool:
-        other = None
-        if beside is not None:
-            other = pool.submit(
-                run_load, "wrk", beside.url, beside.bodies, connections=BESIDE_CONNECTIONS[arm], seconds=seconds,
-                expect=beside.expect,
-            )  # fmt: skip
-        result = run_load("wrk", plain.url, plain.bodies, connections=PLAIN.connections, seconds=seconds)
-        side = None if other is None else other.result()
+    side_load = None if beside is None else (beside.url, beside.bodies, BESIDE_CONNECTIONS[arm], beside.expect)
+    result, side = run_beside(plain.url, plain.bodies, connections=PLAIN.connections, seconds=seconds, beside=side_load)
     after = service.cpu()
     failed = result.errors + (0 if side is None else side.errors)
     if failed or before is None or after is None:

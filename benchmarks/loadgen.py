@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 from typing import Literal
@@ -35,6 +36,7 @@ __all__ = [
     "LoadgenError",
     "find_loadgen",
     "parse_wrk_output",
+    "run_beside",
     "run_load",
     "wrk_script",
 ]
@@ -117,6 +119,28 @@ def run_load(
     if tool == "wrk":
         return _run_wrk(url, bodies, connections=connections, seconds=seconds, expect=expect)
     return _run_python(url, bodies, connections=connections, seconds=seconds, expect=expect)
+
+
+def run_beside(
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    connections: int,
+    seconds: float,
+    beside: tuple[str, Sequence[bytes], int, str] | None,
+) -> tuple[LoadResult, LoadResult | None]:
+    """wrk's load of `bodies` on `url`, and meanwhile, from a thread, `beside` = (url, bodies, connections, expect):
+    a second wrk, or tritonclient.grpc for a grpc:// URL; both for `seconds`. The second result is None without it."""
+    with ThreadPoolExecutor(1) as pool:
+        other = None
+        if beside is not None:
+            side_url, side_bodies, side_connections, side_expect = beside
+            other = pool.submit(
+                run_load, "wrk", side_url, side_bodies, connections=side_connections, seconds=seconds,
+                expect=side_expect,
+            )  # fmt: skip
+        result = run_load("wrk", url, bodies, connections=connections, seconds=seconds)
+        return result, None if other is None else other.result()
 
 
 def wrk_script(bodies: Sequence[bytes], expect: str = PREDICTIONS) -> str:
