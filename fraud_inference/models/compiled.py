@@ -318,11 +318,17 @@ def _loading(library: Path) -> Iterator[None]:
     NOTE: a process that dies meanwhile leaves the marker unlocked: the next load finds it (`_crashed_loads`),
     names the library in its log and builds it again, and `crashed_libraries` lets a crash report name it.
     """
-    marker = library.with_name(f"{library.name}.loading-{os.getpid()}-{time.monotonic_ns()}")
-    with marker.open("w") as held:
+    name = f"{library.name}.loading-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+    # Locked before it has the name `_crashed_loads` looks for: a marker seen unlocked is one whose process died.
+    unnamed = library.with_name(f".{library.stem}-{os.getpid()}-{threading.get_ident()}.locking")
+    with unnamed.open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        yield
-    marker.unlink(missing_ok=True)
+        marker = library.with_name(name)
+        os.replace(unnamed, marker)
+        try:
+            yield
+        finally:
+            marker.unlink(missing_ok=True)
 
 
 def _crashed_loads(library: Path) -> list[Path]:
@@ -334,6 +340,8 @@ def _crashed_loads(library: Path) -> list[Path]:
                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live process is loading it now
+            if os.fstat(held.fileno()).st_nlink == 0:
+                continue  # its process finished and removed it (before unlocking) since the glob
             crashed.append(marker)
     return crashed
 

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from fraud_inference.models.artifact import ModelArtifact
-from fraud_inference.models.compiled import CompiledTreesScorer, crashed_libraries
+from fraud_inference.models.compiled import CompiledTreesScorer, _crashed_loads, _loading, crashed_libraries
 from fraud_inference.models.flavors.lightgbm import LightGBMScorer
 from fraud_inference.models.flavors.xgboost import XGBoostScorer
 from fraud_inference.models.reading import fetch_artifact, read_artifact
@@ -153,6 +154,32 @@ def test_two_loads_at_once_compile_the_version_once(registry: Registry, tmp_path
     assert all(isinstance(model.scorer, CompiledTreesScorer) for model in served)
     assert [line["event"] for line in logs].count("compiled_trees.compiled") == 1
     assert len(list(cache.glob("*.so"))) == 1
+
+
+def test_a_load_in_progress_or_just_finished_is_never_taken_for_a_crash(tmp_path: Path) -> None:
+    """A load's marker seen unlocked means its process died. CI once saw a live load taken for a crash (the marker
+    existed a moment before it was locked), and the other thread discarded and built the library again; a load that
+    finished between the glob and the lock looked the same. One thread marks and unmarks loads while another looks.
+    """
+    library = tmp_path / "model.so"
+    stop = threading.Event()
+    taken_for_crashes: list[Path] = []
+
+    def look() -> None:
+        while not stop.is_set():
+            taken_for_crashes.extend(_crashed_loads(library))
+
+    looker = threading.Thread(target=look)
+    looker.start()
+    try:
+        for _ in range(3000):
+            with _loading(library):
+                pass
+    finally:
+        stop.set()
+        looker.join()
+    assert taken_for_crashes == []
+    assert crashed_libraries(tmp_path) == []
 
 
 def test_a_cached_library_of_another_version_is_built_again_not_refused(registry: Registry, tmp_path: Path) -> None:
