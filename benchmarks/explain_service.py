@@ -2,7 +2,7 @@
 throughput while a tenth of requests ask for reasons against none asking (issue #27's figures).
 
     uv run python -m benchmarks.explain_service [--rounds 3] [--requests 40] [--seconds 8]
-        [--only cost|share|beside] [--explain-connections 8]
+        [--only cost|share|beside|paced] [--explain-connections 8] [--pause-ms 25]
 
 Seeds the demo registry in a temporary home and serves it once (2 workers, compiled trees as configured).
 1. Cost: for XGBoost and LightGBM at 1, 10 and 100 rows, blocks of `--requests` sequential /v1/predict requests
@@ -18,6 +18,10 @@ Seeds the demo registry in a temporary home and serves it once (2 workers, compi
    second wrk beside it sending explained ones (B: `--explain-connections`, 8 by default: about a tenth of the
    requests); alternated A/B/B/A. The figure is the plain wrk's requests/s B/A, with the explained share of B's
    requests; run it with EXPLAIN_NICE=0 and 19 to see what the priority does.
+4. Paced: as `beside`, but below saturation, as a service runs: each connection waits `--pause-ms` after each
+   answer (36 plain connections, and in B 4 explained ones at the same pace: about a tenth of the requests; ~1,500
+   requests/s in all at 25 ms, about 60% of what this machine serves). The plain wrk's requests/s, p50 and p99
+   B/A say whether plain requests slow down when a tenth ask for reasons and the CPU is there for them.
 wrk checks every answer; a failed request ends the run (exit 1).
 """
 
@@ -47,20 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=40, help="per block of the cost figure")
     parser.add_argument("--seconds", type=float, default=8.0, help="per arm and round of the share figure")
-    parser.add_argument("--only", choices=("cost", "share", "beside"), help="measure one figure, not all three")
+    parser.add_argument("--only", choices=("cost", "share", "beside", "paced"), help="measure one figure, not all")
     parser.add_argument("--explain-connections", type=int, default=8, help="the explained wrk's, in `beside`")
+    parser.add_argument("--pause-ms", type=int, default=25, help="each connection's pause after an answer, `paced`")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-explain-") as home:
         tracking_uri, artifact_location = embedded_registry(Path(home))
         seed_demo(tracking_uri, artifact_location=artifact_location, progress=lambda _line: None)
         service = OurService.start(tracking_uri, workers=2, log_dir=Path(home), timeout_s=300)
         try:
-            if args.only != "share":
+            if args.only in {None, "cost"}:
                 _cost(service, args.rounds, args.requests)
             if args.only in {None, "share"}:
                 _share(service, args.rounds, args.seconds)
             if args.only in {None, "beside"}:
                 _beside(service, args.rounds, args.seconds, args.explain_connections)
+            if args.only in {None, "paced"}:
+                _paced(service, args.rounds, args.seconds, args.pause_ms)
         finally:
             service.stop(timeout_s=60)
     return 0
@@ -177,6 +184,51 @@ def _beside(service: OurService, rounds: int, seconds: float, explain_connection
         ratios.append(got["B"] / got["A"])
     print(
         f"beside: plain requests/s with explained requests beside (B) / alone (A) {statistics.median(ratios):.2f}x, "
+        f"explained {statistics.median(shares):.1%} of B's requests (median of {rounds} rounds)"
+    )
+
+
+def _paced(service: OurService, rounds: int, seconds: float, pause_ms: int) -> None:
+    plain_connections, explain_connections = 36, 4
+    requests = our_requests(Scenario("xgboost 1 row", ("xgboost",), 1, plain_connections), service.base_url)
+    plain = list(requests.bodies)[:10]
+    explained = explained_bodies(plain)
+    run_load("wrk", requests.url, plain, connections=plain_connections, seconds=4, pause_ms=pause_ms)  # warm-up
+    figures: dict[str, list[float]] = {"requests/s": [], "p50": [], "p99": []}
+    shares = []
+    for round_ in range(rounds):
+        got = {}
+        for arm in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
+            before = service.cpu()
+            result, explaining = run_beside(
+                requests.url, plain, connections=plain_connections, seconds=seconds, pause_ms=pause_ms,
+                beside=(requests.url, explained, explain_connections, requests.expect) if arm == "B" else None,
+                beside_pause_ms=pause_ms,
+            )  # fmt: skip
+            after = service.cpu()
+            failed = result.errors + (0 if explaining is None else explaining.errors)
+            if failed or before is None or after is None:
+                sys.exit(f"paced {arm}: {failed} request(s) failed: the figures would mean nothing")
+            got[arm] = result
+            used = after.minus(before)
+            line = (
+                f"paced round {round_ + 1} {arm}: plain {result.requests_per_s:.0f} req/s p50 {result.p50_ms:.2f} ms "
+                f"p99 {result.p99_ms:.2f} ms (cores busy: HTTP {used.http / result.duration_s:.2f}, "
+                f"workers {used.workers / result.duration_s:.2f})"
+            )
+            if explaining is not None:
+                share = explaining.requests_per_s / (explaining.requests_per_s + result.requests_per_s)
+                shares.append(share)
+                line += (
+                    f"; explained {explaining.requests_per_s:.0f} req/s p99 {explaining.p99_ms:.1f} ms ({share:.1%})"
+                )
+            print(line, flush=True)
+        figures["requests/s"].append(got["B"].requests_per_s / got["A"].requests_per_s)
+        figures["p50"].append(got["B"].p50_ms / got["A"].p50_ms)
+        figures["p99"].append(got["B"].p99_ms / got["A"].p99_ms)
+    medians = ", ".join(f"{name} {statistics.median(ratios):.2f}x" for name, ratios in figures.items())
+    print(
+        f"paced ({pause_ms} ms pause): plain requests with explained ones beside (B) / alone (A): {medians}, "
         f"explained {statistics.median(shares):.1%} of B's requests (median of {rounds} rounds)"
     )
 

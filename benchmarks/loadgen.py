@@ -110,14 +110,25 @@ def _apt_get(*arguments: str) -> int:
 
 
 def run_load(
-    tool: Loadgen, url: str, bodies: Sequence[bytes], *, connections: int, seconds: float, expect: str = PREDICTIONS
+    tool: Loadgen,
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    connections: int,
+    seconds: float,
+    expect: str = PREDICTIONS,
+    pause_ms: int = 0,
 ) -> LoadResult:
     """POST `bodies` in turn to `url` over `connections` keep-alive connections for `seconds` (a `grpc://` URL:
-    OIP's ModelInfer through tritonclient.grpc, whatever `tool`)."""
+    OIP's ModelInfer through tritonclient.grpc, whatever `tool`). `pause_ms` > 0 (wrk only): each connection waits
+    that long after an answer before its next request, so the load is paced at about
+    connections / (pause + latency) requests/s instead of as fast as the service answers."""
+    if pause_ms and tool != "wrk":
+        raise ValueError("a paced load (pause_ms) needs wrk")
     if url.startswith(GRPC_SCHEME):
         return _run_grpc(url, bodies, connections=connections, seconds=seconds)
     if tool == "wrk":
-        return _run_wrk(url, bodies, connections=connections, seconds=seconds, expect=expect)
+        return _run_wrk(url, bodies, connections=connections, seconds=seconds, expect=expect, pause_ms=pause_ms)
     return _run_python(url, bodies, connections=connections, seconds=seconds, expect=expect)
 
 
@@ -128,24 +139,29 @@ def run_beside(
     connections: int,
     seconds: float,
     beside: tuple[str, Sequence[bytes], int, str] | None,
+    pause_ms: int = 0,
+    beside_pause_ms: int = 0,
 ) -> tuple[LoadResult, LoadResult | None]:
     """wrk's load of `bodies` on `url`, and meanwhile, from a thread, `beside` = (url, bodies, connections, expect):
-    a second wrk, or tritonclient.grpc for a grpc:// URL; both for `seconds`. The second result is None without it."""
+    a second wrk, or tritonclient.grpc for a grpc:// URL; both for `seconds`. The second result is None without it.
+    `pause_ms` and `beside_pause_ms` pace either load (`run_load`)."""
     with ThreadPoolExecutor(1) as pool:
         other = None
         if beside is not None:
             side_url, side_bodies, side_connections, side_expect = beside
             other = pool.submit(
                 run_load, "wrk", side_url, side_bodies, connections=side_connections, seconds=seconds,
-                expect=side_expect,
+                expect=side_expect, pause_ms=beside_pause_ms,
             )  # fmt: skip
-        result = run_load("wrk", url, bodies, connections=connections, seconds=seconds)
+        result = run_load("wrk", url, bodies, connections=connections, seconds=seconds, pause_ms=pause_ms)
         return result, None if other is None else other.result()
 
 
-def wrk_script(bodies: Sequence[bytes], expect: str = PREDICTIONS) -> str:
-    """The Lua script: cycle through `bodies`, check each answer, report everything as one JSON line."""
+def wrk_script(bodies: Sequence[bytes], expect: str = PREDICTIONS, pause_ms: int = 0) -> str:
+    """The Lua script: cycle through `bodies`, check each answer, report everything as one JSON line; with
+    `pause_ms` > 0, wait that long before each request (wrk's `delay()` hook)."""
     literals = ",\n".join(f"[==[{body.decode()}]==]" for body in bodies)
+    pause = f"function delay()\n  return {int(pause_ms)}\nend\n" if pause_ms > 0 else ""
     return f"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -172,7 +188,7 @@ function request()
   position = position % #prepared + 1
   return prepared[position]
 end
-
+{pause}
 function response(status, headers, body)
   if status < 200 or status > 299 then
     non_2xx = non_2xx + 1
@@ -230,10 +246,12 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run_wrk(url: str, bodies: Sequence[bytes], *, connections: int, seconds: float, expect: str) -> LoadResult:
+def _run_wrk(
+    url: str, bodies: Sequence[bytes], *, connections: int, seconds: float, expect: str, pause_ms: int = 0
+) -> LoadResult:
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as scratch:
         script = Path(scratch) / "check.lua"
-        script.write_text(wrk_script(bodies, expect))
+        script.write_text(wrk_script(bodies, expect, pause_ms))
         # NOTE: one wrk thread leaves the second core to the service; its CPU share is reported to show
         # it was not the bottleneck. CPU of waited-for children is how wrk's own use is measured.
         before = _children_cpu_s()

@@ -103,33 +103,42 @@ class Dispatcher:
         if not self.queue:
             return
         now = self.queue.clock()
-        explain_room = self._explain_room() if self.queue.explained else 0
         # In rounds, one batch per worker with room in each, the least busy first: what waits is shared between
         # them, so a burst of large requests is scored by every free worker at once, not queued behind one.
-        while ready := [
-            worker
-            for worker in sorted(self._workers(), key=lambda candidate: len(candidate.inflight))
-            if worker.is_alive() and worker.inflight.has_room(now, most=_BATCHES_PER_WORKER, busy_long_ns=_BUSY_LONG_NS)
-        ]:
+        while ready := self._ready(now):
             sent = False
-            for position, worker in enumerate(ready):
+            for position, (worker, plain, explained) in enumerate(ready):
                 requests = self.queue.take(
-                    worker.generations, now, share=len(ready) - position, explained=explain_room > 0
+                    worker.generations, now, share=len(ready) - position, plain=plain, explained=explained
                 )
                 if requests:
-                    batch = self._send_batch(worker, requests)
-                    explain_room -= batch.explained
+                    self._send_batch(worker, requests)
                     sent = True
                 if not self.queue:
                     return
             if not sent:
                 break
         if self.queue.policy.wait_ns and self._pump_timer is None:
-            due = self.queue.next_due(explained=explain_room > 0)
+            due = self.queue.next_due(
+                explained=any(worker.is_alive() and worker.inflight.can_explain for worker in self._workers())
+            )
             if due is not None:
                 # Rounded up to the microsecond: waking early would only find nothing due and wait again.
                 delay_s = max(0, -(-(due - now) // 1000)) / 1e6
                 self._pump_timer = asyncio.get_running_loop().call_later(delay_s, self._pump_after_wait)
+
+    def _ready(self, now_ns: int) -> list[tuple[WorkerProcess, bool, bool]]:
+        """The live workers that may be sent a batch, least busy first, each with whether it may take a plain
+        one (`InFlight.has_room`) and one of explanations (its explanation lane is free: `InFlight.can_explain`)."""
+        ready = []
+        for worker in sorted(self._workers(), key=lambda candidate: len(candidate.inflight)):
+            if not worker.is_alive():
+                continue
+            plain = worker.inflight.has_room(now_ns, most=_BATCHES_PER_WORKER, busy_long_ns=_BUSY_LONG_NS)
+            explained = bool(self.queue.explained) and worker.inflight.can_explain
+            if plain or explained:
+                ready.append((worker, plain, explained))
+        return ready
 
     def answered(self, worker: WorkerProcess, message: Scored | ScoreFailed) -> None:
         """A worker's answer to a batch: each request gets its own rows' scores, or the failure."""
@@ -175,12 +184,6 @@ class Dispatcher:
     def _pump_after_wait(self) -> None:
         self._pump_timer = None
         self.pump()
-
-    def _explain_room(self) -> int:
-        """How many more batches of explanations may be sent now: they may hold every live worker but one, so that
-        plain requests always find a worker that is not explaining (explanations cost milliseconds a row)."""
-        live = [worker for worker in self._workers() if worker.is_alive()]
-        return max(1, len(live) - 1) - sum(worker.inflight.explaining for worker in live)
 
     def _send_batch(self, worker: WorkerProcess, requests: list[PendingRequest]) -> Batch:
         head = requests[0]

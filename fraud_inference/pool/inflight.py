@@ -33,8 +33,14 @@ class InFlight:
 
     @property
     def explaining(self) -> int:
-        """How many of the held batches are explanations' (`Batch.explained`; a worker holds at most two)."""
+        """How many of the held batches are explanations' (`Batch.explained`): 0 or 1 (`can_explain`)."""
         return sum(batch.explained for batch in self._batches.values())
+
+    @property
+    def can_explain(self) -> bool:
+        """Whether a batch of explanations may be sent: the worker's explanation lane is free. Plain batches go on
+        beside it, on the worker's main thread."""
+        return not self.explaining
 
     def get(self, seq: int) -> Batch | None:
         """The batch `seq`, if this worker holds it."""
@@ -50,21 +56,20 @@ class InFlight:
         self._batches.clear()
         return orphans
 
-    def busy_since_ns(self) -> int | None:
-        """When the worker started its oldest batch, as near as the server knows (None when idle): it was
-        sent then, or the worker started it when it answered the one before."""
-        oldest = next(iter(self._batches.values()), None)
+    def busy_since_ns(self, *, plain: bool = False) -> int | None:
+        """When the worker started its oldest batch (`plain`: its oldest plain one), as near as the server knows
+        (None when it holds none): it was sent then, or the worker started it when it answered one before."""
+        oldest = next((batch for batch in self._batches.values() if not (plain and batch.explained)), None)
         return None if oldest is None else max(oldest.sent_ns, self.last_answer_ns)
 
     def has_room(self, now_ns: int, *, most: int, busy_long_ns: int) -> bool:
-        """Whether another batch may be sent: fewer than `most` held, none held for `busy_long_ns`, and no
-        explanation's.
+        """Whether another plain batch may be sent: fewer than `most` plain ones held, and none held for
+        `busy_long_ns`. A batch of explanations, on the worker's other thread, does not count (`can_explain`).
 
-        A worker that has been scoring one batch that long (a large request, a slow model), or that explains
-        (TreeSHAP costs milliseconds a row, at a lower priority), gets no second one to wait behind it: the queue
-        keeps it for the next free worker.
+        A worker that has been scoring one batch that long (a large request, a slow model) gets no second one to
+        wait behind it: the queue keeps it for the next free worker.
         """
-        if len(self._batches) >= most or self.explaining:
+        if len(self._batches) - self.explaining >= most:
             return False
-        since = self.busy_since_ns()
+        since = self.busy_since_ns(plain=True)
         return since is None or now_ns - since < busy_long_ns

@@ -172,21 +172,22 @@ class RequestQueue:
         return True
 
     def take(
-        self, generations: set[int], now_ns: int, *, share: int = 1, explained: bool = True
+        self, generations: set[int], now_ns: int, *, share: int = 1, plain: bool = True, explained: bool = True
     ) -> list[PendingRequest]:
         """The next batch a worker holding `generations` can score; empty when nothing is due for it.
 
         With `wait_ns` > 0 a key whose oldest request is not yet due (`now_ns` < its `due_ns`) is held back
         unless its batch is already full, so a lone request waits at most `wait_ns`. With `share` > 1 the
         batch takes at most that share of the key's waiting requests (rounded up), leaving the rest to the
-        `share - 1` other workers with room. `explained=False` leaves requests for explanations waiting.
+        `share - 1` other workers with room. `plain=False` leaves plain requests waiting, `explained=False`
+        requests for explanations.
         """
         policy = self.policy
         best: deque[PendingRequest] | None = None
         best_key = (0, "", False)
         for key, requests in self._waiting.items():
             generation = key[0]
-            if not requests or generation not in generations or (key[2] and not explained):
+            if not requests or generation not in generations or not (explained if key[2] else plain):
                 continue
             head = requests[0]
             if now_ns < head.due_ns and len(requests) < policy.max_requests:

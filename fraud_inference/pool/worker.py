@@ -24,6 +24,7 @@ from fraud_inference.pool.messages import (
     WorkerStarted,
 )
 from fraud_inference.pool.worker_batch import BatchScorer
+from fraud_inference.pool.worker_explain import ExplainLane, wants_explanation
 from fraud_inference.pool.worker_models import HeldGenerations
 from fraud_inference.pool.worker_pipe import ServerPipe
 from fraud_inference.pool.worker_shadow import ShadowScorer
@@ -44,7 +45,7 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     shadow_share: float = 1.0
     """SHADOW_SHARE: the share of requests a challenger, when the generation holds one, also scores."""
     explain_nice: int = 0
-    """EXPLAIN_NICE: how much lower than scoring's the priority of TreeSHAP's thread is (0 to 19)."""
+    """EXPLAIN_NICE: how much lower than scoring's the priority of the explanation lane's thread is (0 to 19)."""
 
 
 def run_worker(conn: Connection, options: WorkerOptions) -> None:
@@ -67,7 +68,8 @@ def run_worker(conn: Connection, options: WorkerOptions) -> None:
 
 
 class _Worker:
-    """Act on the server's messages in order: score batches, load and drop generations; beat meanwhile."""
+    """Act on the server's messages in order: score batches, load and drop generations; beat meanwhile. Batches
+    of explained requests go to the explanation lane, a thread beside this one (`ExplainLane`)."""
 
     def __init__(self, conn: Connection, options: WorkerOptions, log: FilteringBoundLogger) -> None:
         self._index = options.index
@@ -76,9 +78,10 @@ class _Worker:
         self._generations = HeldGenerations(
             error_detail=options.error_detail, extra_features=options.extra_features, log=log
         )
-        self._batches = BatchScorer(
-            max_rows=options.max_rows, is_cancelled=self._pipe.is_cancelled, log=log, explain_nice=options.explain_nice
-        )
+        self._batches = BatchScorer(max_rows=options.max_rows, is_cancelled=self._pipe.is_cancelled, log=log)
+        # NOTE: the lane only looks at the Cancels read so far: the pipe is read on this thread alone.
+        self._explained = BatchScorer(max_rows=options.max_rows, is_cancelled=self._pipe.was_cancelled, log=log)
+        self._explain_lane = ExplainLane(options.explain_nice, log)
         self._shadow = ShadowScorer(share=options.shadow_share, busy=self._pipe.waiting, send=self._pipe.send, log=log)
         self._scoring: tuple[int, int] = (0, 0)  # (batch seq, monotonic ns it started), 0 when idle
 
@@ -90,7 +93,9 @@ class _Worker:
         # reader thread handing messages over through a queue cost a second thread wake-up per batch.
         threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
         while (message := self._pipe.next()) is not None:
-            if isinstance(message, Score):
+            if isinstance(message, Score) and wants_explanation(message):
+                self._explain_lane.submit(message, self._explain)
+            elif isinstance(message, Score):
                 self._score(message)
             elif isinstance(message, LoadGeneration):
                 # NOTE: load beside the served generation in a thread, so scoring goes on during a swap.
@@ -101,8 +106,12 @@ class _Worker:
     def _beat(self) -> None:
         while True:
             time.sleep(self._heartbeat_s)
-            seq, started_ns = self._scoring
-            self._pipe.send(Heartbeat(scoring=seq, scoring_ns=time.monotonic_ns() - started_ns if seq else 0))
+            # The longer of the two threads' batches: HUNG_WORKER_S applies to an explanation as to a batch.
+            now_ns = time.monotonic_ns()
+            seq, started_ns = min(
+                (self._scoring, self._explain_lane.current), key=lambda held: held[1] if held[0] else now_ns
+            )
+            self._pipe.send(Heartbeat(scoring=seq, scoring_ns=now_ns - started_ns if seq else 0))
             self._shadow.report_due()
 
     def _preload(self) -> None:
@@ -130,7 +139,20 @@ class _Worker:
         if held is not None and champion is not None:
             self._shadow.take_turn(request, self._batches.last, champion, held)
 
-    def _answer(self, request: Score) -> Scored | ScoreFailed:
+    def _explain(self, request: Score) -> None:
+        """Score and explain batch `request` (on the explanation lane); a challenger takes no turn on it."""
+        try:
+            answer = self._answer(request, self._explained)
+        except Exception as error:  # answered as failed, never left for the client to time out
+            answer = ScoreFailed(seq=request.seq, error=f"explaining failed: {error!r}"[:500])
+        self._pipe.send(answer)
+        held = self._generations.challenger(request.generation, request.model)
+        champion = self._generations.model(request.generation, request.model)
+        if held is not None and champion is not None:
+            # Counted as skipped (busy): the challenger's turns run on the main thread, one at a time.
+            self._shadow.take_turn(msgspec.structs.replace(request, shadow=False), self._explained.last, champion, held)
+
+    def _answer(self, request: Score, batches: BatchScorer | None = None) -> Scored | ScoreFailed:
         """Score batch `request` with the model of its generation, or fail it when this worker does not hold it."""
         served = self._generations.model(request.generation, request.model)
         if served is None:
@@ -138,7 +160,7 @@ class _Worker:
                 seq=request.seq,
                 error=f"generation {request.generation} model {request.model!r} is not loaded in this worker",
             )
-        return self._batches.score(request, served)
+        return (batches or self._batches).score(request, served)
 
     def _load(self, request: LoadGeneration) -> None:
         self._pipe.send(self._generations.load(request))

@@ -26,7 +26,7 @@ from fraud_inference.pool.messages import (
     Scored,
     ScoreFailed,
 )
-from fraud_inference.pool.worker_explain import LowPriority, explanation_output, wants_explanation
+from fraud_inference.pool.worker_explain import explanation_output, wants_explanation
 
 if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
@@ -124,8 +124,8 @@ class BatchScorer:
     """Turn a `Score` into its answer: `Scored` with each request's outcome and outputs, or `ScoreFailed`.
 
     `is_cancelled(seq)` says whether every request of batch `seq` has given up; it is asked before decoding
-    and between chunks, and a cancelled batch is answered unscored. Explanations run at `explain_nice`
-    (`LowPriority`).
+    and between chunks, and a cancelled batch is answered unscored. A batch of explained requests is explained
+    on the calling thread (the worker calls it on its explanation lane, `worker_explain.ExplainLane`).
     """
 
     def __init__(
@@ -134,10 +134,8 @@ class BatchScorer:
         max_rows: int,
         is_cancelled: Callable[[int], bool],
         log: FilteringBoundLogger,
-        explain_nice: int = 0,
     ) -> None:
         self._max_rows = max_rows
-        self._explain = LowPriority(explain_nice)
         self._is_cancelled = is_cancelled
         self._log = log
         self.last: DecodedBatch | None = None
@@ -160,7 +158,7 @@ class BatchScorer:
                 batches.append(outcome)
         # Contributions only for the rows of the requests that want them, from the library's own trees.
         explained = (
-            self._explain.run(explanation_output, request, outcomes, batches, served.scorer, self._log)
+            explanation_output(request, outcomes, batches, served.scorer, self._log)
             if wants_explanation(request)
             else None
         )

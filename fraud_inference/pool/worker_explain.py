@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -18,36 +19,45 @@ from fraud_inference.reasons.wire import Explained, encode_explained, received_v
 if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
 
-__all__ = ["LowPriority", "explanation_output", "wants_explanation"]
-
-_T = TypeVar("_T")
+__all__ = ["ExplainLane", "explanation_output", "wants_explanation"]
 
 
-class LowPriority:
-    """Run calls on one thread of this process whose scheduling priority is lowered by `nice` (0 to 19): TreeSHAP's
-    CPU then goes to the HTTP process and to plain scoring first, and explanations take what they leave.
+class ExplainLane:
+    """One thread of the worker that scores and explains the batches of explained requests, beside the main
+    thread, which goes on scoring plain batches meanwhile; its scheduling priority is lowered by `nice` (0 to 19),
+    so TreeSHAP's CPU goes to the HTTP process and to plain scoring first.
 
-    The caller blocks until the call returns (the worker scores one batch at a time either way); only the thread's
-    priority differs. Lowering is one-way for an unprivileged process, hence a thread of its own. `nice` 0 runs
-    calls on the caller's thread. Linux only (elsewhere `setpriority` would renice the whole process): other
-    systems run them at the caller's priority.
+    NOTE: explanations cost milliseconds a row (TreeSHAP); on the main thread a plain batch sent to the worker
+    waited behind them. The server sends a worker at most one explained batch at a time (`InFlight.can_explain`),
+    so the lane never queues. Lowering a priority is one-way for an unprivileged process, hence a thread of its
+    own; Linux only (elsewhere `setpriority` would renice the whole process): other systems run it at the
+    worker's priority.
     """
 
-    def __init__(self, nice: int) -> None:
+    def __init__(self, nice: int, log: FilteringBoundLogger) -> None:
         self.nice = nice
-        self._executor: ThreadPoolExecutor | None = None
+        self._log = log
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="explain", initializer=self._lower)
+        self.current: tuple[int, int] = (0, 0)
+        """(batch seq, monotonic ns it started) of the batch the lane holds; (0, 0) when idle."""
 
-    def run(self, function: Callable[..., _T], *args: Any) -> _T:
-        """`function(*args)`, on the low-priority thread; raises what it raises."""
-        if self.nice == 0 or sys.platform != "linux":
-            return function(*args)
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="explain", initializer=self._lower)
-        return self._executor.submit(function, *args).result()
+    def submit(self, request: Score, answer: Callable[[Score], None]) -> None:
+        """Run `answer(request)` on the lane; an exception it raises is logged (`answer` sends its own failure)."""
+        self._executor.submit(self._run, request, answer)
+
+    def _run(self, request: Score, answer: Callable[[Score], None]) -> None:
+        self.current = (request.seq, time.monotonic_ns())
+        try:
+            answer(request)
+        except Exception as error:  # the worker goes on; the batch's requests time out (its answer was not sent)
+            self._log.error("explain.lane_failed", seq=request.seq, model=request.model, error=repr(error)[:200])
+        finally:
+            self.current = (0, 0)
 
     def _lower(self) -> None:
-        # On Linux PRIO_PROCESS with a thread id sets that thread's nice value alone (setpriority(2), NOTES).
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+        if self.nice and sys.platform == "linux":
+            # On Linux PRIO_PROCESS with a thread id sets that thread's nice value alone (setpriority(2), NOTES).
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
 
 
 def wants_explanation(request: Score) -> bool:

@@ -69,6 +69,11 @@ class ServerPipe:
                 self._held.append(message)
         return seq in self._cancelled
 
+    def was_cancelled(self, seq: int) -> bool:
+        """Whether every request of batch `seq` has given up, by the Cancels read so far (reads nothing: for a
+        thread other than the one reading the pipe)."""
+        return seq in self._cancelled
+
     def waiting(self) -> bool:
         """Whether a message waits to be acted on (held, or unread in the pipe), without reading it."""
         return bool(self._held) or (not self._server_gone and self._conn.poll(0))

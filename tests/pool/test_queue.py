@@ -149,3 +149,18 @@ def test_explained_requests_wait_while_explanations_have_no_room_and_set_no_time
     assert queue.next_due(explained=False) is None
     assert queue.take({1}, clock.now_ns) == [explained]
     assert (len(queue), queue.explained) == (0, 0)
+
+
+def test_a_worker_with_its_plain_room_full_is_given_only_explanations() -> None:
+    """A worker whose explanation lane is free but whose plain batches are at their most: `take(plain=False)`
+    serves the explanation even when a plain request has waited longer, and leaves the plain one waiting."""
+    clock = FixedClock(10_000_000_000)
+    queue = RequestQueue(BatchPolicy(max_requests=10), limit=100, clock=clock)
+    plain = request(1, "m")
+    explained = request(1, "m")
+    explained.wants = ("explanation",)
+    queue.put(plain)
+    queue.put(explained)
+    assert queue.take({1}, clock.now_ns, plain=False) == [explained]
+    assert queue.take({1}, clock.now_ns, plain=False) == []
+    assert queue.take({1}, clock.now_ns) == [plain]
