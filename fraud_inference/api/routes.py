@@ -45,14 +45,14 @@ _decode_request = msgspec.json.Decoder(PredictRequest).decode
 
 
 def explain_value(raw: msgspec.Raw) -> Any:
-    """`explain` as the request sent it: None when absent or null; its JSON text when it does not decode (a number
-    out of a float's range), which `reasons.explain.reason_count` refuses naming `explain` and that text."""
+    """`explain` as the request sent it: None when absent or null; `raw` itself when it does not decode (a number
+    out of a float's range), which `reasons.explain.reason_count` refuses naming `explain` and that JSON text."""
     if not raw:
         return None
     try:
         return msgspec.json.decode(raw)
     except msgspec.ValidationError:
-        return bytes(raw).decode()
+        return raw
 
 
 _encode = msgspec.json.Encoder().encode

@@ -43,13 +43,23 @@ def reason_count(explain: Any, selection: Selection) -> int:
     if isinstance(explain, bool) or not isinstance(explain, int) or not 1 <= explain <= features:
         raise InvalidExplainError(
             f"explain: the number of reasons per prediction, a whole number from 1 to {features} (the features of "
-            f"model {selection.key!r}); got {explain!r}"[:300]
+            f"model {selection.key!r}); got {_as_sent(explain)}"[:300]
         )
     at_load = selection.generation.explain_refusals.get(selection.key)
     refusal = explain_refusal(selection.artifact, at_load=at_load)
     if refusal is not None:
         raise NotExplainableError(f"model {selection.key!r}: {refusal}")
     return explain
+
+
+def _as_sent(explain: Any) -> str:
+    """`explain` written as JSON, as a client sent it (`true`, `"3"`, `1e999`), not as Python prints it."""
+    if isinstance(explain, msgspec.Raw):
+        return bytes(explain).decode(errors="replace")
+    try:
+        return msgspec.json.encode(explain).decode()
+    except (TypeError, msgspec.EncodeError):  # a value from a protocol that is not JSON (gRPC parameters)
+        return repr(explain)
 
 
 async def explain_rows(

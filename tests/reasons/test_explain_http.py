@@ -197,7 +197,7 @@ def test_a_model_that_cannot_explain_is_a_422_naming_it_and_what_can(service: Ru
     assert "LightGBM" in detail
 
 
-@pytest.mark.parametrize("explain", [0, 8, -1, "3", True, 2.5])
+@pytest.mark.parametrize("explain", [0, 8, -1, "3", True, 2.5, [3]])
 def test_an_explain_outside_one_to_the_feature_count_is_a_400_naming_explain(
     service: RunningService, rows: list[dict[str, Any]], explain: Any
 ) -> None:
@@ -206,6 +206,8 @@ def test_an_explain_outside_one_to_the_feature_count_is_a_400_naming_explain(
     assert response.status_code == 400, response.text
     assert response.json()["detail"].startswith("explain: ")
     assert "from 1 to 7" in response.json()["detail"]
+    # What was sent, as the client wrote it in JSON (`true`, `"3"`), not as Python prints it (`True`, `'3'`).
+    assert response.json()["detail"].endswith(f"got {json.dumps(explain, separators=(',', ':'))}")
 
 
 def test_explain_is_read_as_json_numbers_are_whole_3_0_is_3_and_an_overflowing_one_is_a_400(
@@ -224,6 +226,7 @@ def test_explain_is_read_as_json_numbers_are_whole_3_0_is_3_and_an_overflowing_o
     assert [len(prediction["reasons"]) for prediction in whole.json()["predictions"]] == [3, 3]
     assert huge.status_code == 400, huge.text
     assert huge.json()["detail"].startswith("explain: ")
+    assert huge.json()["detail"].endswith("got 1e999")
 
 
 def test_a_plain_request_answers_as_before(service: RunningService, rows: list[dict[str, Any]]) -> None:
