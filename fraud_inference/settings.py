@@ -95,10 +95,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     the same id is shadowed the same way); a batch sent while other requests wait or are being scored skips its
     challenger's turn."""
     explain_nice: Annotated[int, Meta(ge=0, le=19)] = 19
-    """EXPLAIN_NICE: how far below scoring's the CPU priority of TreeSHAP is (a nice value, 0 to 19, Linux): with 19,
-    explained requests take only the CPU that plain scoring and the HTTP process leave, so plain throughput holds
-    when some ask for reasons, and on a saturated server explanations wait (504 past INFERENCE_TIMEOUT_S); 0: same
-    priority."""
+    """EXPLAIN_NICE: how far below scoring's the CPU priority of each worker's explanation thread is (a nice value,
+    0 to 19, Linux): with 19, explanations take the CPU that plain scoring and the HTTP process leave, so they
+    slow plain requests less (the README's Reason codes has the figures), and on a saturated server they wait
+    (504 past INFERENCE_TIMEOUT_S); 0: same priority."""
     model_stages: Annotated[tuple[str, ...], Meta(min_length=1)] = ("Production", "Staging")
     """MODEL_STAGES: stages tried in order when the alias is missing (newest version in the stage)."""
     workers: Annotated[int, Meta(ge=1, le=64, extra={"shown": "CPU count"})] = msgspec.field(
