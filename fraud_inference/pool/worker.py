@@ -80,8 +80,10 @@ class _Worker:
         )
         self._batches = BatchScorer(max_rows=options.max_rows, is_cancelled=self._pipe.is_cancelled, log=log)
         # NOTE: the lane only looks at the Cancels read so far: the pipe is read on this thread alone.
-        self._explained = BatchScorer(max_rows=options.max_rows, is_cancelled=self._pipe.was_cancelled, log=log)
-        self._explain_lane = ExplainLane(options.explain_nice, log)
+        self._explained = BatchScorer(
+            max_rows=options.max_rows, is_cancelled=self._pipe.was_cancelled, log=log, explain_nice=options.explain_nice
+        )
+        self._explain_lane = ExplainLane(log)
         self._shadow = ShadowScorer(share=options.shadow_share, busy=self._pipe.waiting, send=self._pipe.send, log=log)
         self._scoring: tuple[int, int] = (0, 0)  # (batch seq, monotonic ns it started), 0 when idle
 

@@ -26,7 +26,7 @@ from fraud_inference.pool.messages import (
     Scored,
     ScoreFailed,
 )
-from fraud_inference.pool.worker_explain import explanation_output, wants_explanation
+from fraud_inference.pool.worker_explain import LowPriority, explanation_output, wants_explanation
 
 if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
@@ -124,8 +124,9 @@ class BatchScorer:
     """Turn a `Score` into its answer: `Scored` with each request's outcome and outputs, or `ScoreFailed`.
 
     `is_cancelled(seq)` says whether every request of batch `seq` has given up; it is asked before decoding
-    and between chunks, and a cancelled batch is answered unscored. A batch of explained requests is explained
-    on the calling thread (the worker calls it on its explanation lane, `worker_explain.ExplainLane`).
+    and between chunks, and a cancelled batch is answered unscored. A batch of explained requests is decoded and
+    scored on the calling thread (the worker calls it on its explanation lane, `worker_explain.ExplainLane`), and
+    explained at `explain_nice` (`LowPriority`).
     """
 
     def __init__(
@@ -134,8 +135,10 @@ class BatchScorer:
         max_rows: int,
         is_cancelled: Callable[[int], bool],
         log: FilteringBoundLogger,
+        explain_nice: int = 0,
     ) -> None:
         self._max_rows = max_rows
+        self._explain = LowPriority(explain_nice)
         self._is_cancelled = is_cancelled
         self._log = log
         self.last: DecodedBatch | None = None
@@ -158,7 +161,7 @@ class BatchScorer:
                 batches.append(outcome)
         # Contributions only for the rows of the requests that want them, from the library's own trees.
         explained = (
-            explanation_output(request, outcomes, batches, served.scorer, self._log)
+            self._explain.run(explanation_output, request, outcomes, batches, served.scorer, self._log)
             if wants_explanation(request)
             else None
         )

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
@@ -19,25 +19,26 @@ from fraud_inference.reasons.wire import Explained, encode_explained, received_v
 if TYPE_CHECKING:
     from fraud_inference.models.flavors import Scorer
 
-__all__ = ["ExplainLane", "explanation_output", "wants_explanation"]
+__all__ = ["ExplainLane", "LowPriority", "explanation_output", "wants_explanation"]
+
+_T = TypeVar("_T")
 
 
 class ExplainLane:
     """One thread of the worker that scores and explains the batches of explained requests, beside the main
-    thread, which goes on scoring plain batches meanwhile; its scheduling priority is lowered by `nice` (0 to 19),
-    so TreeSHAP's CPU goes to the HTTP process and to plain scoring first.
+    thread, which goes on scoring plain batches meanwhile.
 
     NOTE: explanations cost milliseconds a row (TreeSHAP); on the main thread a plain batch sent to the worker
     waited behind them. The server sends a worker at most one explained batch at a time (`InFlight.can_explain`),
-    so the lane never queues. Lowering a priority is one-way for an unprivileged process, hence a thread of its
-    own; Linux only (elsewhere `setpriority` would renice the whole process): other systems run it at the
-    worker's priority.
+    so the lane never queues. The lane runs at the worker's priority: only TreeSHAP runs at EXPLAIN_NICE
+    (`LowPriority`). Decoding a batch holds the GIL for its whole call; at nice 19 with every core busy, a
+    20,000-row batch held it for seconds, and the worker's main and heartbeat threads waited on it: the worker
+    went silent past 5 s and was replaced, with the plain batches it held.
     """
 
-    def __init__(self, nice: int, log: FilteringBoundLogger) -> None:
-        self.nice = nice
+    def __init__(self, log: FilteringBoundLogger) -> None:
         self._log = log
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="explain", initializer=self._lower)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="explain-lane")
         self.current: tuple[int, int] = (0, 0)
         """(batch seq, monotonic ns it started) of the batch the lane holds; (0, 0) when idle."""
 
@@ -54,10 +55,31 @@ class ExplainLane:
         finally:
             self.current = (0, 0)
 
+
+class LowPriority:
+    """Run calls on one thread of this process whose scheduling priority is lowered by `nice` (0 to 19): TreeSHAP's
+    CPU then goes to the HTTP process and to plain scoring first, and explanations take what they leave.
+
+    The caller blocks until the call returns; only the thread's priority differs. Lowering is one-way for an
+    unprivileged process, hence a thread of its own. `nice` 0 runs calls on the caller's thread. Linux only
+    (elsewhere `setpriority` would renice the whole process): other systems run them at the caller's priority.
+    """
+
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+        self._executor: ThreadPoolExecutor | None = None
+
+    def run(self, function: Callable[..., _T], *args: Any) -> _T:
+        """`function(*args)`, on the low-priority thread; raises what it raises."""
+        if self.nice == 0 or sys.platform != "linux":
+            return function(*args)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="explain", initializer=self._lower)
+        return self._executor.submit(function, *args).result()
+
     def _lower(self) -> None:
-        if self.nice and sys.platform == "linux":
-            # On Linux PRIO_PROCESS with a thread id sets that thread's nice value alone (setpriority(2), NOTES).
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+        # On Linux PRIO_PROCESS with a thread id sets that thread's nice value alone (setpriority(2), NOTES).
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
 
 
 def wants_explanation(request: Score) -> bool:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -203,6 +204,40 @@ def test_a_plain_request_is_scored_beside_large_explanations_on_one_worker_and_t
         assert nices[0][0] == 0, nices
 
     run_with_pool(1, scenario, batching=BatchPolicy(max_requests=1), explain_nice=19)
+
+
+def test_an_explained_request_decoded_under_cpu_contention_does_not_silence_its_worker(
+    artifacts: dict[str, ModelArtifact], transactions: pd.DataFrame
+) -> None:
+    """Every core busy at nice 0 (other processes, two per core), EXPLAIN_NICE 19: a 20,000-row explained request,
+    refused for MAX_BATCH_ROWS once decoded, must not stop its worker's heartbeat nor the plain requests beside it.
+    Decoding holds the GIL; at nice 19 under contention it held it for seconds, the worker went silent past 5 s,
+    was killed, and the plain request it held was lost (WorkerLostError). Only TreeSHAP runs at EXPLAIN_NICE."""
+    large = instances(pd.concat([transactions] * 40), slice(0, 20_000))
+    small = instances(transactions, slice(0, 1))
+
+    async def scenario(pool: InferencePool) -> None:
+        assert (await pool.load(1, [artifacts["xgboost"]])).errors == {}
+        pool.activate(1)
+        # Each ends by itself after 60 s too, in case this test dies before it ends them by PID.
+        hog_count = 2 * (os.cpu_count() or 2)  # twice the cores: one hog per core did not always starve the lane
+        spin = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: pass"
+        hogs = [await asyncio.create_subprocess_exec(sys.executable, "-c", spin) for _ in range(hog_count)]
+        try:
+            explained = asyncio.ensure_future(pool.score(1, "xgboost", large, "large", wants=(EXPLANATION,)))
+            plain: list[Scores] = []
+            while not explained.done():
+                plain.append(await pool.score(1, "xgboost", small, f"plain-{len(plain)}"))
+            with pytest.raises(RequestRefusedError):
+                explained.result()
+        finally:
+            for hog in hogs:
+                hog.kill()
+                await hog.wait()
+        assert pool.restarts == 0
+        assert all(len(scores.probabilities) == 1 for scores in plain)
+
+    run_with_pool(1, scenario, timeout_s=60.0, explain_nice=19)
 
 
 def _thread_nices(pid: int) -> list[int]:
