@@ -20,11 +20,10 @@ import pytest
 import tritonclient.http as triton
 from litestar.testing import TestClient
 
-from fraud_inference.api.app import create_app
 from fraud_inference.demo.dataset import FEATURES
-from fraud_inference.settings import Settings
-from tests.api.conftest import MAX_BATCH_ROWS, wait_ready
+from tests.api.conftest import MAX_BATCH_ROWS
 from tests.api.test_predict import rows as demo_rows
+from tests.conftest import RunningService
 from tests.models.test_real_models import reference
 from tests.real_models import CATEGORICAL, NUMERIC, make_fraud_table, request_rows
 
@@ -44,21 +43,10 @@ JSON_HEADERS = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def real_client(real_models: tuple[str, dict[str, str]]) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    """The app over three real shapes; EXTRA_FEATURES=ignore, so every model takes every column of the table."""
-    tracking_uri, names = real_models
-    served = (NUMERIC_MODEL, CATEGORICAL_MODEL, STRING_MODEL)
-    settings = Settings.from_env(
-        {
-            "GRPC": "off",  # in-process apps: no gRPC port to share between them
-            "MLFLOW_TRACKING_URI": tracking_uri,
-            "MODELS": ",".join(f"{key}={names[key]}" for key in served),
-            "EXTRA_FEATURES": "ignore",
-            "WORKERS": "1",
-        }
-    )
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        wait_ready(client, timeout_s=180)
+def real_client(real_service: RunningService) -> Iterator[httpx.Client]:
+    """A client of the session's `real_service` (every shape of tests/real_models.py through granian and the pool,
+    EXTRA_FEATURES=ignore, so every model takes every column of the table): these tests only send and read."""
+    with real_service.client() as client:
         yield client
 
 
@@ -74,7 +62,7 @@ def columns_of(records: list[dict[str, Any]], names: list[str]) -> dict[str, lis
     return {name: [row.get(name) for row in records] for name in names}
 
 
-def v1_probabilities(client: TestClient, model: str, records: list[dict[str, Any]]) -> np.ndarray:  # type: ignore[type-arg]
+def v1_probabilities(client: httpx.Client, model: str, records: list[dict[str, Any]]) -> np.ndarray:
     response = client.post("/v1/predict", json={"model": model, "instances": records})
     assert response.status_code == 200, response.text
     return np.array([p["fraud_probability"] for p in response.json()["predictions"]])
@@ -108,7 +96,7 @@ def tensor_forms(
     return forms
 
 
-def post_triton(client: TestClient, model: str, inputs: list[triton.InferInput]) -> httpx.Response:  # type: ignore[type-arg]
+def post_triton(client: httpx.Client, model: str, inputs: list[triton.InferInput]) -> httpx.Response:
     body, json_size = triton.InferenceServerClient.generate_request_body(inputs)
     headers = {"content-type": "application/octet-stream", "Inference-Header-Content-Length": str(json_size)}
     return client.post(f"/v2/models/{model}/infer", content=body, headers=headers)
@@ -128,7 +116,7 @@ def oip_probabilities(response: httpx.Response) -> np.ndarray:  # type: ignore[t
 
 @pytest.mark.parametrize("model", [NUMERIC_MODEL, CATEGORICAL_MODEL, STRING_MODEL])
 def test_every_columnar_form_scores_as_rows_and_as_mlflow_loader(
-    real_client: TestClient,  # type: ignore[type-arg]
+    real_client: httpx.Client,
     real_models: tuple[str, dict[str, str]],
     table_rows: list[dict[str, Any]],
     model: str,
@@ -151,7 +139,7 @@ def test_every_columnar_form_scores_as_rows_and_as_mlflow_loader(
             np.testing.assert_allclose(response.json()["predictions"], expected, rtol=0, atol=1e-12, err_msg=form)
 
 
-def test_binary_tensors_score_as_rows(real_client: TestClient, table_rows: list[dict[str, Any]]) -> None:  # type: ignore[type-arg]
+def test_binary_tensors_score_as_rows(real_client: httpx.Client, table_rows: list[dict[str, Any]]) -> None:
     """Triton's binary tensors, NaN for a missing value, per feature and as one [n, features] FP64 tensor."""
     expected = v1_probabilities(real_client, NUMERIC_MODEL, table_rows)
     frame = pd.DataFrame(table_rows, columns=NUMERIC)
@@ -169,7 +157,7 @@ def test_binary_tensors_score_as_rows(real_client: TestClient, table_rows: list[
 
 
 def test_a_number_in_a_string_column_is_refused_as_in_rows(
-    real_client: TestClient,  # type: ignore[type-arg]
+    real_client: httpx.Client,
     table_rows: list[dict[str, Any]],
 ) -> None:
     records = [dict(row) for row in table_rows[:6]]
@@ -183,7 +171,7 @@ _V1_WHERE = re.compile(r"^instances(?:\[(\d+)\])?(?:\.([A-Za-z_0-9]+))?")
 
 
 def expect_refused(
-    client: TestClient,  # type: ignore[type-arg]
+    client: httpx.Client,
     model: str,
     records: list[dict[str, Any]],
     names: list[str],

@@ -8,6 +8,7 @@ import re
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningService, descendants
+from tests.conftest import RunningService, descendants, serving
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +45,21 @@ def predict(client: httpx.Client, model: str, instances: list[dict[str, Any]], r
     assert response.status_code == 200, response.text
 
 
+@pytest.fixture(scope="module")
+def own_service(demo_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """One `serve` for the module's two tests that cannot use `demo_service`, in the order of this file (pytest's):
+    the counters test first, which reads its counts from zero and kills a worker, then the request-id test, which
+    stops the service to read its whole log. One start instead of two (tens of seconds each); LOG_LEVEL=DEBUG for
+    the worker's `batch.scored` line."""
+    env = {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2", "LOG_LEVEL": "DEBUG"}
+    with serving(env, tmp_path_factory.mktemp("metrics-and-logs")) as service:
+        yield service
+
+
 def test_counters_match_what_was_sent_and_survive_a_worker_replacement(
-    service_factory, demo_registry: str, transactions: pd.DataFrame
+    own_service: RunningService, transactions: pd.DataFrame
 ) -> None:
-    service = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2"})
-    service.wait_ready()
+    service = own_service  # no request has reached it yet: this test comes first in the module
     with service.client() as client:
         for _ in range(30):
             predict(client, "xgboost", rows(transactions, 5))
@@ -67,7 +78,7 @@ def test_counters_match_what_was_sent_and_survive_a_worker_replacement(
             value(before, "fraud_inference_http_requests_total", method="POST", route="/v1/predict", status="200") == 50
         )
         assert value(before, "fraud_inference_http_request_duration_seconds_count", route="/v1/predict") == 50
-        assert value(before, "fraud_inference_generation") == 1  # a service of this test alone: its first
+        assert value(before, "fraud_inference_generation") == 1  # a service no other test has used: its first
         assert value(before, "fraud_inference_pool_workers") == 2
         info = {"model": "sklearn", "name": "fraud-sklearn", "version": "1", "selected_by": "alias:champion"}
         assert value(before, "fraud_inference_model_info", **info, flavor="sklearn") == 1
@@ -99,10 +110,9 @@ _CONSOLE_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
 
 
 def test_the_request_id_is_in_the_server_line_and_the_worker_line(
-    service_factory, demo_registry: str, transactions: pd.DataFrame
+    own_service: RunningService, transactions: pd.DataFrame
 ) -> None:
-    service = service_factory(["serve"], {"MLFLOW_TRACKING_URI": demo_registry, "WORKERS": "2", "LOG_LEVEL": "DEBUG"})
-    service.wait_ready()
+    service = own_service  # the module's last user of it: stopped here
     with service.client() as client:
         predict(client, "sklearn", rows(transactions, 4), request_id="trace-both-sides")
     assert service.stop() == 0
