@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from benchmarks.loadgen import run_beside, run_load
+from benchmarks.loadgen import LoadResult, run_beside, run_load
 from benchmarks.scenarios import Scenario, our_requests
 from benchmarks.service import OurService
 from fraud_inference.demo.seeding import embedded_registry, seed_demo
@@ -159,7 +159,8 @@ def _beside(service: OurService, rounds: int, seconds: float, explain_connection
     plain = list(requests.bodies)[:10]
     explained = explained_bodies(plain)
     run_load("wrk", requests.url, plain, connections=plain_connections, seconds=2)  # warm-up
-    ratios, shares = [], []
+    ratios: list[float] = []
+    shares: list[float] = []
     for round_ in range(rounds):
         got = {}
         for arm in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
@@ -175,11 +176,7 @@ def _beside(service: OurService, rounds: int, seconds: float, explain_connection
                 f"beside round {round_ + 1} {arm}: plain {result.requests_per_s:.0f} req/s p99 {result.p99_ms:.1f} ms"
             )
             if explaining is not None:
-                share = explaining.requests_per_s / (explaining.requests_per_s + result.requests_per_s)
-                shares.append(share)
-                line += (
-                    f"; explained {explaining.requests_per_s:.0f} req/s p99 {explaining.p99_ms:.0f} ms ({share:.1%})"
-                )
+                line += _explained_part(result, explaining, shares)
             print(line, flush=True)
         ratios.append(got["B"] / got["A"])
     print(
@@ -195,7 +192,7 @@ def _paced(service: OurService, rounds: int, seconds: float, pause_ms: int) -> N
     explained = explained_bodies(plain)
     run_load("wrk", requests.url, plain, connections=plain_connections, seconds=4, pause_ms=pause_ms)  # warm-up
     figures: dict[str, list[float]] = {"requests/s": [], "p50": [], "p99": []}
-    shares = []
+    shares: list[float] = []
     for round_ in range(rounds):
         got = {}
         for arm in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
@@ -217,11 +214,7 @@ def _paced(service: OurService, rounds: int, seconds: float, pause_ms: int) -> N
                 f"workers {used.workers / result.duration_s:.2f})"
             )
             if explaining is not None:
-                share = explaining.requests_per_s / (explaining.requests_per_s + result.requests_per_s)
-                shares.append(share)
-                line += (
-                    f"; explained {explaining.requests_per_s:.0f} req/s p99 {explaining.p99_ms:.1f} ms ({share:.1%})"
-                )
+                line += _explained_part(result, explaining, shares)
             print(line, flush=True)
         figures["requests/s"].append(got["B"].requests_per_s / got["A"].requests_per_s)
         figures["p50"].append(got["B"].p50_ms / got["A"].p50_ms)
@@ -231,6 +224,13 @@ def _paced(service: OurService, rounds: int, seconds: float, pause_ms: int) -> N
         f"paced ({pause_ms} ms pause): plain requests with explained ones beside (B) / alone (A): {medians}, "
         f"explained {statistics.median(shares):.1%} of B's requests (median of {rounds} rounds)"
     )
+
+
+def _explained_part(plain: LoadResult, explaining: LoadResult, shares: list[float]) -> str:
+    """The explained load's figures for a round's line; its share of all requests is appended to `shares`."""
+    share = explaining.requests_per_s / (explaining.requests_per_s + plain.requests_per_s)
+    shares.append(share)
+    return f"; explained {explaining.requests_per_s:.0f} req/s p99 {explaining.p99_ms:.1f} ms ({share:.1%})"
 
 
 if __name__ == "__main__":
