@@ -45,7 +45,8 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     shadow_share: float = 1.0
     """SHADOW_SHARE: the share of requests a challenger, when the generation holds one, also scores."""
     explain_nice: int = 0
-    """EXPLAIN_NICE: how much lower than scoring's the priority of the explanation lane's thread is (0 to 19)."""
+    """EXPLAIN_NICE: how much lower than scoring's the priority of TreeSHAP's thread is (0 to 19); the explanation
+    lane itself runs at the worker's priority."""
 
 
 def run_worker(conn: Connection, options: WorkerOptions) -> None:
@@ -130,7 +131,7 @@ class _Worker:
     def _score(self, request: Score) -> None:
         self._scoring = (request.seq, time.monotonic_ns())
         try:
-            self._pipe.send(self._answer(request))
+            self._pipe.send(self._answer(request, self._batches))
         finally:
             self._scoring = (0, 0)
             # Batches come in order: a Cancel for this one or an earlier one arrived too late to matter.
@@ -154,7 +155,7 @@ class _Worker:
             # Counted as skipped (busy): the challenger's turns run on the main thread, one at a time.
             self._shadow.take_turn(msgspec.structs.replace(request, shadow=False), self._explained.last, champion, held)
 
-    def _answer(self, request: Score, batches: BatchScorer | None = None) -> Scored | ScoreFailed:
+    def _answer(self, request: Score, batches: BatchScorer) -> Scored | ScoreFailed:
         """Score batch `request` with the model of its generation, or fail it when this worker does not hold it."""
         served = self._generations.model(request.generation, request.model)
         if served is None:
@@ -162,7 +163,7 @@ class _Worker:
                 seq=request.seq,
                 error=f"generation {request.generation} model {request.model!r} is not loaded in this worker",
             )
-        return (batches or self._batches).score(request, served)
+        return batches.score(request, served)
 
     def _load(self, request: LoadGeneration) -> None:
         self._pipe.send(self._generations.load(request))

@@ -50,7 +50,7 @@ class ExplainLane:
         self.current = (request.seq, time.monotonic_ns())
         try:
             answer(request)
-        except Exception as error:  # the worker goes on; the batch's requests time out (its answer was not sent)
+        except Exception as error:  # `answer` answers its own failures: this is a fault past that; the worker goes on
             self._log.error("explain.lane_failed", seq=request.seq, model=request.model, error=repr(error)[:200])
         finally:
             self.current = (0, 0)
